@@ -1,0 +1,14 @@
+"""LoLA attention: sliding window (exact softmax) + sparse global cache (exact softmax) + linear-attention state.
+
+Modules:
+  config        LolaConfig, the frozen description of one LoLA setting
+  feature_maps  phi(.) for the linear part (hedgehog, hedgehog-identity, elu, relu, taylor)
+  scorers       which evicted pairs stay in the sparse cache (sre, random, key_norm, attention, recency, sink)
+  state         LolaState (per layer) and cache byte accounting
+  common        primitives shared by every path: eviction/merge, block attention, the combine formula
+  reference     quadratic, mask-based specification (never calls a fast path)
+  chunked       chunked prefill (any block of new tokens)
+  decode        one-token decode step
+"""
+
+from .config import LolaConfig  # noqa: F401

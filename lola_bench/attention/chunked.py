@@ -1,0 +1,32 @@
+"""Chunked prefill: process any block of new tokens, one chunk-aligned segment at a time.
+
+Per segment the work is a handful of batched tensor ops (evict/merge once, then one attention call
+for all queries of the segment), so the Python loop runs once per chunk, not per token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .common import LolaParams, append_window, attend, ensure_state, evict_before
+from .state import LolaState
+
+
+def lola_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
+                 params: LolaParams) -> torch.Tensor:
+    """LoLA attention for L new tokens continuing ``state`` (updated in place). Returns (B, Hq, L, d)."""
+    ensure_state(state, k, params)
+    cfg = params.cfg
+    C = cfg.chunk_size
+    start, total = state.pos, q.shape[2]
+    outs = []
+    i = 0
+    while i < total:
+        p = start + i
+        c = p // C
+        seg = min(total - i, (c + 1) * C - p)  # up to the end of this chunk
+        evict_before(state, params, cfg.window_start(c))
+        append_window(state, params, k[:, :, i:i + seg], v[:, :, i:i + seg])
+        outs.append(attend(q[:, :, i:i + seg], state, params, p, causal=True))
+        i += seg
+    return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]

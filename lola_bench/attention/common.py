@@ -1,0 +1,187 @@
+"""Primitives shared by the chunked and decode paths: parameters, eviction/merge, block attention, combine.
+
+The shared signature of every path is ``fn(q, k, v, state, params) -> out`` with
+q (B, Hq, L, d) and k, v (B, Hkv, L, d) after RoPE, ``state`` a LolaState that is updated in place,
+and out (B, Hq, L, d) in q's dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserError
+from .config import LolaConfig
+from .feature_maps import FeatureMap
+from .scorers import ScoreContext, Scorer, expand_heads, group_mean
+from .state import LolaState, state_dtype
+
+
+@dataclass
+class LolaParams:
+    cfg: LolaConfig
+    feature_map_q: FeatureMap
+    feature_map_k: FeatureMap
+    window_factors: torch.Tensor  # (Hq,) logits of the softmax weight
+    scorer: Scorer
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise UserError(f"query heads ({self.num_heads}) must be a multiple of KV heads ({self.num_kv_heads})")
+        if self.feature_map_q.head_dim != self.head_dim or self.feature_map_k.head_dim != self.head_dim:
+            raise UserError(f"feature map head_dim {self.feature_map_q.head_dim} does not match the model's "
+                            f"head_dim {self.head_dim}")
+
+    @property
+    def group(self) -> int:
+        """Query heads per storage head."""
+        return self.num_heads // self.num_kv_heads if self.cfg.gqa == "grouped" else 1
+
+    @property
+    def storage_heads(self) -> int:
+        return self.num_kv_heads if self.cfg.gqa == "grouped" else self.num_heads
+
+    @property
+    def feature_dim(self) -> int:
+        return self.feature_map_k.feature_dim
+
+
+def to_storage(x: torch.Tensor, params: LolaParams) -> torch.Tensor:
+    """(B, Hkv, L, d) -> (B, Hs, L, d): unchanged in grouped mode, repeated per query head in expanded mode."""
+    if params.cfg.gqa == "grouped":
+        return x
+    return x.repeat_interleave(params.num_heads // params.num_kv_heads, dim=1)
+
+
+def ensure_state(state: LolaState, k: torch.Tensor, params: LolaParams) -> None:
+    if not state.initialized:
+        state.init(k.shape[0], params.storage_heads, params.num_heads, params.head_dim, params.feature_dim,
+                   k.dtype, k.device, params.scorer.needs_attention_mass)
+
+
+def select_topk(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Indices (B, Hs, keep) of the ``keep`` highest scores, ties to the earlier candidate, in ascending order."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :keep]
+    return order.sort(dim=-1).values
+
+
+def fold(state: LolaState, params: LolaParams, phi_k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor | None):
+    """Add sum_j w_j phi(k_j) v_j^T to H and sum_j w_j phi(k_j) to s. phi_k (B,Hq,n,F), v (B,Hs,n,d), w (B,Hs,n)."""
+    sd = state.H.dtype
+    phi = phi_k.to(sd)
+    if weight is not None:
+        phi = phi * expand_heads(weight, params.group).unsqueeze(-1).to(sd)
+    vq = expand_heads(v, params.group).to(sd)
+    state.H += torch.einsum("bhnf,bhnd->bhfd", phi, vq)
+    state.s += phi.sum(dim=2)
+
+
+def evict_before(state: LolaState, params: LolaParams, window_start: int) -> None:
+    """Move window pairs older than ``window_start`` out: the best ``sparse`` of (cache + leaving) stay, rest fold."""
+    n_ev = int((state.win_pos < window_start).sum())
+    if n_ev == 0:
+        return
+    b, hs = state.win_k.shape[:2]
+    ev_k, ev_v = state.win_k[:, :, :n_ev], state.win_v[:, :, :n_ev]
+    ev_pos = state.win_pos[:n_ev].view(1, 1, n_ev).expand(b, hs, n_ev)
+    state.win_k, state.win_v = state.win_k[:, :, n_ev:], state.win_v[:, :, n_ev:]
+    state.win_pos = state.win_pos[n_ev:]
+    cand_k = torch.cat([state.sp_k, ev_k], dim=2)
+    cand_v = torch.cat([state.sp_v, ev_v], dim=2)
+    cand_pos = torch.cat([state.sp_pos, ev_pos], dim=2)
+    cand_acc = None
+    if state.win_acc is not None:
+        cand_acc = torch.cat([state.sp_acc, state.win_acc[:, :, :n_ev]], dim=2)
+        state.win_acc = state.win_acc[:, :, n_ev:]
+    n = cand_k.shape[2]
+    keep = min(params.cfg.sparse, n)
+    if keep == n:  # everything fits in the sparse cache: nothing to score or fold
+        state.sp_k, state.sp_v, state.sp_pos, state.sp_acc = cand_k, cand_v, cand_pos, cand_acc
+        return
+    phi_k = params.feature_map_k(expand_heads(cand_k, params.group))
+    if keep == 0:
+        fold(state, params, phi_k, cand_v, None)
+        state.n_folded += n
+        state.sp_k, state.sp_v, state.sp_pos = cand_k[:, :, :0], cand_v[:, :, :0], cand_pos[:, :, :0]
+        state.sp_acc = None if cand_acc is None else cand_acc[:, :, :0]
+        return
+    ctx = ScoreContext(k=cand_k, v=cand_v, pos=cand_pos, phi_k=phi_k, H=state.H, s=state.s, acc=cand_acc,
+                       group=params.group, eps=params.cfg.eps, seed=params.cfg.seed)
+    idx = select_topk(params.scorer.score(ctx), keep)
+    keep_mask = torch.zeros(cand_pos.shape, dtype=torch.bool, device=cand_pos.device).scatter_(-1, idx, True)
+    fold(state, params, phi_k, cand_v, (~keep_mask).to(state.H.dtype))
+    state.n_folded += n - keep
+    gidx = idx.unsqueeze(-1).expand(-1, -1, -1, cand_k.shape[-1])
+    state.sp_k, state.sp_v = cand_k.gather(2, gidx), cand_v.gather(2, gidx)
+    state.sp_pos = cand_pos.gather(2, idx)
+    if cand_acc is not None:
+        state.sp_acc = cand_acc.gather(2, idx)
+
+
+def append_window(state: LolaState, params: LolaParams, k: torch.Tensor, v: torch.Tensor) -> None:
+    n = k.shape[2]
+    state.win_k = torch.cat([state.win_k, to_storage(k, params)], dim=2)
+    state.win_v = torch.cat([state.win_v, to_storage(v, params)], dim=2)
+    new_pos = torch.arange(state.pos, state.pos + n, device=k.device)
+    state.win_pos = torch.cat([state.win_pos, new_pos])
+    if state.win_acc is not None:
+        state.win_acc = torch.cat([state.win_acc, state.win_acc.new_zeros(*state.win_acc.shape[:2], n)], dim=2)
+    state.pos += n
+
+
+def combine(params: LolaParams, sm_num, sm_den, lin_num, lin_den):
+    """Mix the softmax part (max-subtracted exp sums) with the linear part.
+
+    gated:   y = (g*sm_num + (1-g)*lin_num) / (g*sm_den + (1-g)*lin_den + eps),  g = sigmoid(factor)
+    lolcats: y = (w*sm_num + lin_num) / (w*sm_den + lin_den + eps),              w = sigmoid(factor)
+    With nothing folded into the linear state yet (lin_num is None) this is exact softmax attention.
+    """
+    if lin_num is None:
+        return sm_num / sm_den.unsqueeze(-1)
+    g = torch.sigmoid(params.window_factors.to(sm_num.dtype)).view(1, -1, 1, 1)
+    if params.cfg.combine == "gated":
+        num = g * sm_num + (1 - g) * lin_num
+        den = g * sm_den.unsqueeze(-1) + (1 - g) * lin_den.unsqueeze(-1)
+    else:
+        num = g * sm_num + lin_num
+        den = g * sm_den.unsqueeze(-1) + lin_den.unsqueeze(-1)
+    return num / (den + params.cfg.eps)
+
+
+def attend(q: torch.Tensor, state: LolaState, params: LolaParams, q_start: int, causal: bool) -> torch.Tensor:
+    """Output for queries at positions q_start.. over sparse + window (softmax) and the linear state.
+
+    The window must already hold the queries' own keys. Accumulates attention mass when tracked.
+    """
+    b, hq, lq, d = q.shape
+    g = params.group
+    hs = params.storage_heads
+    cd = state_dtype(q.dtype)
+    keys = torch.cat([state.sp_k, state.win_k], dim=2).to(cd)
+    vals = torch.cat([state.sp_v, state.win_v], dim=2).to(cd)
+    ns = state.sp_k.shape[2]
+    qg = q.to(cd).reshape(b, hs, g * lq, d)  # query heads of one storage head are contiguous
+    logits = torch.matmul(qg, keys.transpose(-1, -2)) * (d ** -0.5)
+    if causal and lq > 1:
+        qpos = torch.arange(q_start, q_start + lq, device=q.device).repeat(g)
+        future = state.win_pos.view(1, -1) > qpos.view(-1, 1)
+        logits[..., ns:].masked_fill_(future, float("-inf"))
+    e = torch.exp(logits - logits.amax(dim=-1, keepdim=True))
+    sm_den = e.sum(dim=-1)
+    sm_num = torch.matmul(e, vals)
+    if state.win_acc is not None:
+        mass = (e / sm_den.unsqueeze(-1)).sum(dim=2) / g
+        state.sp_acc += mass[..., :ns]
+        state.win_acc += mass[..., ns:]
+    sm_num = sm_num.reshape(b, hq, lq, d)
+    sm_den = sm_den.reshape(b, hq, lq)
+    lin_num = lin_den = None
+    if state.n_folded > 0:
+        phi_q = params.feature_map_q(q).to(cd)
+        lin_num = torch.matmul(phi_q, state.H)
+        lin_den = torch.einsum("bhlf,bhf->bhl", phi_q, state.s)
+    return combine(params, sm_num, sm_den, lin_num, lin_den).to(q.dtype)

@@ -1,0 +1,70 @@
+"""LolaConfig: one LoLA setting, frozen so it can be hashed and serialized into every result file.
+
+What "window eta" covers exactly (paper cadence, chunk = eta):
+  Tokens are processed in chunks of ``chunk`` tokens aligned to absolute positions (chunk c holds
+  positions [c*chunk, (c+1)*chunk)). A query at position t in chunk c sees, with exact softmax:
+    * the local window: every key j with  max(0, c*chunk - window) <= j <= t
+      (with chunk = window this is the previous chunk plus the causal part of the current one,
+      i.e. between window+1 and 2*window keys once t >= window), and
+    * the sparse cache: at most ``sparse`` (lambda) older pairs,
+  and through the linear state (H, s) every other older key.
+  When a new chunk starts, keys that fall out of the window (positions below c*chunk - window) are
+  scored together with the cached pairs (re-scored against the current state); the ``sparse``
+  best stay, the rest are folded into H, s for good. Decode runs the same update whenever a token
+  starts a new chunk, so prefill-then-decode equals one long prefill.
+  chunk = 1 gives a token-level sliding window of exactly ``window`` past tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import UserError
+
+FEATURE_MAPS = ("hedgehog", "hedgehog-identity", "elu", "relu", "taylor")
+SCORERS = ("sre", "random", "key_norm", "attention", "recency", "sink")
+COMBINES = ("gated", "lolcats")
+GQA_MODES = ("grouped", "expanded")
+
+
+@dataclass(frozen=True)
+class LolaConfig:
+    window: int = 64                 # eta: local sliding window (exact softmax)
+    sparse: int = 512                # lambda: sparse global cache size (exact softmax)
+    chunk: int | None = None         # update cadence; None = window (the public code's cadence)
+    feature_map: str = "hedgehog-identity"
+    scorer: str = "sre"
+    combine: str = "lolcats"         # gated | lolcats (see common.combine)
+    gqa: str = "grouped"             # grouped: K/V + selection once per KV head; expanded: per query head
+    factor_init: float = 2.0         # initial window factor logit (softmax weight sigmoid(factor)) when no checkpoint
+    eps: float = 1e-6                # denominator epsilon
+    seed: int = 0                    # for the random scorer
+
+    def __post_init__(self):
+        if not isinstance(self.window, int) or self.window <= 0:
+            raise UserError(f"window (eta) must be a positive integer, got {self.window!r}")
+        if not isinstance(self.sparse, int) or self.sparse < 0:
+            raise UserError(f"sparse cache size (lambda) must be >= 0, got {self.sparse!r}")
+        if self.chunk is not None and (not isinstance(self.chunk, int) or self.chunk <= 0):
+            raise UserError(f"chunk must be a positive integer or None, got {self.chunk!r}")
+        if self.feature_map not in FEATURE_MAPS:
+            raise UserError(f"unknown feature map {self.feature_map!r}: choose one of {', '.join(FEATURE_MAPS)}")
+        if self.scorer not in SCORERS:
+            raise UserError(f"unknown scorer {self.scorer!r}: choose one of {', '.join(SCORERS)}")
+        if self.combine not in COMBINES:
+            raise UserError(f"unknown combine formula {self.combine!r}: choose one of {', '.join(COMBINES)}")
+        if self.gqa not in GQA_MODES:
+            raise UserError(f"unknown GQA mode {self.gqa!r}: choose one of {', '.join(GQA_MODES)}")
+        if self.eps <= 0:
+            raise UserError(f"eps must be > 0, got {self.eps!r}")
+
+    @property
+    def chunk_size(self) -> int:
+        return self.chunk if self.chunk is not None else self.window
+
+    def window_start(self, chunk_index: int) -> int:
+        """First key position inside the local window for queries of chunk ``chunk_index``."""
+        return max(0, chunk_index * self.chunk_size - self.window)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "chunk_size": self.chunk_size}

@@ -1,0 +1,105 @@
+"""Feature maps phi for the linear-attention memory. Input (B, H, L, d) -> output (B, H, L, F).
+
+hedgehog           LoLCATs form: per-head learnable W (d x d), phi(x) = [softmax(xW), softmax(-xW)], F = 2d
+hedgehog-identity  the same with W = I, training-free
+elu                elu(x) + 1, F = d
+relu               relu(x), F = d
+taylor             2nd-order Taylor of exp(q.k/sqrt d) as in Based: [1, x/d^1/4, (x x^T)/(sqrt 2 sqrt d)], F = 1+d+d^2
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+
+
+class FeatureMap(nn.Module):
+    name = "base"
+
+    def __init__(self, num_heads: int, head_dim: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+
+    @property
+    def feature_dim(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class Hedgehog(FeatureMap):
+    """Per-head learnable projection followed by the two-sided softmax (LoLCATs ``softmax_dim``)."""
+
+    name = "hedgehog"
+
+    def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-12, learnable: bool = True):
+        super().__init__(num_heads, head_dim)
+        eye = torch.eye(head_dim).unsqueeze(0).repeat(num_heads, 1, 1)
+        self.layer = nn.Parameter(eye, requires_grad=learnable)  # (H, d, d), identity init
+        self.eps = eps
+
+    @property
+    def feature_dim(self) -> int:
+        return 2 * self.head_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.einsum("bhld,hdf->bhlf", x, self.layer.to(x.dtype))
+        return torch.cat([torch.softmax(h, dim=-1), torch.softmax(-h, dim=-1)], dim=-1).clamp(min=self.eps)
+
+
+class HedgehogIdentity(Hedgehog):
+    name = "hedgehog-identity"
+
+    def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-12):
+        super().__init__(num_heads, head_dim, eps=eps, learnable=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.softmax(x, dim=-1), torch.softmax(-x, dim=-1)], dim=-1).clamp(min=self.eps)
+
+
+class Elu(FeatureMap):
+    name = "elu"
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head_dim
+
+    def forward(self, x):
+        return F.elu(x) + 1
+
+
+class Relu(FeatureMap):
+    name = "relu"
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head_dim
+
+    def forward(self, x):
+        return F.relu(x)
+
+
+class Taylor(FeatureMap):
+    name = "taylor"
+
+    @property
+    def feature_dim(self) -> int:
+        return 1 + self.head_dim + self.head_dim ** 2
+
+    def forward(self, x):
+        d = self.head_dim
+        x2 = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(start_dim=-2) / math.sqrt(2 * math.sqrt(d))
+        return torch.cat([torch.ones_like(x[..., :1]), x / d ** 0.25, x2 / d ** 0.25], dim=-1)
+
+
+_MAPS = {"hedgehog": Hedgehog, "hedgehog-identity": HedgehogIdentity, "elu": Elu, "relu": Relu, "taylor": Taylor}
+
+
+def make_feature_map(name: str, num_heads: int, head_dim: int) -> FeatureMap:
+    if name not in _MAPS:
+        raise UserError(f"unknown feature map {name!r}: choose one of {', '.join(_MAPS)}")
+    return _MAPS[name](num_heads, head_dim)

@@ -1,0 +1,104 @@
+"""The specification: LoLA on a whole sequence with dense masks (quadratic, slow, obviously correct).
+
+For every chunk it decides which keys are in the sparse cache and which are folded into the linear
+state (by scoring candidates against a state rebuilt from scratch from the linear mask), then computes
+every query's output from explicit (query x key) masks:
+  softmax part: keys in the sparse set or in the window [window_start(c), t]
+  linear part:  keys in the linear set, weighted by phi_q(q_t) . phi_k(k_j)
+It shares only the feature maps, scorers and config with the fast paths; it never calls them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .common import LolaParams
+from .scorers import ScoreContext
+from .state import state_dtype
+
+
+@dataclass
+class ReferenceResult:
+    out: torch.Tensor          # (B, Hq, L, d)
+    sparse_pos: torch.Tensor   # (B, Hs, ns) positions in the sparse cache at the end, ascending
+    H: torch.Tensor            # (B, Hq, F, d) final linear state
+    s: torch.Tensor            # (B, Hq, F)
+
+
+def _expand(x: torch.Tensor, g: int) -> torch.Tensor:
+    return x if g == 1 else x.repeat_interleave(g, dim=1)
+
+
+def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: LolaParams) -> ReferenceResult:
+    cfg = params.cfg
+    b, hq, L, d = q.shape
+    cd = state_dtype(q.dtype)
+    rep = hq // k.shape[1]
+    gs = params.group                       # query heads per storage head
+    ks = k if cfg.gqa == "grouped" else k.repeat_interleave(rep, dim=1)   # (B, Hs, L, d)
+    vs = v if cfg.gqa == "grouped" else v.repeat_interleave(rep, dim=1)
+    hs = ks.shape[1]
+    kq, vq = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # per query head
+    phi_k = params.feature_map_k(kq).to(cd)          # (B, Hq, L, F)
+    phi_q = params.feature_map_q(q).to(cd)
+    logits = torch.matmul(q.to(cd), kq.to(cd).transpose(-1, -2)) * d ** -0.5   # (B, Hq, L, L)
+    lin_scores = torch.matmul(phi_q, phi_k.transpose(-1, -2))                   # (B, Hq, L, L)
+    vq = vq.to(cd)
+    pos = torch.arange(L, device=q.device)
+    sparse = torch.zeros(b, hs, L, dtype=torch.bool, device=q.device)
+    lin = torch.zeros_like(sparse)
+    acc = torch.zeros(b, hs, L, dtype=cd, device=q.device)
+    out = torch.empty(b, hq, L, d, dtype=cd, device=q.device)
+    factor = torch.sigmoid(params.window_factors.to(cd)).view(1, -1, 1, 1)
+    evicted_upto = 0
+
+    def linear_state():
+        w = _expand(lin.to(cd), gs)
+        return (torch.einsum("bhlf,bhl,bhld->bhfd", phi_k, w, vq), torch.einsum("bhlf,bhl->bhf", phi_k, w))
+
+    C = cfg.chunk_size
+    for c in range((L + C - 1) // C):
+        ws = cfg.window_start(c)
+        if ws > evicted_upto:
+            cand = sparse | ((pos >= evicted_upto) & (pos < ws)).view(1, 1, L)
+            n = int(cand[0, 0].sum())
+            keep = min(cfg.sparse, n)
+            if keep == n:
+                sparse = cand
+            else:
+                new_sparse = torch.zeros_like(sparse)
+                if keep > 0:
+                    H, s = linear_state()
+                    ctx = ScoreContext(k=ks, v=vs, pos=pos.view(1, 1, L).expand(b, hs, L), phi_k=phi_k, H=H, s=s,
+                                       acc=acc, group=gs, eps=cfg.eps, seed=cfg.seed)
+                    sc = params.scorer.score(ctx).to(cd).masked_fill(~cand, float("-inf"))
+                    top = torch.sort(sc, dim=-1, descending=True, stable=True).indices[..., :keep]
+                    new_sparse.scatter_(-1, top, True)
+                lin = lin | (cand & ~new_sparse)
+                sparse = new_sparse
+            evicted_upto = ws
+        t0, t1 = c * C, min((c + 1) * C, L)
+        tq = pos[t0:t1].view(-1, 1)
+        window = (pos.view(1, -1) >= ws) & (pos.view(1, -1) <= tq)                 # (Lc, L)
+        soft = _expand(sparse, gs).unsqueeze(2) | window.view(1, 1, t1 - t0, L)  # (B, Hq, Lc, L)
+        lg = logits[:, :, t0:t1].masked_fill(~soft, float("-inf"))
+        e = torch.exp(lg - lg.amax(dim=-1, keepdim=True))
+        sm_num, sm_den = torch.matmul(e, vq), e.sum(-1, keepdim=True)
+        mass = (e / sm_den).sum(dim=2)                                              # (B, Hq, L)
+        acc += mass.view(b, hs, gs, L).sum(dim=2) / gs
+        if lin.any():
+            a = lin_scores[:, :, t0:t1] * _expand(lin.to(cd), gs).unsqueeze(2)
+            lin_num, lin_den = torch.matmul(a, vq), a.sum(-1, keepdim=True)
+            if cfg.combine == "gated":
+                y = (factor * sm_num + (1 - factor) * lin_num) / (factor * sm_den + (1 - factor) * lin_den + cfg.eps)
+            else:
+                y = (factor * sm_num + lin_num) / (factor * sm_den + lin_den + cfg.eps)
+        else:
+            y = sm_num / sm_den
+        out[:, :, t0:t1] = y
+    H, s = linear_state()
+    ns = int(sparse[0, 0].sum())
+    sparse_pos = torch.sort(torch.where(sparse, pos.view(1, 1, L), L), dim=-1).values[..., :ns]
+    return ReferenceResult(out=out.to(q.dtype), sparse_pos=sparse_pos, H=H, s=s)

@@ -1,0 +1,1 @@
+"""Model loading, attention patching and linearization."""

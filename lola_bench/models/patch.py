@@ -1,0 +1,160 @@
+"""Swap a Hugging Face Llama-family model's attention for LoLA, and back.
+
+``patch_model(model, cfg)`` replaces every decoder layer's ``self_attn`` with a LolaAttention that keeps the
+original q/k/v/o projections (so LoRA and checkpoints address them by their usual names) and adds
+``feature_map_q``, ``feature_map_k`` and ``window_factors``. ``model.generate()`` then creates a LolaCache
+by itself. ``unpatch_model`` restores the original modules; ``lola_attention`` is the context manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+
+import torch
+from torch import nn
+
+from ..attention.chunked import lola_chunked
+from ..attention.common import LolaParams
+from ..attention.config import LolaConfig
+from ..attention.decode import lola_decode
+from ..attention.feature_maps import make_feature_map
+from ..attention.scorers import make_scorer
+from ..attention.state import LolaState
+from ..errors import UserError
+from .cache import LolaCache
+
+SUPPORTED = ("llama", "mistral", "qwen2")
+
+
+class LolaAttention(nn.Module):
+    """Drop-in for LlamaAttention (and Mistral/Qwen2, which share its forward) running LoLA."""
+
+    def __init__(self, base: nn.Module, cfg: LolaConfig, num_heads: int, num_kv_heads: int, rope_fn):
+        super().__init__()
+        self.cfg = cfg
+        self.layer_idx = base.layer_idx
+        self.head_dim = base.head_dim
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = base.q_proj, base.k_proj, base.v_proj, base.o_proj
+        self.config = base.config
+        self._rope = rope_fn
+        self._base = [base]  # hidden from state_dict / modules()
+        dev, dt = base.q_proj.weight.device, base.q_proj.weight.dtype
+        self.feature_map_q = make_feature_map(cfg.feature_map, num_heads, self.head_dim).to(dev)
+        self.feature_map_k = make_feature_map(cfg.feature_map, num_heads, self.head_dim).to(dev)
+        self.window_factors = nn.Parameter(torch.full((num_heads,), float(cfg.factor_init), device=dev))
+        self.scorer = make_scorer(cfg.scorer)
+        self.calls = {"prefill": 0, "decode": 0}
+        del dt
+
+    def params(self) -> LolaParams:
+        return LolaParams(self.cfg, self.feature_map_q, self.feature_map_k, self.window_factors, self.scorer,
+                          self.num_heads, self.num_kv_heads, self.head_dim)
+
+    def project(self, hidden_states, position_embeddings):
+        shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        q = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+        k = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        cos, sin = position_embeddings
+        q, k = self._rope(q, k, cos, sin)
+        return q, k, v
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None,
+                past_key_values=None, **kwargs):
+        cache = cache if cache is not None else past_key_values
+        q, k, v = self.project(hidden_states, position_embeddings)
+        state = cache.state(self.layer_idx) if isinstance(cache, LolaCache) else LolaState()
+        if q.shape[2] == 1 and state.pos > 0:
+            self.calls["decode"] += 1
+            out = lola_decode(q, k, v, state, self.params())
+        else:
+            self.calls["prefill"] += 1
+            out = lola_chunked(q, k, v, state, self.params())
+        out = out.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1).contiguous()
+        return self.o_proj(out), None
+
+
+def _decoder_layers(model):
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise UserError(f"{type(model).__name__} has no decoder layers at .model.layers: not a Llama-family model")
+    return inner, layers
+
+
+def _check_no_padding(module, args, kwargs):
+    mask = kwargs.get("attention_mask")
+    if mask is None and len(args) > 1:
+        mask = args[1]
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all()):
+        raise UserError("LoLA attention does not support padded batches (attention_mask has zeros): "
+                        "run batch size 1 or sequences of equal length")
+
+
+def patch_model(model, cfg: LolaConfig):
+    """Replace attention by LoLA in place (idempotent: re-patching first restores the original)."""
+    model_type = getattr(model.config, "model_type", "")
+    if model_type not in SUPPORTED:
+        raise UserError(f"LoLA patching supports {', '.join(SUPPORTED)} models, not {model_type!r}")
+    if is_patched(model):
+        unpatch_model(model)
+    inner, layers = _decoder_layers(model)
+    rope = importlib.import_module(type(layers[0].self_attn).__module__).apply_rotary_pos_emb
+    nh, nkv = model.config.num_attention_heads, model.config.num_key_value_heads
+    for layer in layers:
+        layer.self_attn = LolaAttention(layer.self_attn, cfg, nh, nkv, rope)
+    model._lola_hook = inner.register_forward_pre_hook(_check_no_padding, with_kwargs=True)
+    model._lola_cfg = cfg
+    original = model.generate
+
+    @functools.wraps(original)
+    def generate(*args, **kwargs):
+        if kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
+            kwargs["cache"] = LolaCache(len(layers))
+        if kwargs.get("num_beams", 1) != 1:
+            raise UserError("beam search is not supported with LoLA attention")
+        return original(*args, **kwargs)
+
+    model.generate = generate
+    model._lola_original_generate = original
+    return model
+
+
+def is_patched(model) -> bool:
+    return getattr(model, "_lola_cfg", None) is not None
+
+
+def unpatch_model(model):
+    if not is_patched(model):
+        return model
+    _, layers = _decoder_layers(model)
+    for layer in layers:
+        layer.self_attn = layer.self_attn._base[0]
+    model._lola_hook.remove()
+    model.generate = model._lola_original_generate
+    del model._lola_original_generate, model._lola_hook
+    model._lola_cfg = None
+    return model
+
+
+def lola_modules(model) -> list[LolaAttention]:
+    _, layers = _decoder_layers(model)
+    return [layer.self_attn for layer in layers if isinstance(layer.self_attn, LolaAttention)]
+
+
+def new_cache(model) -> LolaCache:
+    _, layers = _decoder_layers(model)
+    return LolaCache(len(layers))
+
+
+@contextlib.contextmanager
+def lola_attention(model, cfg: LolaConfig):
+    """``with lola_attention(model, cfg): model.generate(...)`` — LoLA inside, original attention after."""
+    patch_model(model, cfg)
+    try:
+        yield model
+    finally:
+        unpatch_model(model)
