@@ -90,5 +90,126 @@ def info(device: DeviceOpt = "auto"):
     console.print(t)
 
 
+def _lola_config(window, lam, scorer, feature_map, combine, gqa, chunk, seed=0):
+    from .attention.config import LolaConfig
+
+    return LolaConfig(window=window, sparse=lam, scorer=scorer, feature_map=feature_map, combine=combine, gqa=gqa,
+                      chunk=chunk, seed=seed)
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=err_console, transient=False)
+
+
+def _print_frame(df, title, columns=None):
+    t = Table(title=title)
+    cols = columns or list(df.columns)
+    for c in cols:
+        t.add_column(str(c), justify="right" if df[c].dtype.kind in "fi" else "left")
+    for row in df[cols].itertuples(index=False):
+        t.add_row(*[(f"{x:.3g}" if isinstance(x, float) else str(x)) for x in row])
+    console.print(t)
+
+
+SHORT_PROMPT_NOTE = ("Prompts shorter than the window never reach LoLA's sparse or linear memories: for them LoLA "
+                     "equals full attention by construction.")
+
+
+@app.command()
+@user_errors
+def ruler(
+    ctx: Annotated[list[int], typer.Option("--ctx", help="Context length(s) in tokens (prompt + generated). Repeat "
+                                           "for several.")] = [4096],
+    task: Annotated[list[str], typer.Option("--task", help="RULER task(s): niah_single_1..3, niah_multikey_1..3, "
+                                            "niah_multivalue, niah_multiquery, vt, cwe, fwe, passkey, "
+                                            "niah_single_1_lmeval, qa_1, qa_2, or all.")] = ["niah_single_1"],
+    samples: Annotated[int, typer.Option("--samples", help="Samples per task and context (needle depths evenly "
+                                         "spaced).")] = 100,
+    attn: Annotated[list[str], typer.Option("--attn", help="Attention variant(s): full (softmax), base (window + "
+                                            "linear, lambda=0), lola. Repeat to compare in one run.")]
+    = ["full", "base", "lola"],
+    window: WindowOpt = 64,
+    lam: LambdaOpt = 512,
+    scorer: ScorerOpt = "sre",
+    feature_map: Annotated[Optional[str], typer.Option("--feature-map", help="phi for the linear state: hedgehog "
+                                                       "(learned; default when a checkpoint is available), "
+                                                       "hedgehog-identity, elu, relu, taylor.")] = None,
+    combine: CombineOpt = "lolcats",
+    gqa: GqaOpt = "grouped",
+    chunk: ChunkOpt = None,
+    model: ModelOpt = "smollm2-135m",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    lola_ckpt: CkptOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for prompts (same seed, byte-identical prompts).")] = 0,
+    essay_path: Annotated[Optional[str], typer.Option("--essay-path", envvar="LOLA_BENCH_ESSAY",
+                                                      help="RULER essay JSON or a directory of .txt essays "
+                                                      "(essay-haystack tasks).")] = None,
+    qa_path: Annotated[Optional[str], typer.Option("--qa-path", envvar="LOLA_BENCH_QA",
+                                                   help="SQuAD/HotpotQA file for qa_1/qa_2.")] = None,
+    chat_template: Annotated[Optional[bool], typer.Option("--chat-template/--no-chat-template",
+                                                          help="Force the tokenizer's chat template on or off "
+                                                          "(default: on for instruct models).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default results/ruler/<model>-<time>).")]
+    = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
+):
+    """RULER needle-in-a-haystack accuracy with TTFT, decode latency and memory, per attention variant."""
+    from .evals.ruler_bench import RulerSettings, expand_tasks, run_ruler, validate
+    from .models.checkpoint import resolve_checkpoint
+    from .models.loading import load_model
+    from .provenance import device_label
+    from .records import RunDir
+    from .runs import attention_variants, default_run_dir, run_config
+    from .settings import ModelSettings
+
+    ms = ModelSettings(model, device, dtype, lola_ckpt)
+    ckpt, fmap = resolve_checkpoint(ms, feature_map)
+    lola = _lola_config(window, lam, scorer, fmap, combine, gqa, chunk, seed)
+    variants = attention_variants(attn, lola)
+    essay = essay_path or _default_essay()
+    rs = RulerSettings(tasks=tuple(expand_tasks(task)), ctxs=tuple(ctx), samples=samples, seed=seed,
+                       essay_path=essay, qa_path=qa_path, chat_template=chat_template)
+    validate(rs, 0)
+    run = RunDir(out or default_run_dir("ruler", model), overwrite=overwrite)
+    loaded = load_model(model, device, dtype)
+    validate(rs, loaded.max_context)
+    total = len(variants) * len(rs.tasks) * len(rs.ctxs) * samples
+    with _progress() as prog:
+        bar = prog.add_task("ruler", total=total)
+
+        def step(adv, desc):
+            prog.update(bar, advance=adv, **({"description": desc} if desc else {}))
+
+        result = run_ruler(loaded, variants, rs, ckpt=ckpt, device_label=device_label(loaded.device), progress=step)
+    with run:
+        cfg = run_config("ruler", ms, loaded, variants, {"ruler": {**rs.to_dict(), "chat_template_applied":
+                                                                   result.chat_template},
+                                                         "lola_checkpoint": ckpt})
+        run.write_json("config.json", cfg)
+        run.append_jsonl("predictions.jsonl", result.predictions)
+        run.write_table("summary", result.summary, title="RULER", notes=SHORT_PROMPT_NOTE)
+        from .report import depth_heatmaps
+
+        depth_heatmaps(result.predictions, run.stage)
+    cols = ["attn", "task", "ctx", "n", "accuracy", "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib",
+            "full_kv_mib"]
+    _print_frame(result.summary, f"RULER on {loaded.source} ({device_label(loaded.device)})", cols)
+    console.print(f"results: {run.path}")
+
+
+def _default_essay():
+    from .paths import data_dir
+
+    d = data_dir()
+    if d and (d / "ruler_essay" / "PaulGrahamEssays.json").is_file():
+        return str(d / "ruler_essay" / "PaulGrahamEssays.json")
+    return None
+
+
 def main():  # pragma: no cover
     sys.exit(app())

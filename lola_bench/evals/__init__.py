@@ -1,0 +1,1 @@
+"""Evaluations: RULER generation/scoring, lm-eval glue, timing and memory."""

@@ -1,0 +1,140 @@
+"""Run RULER samples through one model under several attention variants: accuracy, TTFT, decode, memory."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from ..attention.state import full_kv_bytes
+from ..errors import UserError
+from ..models.variants import apply_attention
+from ..settings import AttentionSettings
+from .ruler import RULER_TASKS, TASKS, generate_samples, score_sample, task_unavailable_reason
+from .timing import eos_token_ids, greedy_generate
+
+MIB = 1024 * 1024
+
+SUMMARY_COLUMNS = ["model", "attn", "window", "lambda", "scorer", "feature_map", "task", "ctx", "n", "accuracy",
+                   "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib", "full_kv_mib", "window_mib",
+                   "sparse_mib", "state_mib", "phi_k_mib", "mean_prompt_tokens", "device"]
+
+
+@dataclass(frozen=True)
+class RulerSettings:
+    tasks: tuple[str, ...]
+    ctxs: tuple[int, ...]
+    samples: int
+    seed: int = 0
+    essay_path: str | None = None
+    qa_path: str | None = None
+    chat_template: bool | None = None   # None = automatic (instruct models)
+    warmup: bool = True
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RulerOutput:
+    summary: pd.DataFrame
+    predictions: list[dict] = field(default_factory=list)
+    chat_template: bool = False
+
+
+def expand_tasks(tasks: list[str]) -> list[str]:
+    if "all" in tasks:
+        return list(RULER_TASKS)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise UserError(f"unknown task {unknown[0]!r}: choose from {', '.join(TASKS)} or all")
+    return list(dict.fromkeys(tasks))
+
+
+def validate(settings: RulerSettings, max_context: int) -> None:
+    """Everything that can be checked before any model work (so a bad flag leaves no run directory)."""
+    if settings.samples < 1:
+        raise UserError(f"--samples must be >= 1, got {settings.samples}")
+    for ctx in settings.ctxs:
+        if ctx < 256:
+            raise UserError(f"--ctx {ctx} is too short for RULER prompts (minimum 256)")
+        if max_context and ctx > max_context:
+            raise UserError(f"--ctx {ctx} exceeds the model's maximum context of {max_context} tokens")
+    for task in settings.tasks:
+        reason = task_unavailable_reason(task, essay_path=settings.essay_path, qa_path=settings.qa_path)
+        if reason:
+            raise UserError(f"task {task} unavailable: {reason}")
+
+
+def _row_config(attn: AttentionSettings) -> dict:
+    c = attn.lola
+    return {"attn": attn.mode, "window": c.window if c else None, "lambda": c.sparse if c else None,
+            "scorer": c.scorer if c else None, "feature_map": c.feature_map if c else None}
+
+
+def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings, *, ckpt: str | None = None,
+              device_label: str = "cpu", progress=None) -> RulerOutput:
+    """Generate the samples once, then run every variant over them. ``progress(advance, description)``."""
+    validate(settings, loaded.max_context)
+    tok, model = loaded.tokenizer, loaded.model
+    chat = loaded.is_instruct if settings.chat_template is None else settings.chat_template
+    samples = {}
+    for task in settings.tasks:
+        for ctx in settings.ctxs:
+            try:
+                samples[task, ctx] = generate_samples(task, tok, ctx, settings.samples, settings.seed,
+                                                      essay_path=settings.essay_path, qa_path=settings.qa_path,
+                                                      chat_template=chat)
+            except ValueError as e:
+                raise UserError(f"{task} at ctx {ctx}: {e}") from None
+    eos = eos_token_ids(model, tok)
+    cfg = model.config
+    rows, preds = [], []
+    import torch
+
+    for attn in variants:
+        apply_attention(model, attn, ckpt)
+        if settings.warmup:  # one short untimed generation: allocator, threads, lazy init
+            first = next(iter(samples.values()))[0]
+            warm_len = min(len(first.input_ids), 2 * (attn.lola.chunk_size if attn.lola else 64) + 8)
+            greedy_generate(model, torch.tensor([first.input_ids[:warm_len]]), 2, eos, loaded.device)
+        for (task, ctx), items in samples.items():
+            results = []
+            for s in items:
+                if progress:
+                    progress(0, f"{attn.mode} {task} ctx={ctx} #{s.index + 1}/{len(items)}")
+                r = greedy_generate(model, torch.tensor([s.input_ids]), s.max_new_tokens, eos, loaded.device)
+                text = tok.decode(r.tokens, skip_special_tokens=True)
+                score = score_sample(task, text, s.answers)
+                results.append((s, r, score))
+                preds.append({**_row_config(attn), "task": task, "ctx": ctx, "index": s.index, "depth": s.depth,
+                              "seed": s.seed, "n_prompt_tokens": s.n_prompt_tokens, "n_generated": len(r.tokens),
+                              "answer": list(s.answers), "prediction": text, "score": score,
+                              "ttft_s": r.ttft_s, "decode_s_per_token": r.decode_s_per_token})
+                if progress:
+                    progress(1, None)
+            tiers = [r.cache_bytes for _, r, _ in results]
+            total_len = [s.n_prompt_tokens + len(r.tokens) for s, r, _ in results]
+            dec = [r.decode_s_per_token for _, r, _ in results if r.decode_s_per_token is not None]
+            full_kv = statistics.mean(full_kv_bytes(n, batch=1, kv_heads=cfg.num_key_value_heads,
+                                                    head_dim=getattr(cfg, "head_dim", None) or
+                                                    cfg.hidden_size // cfg.num_attention_heads,
+                                                    dtype=model.dtype, layers=cfg.num_hidden_layers)
+                                      for n in total_len)
+
+            def tier(name):
+                return statistics.mean(t.get(name, 0) for t in tiers) / MIB
+
+            cache = statistics.mean(sum(t.values()) for t in tiers) / MIB
+            rows.append({"model": loaded.spec, **_row_config(attn), "task": task, "ctx": ctx, "n": len(results),
+                         "accuracy": statistics.mean(sc for _, _, sc in results),
+                         "ttft_s": statistics.median(r.ttft_s for _, r, _ in results),
+                         "decode_ms_per_token": statistics.median(dec) * 1000 if dec else float("nan"),
+                         "peak_mem_mib": max(r.peak_mem_bytes for _, r, _ in results) / MIB,
+                         "cache_mib": cache, "full_kv_mib": full_kv / MIB, "window_mib": tier("window"),
+                         "sparse_mib": tier("sparse"), "state_mib": tier("state"), "phi_k_mib": tier("phi_k"),
+                         "mean_prompt_tokens": statistics.mean(s.n_prompt_tokens for s, _, _ in results),
+                         "device": device_label})
+    apply_attention(model, AttentionSettings("full"))
+    return RulerOutput(summary=pd.DataFrame(rows, columns=SUMMARY_COLUMNS), predictions=preds, chat_template=chat)

@@ -1,0 +1,126 @@
+"""Greedy generation with synchronized timers (TTFT, decode ms/token) and peak memory.
+
+TTFT = prefill of the prompt + the first generated token. Decode time is averaged over the remaining
+generated tokens. Peak memory: torch.cuda.max_memory_allocated on GPU; on CPU the growth of the
+process RSS over the call, sampled every 2 ms by a background thread (a lower bound of the true peak).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+import torch
+
+from ..models.cache import LolaCache
+from ..models.patch import is_patched, new_cache
+
+
+@dataclass
+class GenResult:
+    tokens: list[int]
+    n_prompt: int
+    ttft_s: float
+    decode_s_per_token: float | None
+    peak_mem_bytes: int
+    cache_bytes: dict[str, int] = field(default_factory=dict)
+
+
+class PeakMemory:
+    """Context manager measuring peak memory growth (CUDA allocator or CPU RSS)."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda") and torch.cuda.is_available()
+        self.peak = 0
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.proc = psutil.Process()
+            self.base = self.proc.memory_info().rss
+            self.high = self.base
+            self.stop = threading.Event()
+            self.thread = threading.Thread(target=self._poll, daemon=True)
+            self.thread.start()
+        return self
+
+    def _poll(self):
+        while not self.stop.is_set():
+            self.high = max(self.high, self.proc.memory_info().rss)
+            self.stop.wait(0.002)
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.stop.set()
+            self.thread.join()
+            self.high = max(self.high, self.proc.memory_info().rss)
+            self.peak = self.high - self.base
+        return False
+
+
+def _sync(device: str):
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def dynamic_cache_bytes(cache) -> int:
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+@torch.no_grad()
+def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_ids: set[int],
+                    device: str = "cpu") -> GenResult:
+    """Greedy decoding with a hand-written loop so that prefill and each decode step are timed separately."""
+    from transformers import DynamicCache
+
+    input_ids = input_ids.to(device)
+    cache = new_cache(model) if is_patched(model) else DynamicCache(config=model.config)
+    tokens: list[int] = []
+    with PeakMemory(device) as mem:
+        _sync(device)
+        t0 = time.perf_counter()
+        logits = model(input_ids, cache=cache, use_cache=True).logits[:, -1]
+        nxt = int(logits.argmax(-1))
+        _sync(device)
+        ttft = time.perf_counter() - t0
+        tokens.append(nxt)
+        t1 = time.perf_counter()
+        steps = 0
+        while len(tokens) < max_new_tokens and nxt not in eos_ids:
+            step = torch.tensor([[nxt]], device=device)
+            logits = model(step, cache=cache, use_cache=True).logits[:, -1]
+            nxt = int(logits.argmax(-1))
+            tokens.append(nxt)
+            steps += 1
+        _sync(device)
+        dec = (time.perf_counter() - t1) / steps if steps else None
+    if isinstance(cache, LolaCache):
+        cb = cache.nbytes_by_tier()
+    else:
+        cb = {"full_kv": dynamic_cache_bytes(cache)}
+    return GenResult(tokens=tokens, n_prompt=int(input_ids.shape[1]), ttft_s=ttft, decode_s_per_token=dec,
+                     peak_mem_bytes=int(mem.peak), cache_bytes=cb)
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    ids = set()
+    for src in (getattr(model, "generation_config", None), tokenizer):
+        e = getattr(src, "eos_token_id", None)
+        if isinstance(e, int):
+            ids.add(e)
+        elif isinstance(e, (list, tuple)):
+            ids.update(int(x) for x in e)
+    return ids

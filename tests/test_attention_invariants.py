@@ -1,0 +1,162 @@
+"""The torch reference is the specification: fast paths against it, and it against exact invariants."""
+
+import itertools
+
+import pytest
+import torch
+
+from lola_bench.attention.chunked import lola_chunked
+from lola_bench.attention.common import LolaParams
+from lola_bench.attention.config import FEATURE_MAPS, SCORERS, LolaConfig
+from lola_bench.attention.decode import lola_decode
+from lola_bench.attention.feature_maps import make_feature_map
+from lola_bench.attention.reference import lola_reference
+from lola_bench.attention.scorers import make_scorer
+from lola_bench.attention.state import LolaState, analytic_bytes
+from lola_bench.errors import UserError
+
+D = 16
+
+
+def make_params(cfg, hq=4, hkv=2, d=D, dtype=torch.float64):
+    fq, fk = make_feature_map(cfg.feature_map, hq, d), make_feature_map(cfg.feature_map, hq, d)
+    if cfg.feature_map == "hedgehog":  # move away from the identity init so q and k maps differ
+        fq.layer.data += 0.3 * torch.randn_like(fq.layer)
+        fk.layer.data += 0.3 * torch.randn_like(fk.layer)
+    return LolaParams(cfg, fq.to(dtype), fk.to(dtype), torch.randn(hq, dtype=dtype), make_scorer(cfg.scorer),
+                      hq, hkv, d)
+
+
+def qkv(L, hq=4, hkv=2, b=2, d=D, dtype=torch.float64):
+    return (torch.randn(b, hq, L, d, dtype=dtype), torch.randn(b, hkv, L, d, dtype=dtype),
+            torch.randn(b, hkv, L, d, dtype=dtype))
+
+
+def softmax_attention(q, k, v):
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    L = q.shape[2]
+    s = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    s = s.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), float("-inf"))
+    return torch.softmax(s, -1) @ v
+
+
+def window_plus_linear(q, k, v, params):
+    """Independent quadratic oracle for lambda = 0: block sliding window (softmax) + linear attention."""
+    cfg = params.cfg
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    L = q.shape[2]
+    t = torch.arange(L).view(-1, 1)
+    j = torch.arange(L).view(1, -1)
+    ws = torch.tensor([cfg.window_start(int(i) // cfg.chunk_size) for i in range(L)]).view(-1, 1)
+    soft = (j >= ws) & (j <= t)
+    lin = j < ws
+    s = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    s = s.masked_fill(~soft, float("-inf"))
+    e = torch.exp(s - s.amax(-1, keepdim=True))
+    a = (params.feature_map_q(q) @ params.feature_map_k(k).transpose(-1, -2)) * lin
+    g = torch.sigmoid(params.window_factors).view(1, -1, 1, 1)
+    has_lin = lin.any(-1).view(1, 1, -1, 1)
+    if cfg.combine == "gated":
+        y = (g * e @ v + (1 - g) * a @ v) / (g * e.sum(-1, keepdim=True) + (1 - g) * a.sum(-1, keepdim=True) + cfg.eps)
+    else:
+        y = (g * e @ v + a @ v) / (g * e.sum(-1, keepdim=True) + a.sum(-1, keepdim=True) + cfg.eps)
+    return torch.where(has_lin, y, (e @ v) / e.sum(-1, keepdim=True))
+
+
+@pytest.mark.parametrize("L", [63, 65, 200])
+@pytest.mark.parametrize("gqa", ["grouped", "expanded"])
+def test_cache_covering_sequence_equals_softmax(L, gqa):
+    """Invariant 1: lambda + eta >= L  =>  exact softmax attention (fp32, tight)."""
+    q, k, v = qkv(L, dtype=torch.float32)
+    for window, sparse in [(L, 0), (16, L - 16), (8, L)]:
+        cfg = LolaConfig(window=window, sparse=sparse, gqa=gqa)
+        p = make_params(cfg, dtype=torch.float32)
+        want = softmax_attention(q, k, v)
+        torch.testing.assert_close(lola_reference(q, k, v, p).out, want, atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(lola_chunked(q, k, v, LolaState(), p), want, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("L,window,chunk", [(63, 8, None), (65, 16, None), (200, 16, None), (65, 8, 1), (65, 8, 5)])
+@pytest.mark.parametrize("combine", ["gated", "lolcats"])
+def test_lambda_zero_is_window_plus_linear(L, window, chunk, combine):
+    """Invariant 2: lambda = 0  =>  sliding window + linear attention, as an independent dense oracle."""
+    cfg = LolaConfig(window=window, sparse=0, chunk=chunk, combine=combine, feature_map="hedgehog")
+    p = make_params(cfg)
+    q, k, v = qkv(L)
+    want = window_plus_linear(q, k, v, p)
+    torch.testing.assert_close(lola_reference(q, k, v, p).out, want, atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(lola_chunked(q, k, v, LolaState(), p), want, atol=1e-10, rtol=1e-9)
+
+
+CASES = list(itertools.product(FEATURE_MAPS, SCORERS, ["grouped", "expanded"]))
+
+
+@pytest.mark.parametrize("feature_map,scorer,gqa", CASES)
+def test_chunked_and_decode_match_reference(feature_map, scorer, gqa):
+    """Chunked prefill and prefill-then-decode equal the reference, outputs and final state (float64)."""
+    L = 65
+    for sparse, window, chunk, combine in [(7, 8, None, "lolcats"), (20, 8, 3, "gated")]:
+        cfg = LolaConfig(window=window, sparse=sparse, chunk=chunk, feature_map=feature_map, scorer=scorer, gqa=gqa,
+                         combine=combine)
+        p = make_params(cfg)
+        q, k, v = qkv(L)
+        ref = lola_reference(q, k, v, p)
+        st = LolaState()
+        torch.testing.assert_close(lola_chunked(q, k, v, st, p), ref.out, atol=1e-10, rtol=1e-9)
+        assert torch.equal(st.sp_pos, ref.sparse_pos)
+        torch.testing.assert_close(st.H, ref.H, atol=1e-10, rtol=1e-9)
+        torch.testing.assert_close(st.s, ref.s, atol=1e-10, rtol=1e-9)
+        # Invariant 3: prefill of a prefix, then token-by-token decode == one prefill (same cadence)
+        st2 = LolaState()
+        outs = [lola_chunked(q[:, :, :30], k[:, :, :30], v[:, :, :30], st2, p)]
+        outs += [lola_decode(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], st2, p) for t in range(30, L)]
+        torch.testing.assert_close(torch.cat(outs, 2), ref.out, atol=1e-10, rtol=1e-9)
+        assert torch.equal(st2.sp_pos, ref.sparse_pos)
+        # Invariant 5: bytes held == analytic count from the config
+        want = analytic_bytes(cfg, L, batch=2, query_heads=4, kv_heads=2, head_dim=D, feature_dim=p.feature_dim,
+                              dtype=torch.float64)
+        assert st.nbytes_by_tier() == want == st2.nbytes_by_tier()
+
+
+def test_unaligned_blocks_equal_one_prefill():
+    cfg = LolaConfig(window=8, sparse=5)
+    p = make_params(cfg)
+    q, k, v = qkv(90)
+    ref = lola_reference(q, k, v, p).out
+    st = LolaState()
+    outs = []
+    for a, b in [(0, 5), (5, 22), (22, 23), (23, 61), (61, 90)]:
+        outs.append(lola_chunked(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], st, p))
+    torch.testing.assert_close(torch.cat(outs, 2), ref, atol=1e-10, rtol=1e-9)
+
+
+def test_sparse_cache_is_bounded_and_sre_keeps_hard_pairs():
+    """With a state built from one repeated pair, a novel pair has the largest SRE and must be kept."""
+    cfg = LolaConfig(window=4, sparse=1, chunk=4, feature_map="elu")
+    p = make_params(cfg, hq=1, hkv=1)
+    L = 40
+    k = torch.ones(1, 1, L, D, dtype=torch.float64)
+    v = torch.ones(1, 1, L, D, dtype=torch.float64)
+    k[0, 0, 10], v[0, 0, 10] = -1.0, 5.0  # the odd one out
+    q = torch.randn(1, 1, L, D, dtype=torch.float64)
+    st = LolaState()
+    lola_chunked(q, k, v, st, p)
+    assert st.sp_pos.shape[-1] == 1 and int(st.sp_pos[0, 0, 0]) == 10
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(window=0), "window"), (dict(sparse=-1), "lambda"), (dict(feature_map="nope"), "feature map"),
+    (dict(scorer="nope"), "scorer"), (dict(combine="x"), "combine"), (dict(gqa="x"), "GQA"), (dict(chunk=0), "chunk"),
+])
+def test_bad_configs(kwargs, match):
+    with pytest.raises(UserError, match=match):
+        LolaConfig(**kwargs)
+
+
+def test_head_dim_mismatch():
+    cfg = LolaConfig()
+    with pytest.raises(UserError, match="head_dim"):
+        LolaParams(cfg, make_feature_map("elu", 4, 32), make_feature_map("elu", 4, 32), torch.zeros(4),
+                   make_scorer("sre"), 4, 2, 16)
