@@ -50,7 +50,8 @@ ScorerOpt = Annotated[str, typer.Option("--scorer", help="Which evicted pairs st
                                         "default), random, key_norm, attention, recency, sink.")]
 FeatureMapOpt = Annotated[str, typer.Option("--feature-map", help="phi for the linear state: hedgehog (learned, needs a "
                                             "checkpoint), hedgehog-identity, elu, relu, taylor.")]
-CombineOpt = Annotated[str, typer.Option("--combine", help="How softmax and linear parts mix: lolcats | gated.")]
+CombineOpt = Annotated[Optional[str], typer.Option("--combine", help="How softmax and linear parts mix: gated | "
+                                                  "lolcats. Default: the checkpoint's formula, else gated.")]
 GqaOpt = Annotated[str, typer.Option("--gqa", help="grouped: K/V and selection once per KV head; expanded: per query "
                                      "head (the public code's layout).")]
 ChunkOpt = Annotated[Optional[int], typer.Option("--chunk", help="Update cadence in tokens (default: = window).")]
@@ -90,9 +91,13 @@ def info(device: DeviceOpt = "auto"):
     console.print(t)
 
 
-def _lola_config(window, lam, scorer, feature_map, combine, gqa, chunk, seed=0):
+def _lola_config(window, lam, scorer, feature_map, combine, gqa, chunk, seed=0, ckpt=None):
+    """LolaConfig from flags; combine formula and factor default to what the checkpoint was trained with."""
     from .attention.config import LolaConfig
+    from .models.checkpoint import read_meta
 
+    meta = read_meta(ckpt) if ckpt else {}
+    combine = combine or meta.get("combine") or "gated"
     return LolaConfig(window=window, sparse=lam, scorer=scorer, feature_map=feature_map, combine=combine, gqa=gqa,
                       chunk=chunk, seed=seed)
 
@@ -105,11 +110,16 @@ def _progress():
                     TextColumn("ETA"), TimeRemainingColumn(), console=err_console, transient=False)
 
 
+SHORT_NAMES = {"accuracy": "acc", "decode_ms_per_token": "dec ms/tok", "peak_mem_mib": "peak MiB",
+               "cache_mib": "cache MiB", "full_kv_mib": "full KV MiB", "ttft_s": "TTFT s"}
+
+
 def _print_frame(df, title, columns=None):
     t = Table(title=title)
     cols = columns or list(df.columns)
     for c in cols:
-        t.add_column(str(c), justify="right" if df[c].dtype.kind in "fi" else "left")
+        t.add_column(SHORT_NAMES.get(c, str(c)), justify="right" if df[c].dtype.kind in "fi" else "left",
+                     overflow="fold")
     for row in df[cols].itertuples(index=False):
         t.add_row(*[(f"{x:.3g}" if isinstance(x, float) else str(x)) for x in row])
     console.print(t)
@@ -138,7 +148,7 @@ def ruler(
     feature_map: Annotated[Optional[str], typer.Option("--feature-map", help="phi for the linear state: hedgehog "
                                                        "(learned; default when a checkpoint is available), "
                                                        "hedgehog-identity, elu, relu, taylor.")] = None,
-    combine: CombineOpt = "lolcats",
+    combine: CombineOpt = None,
     gqa: GqaOpt = "grouped",
     chunk: ChunkOpt = None,
     model: ModelOpt = "smollm2-135m",
@@ -169,7 +179,7 @@ def ruler(
 
     ms = ModelSettings(model, device, dtype, lola_ckpt)
     ckpt, fmap = resolve_checkpoint(ms, feature_map)
-    lola = _lola_config(window, lam, scorer, fmap, combine, gqa, chunk, seed)
+    lola = _lola_config(window, lam, scorer, fmap, combine, gqa, chunk, seed, ckpt)
     variants = attention_variants(attn, lola)
     essay = essay_path or _default_essay()
     rs = RulerSettings(tasks=tuple(expand_tasks(task)), ctxs=tuple(ctx), samples=samples, seed=seed,

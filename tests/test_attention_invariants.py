@@ -160,3 +160,14 @@ def test_head_dim_mismatch():
     with pytest.raises(UserError, match="head_dim"):
         LolaParams(cfg, make_feature_map("elu", 4, 32), make_feature_map("elu", 4, 32), torch.zeros(4),
                    make_scorer("sre"), 4, 2, 16)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 5])
+@pytest.mark.parametrize("combine", ["gated", "lolcats"])
+def test_dense_hybrid_equals_reference_at_lambda_zero(chunk, combine):
+    from lola_bench.attention.hybrid import hybrid_attention
+
+    cfg = LolaConfig(window=8, sparse=0, chunk=chunk, combine=combine, feature_map="hedgehog")
+    p = make_params(cfg)
+    q, k, v = qkv(65)
+    torch.testing.assert_close(hybrid_attention(q, k, v, p), lola_reference(q, k, v, p).out, atol=1e-10, rtol=1e-9)

@@ -63,20 +63,17 @@ def ensure_state(state: LolaState, k: torch.Tensor, params: LolaParams) -> None:
                    k.dtype, k.device, params.scorer.needs_attention_mass)
 
 
-def select_topk(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Indices (B, Hs, keep) of the ``keep`` highest scores, ties to the earlier candidate, in ascending order."""
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :keep]
-    return order.sort(dim=-1).values
+def split_topk(scores: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the ``keep`` highest scores (ascending, ties to the earlier candidate) and of the rest."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    return order[..., :keep].sort(dim=-1).values, order[..., keep:]
 
 
-def fold(state: LolaState, params: LolaParams, phi_k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor | None):
-    """Add sum_j w_j phi(k_j) v_j^T to H and sum_j w_j phi(k_j) to s. phi_k (B,Hq,n,F), v (B,Hs,n,d), w (B,Hs,n)."""
+def fold(state: LolaState, params: LolaParams, phi_k: torch.Tensor, v: torch.Tensor) -> None:
+    """Add sum_j phi(k_j) v_j^T to H and sum_j phi(k_j) to s. phi_k (B, Hq, n, F), v (B, Hs, n, d)."""
     sd = state.H.dtype
     phi = phi_k.to(sd)
-    if weight is not None:
-        phi = phi * expand_heads(weight, params.group).unsqueeze(-1).to(sd)
-    vq = expand_heads(v, params.group).to(sd)
-    state.H += torch.einsum("bhnf,bhnd->bhfd", phi, vq)
+    state.H += torch.matmul(phi.transpose(-1, -2), expand_heads(v, params.group).to(sd))
     state.s += phi.sum(dim=2)
 
 
@@ -104,16 +101,17 @@ def evict_before(state: LolaState, params: LolaParams, window_start: int) -> Non
         return
     phi_k = params.feature_map_k(expand_heads(cand_k, params.group))
     if keep == 0:
-        fold(state, params, phi_k, cand_v, None)
+        fold(state, params, phi_k, cand_v)
         state.n_folded += n
         state.sp_k, state.sp_v, state.sp_pos = cand_k[:, :, :0], cand_v[:, :, :0], cand_pos[:, :, :0]
         state.sp_acc = None if cand_acc is None else cand_acc[:, :, :0]
         return
     ctx = ScoreContext(k=cand_k, v=cand_v, pos=cand_pos, phi_k=phi_k, H=state.H, s=state.s, acc=cand_acc,
                        group=params.group, eps=params.cfg.eps, seed=params.cfg.seed)
-    idx = select_topk(params.scorer.score(ctx), keep)
-    keep_mask = torch.zeros(cand_pos.shape, dtype=torch.bool, device=cand_pos.device).scatter_(-1, idx, True)
-    fold(state, params, phi_k, cand_v, (~keep_mask).to(state.H.dtype))
+    idx, out_idx = split_topk(params.scorer.score(ctx), keep)
+    out_q = expand_heads(out_idx, params.group).unsqueeze(-1)
+    fold(state, params, phi_k.gather(2, out_q.expand(-1, -1, -1, phi_k.shape[-1])),
+         cand_v.gather(2, out_idx.unsqueeze(-1).expand(-1, -1, -1, cand_v.shape[-1])))
     state.n_folded += n - keep
     gidx = idx.unsqueeze(-1).expand(-1, -1, -1, cand_k.shape[-1])
     state.sp_k, state.sp_v = cand_k.gather(2, gidx), cand_v.gather(2, gidx)

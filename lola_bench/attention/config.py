@@ -34,9 +34,9 @@ class LolaConfig:
     chunk: int | None = None         # update cadence; None = window (the public code's cadence)
     feature_map: str = "hedgehog-identity"
     scorer: str = "sre"
-    combine: str = "lolcats"         # gated | lolcats (see common.combine)
+    combine: str = "gated"           # gated | lolcats (see common.combine); checkpoints record their own
     gqa: str = "grouped"             # grouped: K/V + selection once per KV head; expanded: per query head
-    factor_init: float = 2.0         # initial window factor logit (softmax weight sigmoid(factor)) when no checkpoint
+    factor_init: float = 3.0         # window factor logit (softmax weight sigmoid(factor)) when no checkpoint
     eps: float = 1e-6                # denominator epsilon
     seed: int = 0                    # for the random scorer
 

@@ -20,6 +20,7 @@ from ..attention.common import LolaParams
 from ..attention.config import LolaConfig
 from ..attention.decode import lola_decode
 from ..attention.feature_maps import make_feature_map
+from ..attention.hybrid import hybrid_attention
 from ..attention.scorers import make_scorer
 from ..attention.state import LolaState
 from ..errors import UserError
@@ -67,7 +68,12 @@ class LolaAttention(nn.Module):
         cache = cache if cache is not None else past_key_values
         q, k, v = self.project(hidden_states, position_embeddings)
         state = cache.state(self.layer_idx) if isinstance(cache, LolaCache) else LolaState()
-        if q.shape[2] == 1 and state.pos > 0:
+        if self.training and torch.is_grad_enabled():  # autograd cannot go through the in-place state updates
+            if self.cfg.sparse:
+                raise UserError("training through LoLA attention needs sparse=0 (the dense hybrid path has no "
+                                "sparse cache)")
+            out = hybrid_attention(q, k, v, self.params())
+        elif q.shape[2] == 1 and state.pos > 0:
             self.calls["decode"] += 1
             out = lola_decode(q, k, v, state, self.params())
         else:
