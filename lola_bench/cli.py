@@ -212,6 +212,111 @@ def ruler(
     console.print(f"results: {run.path}")
 
 
+@app.command()
+@user_errors
+def commonsense(
+    tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated: piqa, arc_easy, arc_challenge, hellaswag, "
+                                       "winogrande, mmlu (5-shot by default).")]
+    = "piqa,arc_easy,arc_challenge,hellaswag,winogrande",
+    attn: Annotated[list[str], typer.Option("--attn", help="Attention variant(s): full, base (lambda=0), lola. Repeat "
+                                            "to compare in one run.")] = ["full", "base", "lola"],
+    window: WindowOpt = 64,
+    lam: LambdaOpt = 512,
+    scorer: ScorerOpt = "sre",
+    feature_map: Annotated[Optional[str], typer.Option("--feature-map", help="phi for the linear state (see ruler "
+                                                       "--help).")] = None,
+    combine: CombineOpt = None,
+    gqa: GqaOpt = "grouped",
+    chunk: ChunkOpt = None,
+    model: ModelOpt = "smollm2-135m",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    lola_ckpt: CkptOpt = None,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", envvar="LOLA_BENCH_DATA",
+                                                    help="Offline mirror of the task data (switches to the local task "
+                                                    "YAMLs in tasks/commonsense/). Default: ../shared/data beside the "
+                                                    "checkout if present, else lm-eval's official (online) tasks.")]
+    = None,
+    online: Annotated[bool, typer.Option("--online", help="Use lm-eval's official task names (hub data) even if a "
+                                         "local mirror exists.")] = False,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Items per task (per subject for mmlu).")] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option("--num-fewshot", help="Few-shot examples (default 0; mmlu "
+                                                       "5).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="lm-eval batch size.")] = 1,
+    out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default results/commonsense/<model>-"
+                                               "<time>).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
+):
+    """Zero-shot commonsense suites through lm-eval for full, base and LoLA attention."""
+    import pandas as pd
+
+    from .evals.commonsense import resolve_tasks, run_commonsense
+    from .models.checkpoint import resolve_checkpoint
+    from .models.loading import load_model
+    from .models.variants import apply_attention
+    from .paths import data_dir as find_data
+    from .provenance import device_label
+    from .records import RunDir
+    from .runs import attention_variants, default_run_dir, run_config
+    from .settings import ModelSettings
+
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be >= 1, got {limit}")
+    ddir = None if online else find_data(data_dir)
+    if data_dir and not online and not ddir.is_dir():
+        raise UserError(f"--data-dir {data_dir} does not exist")
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    try:
+        resolve_tasks(names, str(ddir) if ddir else None)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    ms = ModelSettings(model, device, dtype, lola_ckpt)
+    ckpt, fmap = resolve_checkpoint(ms, feature_map)
+    variants = attention_variants(attn, _lola_config(window, lam, scorer, fmap, combine, gqa, chunk, 0, ckpt))
+    run = RunDir(out or default_run_dir("commonsense", model), overwrite=overwrite)
+    loaded = load_model(model, device, dtype)
+    frames, raw = [], {}
+    with _progress() as prog:
+        bar = prog.add_task("commonsense", total=len(variants) * len(names))
+        for v in variants:
+            apply_attention(loaded.model, v, ckpt)
+
+            def step(task_name, i, n, _v=v):
+                prog.update(bar, completed=variants.index(_v) * len(names) + i - 1,
+                            description=f"{_v.mode}: {task_name} ({i}/{n})")
+
+            try:
+                df, res = run_commonsense(loaded.model, loaded.tokenizer, names, data_dir=str(ddir) if ddir else None,
+                                          limit=limit, num_fewshot=num_fewshot, batch_size=batch_size,
+                                          device=loaded.device, progress=step)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            c = v.lola
+            df.insert(0, "attn", v.mode)
+            for col, val in [("window", c.window if c else None), ("lambda", c.sparse if c else None),
+                             ("scorer", c.scorer if c else None), ("feature_map", c.feature_map if c else None)]:
+                df[col] = val
+            df.insert(0, "model", model)
+            frames.append(df)
+            raw[v.mode] = res
+        prog.update(bar, completed=len(variants) * len(names))
+    apply_attention(loaded.model, variants[0].__class__("full"))
+    summary = pd.concat(frames, ignore_index=True)
+    summary["device"] = device_label(loaded.device)
+    with run:
+        run.write_json("config.json", run_config("commonsense", ms, loaded, variants, {
+            "commonsense": {"tasks": names, "data_dir": str(ddir) if ddir else None, "offline": ddir is not None,
+                            "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size},
+            "lola_checkpoint": ckpt}))
+        run.write_json("lm_eval_results.json", raw)
+        run.write_table("summary", summary, title="Commonsense (lm-eval)", notes=SHORT_PROMPT_NOTE + (
+            " HellaSwag offline uses the preprocessed full validation set: close to, not identical with, lm-eval's."
+            if ddir else ""))
+    _print_frame(summary, f"lm-eval on {loaded.source} ({device_label(loaded.device)})",
+                 ["attn", "task", "metric", "value", "stderr", "n"])
+    console.print(f"results: {run.path}")
+
+
 def _default_essay():
     from .paths import data_dir
 
