@@ -1,0 +1,87 @@
+"""The command line: help, bad input (one line, exit 2, nothing on disk) and a tiny end-to-end ruler run."""
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lola_bench.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_help_lists_commands_and_explains_flags():
+    r = run("--help")
+    assert r.exit_code == 0
+    for cmd in ("info", "ruler", "commonsense"):
+        assert cmd in r.output
+    r = run("ruler", "--help")
+    assert r.exit_code == 0
+    for flag in ("--ctx", "--task", "--samples", "--attn", "--window", "--lambda", "--scorer", "--feature-map",
+                 "--model", "--seed", "--out"):
+        assert flag in r.output
+
+
+def test_info_runs():
+    r = run("info")
+    assert r.exit_code == 0, r.output
+    assert "torch" in r.output
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--samples", "0"], "--samples"),
+    (["--task", "nope"], "unknown task"),
+    (["--ctx", "100000"], "maximum context"),
+    (["--window", "0"], "window"),
+    (["--lambda", "-1"], "lambda"),
+    (["--scorer", "bogus"], "unknown scorer"),
+    (["--feature-map", "bogus"], "unknown feature map"),
+    (["--attn", "sparse"], "unknown --attn"),
+    (["--model", "random:nope"], "unknown random preset"),
+    (["--model", "/no/such/file.gguf"], "GGUF file not found"),
+    (["--task", "niah_single_2", "--essay-path", "/no/such/essays.json"], "unavailable"),
+])
+def test_ruler_bad_input_is_one_line_and_leaves_nothing(tmp_path, args, match):
+    out = tmp_path / "run"
+    base = ["ruler", "--model", "random:tiny", "--ctx", "512", "--samples", "1", "--out", str(out)]
+    r = run(*base, *args)
+    assert r.exit_code == 2, r.output
+    assert match in r.output
+    assert "Traceback" not in r.output
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir()], "nothing may be left behind"
+
+
+def test_commonsense_bad_input(tmp_path):
+    out = tmp_path / "cs"
+    r = run("commonsense", "--model", "random:tiny", "--tasks", "nope", "--out", str(out))
+    assert r.exit_code == 2 and "nope" in r.output and not out.exists()
+    r = run("commonsense", "--model", "random:tiny", "--limit", "0", "--out", str(out))
+    assert r.exit_code == 2 and "--limit" in r.output and not out.exists()
+
+
+def test_ruler_tiny_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    r = run("ruler", "--model", "random:tiny", "--ctx", "512", "--ctx", "640", "--samples", "2", "--attn", "full",
+            "--attn", "lola", "--window", "16", "--lambda", "32", "--task", "niah_single_1", "--task", "passkey",
+            "--out", str(out))
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out / "summary.csv")
+    need = ["model", "attn", "window", "lambda", "scorer", "feature_map", "task", "ctx", "n", "accuracy", "ttft_s",
+            "decode_ms_per_token", "peak_mem_mib", "cache_mib", "full_kv_mib"]
+    assert all(c in df.columns for c in need)
+    assert len(df) == 2 * 2 * 2 and set(df["n"]) == {2}
+    assert (df[df.attn == "lola"]["cache_mib"] > 0).all()
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 16 and {"task", "ctx", "depth", "seed", "answer", "prediction", "score"} <= set(preds[0])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["provenance"]["git"]["commit"] and cfg["attention"][1]["lola"]["sparse"] == 32
+    assert (out / "summary.md").is_file()
+    assert list(out.glob("heatmap_*.png")), "several contexts -> depth x length heatmaps"
+    r = run("ruler", "--model", "random:tiny", "--ctx", "512", "--samples", "1", "--out", str(out))
+    assert r.exit_code == 2 and "already exists" in r.output
