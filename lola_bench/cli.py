@@ -317,6 +317,62 @@ def commonsense(
     console.print(f"results: {run.path}")
 
 
+@app.command()
+@user_errors
+def speed(
+    ctx: Annotated[list[int], typer.Option("--ctx", help="Prompt length(s) in tokens.")] = [1024, 2048, 4096],
+    attn: Annotated[list[str], typer.Option("--attn", help="Variant(s): full, base, lola.")] = ["full", "base", "lola"],
+    window: WindowOpt = 64,
+    lam: LambdaOpt = 512,
+    scorer: ScorerOpt = "sre",
+    feature_map: Annotated[Optional[str], typer.Option("--feature-map", help="phi for the linear state.")] = None,
+    combine: CombineOpt = None,
+    gqa: GqaOpt = "grouped",
+    chunk: ChunkOpt = None,
+    model: ModelOpt = "smollm2-135m",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    lola_ckpt: CkptOpt = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per point (median reported, after one "
+                                         "warm-up).")] = 3,
+    decode_tokens: Annotated[int, typer.Option("--decode-tokens", help="Decode steps timed after each prefill.")] = 16,
+    out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default results/speed/<model>-<time>).")]
+    = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
+):
+    """Prefill (TTFT) and decode latency on random prompts: full attention vs LoLA."""
+    from .evals.speed import run_speed
+    from .models.checkpoint import resolve_checkpoint
+    from .models.loading import load_model
+    from .provenance import device_label
+    from .records import RunDir
+    from .runs import attention_variants, default_run_dir, run_config
+    from .settings import ModelSettings
+
+    if repeats < 1:
+        raise UserError(f"--repeats must be >= 1, got {repeats}")
+    ms = ModelSettings(model, device, dtype, lola_ckpt)
+    ckpt, fmap = resolve_checkpoint(ms, feature_map)
+    variants = attention_variants(attn, _lola_config(window, lam, scorer, fmap, combine, gqa, chunk, 0, ckpt))
+    run = RunDir(out or default_run_dir("speed", model), overwrite=overwrite)
+    loaded = load_model(model, device, dtype)
+    for c in ctx:
+        if c < 1 or (loaded.max_context and c > loaded.max_context):
+            raise UserError(f"--ctx {c} outside 1..{loaded.max_context} (the model's maximum context)")
+    with _progress() as prog:
+        bar = prog.add_task("speed", total=len(variants) * len(ctx) * repeats)
+        df = run_speed(loaded, variants, list(ctx), repeats=repeats, decode_tokens=decode_tokens, ckpt=ckpt,
+                       device_label=device_label(loaded.device),
+                       progress=lambda a, d: prog.update(bar, advance=a, description=d))
+    with run:
+        run.write_json("config.json", run_config("speed", ms, loaded, variants, {
+            "speed": {"ctx": list(ctx), "repeats": repeats, "decode_tokens": decode_tokens}, "lola_checkpoint": ckpt}))
+        run.write_table("summary", df, title="Prefill and decode latency")
+    _print_frame(df, f"Latency on {loaded.source} ({device_label(loaded.device)})",
+                 ["attn", "ctx", "ttft_s", "ttft_vs_full", "decode_ms_per_token", "peak_mem_mib"])
+    console.print(f"results: {run.path}")
+
+
 def _default_essay():
     from .paths import data_dir
 
