@@ -45,11 +45,10 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bfloat16 on CUDA, 
                                        "float16.")]
 WindowOpt = Annotated[int, typer.Option("--window", help="eta: local sliding window (exact softmax). With the default "
                                         "cadence (chunk = eta) a query sees between eta+1 and 2*eta recent keys.")]
-LambdaOpt = Annotated[int, typer.Option("--lambda", help="lambda: sparse global cache size (pairs kept by the scorer).")]
+LambdaOpt = Annotated[int, typer.Option("--lambda", help="lambda: sparse global cache size (pairs kept by the "
+                                        "scorer).")]
 ScorerOpt = Annotated[str, typer.Option("--scorer", help="Which evicted pairs stay cached: sre (self-recall error, "
                                         "default), random, key_norm, attention, recency, sink.")]
-FeatureMapOpt = Annotated[str, typer.Option("--feature-map", help="phi for the linear state: hedgehog (learned, needs a "
-                                            "checkpoint), hedgehog-identity, elu, relu, taylor.")]
 CombineOpt = Annotated[Optional[str], typer.Option("--combine", help="How softmax and linear parts mix: gated | "
                                                   "lolcats. Default: the checkpoint's formula, else gated.")]
 GqaOpt = Annotated[str, typer.Option("--gqa", help="grouped: K/V and selection once per KV head; expanded: per query "
@@ -103,8 +102,14 @@ def _lola_config(window, lam, scorer, feature_map, combine, gqa, chunk, seed=0, 
 
 
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TextColumn("ETA"), TimeRemainingColumn(), console=err_console, transient=False)

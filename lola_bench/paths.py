@@ -10,7 +10,7 @@ REPO_ROOT = PACKAGE_DIR.parent
 
 
 def cache_dir() -> Path:
-    """Cache for dequantized weights etc.: $LOLA_BENCH_CACHE, else $XDG_CACHE_HOME/lola-bench, else ~/.cache/lola-bench."""
+    """Cache for dequantized weights: $LOLA_BENCH_CACHE, else $XDG_CACHE_HOME/lola-bench, else ~/.cache/lola-bench."""
     env = os.environ.get("LOLA_BENCH_CACHE")
     if env:
         return Path(env).expanduser()

@@ -12,7 +12,6 @@ from lola_bench.models.loading import RANDOM_PRESETS, load_model, random_model
 from lola_bench.provenance import provenance
 from lola_bench.records import RunDir, atomic_write_text
 
-
 EXPECTED_SHAPES = {  # (layers, heads, kv heads, head_dim, hidden)
     "tiny": (2, 4, 2, 16, 64),
     "smollm2-135m": (30, 9, 3, 64, 576),

@@ -14,7 +14,7 @@ import torch
 from ..errors import UserError
 from .config import LolaConfig
 from .feature_maps import FeatureMap
-from .scorers import ScoreContext, Scorer, expand_heads, group_mean
+from .scorers import ScoreContext, Scorer, expand_heads
 from .state import LolaState, state_dtype
 
 

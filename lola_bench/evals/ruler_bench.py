@@ -123,7 +123,7 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
                                                     dtype=model.dtype, layers=cfg.num_hidden_layers)
                                       for n in total_len)
 
-            def tier(name):
+            def tier(name, tiers=tiers):
                 return statistics.mean(t.get(name, 0) for t in tiers) / MIB
 
             cache = statistics.mean(sum(t.values()) for t in tiers) / MIB
