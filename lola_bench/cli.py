@@ -15,8 +15,8 @@ from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark LoLA (sliding window + sparse cache + linear state) against full attention.")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def user_errors(fn):
@@ -126,7 +126,8 @@ def _print_frame(df, title, columns=None):
         t.add_column(SHORT_NAMES.get(c, str(c)), justify="right" if df[c].dtype.kind in "fi" else "left",
                      overflow="fold")
     for row in df[cols].itertuples(index=False):
-        t.add_row(*[(f"{x:.3g}" if isinstance(x, float) else str(x)) for x in row])
+        t.add_row(*[("" if x != x else f"{x:.3g}") if isinstance(x, float) else ("" if x is None else str(x))
+                    for x in row])
     console.print(t)
 
 
@@ -376,6 +377,96 @@ def speed(
     _print_frame(df, f"Latency on {loaded.source} ({device_label(loaded.device)})",
                  ["attn", "ctx", "ttft_s", "ttft_vs_full", "decode_ms_per_token", "peak_mem_mib"])
     console.print(f"results: {run.path}")
+
+
+@app.command()
+@user_errors
+def sweep(
+    lam: Annotated[list[str], typer.Option("--lambda", help="lambda value(s); repeat or comma-separate "
+                                           "(e.g. --lambda 0,128,512). 0 = base (window + linear).")] = ["0,64,512"],
+    window: Annotated[list[str], typer.Option("--window", help="eta value(s), e.g. --window 32,64,128,256.")]
+    = ["32,64,128,256"],
+    ctx: Annotated[list[str], typer.Option("--ctx", help="Context length(s) (ruler suite).")] = ["4096"],
+    task: Annotated[list[str], typer.Option("--task", help="Task(s): RULER tasks or commonsense tasks "
+                                            "(default: niah_single_1 / the five zero-shot suites).")] = [],
+    scorer: Annotated[list[str], typer.Option("--scorer", help="Scorer(s) compared at equal lambda: sre, random, "
+                                              "key_norm, attention, recency, sink.")] = ["sre"],
+    feature_map: Annotated[list[str], typer.Option("--feature-map", help="Feature map(s) (default: the "
+                                                   "checkpoint's, else hedgehog-identity).")] = [],
+    suite: Annotated[str, typer.Option("--suite", help="ruler | commonsense.")] = "ruler",
+    full: Annotated[bool, typer.Option("--full/--no-full", help="Add full-attention reference rows.")] = True,
+    samples: Annotated[int, typer.Option("--samples", help="Samples per ruler cell.")] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Prompt seed.")] = 0,
+    combine: CombineOpt = None,
+    gqa: GqaOpt = "grouped",
+    chunk: ChunkOpt = None,
+    model: ModelOpt = "smollm2-135m",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    lola_ckpt: CkptOpt = None,
+    essay_path: Annotated[Optional[str], typer.Option("--essay-path", envvar="LOLA_BENCH_ESSAY",
+                                                      help="Essay haystack for essay tasks.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Items per commonsense task.")] = None,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", envvar="LOLA_BENCH_DATA",
+                                                    help="Offline data mirror (commonsense).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Sweep directory (default results/sweep/<model>-<suite>-"
+                                               "<grid hash>; the same command resumes there).")] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="k/n: run the cells with index % n == k-1 (split a "
+                                                 "sweep over machines; merge with `lola-bench report`).")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run cells recorded as failed (OOM/error)."
+                                               )] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid, what is done, and an ETA; run "
+                                          "nothing.")] = False,
+):
+    """Resumable grids over eta / lambda / context / scorer: tables and Pareto plots of accuracy vs memory."""
+    from .sweep import SweepSpec, default_sweep_dir, format_eta, plan_sweep, run_sweep
+
+    def ints(values):
+        try:
+            return tuple(int(x) for v in values for x in str(v).split(",") if x.strip())
+        except ValueError:
+            raise UserError(f"expected integers, got {values}") from None
+
+    def strs(values):
+        return tuple(x.strip() for v in values for x in v.split(",") if x.strip())
+
+    spec = SweepSpec(suite=suite, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt, lambdas=ints(lam),
+                     windows=ints(window), ctxs=ints(ctx), tasks=strs(task), scorers=strs(scorer),
+                     feature_maps=strs(feature_map) or (None,), full=full, samples=samples, seed=seed,
+                     combine=combine, gqa=gqa, chunk=chunk, essay_path=essay_path or _default_essay(), limit=limit,
+                     data_dir=data_dir)
+    out_dir = out or str(default_sweep_dir(spec))
+    plan = plan_sweep(spec, out_dir, shard=shard, retry_failed=retry_failed)
+    if dry_run:
+        keep = [c for c in ["index", "cell_id", "attn", "window", "lambda", "scorer", "feature_map", "task", "ctx",
+                            "status", "eta_s"] if c in plan.columns]
+        _print_frame(plan, f"sweep {out_dir}: {plan.attrs['done']}/{plan.attrs['total']} done, "
+                     f"ETA {format_eta(plan.attrs['eta_s'])}", keep)
+        return
+    with _progress() as prog:
+        bar = prog.add_task("sweep", total=int(plan.attrs["pending"]))
+        res = run_sweep(spec, out_dir, shard=shard, retry_failed=retry_failed,
+                        progress=lambda a, d: prog.update(bar, advance=a, **({"description": d} if d else {})))
+    console.print(f"ran {len(res.ran)} cell(s) ({len(res.failed)} failed), {res.skipped} already done")
+    if not res.frame.empty:
+        cols = [c for c in ["attn", "window", "lambda", "scorer", "task", "ctx", "accuracy", "ttft_s", "cache_mib",
+                            "status"] if c in res.frame.columns]
+        _print_frame(res.frame, f"sweep {res.out_dir}", cols)
+    console.print(f"results: {res.out_dir}")
+
+
+@app.command()
+@user_errors
+def report(
+    dirs: Annotated[list[str], typer.Argument(help="Sweep directories (with sweep.csv); several are merged.")],
+    out: Annotated[Optional[str], typer.Option("--out", help="Where to write the merged report (required for "
+                                               "several directories).")] = None,
+):
+    """Re-render sweep tables and plots from sweep.csv alone (merging shards)."""
+    from .report import render_report
+
+    for p in render_report(dirs, out):
+        console.print(str(p))
 
 
 def _default_essay():

@@ -5,8 +5,9 @@ Layout of a sweep directory::
     config.json              the SweepSpec + provenance of the latest invocation (and its shard)
     sweep.csv                tidy results: one row per finished cell (x task x ctx), SWEEP_COLUMNS
     sweep.md, *.png          report (lola_bench.report.render_sweep_report)
-    cells/<cell_id>/         one finished cell: summary.csv, predictions.jsonl or results.json,
-                             error.txt (failed cells), done.json (written last)
+    cells/<cell_id>/         one finished cell: summary.csv (its sweep.csv rows), predictions.jsonl (ruler),
+                             results.json (runner extras: lm-eval results, chat template flag),
+                             error.txt (traceback of a failed cell), done.json (status, wall time; written last)
     cells/.staging/          cells being written; renamed to cells/<cell_id> only when finished
 
 ``cell_id`` is sha256 of the canonical JSON of the cell's configuration (CellConfig.to_dict) cut to
@@ -33,6 +34,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import socket
@@ -100,14 +102,14 @@ class SweepSpec:
     lambdas: tuple[int, ...] = (0, 64, 512)
     windows: tuple[int, ...] = (64,)
     ctxs: tuple[int, ...] = (4096,)
-    tasks: tuple[str, ...] = ("niah_single_1",)
+    tasks: tuple[str, ...] = ()                      # empty: niah_single_1 (ruler) / the five zero-shot suites
     scorers: tuple[str, ...] = ("sre",)
     feature_maps: tuple[str | None, ...] = (None,)   # None: the checkpoint's map (hedgehog), else hedgehog-identity
     full: bool = True
     base: bool = False
     samples: int = 100
     seed: int = 0
-    combine: str = "lolcats"
+    combine: str | None = None                       # None: the checkpoint's formula, else gated
     gqa: str = "grouped"
     chunk: int | None = None
     essay_path: str | None = None
@@ -115,20 +117,20 @@ class SweepSpec:
     chat_template: bool | None = None
     limit: int | None = None
     num_fewshot: int | None = None
-    data_dir: str | None = None
+    data_dir: str | None = None                      # commonsense data mirror (default: ../shared/data if present)
+    online: bool = False                             # commonsense: lm-eval's official (hub) tasks even with a mirror
     batch_size: int = 1
 
     def __post_init__(self):
         if self.suite not in SUITES:
             raise UserError(f"unknown --suite {self.suite!r}: choose ruler or commonsense")
         lambdas = set(_ints("lambda", self.lambdas, 0)) | ({0} if self.base else set())
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
-        set_("lambdas", tuple(sorted(lambdas)))
-        set_("windows", _ints("window", self.windows, 1))
-        set_("ctxs", _ints("ctx", self.ctxs, 1))
-        set_("scorers", _ordered("scorer", self.scorers, SCORERS))
-        set_("feature_maps", _ordered("feature map", self.feature_maps, (None, *FEATURE_MAPS)))
-        set_("tasks", self._expand_tasks(self.tasks))
+        normal = {"lambdas": tuple(sorted(lambdas)), "windows": _ints("window", self.windows, 1),
+                  "ctxs": _ints("ctx", self.ctxs, 1), "scorers": _ordered("scorer", self.scorers, SCORERS),
+                  "feature_maps": _ordered("feature map", self.feature_maps, (None, *FEATURE_MAPS)),
+                  "tasks": self._expand_tasks(self.tasks)}
+        for name, value in normal.items():
+            object.__setattr__(self, name, value)       # frozen dataclass: normalise in place
         if self.lambdas and not self.windows:
             raise UserError("--window needs at least one value")
         if self.lambdas and not (self.scorers and self.feature_maps):
@@ -150,16 +152,15 @@ class SweepSpec:
 
     def _expand_tasks(self, tasks) -> tuple[str, ...]:
         tasks = [tasks] if isinstance(tasks, str) else list(tasks)
-        if not tasks:
-            raise UserError("--task needs at least one value")
         if self.suite == "ruler":
+            tasks = tasks or ["niah_single_1"]
             from .evals.ruler import TASKS
             from .evals.ruler_bench import expand_tasks
 
             return _ordered("task", expand_tasks(tasks), TASKS)
         from .evals.commonsense import DEFAULT_TASKS, KNOWN_TASKS
 
-        names = list(DEFAULT_TASKS) if "all" in tasks else [str(t).strip().lower() for t in tasks]
+        names = list(DEFAULT_TASKS) if not tasks or "all" in tasks else [str(t).strip().lower() for t in tasks]
         return _ordered("commonsense task", names, KNOWN_TASKS)
 
     def to_dict(self) -> dict:
@@ -210,7 +211,7 @@ class Cell:
     ckpt_path: str | None = None
     essay_path: str | None = None
     qa_path: str | None = None
-    data_dir: str | None = None
+    data_dir: str | None = None      # commonsense: the offline data mirror (None: lm-eval's online tasks)
     batch_size: int = 1
 
     @property
@@ -285,17 +286,17 @@ def _essay_path(spec: SweepSpec) -> str | None:
     return str(default) if default is not None and default.is_file() else None
 
 
-def _ruler_settings(spec: SweepSpec, tasks=None, ctxs=None):
+def _ruler_settings(spec: SweepSpec):
     from .evals.ruler_bench import RulerSettings
 
-    return RulerSettings(tasks=tuple(tasks or spec.tasks), ctxs=tuple(ctxs or spec.ctxs), samples=spec.samples,
+    return RulerSettings(tasks=spec.tasks, ctxs=spec.ctxs, samples=spec.samples,
                          seed=spec.seed, essay_path=_essay_path(spec), qa_path=spec.qa_path,
                          chat_template=spec.chat_template)
 
 
 def _variants(spec: SweepSpec) -> list[tuple[AttentionSettings, str | None]]:
     """Attention variants in canonical order, each with its resolved checkpoint path."""
-    from .models.checkpoint import resolve_checkpoint
+    from .models.checkpoint import read_meta, resolve_checkpoint
 
     out: list[tuple[AttentionSettings, str | None]] = []
     if spec.full:
@@ -305,8 +306,9 @@ def _variants(spec: SweepSpec) -> list[tuple[AttentionSettings, str | None]]:
     ms = ModelSettings(spec.model, spec.device, spec.dtype, spec.lola_ckpt)
     resolved = list(dict.fromkeys(resolve_checkpoint(ms, fm) for fm in spec.feature_maps))
     for ckpt, fmap in resolved:
+        combine = spec.combine or (read_meta(ckpt) if ckpt else {}).get("combine") or "gated"
         for window in spec.windows:
-            base = LolaConfig(window=window, sparse=0, chunk=spec.chunk, feature_map=fmap, combine=spec.combine,
+            base = LolaConfig(window=window, sparse=0, chunk=spec.chunk, feature_map=fmap, combine=combine,
                               gqa=spec.gqa, seed=spec.seed)
             if 0 in spec.lambdas:          # scorer-independent: one base cell, canonical (default) scorer
                 out.append((AttentionSettings("base", base), ckpt))
@@ -315,6 +317,14 @@ def _variants(spec: SweepSpec) -> list[tuple[AttentionSettings, str | None]]:
                     if lam:
                         out.append((AttentionSettings("lola", replace(base, sparse=lam, scorer=scorer)), ckpt))
     return out
+
+
+def _commonsense_data_dir(spec: SweepSpec) -> str | None:
+    """The offline mirror the commonsense cells read (None: lm-eval's online tasks), as the commonsense command."""
+    from .paths import data_dir
+
+    d = None if spec.online else data_dir(spec.data_dir)
+    return str(d) if d else None
 
 
 def validate_spec(spec: SweepSpec) -> None:
@@ -327,16 +337,19 @@ def validate_spec(spec: SweepSpec) -> None:
     else:
         from .evals.commonsense import resolve_tasks
 
+        data = _commonsense_data_dir(spec)
+        if spec.data_dir and not spec.online and not Path(data).is_dir():
+            raise UserError(f"--data-dir {spec.data_dir} does not exist")
         try:
-            resolve_tasks(list(spec.tasks), spec.data_dir)
+            resolve_tasks(list(spec.tasks), data)
         except ValueError as e:
             raise UserError(str(e)) from None
     _variants(spec)
 
 
 def cells(spec: SweepSpec) -> list[Cell]:
-    """Expand the grid in canonical order: task, ctx, then full, base, LoLA (feature map, window, scorer,
-    lambda). Validates the spec first (UserError)."""
+    """Expand the grid in canonical order: per task and ctx, full attention, then per feature map and window the
+    base cell (lambda = 0) and the LoLA cells per scorer and lambda. Validates the spec first (UserError)."""
     validate_spec(spec)
     device, dtype = _resolved_device(spec)
     variants = [(attn, ckpt, fingerprint(ckpt, exclude=("lola.json",)) if ckpt else None)
@@ -360,14 +373,12 @@ def cells(spec: SweepSpec) -> list[Cell]:
                     out.append(Cell(len(out), cfg, ckpt, essay_path=essay if t.needs_essay else None,
                                     qa_path=spec.qa_path if t.kind == "qa" else None))
     else:
-        from .evals.commonsense import local_data_dir
-
-        data = "local" if local_data_dir(spec.data_dir) else "online"
+        data_dir = _commonsense_data_dir(spec)
         for task in spec.tasks:
             for attn, ckpt, ck_id in variants:
                 cfg = CellConfig("commonsense", spec.model, device, dtype, attn, ck_id, task, limit=spec.limit,
-                                 num_fewshot=spec.num_fewshot, data=data)
-                out.append(Cell(len(out), cfg, ckpt, data_dir=spec.data_dir, batch_size=spec.batch_size))
+                                 num_fewshot=spec.num_fewshot, data="local" if data_dir else "online")
+                out.append(Cell(len(out), cfg, ckpt, data_dir=data_dir, batch_size=spec.batch_size))
     return out
 
 
@@ -384,14 +395,32 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return k, n
 
 
+def as_shard(shard: tuple[int, int] | str | None) -> tuple[int, int] | None:
+    """A shard given as 'k/n' or (k, n), checked."""
+    if shard is None or isinstance(shard, str):
+        return parse_shard(shard)
+    return parse_shard(f"{shard[0]}/{shard[1]}")
+
+
 def shard_cells(all_cells: list[Cell], shard: tuple[int, int] | str | None) -> list[Cell]:
     """The cells of shard k of n: grid index % n == k - 1."""
-    if isinstance(shard, str):
-        shard = parse_shard(shard)
+    shard = as_shard(shard)
     if shard is None:
         return list(all_cells)
     k, n = shard
     return [c for c in all_cells if c.index % n == k - 1]
+
+
+def default_sweep_dir(spec: SweepSpec, grid: list[Cell] | None = None) -> Path:
+    """results/sweep/<model>-<suite>-<hash of the grid's cell ids>: the same grid maps to the same directory, so
+    rerunning a command resumes it (and shards of one grid meet in one directory)."""
+    import re
+
+    from .paths import results_dir
+
+    ids = sorted(c.cell_id for c in (grid if grid is not None else cells(spec)))
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.model).strip("_")
+    return results_dir() / "sweep" / f"{safe}-{spec.suite}-{cell_hash({'cells': ids})[:8]}"
 
 
 # ---- the sweep directory --------------------------------------------------------------------------
@@ -450,11 +479,11 @@ class SweepDir:
         stage = Path(tempfile.mkdtemp(dir=self.staging,
                                       prefix=f"{cell.cell_id}.{socket.gethostname()}.{os.getpid()}."))
         try:
+            stage.chmod(0o755)
             atomic_write_text(stage / "summary.csv", rows.to_csv(index=False))
             if predictions:
                 with open(stage / "predictions.jsonl", "w", encoding="utf-8") as f:
-                    for p in predictions:
-                        f.write(json.dumps(to_jsonable(p)) + "\n")
+                    f.writelines(json.dumps(to_jsonable(p)) + "\n" for p in predictions)
             if raw is not None:
                 atomic_write_json(stage / "results.json", raw)
             if error_text:
@@ -484,7 +513,7 @@ class SweepDir:
                 frames.append(pd.read_csv(self.cells_dir / cell_id / "summary.csv"))
             except (OSError, pd.errors.EmptyDataError):
                 continue
-        df = _tidy(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
+        df = tidy(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
         if order and not df.empty:
             key = df["cell_id"].map(lambda c: (order.get(c, len(order)), c))
             df = df.iloc[sorted(range(len(df)), key=lambda i: key.iloc[i])].reset_index(drop=True)
@@ -510,7 +539,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _tidy(df: pd.DataFrame) -> pd.DataFrame:
+def tidy(df: pd.DataFrame) -> pd.DataFrame:
     """SWEEP_COLUMNS first (missing ones empty), any extra columns after."""
     extra = [c for c in df.columns if c not in SWEEP_COLUMNS]
     return df.reindex(columns=SWEEP_COLUMNS + extra)
@@ -602,7 +631,8 @@ def _check_context(spec: SweepSpec, loaded) -> None:
             raise UserError(f"--ctx {over[0]} exceeds the model's maximum context of {max_ctx} tokens")
 
 
-def _pending(cell: Cell, info: dict | None, retry_failed: bool) -> bool:
+def _pending(info: dict | None, retry_failed: bool) -> bool:
+    """Whether a cell with this done.json (None: not finished) still has to run."""
     return info is None or (retry_failed and info.get("status") != "ok")
 
 
@@ -634,17 +664,18 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, shard: tuple[int, 
     order = {c.cell_id: c.index for c in grid}
     sweep = SweepDir(out_dir)
     sweep.prepare()
-    from .provenance import provenance
+    pending = [c for c in mine if _pending(sweep.done(c.cell_id), retry_failed)]
+    if pending or not (sweep.path / "config.json").exists():
+        from .provenance import provenance
 
-    shard_t = parse_shard(shard) if isinstance(shard, str) else shard
-    atomic_write_json(sweep.path / "config.json", {
-        "command": "sweep", "sweep": spec.to_dict(), "shard": f"{shard_t[0]}/{shard_t[1]}" if shard_t else None,
-        "cells": len(grid), "cells_in_shard": len(mine), "provenance": provenance(_resolved_device(spec)[0])})
-    pending = [c for c in mine if _pending(c, sweep.done(c.cell_id), retry_failed)]
+        shard = as_shard(shard)
+        atomic_write_json(sweep.path / "config.json", {
+            "command": "sweep", "sweep": spec.to_dict(), "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+            "cells": len(grid), "cells_in_shard": len(mine), "provenance": provenance(_resolved_device(spec)[0])})
     result = SweepResult(sweep.path, pd.DataFrame(columns=SWEEP_COLUMNS), skipped=len(mine) - len(pending))
     loaded = None
     for i, cell in enumerate(pending, 1):
-        if sweep.done(cell.cell_id) is not None and not retry_failed:
+        if not _pending(sweep.done(cell.cell_id), retry_failed):
             if progress:                               # finished meanwhile by a process sharing the dir
                 progress(1, None)
             continue
@@ -654,7 +685,11 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, shard: tuple[int, 
         prefix = f"[{i}/{len(pending)}] {cell.label}"
         if progress:
             progress(0, prefix)
-        sub = (lambda adv, desc: progress(0, f"{prefix}: {desc}") if desc else None) if progress else None
+
+        def sub(advance, desc, prefix=prefix):     # the runner's per-sample steps: description only
+            if progress and desc:
+                progress(0, f"{prefix}: {desc}")
+
         t0 = time.perf_counter()
         try:
             out, status, error, error_text = run_cell(loaded, cell, sub), "ok", None, None
@@ -671,13 +706,14 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, shard: tuple[int, 
                 "config": cell.config.to_dict()}
         sweep.commit(cell, rows, info, predictions=out.predictions if out else None,
                      raw=out.raw if out else None, error_text=error_text)
-        sweep.rebuild_csv(order)
+        result.frame = sweep.rebuild_csv(order)
         result.ran.append(cell.cell_id)
         if status != "ok":
             result.failed.append(cell.cell_id)
         if progress:
             progress(1, f"{prefix}: {status}" if status != "ok" else None)
-    result.frame = sweep.rebuild_csv(order) if result.ran or not sweep.csv.exists() else read_sweep_csv(sweep.csv)
+    if not result.ran:
+        result.frame = read_sweep_csv(sweep.csv) if sweep.csv.exists() else sweep.rebuild_csv(order)
     if report and not result.frame.empty and (result.ran or not (sweep.path / "sweep.md").exists()):
         from .report import render_sweep_report
 
@@ -700,7 +736,7 @@ def _cell_rows(cell: Cell, out: CellOutput | None, status: str, error: str | Non
     df["wall_s"] = round(wall, 3)
     if c.attention.mode == "base":
         df["scorer"] = None                            # lambda = 0: no sparse cache, the scorer plays no part
-    return _tidy(df)
+    return tidy(df)
 
 
 # ---- dry run, reading, merging --------------------------------------------------------------------
@@ -730,7 +766,7 @@ def plan_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, shard: tuple[int,
     rows = []
     for c in mine:
         info = finished.get(c.cell_id)
-        pending = _pending(c, info, retry_failed)
+        pending = _pending(info, retry_failed)
         status = "pending" if info is None else (f"{info.get('status')} (retry)" if pending else info.get("status"))
         rows.append({**c.describe(), "status": status, "pending": pending,
                      "wall_s": info.get("wall_s") if info else float("nan"),
@@ -743,9 +779,9 @@ def plan_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, shard: tuple[int,
 
 
 def format_eta(seconds: float) -> str:
-    if seconds != seconds:
+    if math.isnan(seconds):
         return "unknown (no finished cell to time yet)"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
@@ -756,9 +792,9 @@ _STATUS_RANK = {"ok": 0, "oom": 1, "error": 2}
 
 def read_sweep_csv(path: str | os.PathLike) -> pd.DataFrame:
     try:
-        return _tidy(pd.read_csv(path))
+        return tidy(pd.read_csv(path))
     except pd.errors.EmptyDataError:
-        return _tidy(pd.DataFrame())
+        return tidy(pd.DataFrame())
 
 
 def merge_sweeps(sources) -> pd.DataFrame:
@@ -783,4 +819,4 @@ def merge_sweeps(sources) -> pd.DataFrame:
     winner = df.sort_values(["_rank", "_source"], kind="stable").drop_duplicates("cell_id")[["cell_id", "_source"]]
     df = df.merge(winner, on=["cell_id", "_source"], how="inner")
     df = df.drop_duplicates(subset=["cell_id", "task", "ctx"], keep="first")
-    return _tidy(df.drop(columns=["_source", "_rank"]).reset_index(drop=True))
+    return tidy(df.drop(columns=["_source", "_rank"]).reset_index(drop=True))

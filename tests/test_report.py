@@ -1,0 +1,119 @@
+"""Sweep report: Pareto frontier, sweep.md tables and PNG plots from CSV alone, merged re-rendering."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pandas as pd
+import pytest
+
+from lola_bench.errors import UserError
+from lola_bench.report import (
+    SHORT_PROMPT_NOTE,
+    pareto_frontier,
+    render_report,
+    render_sweep_report,
+    sweep_markdown,
+)
+from lola_bench.sweep import SWEEP_COLUMNS
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_frontier_hand_example():
+    #        A   B   C   D   E   F    G (= E)  H (NaN)
+    x = [1, 2, 2, 3, 4, 0.5, 4, float("nan")]
+    y = [10, 30, 20, 30, 50, 5, 50, 90]
+    assert pareto_frontier(x, y) == [True, True, False, False, True, True, True, False]
+    assert pareto_frontier([], []) == []
+    assert pareto_frontier([1.0], [0.0]) == [True]
+
+
+def sweep_frame() -> pd.DataFrame:
+    """A small sweep: 2 ctx x 2 tasks x (full + base per eta + 2 scorers x 2 lambdas x 2 etas), one failure."""
+    rows, n = [], 0
+
+    def add(**kw):
+        nonlocal n
+        n += 1
+        rows.append({"cell_id": f"{n:016x}", "suite": "ruler", "status": "ok", "model": "random:tiny",
+                     "feature_map": "hedgehog-identity", "n": 2, "device": "CPU (2 cores)", "peak_mem_mib": 5.0,
+                     "decode_ms_per_token": 3.0, "full_kv_mib": kw["ctx"] / 256, **kw})
+
+    for ctx, task in itertools.product((512, 1024), ("niah_single_1", "vt")):
+        add(attn="full", window=None, **{"lambda": None}, scorer=None, task=task, ctx=ctx, accuracy=100.0,
+            ttft_s=0.02 * ctx / 512, cache_mib=ctx / 256, mean_prompt_tokens=ctx - 100)
+        for eta in (16, 32):
+            add(attn="base", window=eta, **{"lambda": 0}, scorer=None, task=task, ctx=ctx, accuracy=10.0,
+                ttft_s=0.03, cache_mib=0.2 + eta / 100, mean_prompt_tokens=ctx - 100)
+            for scorer, lam in itertools.product(("sre", "random"), (16, 64)):
+                acc = min(100.0, lam * (1.5 if scorer == "sre" else 1.0) * eta / 32)
+                add(attn="lola", window=eta, **{"lambda": lam}, scorer=scorer, task=task, ctx=ctx, accuracy=acc,
+                    ttft_s=0.03 + lam / 1000, cache_mib=0.2 + eta / 100 + lam / 50, mean_prompt_tokens=ctx - 100)
+    rows.append({"cell_id": "f" * 16, "suite": "ruler", "status": "oom", "error": "OutOfMemoryError: CUDA out of "
+                 "memory", "model": "random:tiny", "attn": "lola", "window": 64, "lambda": 512, "scorer": "sre",
+                 "task": "vt", "ctx": 1024})
+    return pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS)
+
+
+def test_render_sweep_report_writes_tables_and_plots(tmp_path):
+    df = sweep_frame()
+    paths = render_sweep_report(df, tmp_path)
+    names = {p.name for p in paths}
+    assert {"sweep.md", "accuracy_vs_cache.png", "ttft_vs_lambda.png", "memory_vs_lambda.png",
+            "accuracy_vs_ctx.png"} <= names
+    for p in paths:
+        assert p.is_file() and p.stat().st_size > 0
+        if p.suffix == ".png":
+            assert p.read_bytes()[:8] == PNG and p.stat().st_size > 10_000
+    md = (tmp_path / "sweep.md").read_text()
+    assert SHORT_PROMPT_NOTE in md
+    assert "### niah_single_1, ctx 512" in md and "### mean over 2 tasks, ctx 1024" in md
+    assert "| variant | η=16 | η=32 |" in md
+    # lambda x eta pivot: sre, lambda=64, eta=16 -> min(100, 64 * 1.5 * 16 / 32) = 48; full row; failures
+    line = next(ln for ln in md.splitlines() if ln.startswith("| sre λ=64 |"))
+    assert line.split("|")[2].strip() == "48.0"
+    assert any(ln.startswith("| full attention | 100.0 | 100.0 |") for ln in md.splitlines())
+    assert any(ln.startswith("| base (λ=0) | 10.0 | 10.0 |") for ln in md.splitlines())
+    assert "## Failed cells" in md and "OutOfMemoryError" in md
+    assert "TTFT" in md and "MiB" in md
+
+
+def test_short_prompts_are_flagged():
+    df = sweep_frame()
+    assert "mean prompt shorter than η" not in sweep_markdown(df)
+    df.loc[df["attn"] == "lola", "mean_prompt_tokens"] = 10
+    assert "mean prompt shorter than η" in sweep_markdown(df)
+
+
+def test_render_report_from_csv_alone_and_merged(tmp_path):
+    df = sweep_frame()
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    df.iloc[:20].to_csv(a / "sweep.csv", index=False)
+    df.iloc[15:].to_csv(b / "sweep.csv", index=False)           # 5 cells in both: deduplicated
+    single = render_report([a])
+    assert (a / "sweep.md").is_file() and any(p.suffix == ".png" for p in single)
+    with pytest.raises(UserError):
+        render_report([a, b])                                    # several inputs need an output directory
+    out = tmp_path / "merged"
+    paths = render_report([a, b], out)
+    merged = pd.read_csv(out / "sweep.csv")
+    assert len(merged) == len(df) and merged["cell_id"].is_unique
+    assert out / "sweep.md" in paths
+    with pytest.raises(UserError):
+        render_report([tmp_path / "missing"])
+
+
+def test_commonsense_rows_render_tables_without_plots(tmp_path):
+    rows = [{"cell_id": f"{i:016x}", "suite": "commonsense", "status": "ok", "model": "m", "attn": attn,
+             "window": w, "lambda": lam, "scorer": sc, "feature_map": None if attn == "full" else "elu",
+             "task": "piqa", "ctx": math.nan, "accuracy": acc, "n": 10}
+            for i, (attn, w, lam, sc, acc) in enumerate([("full", None, None, None, 70.0), ("base", 64, 0, None, 60.0),
+                                                         ("lola", 64, 512, "sre", 65.0)])]
+    paths = render_sweep_report(pd.DataFrame(rows), tmp_path)
+    assert [p.name for p in paths] == ["sweep.md"]
+    md = paths[0].read_text()
+    assert "## commonsense: accuracy (%) by λ × η" in md and "| λ=512 | 65.0 |" in md

@@ -1,0 +1,272 @@
+"""Sweep grid, hashing, resume, failures, sharding and dry run, with a fake model runner (no model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from lola_bench.attention.config import LolaConfig
+from lola_bench.errors import UserError
+from lola_bench.settings import AttentionSettings
+from lola_bench.sweep import (
+    SWEEP_COLUMNS,
+    CellConfig,
+    CellOutput,
+    SweepDir,
+    SweepSpec,
+    cells,
+    merge_sweeps,
+    parse_shard,
+    plan_sweep,
+    run_sweep,
+    shard_cells,
+)
+
+SPEC = SweepSpec(model="random:tiny", device="cpu", lambdas=(0, 16), windows=(16, 32), ctxs=(512,),
+                 tasks=("niah_single_1",), samples=2)
+
+
+def fake_loader(calls):
+    def load(spec):
+        calls.append(spec.model)
+        return SimpleNamespace(spec=spec.model, device="cpu", max_context=8192, source="fake")
+    return load
+
+
+class FakeRunner:
+    """Deterministic rows from the cell config; ``fail`` maps a call number (1-based) to an exception."""
+
+    def __init__(self, fail=None):
+        self.fail = fail or {}
+        self.ran = []
+
+    def __call__(self, loaded, cell, progress=None):
+        self.ran.append(cell.cell_id)
+        exc = self.fail.get(len(self.ran))
+        if exc is not None:
+            raise exc
+        d = cell.describe()
+        lam = d["lambda"] or 0
+        row = {k: d[k] for k in ("attn", "window", "lambda", "scorer", "feature_map", "task", "ctx", "n")}
+        row.update(model=loaded.spec, accuracy=100.0 if d["attn"] == "full" else min(100.0, 10.0 + lam),
+                   ttft_s=0.01, cache_mib=0.1 + lam / 100, peak_mem_mib=1.0, mean_prompt_tokens=480, device="cpu")
+        return CellOutput(pd.DataFrame([row]), [{"index": 0, "prediction": "x", "score": 100.0}])
+
+
+def test_grid_is_canonical_and_complete():
+    grid = cells(replace(SPEC, ctxs=(1024, 512), tasks=("niah_multikey_2", "niah_single_1"),
+                         scorers=("key_norm", "sre"), lambdas=(16, 0, 64)))
+    per_task_ctx = 1 + 2 + 2 * 2 * 2          # full + base per eta + lola per eta x scorer x nonzero lambda
+    assert len(grid) == 2 * 2 * per_task_ctx
+    assert [c.index for c in grid] == list(range(len(grid)))
+    assert len({c.cell_id for c in grid}) == len(grid)
+    first = [c.describe() for c in grid[:per_task_ctx]]
+    assert first[0]["attn"] == "full" and first[0]["lambda"] is None
+    assert [r["attn"] for r in first].count("base") == 2          # scorer-independent: one per eta
+    assert all(r["task"] == "niah_single_1" and r["ctx"] == 512 for r in first)
+    # flag order and duplicates do not matter: same cells, same order
+    again = cells(replace(SPEC, ctxs=(512, 1024, 512), tasks=("niah_single_1", "niah_multikey_2"),
+                          scorers=("sre", "key_norm"), lambdas=(64, 0, 16, 16)))
+    assert [c.cell_id for c in again] == [c.cell_id for c in grid]
+    # base flag == lambda 0
+    assert [c.cell_id for c in cells(replace(SPEC, lambdas=(16,), base=True))] == [c.cell_id for c in cells(SPEC)]
+
+
+def test_cell_id_same_config_same_id_any_change_differs():
+    lola = LolaConfig(window=16, sparse=16, feature_map="hedgehog-identity")
+    base = CellConfig("ruler", "random:tiny", "cpu", "float32", AttentionSettings("lola", lola), None,
+                      "niah_single_1", ctx=512, samples=2, seed=0)
+    assert base.cell_id == CellConfig(**{k: getattr(base, k) for k in base.__dataclass_fields__}).cell_id
+    assert len(base.cell_id) == 16 and int(base.cell_id, 16) >= 0
+    changes = {"suite": "commonsense", "model": "random:smollm2-135m", "device": "cuda", "dtype": "bfloat16",
+               "checkpoint": "abc", "task": "niah_single_2", "ctx": 1024, "samples": 3, "seed": 1,
+               "chat_template": True, "haystack": "def", "limit": 10, "num_fewshot": 5, "data": "local",
+               "attention": AttentionSettings("full")}
+    ids = {base.cell_id}
+    for field, value in changes.items():
+        ids.add(replace(base, **{field: value}).cell_id)
+    lola_changes = {"window": 32, "sparse": 32, "chunk": 8, "feature_map": "elu", "scorer": "random",
+                    "combine": "lolcats" if lola.combine == "gated" else "gated", "gqa": "expanded",
+                    "factor_init": 1.0, "eps": 1e-5, "seed": 3}
+    for field, value in lola_changes.items():
+        ids.add(replace(base, attention=AttentionSettings("lola", replace(lola, **{field: value}))).cell_id)
+    assert len(ids) == 1 + len(changes) + len(lola_changes)
+    # the spec's own fields reach the ids (seed, samples, model, dtype)
+    ref = {c.cell_id for c in cells(SPEC)}
+    for change in ({"seed": 1}, {"samples": 3}, {"model": "random:smollm2-135m"}, {"dtype": "float16"}):
+        assert not ref & {c.cell_id for c in cells(replace(SPEC, **change))}, change
+
+
+def test_bad_input_is_rejected_up_front(tmp_path):
+    for bad in ({"samples": 0}, {"lambdas": (-1,)}, {"windows": (0,)}, {"tasks": ("nope",)}, {"ctxs": (100,)},
+                {"scorers": ("best",)}, {"feature_maps": ("hedgehog",)}, {"suite": "mmlu"},
+                {"lambdas": (), "full": False}, {"device": "tpu"}):
+        with pytest.raises(UserError):
+            cells(replace(SPEC, **bad))
+    for bad in ("0/2", "3/2", "1-2", "a/b"):
+        with pytest.raises(UserError):
+            parse_shard(bad)
+    # ctx above the model's maximum: refused right after the model loads, before any cell runs
+    calls, runner = [], FakeRunner()
+    spec = replace(SPEC, ctxs=(512, 16384))
+    with pytest.raises(UserError, match="exceeds"):
+        run_sweep(spec, tmp_path, load_model=fake_loader(calls), run_cell=runner, report=False)
+    assert calls and not runner.ran and not SweepDir(tmp_path).finished()
+
+
+def _rows(path):
+    return pd.read_csv(path / "sweep.csv")
+
+
+def test_resume_after_interrupt_and_noop_rerun(tmp_path):
+    grid = cells(SPEC)
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(SPEC, tmp_path, load_model=fake_loader(calls), run_cell=FakeRunner({3: KeyboardInterrupt()}),
+                  report=False)
+    sweep = SweepDir(tmp_path)
+    assert len(sweep.finished()) == 2 and len(_rows(tmp_path)) == 2
+    assert not list(sweep.staging.iterdir())                 # the interrupted cell left nothing behind
+    first_two = set(sweep.finished())
+
+    runner = FakeRunner()
+    res = run_sweep(SPEC, tmp_path, load_model=fake_loader(calls), run_cell=runner, report=False)
+    assert not first_two & set(runner.ran)                   # finished cells are not rerun
+    assert len(runner.ran) == len(grid) - 2 and res.skipped == 2
+    df = _rows(tmp_path)
+    assert list(df.columns[:len(SWEEP_COLUMNS)]) == SWEEP_COLUMNS
+    assert sorted(df["cell_id"]) == sorted(c.cell_id for c in grid)    # none lost, none duplicated
+    assert list(df["cell_id"]) == [c.cell_id for c in grid]            # in grid order
+    assert (df["status"] == "ok").all()
+    assert df.loc[df["attn"] == "base", "scorer"].isna().all()
+    cell_dir = tmp_path / "cells" / grid[0].cell_id
+    assert {"summary.csv", "predictions.jsonl", "done.json"} <= {p.name for p in cell_dir.iterdir()}
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["sweep"]["lambdas"] == [0, 16] and "git" in cfg["provenance"]
+
+    def no_load(spec):
+        raise AssertionError("a finished sweep must not load the model")
+
+    res = run_sweep(SPEC, tmp_path, load_model=no_load, run_cell=runner, report=False)
+    assert res.ran == [] and res.skipped == len(grid)
+    pd.testing.assert_frame_equal(_rows(tmp_path), df)
+
+
+def test_half_written_cells_are_redone(tmp_path):
+    grid = cells(SPEC)
+    sweep = SweepDir(tmp_path)
+    sweep.prepare()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    stale = sweep.staging / f"{grid[0].cell_id}.{socket.gethostname()}.{dead}.abc"
+    stale.mkdir()
+    (stale / "summary.csv").write_text("cell_id\n" + grid[0].cell_id + "\n")
+    broken = sweep.cells_dir / grid[1].cell_id                 # a cell directory without done.json
+    broken.mkdir()
+    (broken / "summary.csv").write_text("garbage")
+    runner = FakeRunner()
+    run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=runner, report=False)
+    assert len(runner.ran) == len(grid)
+    assert not stale.exists() and (broken / "done.json").is_file()
+    assert sorted(_rows(tmp_path)["cell_id"]) == sorted(c.cell_id for c in grid)
+
+
+def test_failed_cells_are_recorded_and_the_sweep_goes_on(tmp_path):
+    grid = cells(SPEC)
+    runner = FakeRunner({2: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                         4: ValueError("bad prompt\nsecond line")})
+    res = run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=runner, report=False)
+    assert len(runner.ran) == len(grid) and len(res.failed) == 2
+    df = _rows(tmp_path).set_index("cell_id")
+    assert df.loc[runner.ran[1], "status"] == "oom" and "out of memory" in df.loc[runner.ran[1], "error"]
+    assert df.loc[runner.ran[3], "status"] == "error" and df.loc[runner.ran[3], "error"] == "ValueError: bad prompt"
+    assert df.loc[runner.ran[3], "attn"] == grid[3].describe()["attn"]          # config columns still filled
+    assert (tmp_path / "cells" / runner.ran[3] / "error.txt").read_text().startswith("Traceback")
+    assert (df["status"] == "ok").sum() == len(grid) - 2
+    # failed cells count as done ...
+    again = FakeRunner()
+    run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=again, report=False)
+    assert again.ran == []
+    # ... unless retried
+    run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=again, retry_failed=True, report=False)
+    assert sorted(again.ran) == sorted([runner.ran[1], runner.ran[3]])
+    df = _rows(tmp_path)
+    assert (df["status"] == "ok").all() and len(df) == len(grid)
+
+
+def test_shards_partition_the_grid_and_merge(tmp_path):
+    spec = replace(SPEC, lambdas=(0, 16, 64), scorers=("sre", "random"))
+    grid = cells(spec)
+    shards = [shard_cells(grid, f"{k}/3") for k in (1, 2, 3)]
+    ids = [{c.cell_id for c in s} for s in shards]
+    assert set().union(*ids) == {c.cell_id for c in grid}
+    assert sum(map(len, ids)) == len(grid)                     # disjoint
+    assert max(map(len, ids)) - min(map(len, ids)) <= 1
+    # separate directories, merged (with one duplicated cell: deduplicated)
+    dirs = []
+    for k in (1, 2, 3):
+        run_sweep(spec, tmp_path / f"s{k}", shard=f"{k}/3", load_model=fake_loader([]), run_cell=FakeRunner(),
+                  report=False)
+        dirs.append(tmp_path / f"s{k}")
+    merged = merge_sweeps(dirs + [dirs[0]])
+    assert sorted(merged["cell_id"]) == sorted(c.cell_id for c in grid)
+    # one shared directory
+    shared = tmp_path / "shared"
+    for k in (2, 1, 3):
+        run_sweep(spec, shared, shard=(k, 3), load_model=fake_loader([]), run_cell=FakeRunner(), report=False)
+    assert sorted(_rows(shared)["cell_id"]) == sorted(c.cell_id for c in grid)
+
+
+def test_merge_prefers_a_successful_result(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_sweep(SPEC, a, load_model=fake_loader([]), run_cell=FakeRunner({1: RuntimeError("boom")}), report=False)
+    run_sweep(SPEC, b, load_model=fake_loader([]), run_cell=FakeRunner(), report=False)
+    merged = merge_sweeps([a, b])
+    assert len(merged) == len(cells(SPEC)) and (merged["status"] == "ok").all()
+
+
+def test_dry_run_eta(tmp_path):
+    grid = cells(SPEC)
+    plan = plan_sweep(SPEC, tmp_path / "none")
+    assert plan.attrs["pending"] == len(grid) and plan.attrs["eta_s"] != plan.attrs["eta_s"]   # unknown: NaN
+    run_sweep(SPEC, tmp_path, shard="1/2", load_model=fake_loader([]), run_cell=FakeRunner(), report=False)
+    walls = iter([10.0, 20.0, 30.0, 40.0])
+    for cell_id in sorted(SweepDir(tmp_path).finished()):
+        p = tmp_path / "cells" / cell_id / "done.json"
+        info = json.loads(p.read_text())
+        info["wall_s"] = next(walls)
+        p.write_text(json.dumps(info))
+    n_done = len(shard_cells(grid, "1/2"))
+    mean = sum([10.0, 20.0, 30.0, 40.0][:n_done]) / n_done
+    plan = plan_sweep(SPEC, tmp_path)
+    assert list(plan["cell_id"]) == [c.cell_id for c in grid]
+    assert plan.attrs == {"total": len(grid), "done": n_done, "pending": len(grid) - n_done,
+                          "eta_s": pytest.approx(mean * (len(grid) - n_done))}
+    assert set(plan.loc[plan["pending"], "status"]) == {"pending"}
+    assert plan.loc[~plan["pending"], "eta_s"].eq(0).all()
+    only2 = plan_sweep(SPEC, tmp_path, shard="2/2")
+    assert only2.attrs["done"] == 0 and len(only2) == len(grid) - n_done
+
+
+def test_progress_reports_one_unit_per_cell(tmp_path):
+    events = []
+    run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=FakeRunner(),
+              progress=lambda adv, desc: events.append((adv, desc)), report=False)
+    assert sum(a for a, _ in events) == len(cells(SPEC))
+    assert any(d and "lambda=16" in d for _, d in events)
+
+
+def test_staging_is_removed_when_a_cell_is_interrupted(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=FakeRunner({1: KeyboardInterrupt()}),
+                  report=False)
+    assert os.listdir(tmp_path / "cells" / ".staging") == []
+    assert not SweepDir(tmp_path).finished()
