@@ -101,7 +101,48 @@ def _lola_config(window, lam, scorer, feature_map, combine, gqa, chunk, seed=0, 
                       chunk=chunk, seed=seed)
 
 
+class _LogProgress:
+    """Progress for non-terminal stderr (CI logs, nohup, Slurm): a plain line at most every ``every`` seconds."""
+
+    def __init__(self, every: float = 15.0):
+        import time
+
+        self._time, self.every, self.tasks, self.last = time.monotonic, every, {}, 0.0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for tid in self.tasks:
+            self._emit(tid, force=True)
+        return False
+
+    def add_task(self, description, total=None):
+        tid = len(self.tasks)
+        self.tasks[tid] = {"description": description, "total": total, "completed": 0, "start": self._time()}
+        return tid
+
+    def update(self, tid, advance=0, completed=None, description=None, **_):
+        t = self.tasks[tid]
+        t["completed"] = completed if completed is not None else t["completed"] + (advance or 0)
+        if description:
+            t["description"] = description
+        self._emit(tid)
+
+    def _emit(self, tid, force=False):
+        now = self._time()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        t = self.tasks[tid]
+        done, total, el = t["completed"], t["total"], now - t["start"]
+        eta = f", ETA {el / done * (total - done):.0f}s" if done and total else ""
+        err_console.print(f"[{el:.0f}s] {t['description']}: {done}/{total}{eta}", highlight=False)
+
+
 def _progress():
+    if not sys.stderr.isatty():
+        return _LogProgress()
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
