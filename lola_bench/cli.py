@@ -510,6 +510,122 @@ def report(
         console.print(str(p))
 
 
+@app.command()
+@user_errors
+def linearize(
+    data: Annotated[str, typer.Option("--data", help="Training text: comma-separated .txt/.raw/.jsonl/Alpaca .json "
+                                      "files or directories (or a hub dataset id when online). Never the RULER "
+                                      "essays.")],
+    out: Annotated[str, typer.Option("--out", help="Checkpoint directory (lola.safetensors + lola.json + loss.png; "
+                                     "train_state/ for resuming).")],
+    model: ModelOpt = "smollm2-135m",
+    tokens: Annotated[int, typer.Option("--tokens", help="Attention-transfer training tokens (stage 1).")] = 1_000_000,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Packed sequence length.")] = 1024,
+    window: WindowOpt = 64,
+    feature_map: Annotated[str, typer.Option("--feature-map", help="Feature map to train (hedgehog).")] = "hedgehog",
+    combine: Annotated[str, typer.Option("--combine", help="Formula trained for: lolcats | gated.")] = "lolcats",
+    lr: Annotated[float, typer.Option("--lr", help="Stage-1 AdamW learning rate.")] = 1e-2,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", help="Stage 2: LoRA rank on q/k/v/o (0 = skip).")] = 0,
+    lora_tokens: Annotated[Optional[int], typer.Option("--lora-tokens", help="Stage-2 tokens (default: --tokens)."
+                                                       )] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Data order seed.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between resumable training "
+                                                  "checkpoints.")] = 20,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (1 is fastest on a busy "
+                                                   "2-core machine).")] = None,
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="Start over even if OUT/train_state exists.")]
+    = False,
+    device: DeviceOpt = "auto",
+):
+    """Make a linearized model (LoLCATs attention transfer [+ LoRA]): the base LoLA runs on."""
+    import torch
+
+    from .models.linearize import linearize as run_linearize
+    from .models.loading import load_model
+
+    if tokens < seq_len:
+        raise UserError(f"--tokens must be at least --seq-len ({seq_len})")
+    if threads:
+        torch.set_num_threads(threads)
+    paths = [p.strip() for p in data.split(",") if p.strip()]
+    loaded = load_model(model, device, "float32")
+    with _progress() as prog:
+        bar = prog.add_task("linearize", total=None)
+
+        def step(i, total, seen, loss, tps):
+            prog.update(bar, completed=i, total=total, description=f"loss {loss:.1f}, {tps:.0f} tok/s, {seen} tok")
+
+        summary = run_linearize(loaded, paths, tokens=tokens, seq_len=seq_len, window=window, feature_map=feature_map,
+                                combine=combine, lr=lr, lora_rank=lora_rank, lora_tokens=lora_tokens, seed=seed,
+                                out=out, resume=not no_resume, progress=step, checkpoint_every=checkpoint_every)
+    console.print(f"checkpoint: {out}  (complete: {summary.get('complete', True)})")
+
+
+@app.command()
+@user_errors
+def perplexity(
+    text: Annotated[Optional[str], typer.Option("--text", help="Held-out text file (default: wikitext-2 test from "
+                                                "the data mirror).")] = None,
+    attn: Annotated[list[str], typer.Option("--attn", help="Variant(s): full, base, lola.")] = ["full", "base", "lola"],
+    window: WindowOpt = 64,
+    lam: LambdaOpt = 512,
+    scorer: ScorerOpt = "sre",
+    feature_map: Annotated[Optional[str], typer.Option("--feature-map", help="phi for the linear state.")] = None,
+    combine: CombineOpt = None,
+    model: ModelOpt = "smollm2-135m",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    lola_ckpt: CkptOpt = None,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Window length (non-overlapping).")] = 1024,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Evaluate only the first N tokens.")]
+    = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Run directory.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
+):
+    """Perplexity on held-out text for full, base and LoLA attention (is the linearization sound?)."""
+    import pandas as pd
+
+    from .models.checkpoint import resolve_checkpoint
+    from .models.linearize import perplexity as ppl
+    from .models.loading import load_model
+    from .models.variants import apply_attention
+    from .paths import data_dir
+    from .provenance import device_label
+    from .records import RunDir
+    from .runs import attention_variants, default_run_dir, run_config
+    from .settings import ModelSettings
+
+    if text is None:
+        d = data_dir()
+        text = str(d / "text" / "wikitext-2-raw-wiki.test.raw") if d else None
+    if not text or not os.path.isfile(text):
+        raise UserError(f"text file not found: {text} (pass --text)")
+    ms = ModelSettings(model, device, dtype, lola_ckpt)
+    ckpt, fmap = resolve_checkpoint(ms, feature_map)
+    variants = attention_variants(attn, _lola_config(window, lam, scorer, fmap, combine, "grouped", None, 0, ckpt))
+    run = RunDir(out or default_run_dir("perplexity", model), overwrite=overwrite)
+    loaded = load_model(model, device, dtype)
+    rows = []
+    with _progress() as prog:
+        bar = prog.add_task("perplexity", total=len(variants))
+        for v in variants:
+            apply_attention(loaded.model, v, ckpt)
+            value = ppl(loaded.model, loaded.tokenizer, text, seq_len=seq_len, max_tokens=max_tokens)
+            c = v.lola
+            rows.append({"model": model, "attn": v.mode, "window": c.window if c else None,
+                         "lambda": c.sparse if c else None, "feature_map": c.feature_map if c else None,
+                         "text": os.path.basename(text), "seq_len": seq_len, "max_tokens": max_tokens,
+                         "perplexity": value, "device": device_label(loaded.device)})
+            prog.update(bar, advance=1, description=f"{v.mode}: {value:.2f}")
+    df = pd.DataFrame(rows)
+    with run:
+        run.write_json("config.json", run_config("perplexity", ms, loaded, variants, {
+            "perplexity": {"text": text, "seq_len": seq_len, "max_tokens": max_tokens}, "lola_checkpoint": ckpt}))
+        run.write_table("summary", df, title="Perplexity")
+    _print_frame(df, "Perplexity", ["attn", "window", "lambda", "feature_map", "perplexity"])
+    console.print(f"results: {run.path}")
+
+
 def _default_essay():
     from .paths import data_dir
 

@@ -190,7 +190,8 @@ def read_hub(spec: str) -> list[str]:
     try:
         ds = datasets.load_dataset(name, config or None, split="train")
     except Exception as e:  # noqa: BLE001 - any hub/loader failure becomes a one-line user error
-        raise UserError(f"cannot load hub dataset {spec}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"cannot load hub dataset {spec}: {first}") from None
     return [t for i, rec in enumerate(ds) if (t := record_text(rec, f"{spec} row {i}")).strip()]
 
 

@@ -78,6 +78,12 @@ def map_lolcats_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
+def is_lolcats_format(state: dict[str, torch.Tensor]) -> bool:
+    """LoLCATs files carry a peft prefix, ``.mlp.layer`` feature maps, or (1, H, 1, 1) window factors."""
+    return any(k.startswith("base_model.") or ".mlp.layer" in k or (k.endswith("window_factors") and t.dim() > 1)
+               for k, t in state.items())
+
+
 def lola_state_dict(model) -> dict[str, torch.Tensor]:
     from .patch import lola_modules
 
@@ -121,7 +127,7 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(str(f), map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, OSError, ValueError) as e:
         raise UserError(f"corrupt LoLA checkpoint {f}: {str(e).splitlines()[0]}") from None
-    if not any(k.endswith("window_factors") for k in state):
+    if is_lolcats_format(state):
         state = map_lolcats_names(state)
     return state
 

@@ -74,7 +74,7 @@ def lora_state_dict(model) -> dict[str, torch.Tensor]:
     """LoRA weights under peft's adapter-file names (``base_model.model.`` + module path, no adapter name)."""
     from peft import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(model)
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)
     return {PEFT_PREFIX + k: v.detach().float().cpu().contiguous() for k, v in state.items()}
 
 
