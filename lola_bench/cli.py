@@ -122,8 +122,10 @@ class _LogProgress:
         self.tasks[tid] = {"description": description, "total": total, "completed": 0, "start": self._time()}
         return tid
 
-    def update(self, tid, advance=0, completed=None, description=None, **_):
+    def update(self, tid, advance=0, completed=None, description=None, total=None, **_):
         t = self.tasks[tid]
+        if total is not None:
+            t["total"] = total
         t["completed"] = completed if completed is not None else t["completed"] + (advance or 0)
         if description:
             t["description"] = description
