@@ -261,6 +261,15 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, corpus):
         run(tmp_path / "b", corpus, lr=1e-3)
 
 
+def test_token_budget_can_change_between_resumes(tmp_path, corpus):
+    """Stage 1 only: stop early with a smaller budget, or train on from a finished run with a larger one."""
+    straight = run(tmp_path / "a", corpus)  # 6 steps
+    short = run(tmp_path / "b", corpus, tokens=3 * SEQ)
+    assert short["complete"] and short["steps"] == 3 and short["tokens"] == 3 * SEQ
+    longer = run(tmp_path / "b", corpus)  # the default budget: 3 more steps from the saved state
+    assert longer["complete"] and longer["loss_history"] == straight["loss_history"]
+
+
 def test_resume_across_the_lora_stage(tmp_path, corpus):
     kw = dict(tokens=2 * SEQ, lora_rank=2, lora_tokens=2 * SEQ, lora_lr=1e-2)
     straight = run(tmp_path / "a", corpus, **kw)

@@ -118,8 +118,13 @@ class LinearizeSettings:
                 "stage2_steps": self.stage2_steps}
 
     def resume_key(self) -> dict:
+        """Settings a resumed run must share. Without LoRA the token budget may change between runs (train on
+        from a finished checkpoint, or stop earlier): the data order does not depend on it."""
         d = self.to_dict()
         d.pop("checkpoint_every")
+        if not self.lora_rank:
+            for k in ("tokens", "lora_tokens", "stage1_steps", "stage2_steps"):
+                d.pop(k, None)
         return d
 
 
@@ -336,8 +341,8 @@ class _Run:
                             f"or pass resume=False") from None
         if state.get("version") != STATE_VERSION:
             raise UserError(f"{self.state_path} has an unknown format version: delete it or pass resume=False")
-        if state["settings"] != self.s.resume_key():
-            diff = sorted(k for k, v in self.s.resume_key().items() if state["settings"].get(k) != v)
+        diff = sorted(k for k, v in self.s.resume_key().items() if state["settings"].get(k) != v)
+        if diff:
             raise UserError(f"{self.out} holds a training run with different settings ({', '.join(diff)}): use "
                             f"another out directory or resume=False")
         if state["data"] != self.data.fingerprint():
