@@ -142,6 +142,21 @@ class _LogProgress:
         err_console.print(f"[{el:.0f}s] {t['description']}: {done}/{total}{eta}", highlight=False)
 
 
+def _plan(command, *, model, device, dtype, lola_ckpt, attn, window, lam, scorer, feature_map, combine, gqa="grouped",
+          chunk=None, seed=0, out=None, overwrite=False):
+    """Validate the model/attention flags and claim the run directory (nothing is written yet)."""
+    from .models.checkpoint import resolve_checkpoint
+    from .records import RunDir
+    from .runs import attention_variants, default_run_dir
+    from .settings import ModelSettings
+
+    ms = ModelSettings(model, device, dtype, lola_ckpt)
+    ckpt, fmap = resolve_checkpoint(ms, feature_map)
+    variants = attention_variants(attn, _lola_config(window, lam, scorer, fmap, combine, gqa, chunk, seed, ckpt))
+    run = RunDir(out or default_run_dir(command, model), overwrite=overwrite)
+    return ms, ckpt, variants, run
+
+
 def _progress():
     if not sys.stderr.isatty():
         return _LogProgress()
@@ -219,22 +234,17 @@ def ruler(
 ):
     """RULER needle-in-a-haystack accuracy with TTFT, decode latency and memory, per attention variant."""
     from .evals.ruler_bench import RulerSettings, expand_tasks, run_ruler, validate
-    from .models.checkpoint import resolve_checkpoint
     from .models.loading import load_model
     from .provenance import device_label
-    from .records import RunDir
-    from .runs import attention_variants, default_run_dir, run_config
-    from .settings import ModelSettings
+    from .runs import run_config
 
-    ms = ModelSettings(model, device, dtype, lola_ckpt)
-    ckpt, fmap = resolve_checkpoint(ms, feature_map)
-    lola = _lola_config(window, lam, scorer, fmap, combine, gqa, chunk, seed, ckpt)
-    variants = attention_variants(attn, lola)
+    ms, ckpt, variants, run = _plan("ruler", model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt, attn=attn,
+                                    window=window, lam=lam, scorer=scorer, feature_map=feature_map, combine=combine,
+                                    gqa=gqa, chunk=chunk, seed=seed, out=out, overwrite=overwrite)
     essay = essay_path or _default_essay()
     rs = RulerSettings(tasks=tuple(expand_tasks(task)), ctxs=tuple(ctx), samples=samples, seed=seed,
                        essay_path=essay, qa_path=qa_path, chat_template=chat_template)
     validate(rs, 0)
-    run = RunDir(out or default_run_dir("ruler", model), overwrite=overwrite)
     loaded = load_model(model, device, dtype)
     validate(rs, loaded.max_context)
     total = len(variants) * len(rs.tasks) * len(rs.ctxs) * samples
@@ -300,14 +310,11 @@ def commonsense(
     import pandas as pd
 
     from .evals.commonsense import resolve_tasks, run_commonsense
-    from .models.checkpoint import resolve_checkpoint
     from .models.loading import load_model
     from .models.variants import apply_attention
     from .paths import data_dir as find_data
     from .provenance import device_label
-    from .records import RunDir
-    from .runs import attention_variants, default_run_dir, run_config
-    from .settings import ModelSettings
+    from .runs import run_config
 
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1, got {limit}")
@@ -319,10 +326,9 @@ def commonsense(
         resolve_tasks(names, str(ddir) if ddir else None)
     except ValueError as e:
         raise UserError(str(e)) from None
-    ms = ModelSettings(model, device, dtype, lola_ckpt)
-    ckpt, fmap = resolve_checkpoint(ms, feature_map)
-    variants = attention_variants(attn, _lola_config(window, lam, scorer, fmap, combine, gqa, chunk, 0, ckpt))
-    run = RunDir(out or default_run_dir("commonsense", model), overwrite=overwrite)
+    ms, ckpt, variants, run = _plan("commonsense", model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
+                                    attn=attn, window=window, lam=lam, scorer=scorer, feature_map=feature_map,
+                                    combine=combine, gqa=gqa, chunk=chunk, out=out, overwrite=overwrite)
     loaded = load_model(model, device, dtype)
     frames, raw = [], {}
     with _progress() as prog:
@@ -391,19 +397,15 @@ def speed(
 ):
     """Prefill (TTFT) and decode latency on random prompts: full attention vs LoLA."""
     from .evals.speed import run_speed
-    from .models.checkpoint import resolve_checkpoint
     from .models.loading import load_model
     from .provenance import device_label
-    from .records import RunDir
-    from .runs import attention_variants, default_run_dir, run_config
-    from .settings import ModelSettings
+    from .runs import run_config
 
     if repeats < 1:
         raise UserError(f"--repeats must be >= 1, got {repeats}")
-    ms = ModelSettings(model, device, dtype, lola_ckpt)
-    ckpt, fmap = resolve_checkpoint(ms, feature_map)
-    variants = attention_variants(attn, _lola_config(window, lam, scorer, fmap, combine, gqa, chunk, 0, ckpt))
-    run = RunDir(out or default_run_dir("speed", model), overwrite=overwrite)
+    ms, ckpt, variants, run = _plan("speed", model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
+                                    attn=attn, window=window, lam=lam, scorer=scorer, feature_map=feature_map,
+                                    combine=combine, gqa=gqa, chunk=chunk, out=out, overwrite=overwrite)
     loaded = load_model(model, device, dtype)
     for c in ctx:
         if c < 1 or (loaded.max_context and c > loaded.max_context):
@@ -587,25 +589,21 @@ def perplexity(
     """Perplexity on held-out text for full, base and LoLA attention (is the linearization sound?)."""
     import pandas as pd
 
-    from .models.checkpoint import resolve_checkpoint
     from .models.linearize import perplexity as ppl
     from .models.loading import load_model
     from .models.variants import apply_attention
     from .paths import data_dir
     from .provenance import device_label
-    from .records import RunDir
-    from .runs import attention_variants, default_run_dir, run_config
-    from .settings import ModelSettings
+    from .runs import run_config
 
     if text is None:
         d = data_dir()
         text = str(d / "text" / "wikitext-2-raw-wiki.test.raw") if d else None
     if not text or not os.path.isfile(text):
         raise UserError(f"text file not found: {text} (pass --text)")
-    ms = ModelSettings(model, device, dtype, lola_ckpt)
-    ckpt, fmap = resolve_checkpoint(ms, feature_map)
-    variants = attention_variants(attn, _lola_config(window, lam, scorer, fmap, combine, "grouped", None, 0, ckpt))
-    run = RunDir(out or default_run_dir("perplexity", model), overwrite=overwrite)
+    ms, ckpt, variants, run = _plan("perplexity", model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
+                                    attn=attn, window=window, lam=lam, scorer=scorer, feature_map=feature_map,
+                                    combine=combine, gqa="grouped", chunk=None, out=out, overwrite=overwrite)
     loaded = load_model(model, device, dtype)
     rows = []
     with _progress() as prog:
