@@ -32,8 +32,16 @@ def user_errors(fn):
 
 
 @app.callback()
-def _root():
+def _root(
+    kernels: Annotated[str, typer.Option("--kernels", envvar="LOLA_BENCH_KERNELS",
+                                         help="LoLA implementation: auto (Triton kernels on CUDA, torch elsewhere), "
+                                         "torch, or triton.")] = "auto",
+):
     """lola-bench: what LoLA's sparse cache buys on your model (accuracy, TTFT, decode latency, memory)."""
+    if kernels not in ("auto", "torch", "triton"):
+        err_console.print(f"[bold red]error:[/] --kernels {kernels!r}: choose auto, torch or triton")
+        raise typer.Exit(2)
+    os.environ["LOLA_BENCH_KERNELS"] = kernels
 
 
 # ---- shared options -------------------------------------------------------------------------------

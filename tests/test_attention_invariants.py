@@ -171,3 +171,18 @@ def test_dense_hybrid_equals_reference_at_lambda_zero(chunk, combine):
     p = make_params(cfg)
     q, k, v = qkv(65)
     torch.testing.assert_close(hybrid_attention(q, k, v, p), lola_reference(q, k, v, p).out, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_paths_track_the_reference(dtype):
+    """16-bit K/V with float32 state: scoring and folding must not mix dtypes, and stay close to the spec."""
+    cfg = LolaConfig(window=8, sparse=6, feature_map="hedgehog-identity")
+    p = make_params(cfg, dtype=torch.float32)
+    q, k, v = (t.to(dtype) for t in qkv(65, dtype=torch.float32))
+    st = LolaState()
+    out = lola_chunked(q, k, v, st, p)
+    assert out.dtype == dtype and st.H.dtype == torch.float32
+    ref = lola_reference(q.float(), k.float(), v.float(), p).out
+    assert (out.float() - ref).abs().max() < 0.05
+    step = lola_decode(q[:, :, -1:], k[:, :, -1:], v[:, :, -1:], st, p)
+    assert torch.isfinite(step.float()).all()

@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("lola_bench") is None:  # running from a checkout without install
     sys.path.insert(0, str(REPO_ROOT))
 
-from lola_bench.evals import commonsense as cs
+from lola_bench.evals import commonsense as cs  # noqa: E402
 
 LM_EVAL_TASKS = Path(importlib.util.find_spec("lm_eval").submodule_search_locations[0]) / "tasks"
 

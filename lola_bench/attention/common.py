@@ -99,7 +99,7 @@ def evict_before(state: LolaState, params: LolaParams, window_start: int) -> Non
     if keep == n:  # everything fits in the sparse cache: nothing to score or fold
         state.sp_k, state.sp_v, state.sp_pos, state.sp_acc = cand_k, cand_v, cand_pos, cand_acc
         return
-    phi_k = params.feature_map_k(expand_heads(cand_k, params.group))
+    phi_k = params.feature_map_k(expand_heads(cand_k, params.group)).to(state.H.dtype)  # score/fold in fp32
     if keep == 0:
         fold(state, params, phi_k, cand_v)
         state.n_folded += n

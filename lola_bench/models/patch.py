@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import os
 
 import torch
 from torch import nn
@@ -27,6 +28,28 @@ from ..errors import UserError
 from .cache import LolaCache
 
 SUPPORTED = ("llama", "mistral", "qwen2")
+KERNEL_MODES = ("auto", "torch", "triton")
+
+
+def kernel_mode() -> str:
+    """$LOLA_BENCH_KERNELS: auto (Triton on CUDA when available, else torch), torch, or triton (Triton wherever it
+    can run, e.g. TRITON_INTERPRET=1 on CPU; unsupported configurations still fall back to torch)."""
+    mode = os.environ.get("LOLA_BENCH_KERNELS", "auto").lower()
+    if mode not in KERNEL_MODES:
+        raise UserError(f"LOLA_BENCH_KERNELS={mode!r}: choose auto, torch or triton")
+    return mode
+
+
+def _paths(q: torch.Tensor):
+    """(prefill, decode) implementations for this call."""
+    mode = kernel_mode()
+    if mode == "torch" or (mode == "auto" and q.device.type != "cuda"):
+        return lola_chunked, lola_decode
+    from ..attention.kernels import kernels_available, lola_chunked_triton, lola_decode_triton
+
+    if mode == "auto" and not kernels_available():
+        return lola_chunked, lola_decode
+    return lola_chunked_triton, lola_decode_triton
 
 
 class LolaAttention(nn.Module):
@@ -75,10 +98,10 @@ class LolaAttention(nn.Module):
             out = hybrid_attention(q, k, v, self.params())
         elif q.shape[2] == 1 and state.pos > 0:
             self.calls["decode"] += 1
-            out = lola_decode(q, k, v, state, self.params())
+            out = _paths(q)[1](q, k, v, state, self.params())
         else:
             self.calls["prefill"] += 1
-            out = lola_chunked(q, k, v, state, self.params())
+            out = _paths(q)[0](q, k, v, state, self.params())
         out = out.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1).contiguous()
         return self.o_proj(out), None
 

@@ -152,7 +152,8 @@ def resolve_essay_path(essay_path: str | os.PathLike | None = None) -> Path | No
 def essay_problem(path: Path | None) -> str | None:
     """Why ``path`` cannot serve as an essay haystack (cheap checks only), or None if it looks usable."""
     if path is None:
-        return f"essay data missing: pass --essay-path or set {ESSAY_ENV} (RULER's PaulGrahamEssays.json or a directory of .txt essays)"
+        return (f"essay data missing: pass --essay-path or set {ESSAY_ENV} (RULER's PaulGrahamEssays.json or a "
+                f"directory of .txt essays)")
     if not path.exists():
         return f"essay data not found at {path}: pass --essay-path or set {ESSAY_ENV}"
     if path.is_dir() and not any(path.glob("*.txt")):

@@ -1,0 +1,109 @@
+"""Triton kernels for LoLA attention, with the torch paths as fallback.
+
+  lola_decode_triton(q, k, v, state, params)   same contract as ``decode.lola_decode``
+  lola_chunked_triton(q, k, v, state, params)  same contract as ``chunked.lola_chunked``
+
+Kernels (see each module):
+  decode.py   one-token attention: sparse + window online softmax, linear readout, combine (one launch)
+  sre.py      chunk-boundary merge: SRE (or precomputed) scoring, top-lambda selection, fold into (H, s)
+  prefill.py  chunked prefill: the merge kernel walks every chunk in-kernel, then one attention launch
+
+Supported: feature maps hedgehog, hedgehog-identity, elu, relu; scorers sre, random, key_norm, recency,
+sink; both combines; grouped and expanded GQA; float32, float16, bfloat16 inputs; any window / chunk /
+sparse sizes; head_dim a power of two >= 16. Everything else runs the torch path unchanged: the taylor
+feature map (F = 1 + d + d^2), the attention scorer (needs attention mass from every call), float64,
+other head sizes, and tensors the kernels cannot reach (CPU tensors without TRITON_INTERPRET=1).
+``unsupported_reason`` says which case applies.
+
+No wrapper synchronizes with the device (sizes come from host-side bookkeeping), so decode steps and
+prefills queue asynchronously; ``decode.decode_attention`` alone (fixed-size state) can be captured in a
+CUDA graph. Tests run the kernels on CPU under TRITON_INTERPRET=1 (tests/test_kernels.py);
+``scripts/gpu_bench.py --compile-check`` compiles them for sm_90 without a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from ..chunked import lola_chunked
+from ..common import LolaParams, append_window, ensure_state
+from ..decode import lola_decode
+from ..state import LolaState
+
+KERNEL_FEATURE_MAPS = ("hedgehog", "hedgehog-identity", "elu", "relu")
+KERNEL_SCORERS = ("sre", "random", "key_norm", "recency", "sink")
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def kernels_available() -> bool:
+    """True when Triton kernels can run here: a CUDA device with Triton's driver, or TRITON_INTERPRET=1 (CPU)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if interpreting():
+        return True
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from triton.runtime import driver
+
+        return driver.active.get_current_target().backend == "cuda"
+    except Exception:  # noqa: BLE001 - any driver problem means "no kernels"
+        return False
+
+
+def unsupported_reason(q: torch.Tensor, params: LolaParams) -> str | None:
+    """Why the kernels cannot run this call (None when they can)."""
+    cfg = params.cfg
+    d = params.head_dim
+    if cfg.feature_map not in KERNEL_FEATURE_MAPS:
+        return f"feature map {cfg.feature_map!r} has no kernel"
+    if cfg.scorer not in KERNEL_SCORERS:
+        return f"scorer {cfg.scorer!r} has no kernel"
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"dtype {q.dtype} has no kernel"
+    if d < 16 or d & (d - 1):
+        return f"head_dim {d} is not a power of two >= 16"
+    if not kernels_available():
+        return "Triton kernels are not available on this machine"
+    if q.device.type != "cuda" and not interpreting():
+        return f"tensors on {q.device.type} need CUDA (or TRITON_INTERPRET=1)"
+    return None
+
+
+def lola_chunked_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
+                        params: LolaParams) -> torch.Tensor:
+    """Chunked prefill with Triton (merge kernel over all chunks + one attention launch); falls back to
+    ``lola_chunked`` for the configurations listed in the module docstring."""
+    if q.shape[2] == 0 or unsupported_reason(q, params):
+        return lola_chunked(q, k, v, state, params)
+    from .prefill import prefill
+
+    return prefill(q, k, v, state, params)
+
+
+def lola_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
+                       params: LolaParams) -> torch.Tensor:
+    """One-token decode with Triton: chunk-boundary merge kernel (when the token starts a chunk), torch append,
+    then the fused decode kernel; falls back to ``lola_decode`` for unsupported configurations."""
+    if q.shape[2] != 1:
+        raise ValueError(f"lola_decode takes one token at a time, got {q.shape[2]}")
+    if unsupported_reason(q, params):
+        return lola_decode(q, k, v, state, params)
+    from .decode import decode_attention
+    from .sre import ensure_contiguous_state, evict_before_triton
+
+    ensure_state(state, k, params)
+    ensure_contiguous_state(state)
+    p = state.pos
+    evict_before_triton(state, params, params.cfg.window_start(p // params.cfg.chunk_size))
+    append_window(state, params, k, v)
+    return decode_attention(q, state, params)
+
+
+__all__ = ["kernels_available", "lola_chunked_triton", "lola_decode_triton", "unsupported_reason"]

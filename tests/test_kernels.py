@@ -1,0 +1,312 @@
+"""Triton kernels against the torch paths, under the Triton interpreter on CPU (TRITON_INTERPRET=1).
+
+Triton decides between compiling and interpreting when a function is decorated: for its own standard
+library (tl.zeros, tl.sum, ...) when ``triton`` is first imported, for our kernels when their modules are.
+This module sets TRITON_INTERPRET=1 around those imports, then restores the variable so the rest of the
+suite is unaffected (each test sets it again, and NaN-fills every kernel output buffer, via a fixture).
+If ``triton`` was already imported in compiled mode by an earlier module of the same process, the
+in-process tests skip and ``test_kernels_in_fresh_process`` runs this file in a subprocess instead.
+Shapes are tiny: the interpreter runs every program of the grid in Python.
+"""
+
+import importlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+_saved = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1"
+try:
+    pytest.importorskip("triton")
+    import triton.language.standard as _tl_standard
+    from triton.runtime.interpreter import InterpretedFunction
+
+    INTERPRETED = isinstance(_tl_standard.zeros, InterpretedFunction)
+
+    import lola_bench.attention.kernels as K
+    from lola_bench.attention.kernels import decode as kdecode
+    from lola_bench.attention.kernels import prefill as kprefill
+    from lola_bench.attention.kernels import sre as ksre
+
+    if INTERPRETED and not isinstance(ksre._merge_kernel, InterpretedFunction):  # compiled by an earlier import
+        ksre = importlib.reload(ksre)
+        kdecode = importlib.reload(kdecode)
+        kprefill = importlib.reload(kprefill)
+finally:
+    if _saved is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _saved
+
+from lola_bench.attention.chunked import lola_chunked  # noqa: E402
+from lola_bench.attention.common import LolaParams, append_window, attend, ensure_state, evict_before  # noqa: E402
+from lola_bench.attention.config import LolaConfig  # noqa: E402
+from lola_bench.attention.decode import lola_decode  # noqa: E402
+from lola_bench.attention.feature_maps import make_feature_map  # noqa: E402
+from lola_bench.attention.reference import lola_reference  # noqa: E402
+from lola_bench.attention.scorers import make_scorer  # noqa: E402
+from lola_bench.attention.state import LolaState  # noqa: E402
+
+pytestmark = pytest.mark.triton
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _interpret(monkeypatch, request):
+    if not INTERPRETED and request.node.name != "test_kernels_in_fresh_process":
+        pytest.skip("triton was imported in compiled mode earlier in this process; see test_kernels_in_fresh_process")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("LOLA_TRITON_DEBUG_FILL", "1")
+
+
+def test_kernels_in_fresh_process():
+    """Runs this file in a subprocess when this process cannot interpret Triton (see the module docstring)."""
+    if INTERPRETED:
+        pytest.skip("kernels are interpreted in this process")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], env=env,
+                       capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+def make_params(cfg, hq=4, hkv=2, d=16, dtype=torch.float32):
+    fq, fk = make_feature_map(cfg.feature_map, hq, d), make_feature_map(cfg.feature_map, hq, d)
+    if cfg.feature_map == "hedgehog":  # q and k maps differ and are not the identity
+        fq.layer.data += 0.3 * torch.randn_like(fq.layer)
+        fk.layer.data += 0.3 * torch.randn_like(fk.layer)
+    return LolaParams(cfg, fq.to(dtype), fk.to(dtype), torch.randn(hq), make_scorer(cfg.scorer), hq, hkv, d)
+
+
+def qkv(L, hq=4, hkv=2, b=1, d=16, dtype=torch.float32):
+    return (torch.randn(b, hq, L, d).to(dtype), torch.randn(b, hkv, L, d).to(dtype),
+            torch.randn(b, hkv, L, d).to(dtype))
+
+
+def assert_state_close(a: LolaState, b: LolaState, atol=1e-5, rtol=1e-5):
+    assert a.pos == b.pos and a.n_folded == b.n_folded
+    assert torch.equal(a.sp_pos, b.sp_pos)
+    assert torch.equal(a.win_pos, b.win_pos)
+    torch.testing.assert_close(a.sp_k, b.sp_k, atol=0, rtol=0)
+    torch.testing.assert_close(a.win_v, b.win_v, atol=0, rtol=0)
+    torch.testing.assert_close(a.H, b.H, atol=atol, rtol=rtol)
+    torch.testing.assert_close(a.s, b.s, atol=atol, rtol=rtol)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# prefill (merge kernel over all chunks + attention kernel)
+
+@pytest.mark.parametrize("L,window,sparse,fm,gqa", [
+    (63, 16, 8, "hedgehog-identity", "grouped"),
+    (65, 16, 24, "hedgehog", "expanded"),
+    (200, 32, 16, "elu", "grouped"),
+    (65, 8, 0, "relu", "grouped"),
+    (63, 16, 100, "hedgehog-identity", "expanded"),   # the cache covers everything: exact softmax
+])
+def test_prefill_fp32_matches_torch_and_reference(L, window, sparse, fm, gqa):
+    cfg = LolaConfig(window=window, sparse=sparse, feature_map=fm, gqa=gqa)
+    p = make_params(cfg)
+    q, k, v = qkv(L)
+    st, st_ref = LolaState(), LolaState()
+    out = K.lola_chunked_triton(q, k, v, st, p)
+    want = lola_chunked(q, k, v, st_ref, p)
+    assert not out.isnan().any()
+    torch.testing.assert_close(out, want, atol=2e-5, rtol=1e-4)
+    assert_state_close(st, st_ref)
+    ref = lola_reference(q, k, v, p)
+    torch.testing.assert_close(out, ref.out, atol=2e-5, rtol=1e-4)
+    assert torch.equal(st.sp_pos, ref.sparse_pos)
+    torch.testing.assert_close(st.H, ref.H, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("L,fm,gqa,combine", [
+    (65, "hedgehog-identity", "grouped", "gated"),
+    (63, "hedgehog", "expanded", "lolcats"),
+])
+def test_prefill_fp16_matches_reference(L, fm, gqa, combine):
+    """The torch fast path cannot score SRE in 16-bit (mixed-dtype einsum), so fp16 is checked against the
+    reference, which scores in float32 like the kernel."""
+    cfg = LolaConfig(window=16, sparse=8, feature_map=fm, gqa=gqa, combine=combine)
+    p = make_params(cfg, dtype=torch.float16)
+    q, k, v = qkv(L, dtype=torch.float16)
+    st = LolaState()
+    out = K.lola_chunked_triton(q, k, v, st, p)
+    ref = lola_reference(q, k, v, p)
+    assert out.dtype == torch.float16 and not out.isnan().any()
+    torch.testing.assert_close(out.float(), ref.out.float(), atol=4e-3, rtol=4e-3)
+    assert torch.equal(st.sp_pos, ref.sparse_pos)
+    torch.testing.assert_close(st.H, ref.H, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(st.s, ref.s, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("scorer", ["random", "key_norm", "recency", "sink"])
+def test_prefill_precomputed_scorers(scorer):
+    cfg = LolaConfig(window=8, sparse=8, scorer=scorer, feature_map="relu")
+    p = make_params(cfg, hq=2, hkv=1)
+    q, k, v = qkv(40, hq=2, hkv=1)
+    st, st_ref = LolaState(), LolaState()
+    torch.testing.assert_close(K.lola_chunked_triton(q, k, v, st, p), lola_chunked(q, k, v, st_ref, p),
+                               atol=2e-5, rtol=1e-4)
+    assert_state_close(st, st_ref)
+
+
+def test_prefill_chunk_smaller_than_window():
+    cfg = LolaConfig(window=12, sparse=6, chunk=5, feature_map="hedgehog-identity")
+    p = make_params(cfg, hq=2, hkv=1)
+    q, k, v = qkv(37, hq=2, hkv=1)
+    st, st_ref = LolaState(), LolaState()
+    torch.testing.assert_close(K.lola_chunked_triton(q, k, v, st, p), lola_chunked(q, k, v, st_ref, p),
+                               atol=2e-5, rtol=1e-4)
+    assert_state_close(st, st_ref)
+
+
+@pytest.mark.parametrize("d,dtype", [(64, torch.float32), (128, torch.float16)])
+def test_prefill_large_head_dim(d, dtype):
+    cfg = LolaConfig(window=16, sparse=8)
+    p = make_params(cfg, hq=2, hkv=1, d=d, dtype=dtype)
+    q, k, v = qkv(48, hq=2, hkv=1, d=d, dtype=dtype)
+    st = LolaState()
+    out = K.lola_chunked_triton(q, k, v, st, p)
+    ref = lola_reference(q, k, v, p)
+    tol = 2e-5 if dtype == torch.float32 else 4e-3
+    torch.testing.assert_close(out.float(), ref.out.float(), atol=tol, rtol=tol)
+    assert torch.equal(st.sp_pos, ref.sparse_pos)
+    torch.testing.assert_close(st.H, ref.H, atol=max(tol, 1e-4), rtol=max(tol, 1e-4))
+
+
+def test_prefill_then_prefill_then_decode_matches_torch():
+    """Continuing a state (non-empty sparse cache and window, mid-chunk starts) through every kernel."""
+    cfg = LolaConfig(window=8, sparse=6, feature_map="hedgehog-identity")
+    p = make_params(cfg)
+    q, k, v = qkv(45)
+    st, st_ref = LolaState(), LolaState()
+    for a, b in [(0, 21), (21, 38)]:
+        out = K.lola_chunked_triton(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], st, p)
+        torch.testing.assert_close(out, lola_chunked(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], st_ref, p),
+                                   atol=2e-5, rtol=1e-4)
+        assert_state_close(st, st_ref)
+    for t in range(38, 45):  # crosses the chunk boundary at 40 (merge kernel in decode)
+        sl = slice(t, t + 1)
+        out = K.lola_decode_triton(q[:, :, sl], k[:, :, sl], v[:, :, sl], st, p)
+        torch.testing.assert_close(out, lola_decode(q[:, :, sl], k[:, :, sl], v[:, :, sl], st_ref, p),
+                                   atol=2e-5, rtol=1e-4)
+    assert_state_close(st, st_ref)
+    torch.testing.assert_close(torch.cat([st.sp_k, st.win_k], 2), torch.cat([st_ref.sp_k, st_ref.win_k], 2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# decode kernel on a given state, and the chunk-boundary merge on its own
+
+def _random_state(p, b, hs, ns, nw, pos, dtype, n_folded):
+    st = LolaState()
+    d, f, hq = p.head_dim, p.feature_dim, p.num_heads
+    st.init(b, hs, hq, d, f, dtype, "cpu", False)
+    st.sp_k, st.sp_v = torch.randn(b, hs, ns, d).to(dtype), torch.randn(b, hs, ns, d).to(dtype)
+    st.sp_pos = torch.sort(torch.randperm(pos - nw)[:ns]).values.view(1, 1, ns).expand(b, hs, ns).contiguous()
+    st.win_k, st.win_v = torch.randn(b, hs, nw, d).to(dtype), torch.randn(b, hs, nw, d).to(dtype)
+    st.win_pos = torch.arange(pos - nw, pos)
+    st.H, st.s = torch.rand(b, hq, f, d) * 4, torch.rand(b, hq, f) * 4 + 1
+    st.pos, st.n_folded = pos, n_folded
+    return st
+
+
+def _clone(st):
+    c = LolaState(**{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in vars(st).items()})
+    c.meta = dict(st.meta)
+    return c
+
+
+@pytest.mark.parametrize("d,dtype,fm,gqa,ns,nw,folded", [
+    (16, torch.float32, "hedgehog-identity", "grouped", 24, 13, 40),
+    (64, torch.float32, "hedgehog", "expanded", 7, 70, 3),
+    (128, torch.float16, "elu", "grouped", 40, 9, 10),
+    (64, torch.float16, "relu", "grouped", 0, 65, 0),          # nothing folded: exact softmax
+])
+def test_decode_kernel_matches_attend(d, dtype, fm, gqa, ns, nw, folded):
+    cfg = LolaConfig(window=64, sparse=64, feature_map=fm, gqa=gqa, combine="lolcats" if d == 64 else "gated")
+    p = make_params(cfg, hq=4, hkv=2, d=d, dtype=dtype)
+    st = _random_state(p, 2, p.storage_heads, ns, nw, 300, dtype, folded)
+    q = torch.randn(2, 4, 1, d).to(dtype)
+    out = torch.full_like(q, float("nan"))
+    got = kdecode.decode_attention(q, st, p, out=out)
+    want = attend(q, st, p, st.pos - 1, causal=False)
+    tol = 2e-5 if dtype == torch.float32 else 3e-3
+    torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("scorer,dtype,sparse", [("sre", torch.float32, 16), ("recency", torch.float16, 16),
+                                                 ("sre", torch.float32, 0), ("key_norm", torch.float32, 20)])
+def test_merge_matches_evict_before(scorer, dtype, sparse):
+    """One chunk boundary: score (ties broken like split_topk), keep the best, fold the rest."""
+    cfg = LolaConfig(window=16, sparse=sparse, scorer=scorer)
+    p = make_params(cfg, dtype=dtype)
+    st = _random_state(p, 1, 2, min(sparse, 16), 32, 2200, dtype, 5)  # recency in fp16: positions tie
+    ref = _clone(st)
+    ksre.evict_before_triton(st, p, 2200 - 16)
+    evict_before(ref, p, 2200 - 16)
+    assert_state_close(st, ref)
+
+
+def test_fallback_for_unsupported_configs():
+    cfg = LolaConfig(window=8, sparse=8, feature_map="taylor")
+    p = make_params(cfg)
+    assert K.unsupported_reason(torch.zeros(1, 4, 1, 16), p) is not None
+    q, k, v = qkv(20)
+    st, st_ref = LolaState(), LolaState()
+    torch.testing.assert_close(K.lola_chunked_triton(q, k, v, st, p), lola_chunked(q, k, v, st_ref, p))
+    p2 = make_params(LolaConfig(window=8, sparse=8, scorer="attention"))
+    assert "scorer" in K.unsupported_reason(q, p2)
+    assert K.unsupported_reason(q.double(), make_params(LolaConfig(window=8, sparse=8))) is not None
+    assert K.kernels_available()
+
+
+def test_schedule_counts_match_torch_state():
+    cfg = LolaConfig(window=8, sparse=5, chunk=3)
+    rows, n_folded, cap, needs = kprefill.build_schedule(0, 0, 0, 0, 50, cfg.window, cfg.chunk_size, cfg.sparse)
+    p = make_params(cfg, hq=2, hkv=1)
+    q, k, v = qkv(50, hq=2, hkv=1)
+    st = LolaState()
+    ensure_state(st, k, p)
+    for r in rows:
+        c = r[4] // cfg.chunk_size
+        evict_before(st, p, cfg.window_start(c))
+        append_window(st, p, k[:, :, r[4]:r[4] + r[5]], v[:, :, r[4]:r[4] + r[5]])
+        assert st.sp_k.shape[2] == r[3] and st.win_k.shape[2] == r[7] - r[6]
+    assert st.n_folded == n_folded and needs == 1 and cap <= cfg.sparse + cfg.chunk_size
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the GPU benchmark script runs end to end in --smoke mode
+
+def test_gpu_bench_smoke(tmp_path):
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_bench.py"), "--smoke", "--out", str(tmp_path)],
+                       env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1 and files[0].with_suffix(".md").is_file()
+    data = json.loads(files[0].read_text())
+    assert data["smoke"] is True and data["provenance"]["git"]
+    assert data["correctness"] and all(c["ok"] for c in data["correctness"]), data["correctness"]
+    assert data["ttft"] and data["decode_attention"] and data["prefill_attention"] and data["decode_model"]
+    assert data["lola_path"] == "triton" and not data["errors"]
+
+
+def test_kernels_compile_for_sm90(tmp_path):
+    """The interpreter does not type-check like the compiler: build the benchmark configuration's kernels for an
+    H100 (sm_90) without a GPU, and check that nothing spills to local memory."""
+    if importlib.util.find_spec("triton.backends.nvidia") is None:
+        pytest.skip("Triton has no NVIDIA backend here")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO)
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_bench.py"), "--compile-check", "--quick", "--out",
+                        str(tmp_path)], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = json.loads((tmp_path / "compile-check.json").read_text())
+    assert {r["kernel"] for r in rows} == {"_merge_kernel", "_attn_kernel", "_decode_kernel"}
+    assert all(r.get("stack_bytes", 0) == 0 for r in rows), rows
