@@ -42,6 +42,9 @@ def _root(
         err_console.print(f"[bold red]error:[/] --kernels {kernels!r}: choose auto, torch or triton")
         raise typer.Exit(2)
     os.environ["LOLA_BENCH_KERNELS"] = kernels
+    from .provenance import mark_start
+
+    mark_start()
 
 
 # ---- shared options -------------------------------------------------------------------------------

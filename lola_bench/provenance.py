@@ -62,13 +62,27 @@ def device_label(device: str = "cpu") -> str:
     return f"GPU {info['name']}" if info["kind"] == "cuda" else f"CPU ({info['cores']} cores)"
 
 
+_START: dict = {}
+
+
+def mark_start() -> None:
+    """Record the git state and time when a command starts: results carry the code that produced them, even
+    if the checkout changes while a long run is going."""
+    _START.update(git=git_info(), utc_time=_now())
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def provenance(device: str = "cpu") -> dict:
     return {
-        "git": git_info(),
+        "git": _START.get("git") or git_info(),
+        "started_utc": _START.get("utc_time"),
         "versions": package_versions(),
         "device": device_info(device),
         "host": platform.node(),
         "platform": platform.platform(),
-        "utc_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "utc_time": _now(),
         "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
     }

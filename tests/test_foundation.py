@@ -92,6 +92,17 @@ def test_run_dir_is_staged_and_never_overwritten(tmp_path):
     assert json.loads((out / "config.json").read_text()) == {"a": 2}
 
 
+def test_provenance_records_the_commit_at_start(monkeypatch):
+    from lola_bench import provenance as prov
+
+    monkeypatch.setattr(prov, "_START", {})
+    monkeypatch.setattr(prov, "git_info", lambda: {"commit": "aaa", "dirty": False})
+    prov.mark_start()
+    monkeypatch.setattr(prov, "git_info", lambda: {"commit": "bbb", "dirty": True})
+    p = prov.provenance("cpu")
+    assert p["git"] == {"commit": "aaa", "dirty": False} and p["started_utc"]
+
+
 def test_provenance_fields():
     p = provenance("cpu")
     assert set(p) >= {"git", "versions", "device", "utc_time", "command", "host"}
