@@ -77,19 +77,30 @@ def fold(state: LolaState, params: LolaParams, phi_k: torch.Tensor, v: torch.Ten
     state.s += phi.sum(dim=2)
 
 
-def evict_before(state: LolaState, params: LolaParams, window_start: int) -> None:
-    """Move window pairs older than ``window_start`` out: the best ``sparse`` of (cache + leaving) stay, rest fold."""
-    n_ev = int((state.win_pos < window_start).sum())
-    if n_ev == 0:
-        return
+def leaving_count(state: LolaState, window_start: int) -> int:
+    """How many window pairs lie before ``window_start``. The window is contiguous and ends at ``state.pos - 1``,
+    so this is host arithmetic (no device sync)."""
+    nw = state.win_k.shape[2]
+    return max(0, min(nw, window_start - (state.pos - nw)))
+
+
+def pop_candidates(state: LolaState, n_ev: int):
+    """Remove the ``n_ev`` oldest window pairs; return (cached + leaving) keys, values, positions."""
     b, hs = state.win_k.shape[:2]
     ev_k, ev_v = state.win_k[:, :, :n_ev], state.win_v[:, :, :n_ev]
     ev_pos = state.win_pos[:n_ev].view(1, 1, n_ev).expand(b, hs, n_ev)
     state.win_k, state.win_v = state.win_k[:, :, n_ev:], state.win_v[:, :, n_ev:]
     state.win_pos = state.win_pos[n_ev:]
-    cand_k = torch.cat([state.sp_k, ev_k], dim=2)
-    cand_v = torch.cat([state.sp_v, ev_v], dim=2)
-    cand_pos = torch.cat([state.sp_pos, ev_pos], dim=2)
+    return (torch.cat([state.sp_k, ev_k], dim=2), torch.cat([state.sp_v, ev_v], dim=2),
+            torch.cat([state.sp_pos, ev_pos], dim=2))
+
+
+def evict_before(state: LolaState, params: LolaParams, window_start: int) -> None:
+    """Move window pairs older than ``window_start`` out: the best ``sparse`` of (cache + leaving) stay, rest fold."""
+    n_ev = leaving_count(state, window_start)
+    if n_ev == 0:
+        return
+    cand_k, cand_v, cand_pos = pop_candidates(state, n_ev)
     cand_acc = None
     if state.win_acc is not None:
         cand_acc = torch.cat([state.sp_acc, state.win_acc[:, :, :n_ev]], dim=2)

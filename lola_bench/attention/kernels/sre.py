@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import LolaParams
+from ..common import LolaParams, leaving_count, pop_candidates
 from ..scorers import ScoreContext
 from ..state import LolaState
 
@@ -381,20 +381,12 @@ def evict_before_triton(state: LolaState, params: LolaParams, window_start: int)
 
     The window is contiguous and ends at ``state.pos - 1``, so the number of leaving pairs is known on the
     host (no device sync)."""
-    nw = state.win_k.shape[2]
-    first = state.pos - nw
-    n_ev = max(0, min(nw, window_start - first))
+    n_ev = leaving_count(state, window_start)
     if n_ev == 0:
         return
     b, hs = state.win_k.shape[:2]
     ns = state.sp_k.shape[2]
-    ev_k, ev_v = state.win_k[:, :, :n_ev], state.win_v[:, :, :n_ev]
-    ev_pos = state.win_pos[:n_ev].view(1, 1, n_ev).expand(b, hs, n_ev)
-    state.win_k, state.win_v = state.win_k[:, :, n_ev:], state.win_v[:, :, n_ev:]
-    state.win_pos = state.win_pos[n_ev:]
-    cand_k = torch.cat([state.sp_k, ev_k], dim=2)
-    cand_v = torch.cat([state.sp_v, ev_v], dim=2)
-    cand_pos = torch.cat([state.sp_pos, ev_pos], dim=2)
+    cand_k, cand_v, cand_pos = pop_candidates(state, n_ev)
     n = ns + n_ev
     keep = min(params.cfg.sparse, n)
     if keep == n:
