@@ -60,8 +60,10 @@ LambdaOpt = Annotated[int, typer.Option("--lambda", help="lambda: sparse global 
                                         "scorer).")]
 ScorerOpt = Annotated[str, typer.Option("--scorer", help="Which evicted pairs stay cached: sre (self-recall error, "
                                         "default), random, key_norm, attention, recency, sink.")]
-CombineOpt = Annotated[Optional[str], typer.Option("--combine", help="How softmax and linear parts mix: gated | "
-                                                  "lolcats. Default: the checkpoint's formula, else gated.")]
+CombineOpt = Annotated[Optional[str], typer.Option("--combine", help="How softmax and linear parts mix: calibrated "
+                                                  "(unshifted exp vs exp(factor) phi.phi: exact matches outweigh the "
+                                                  "linear memory), lolcats, gated, normalized. Default: the "
+                                                  "checkpoint's formula, else gated.")]
 GqaOpt = Annotated[str, typer.Option("--gqa", help="grouped: K/V and selection once per KV head; expanded: per query "
                                      "head (the public code's layout).")]
 ChunkOpt = Annotated[Optional[int], typer.Option("--chunk", help="Update cadence in tokens (default: = window).")]
@@ -138,6 +140,8 @@ class _LogProgress:
         if total is not None:
             t["total"] = total
         t["completed"] = completed if completed is not None else t["completed"] + (advance or 0)
+        if "first" not in t:  # a resumed run starts part-way: the rate counts this run's work only
+            t["first"] = (t["completed"], self._time())
         if description:
             t["description"] = description
         self._emit(tid)
@@ -149,7 +153,8 @@ class _LogProgress:
         self.last = now
         t = self.tasks[tid]
         done, total, el = t["completed"], t["total"], now - t["start"]
-        eta = f", ETA {el / done * (total - done):.0f}s" if done and total else ""
+        d0, t0 = t.get("first", (0, t["start"]))
+        eta = f", ETA {(now - t0) / (done - d0) * (total - done):.0f}s" if done > d0 and total else ""
         err_console.print(f"[{el:.0f}s] {t['description']}: {done}/{total}{eta}", highlight=False)
 
 
@@ -538,7 +543,8 @@ def linearize(
     seq_len: Annotated[int, typer.Option("--seq-len", help="Packed sequence length.")] = 1024,
     window: WindowOpt = 64,
     feature_map: Annotated[str, typer.Option("--feature-map", help="Feature map to train (hedgehog).")] = "hedgehog",
-    combine: Annotated[str, typer.Option("--combine", help="Formula trained for: lolcats | gated.")] = "lolcats",
+    combine: Annotated[str, typer.Option("--combine", help="Formula trained for: calibrated | lolcats | gated | "
+                                         "normalized (see README).")] = "calibrated",
     lr: Annotated[float, typer.Option("--lr", help="Stage-1 AdamW learning rate.")] = 1e-2,
     lora_rank: Annotated[int, typer.Option("--lora-rank", help="Stage 2: LoRA rank on q/k/v/o (0 = skip).")] = 0,
     lora_tokens: Annotated[Optional[int], typer.Option("--lora-tokens", help="Stage-2 tokens (default: --tokens)."

@@ -56,7 +56,14 @@ def window_plus_linear(q, k, v, params):
     a = (params.feature_map_q(q) @ params.feature_map_k(k).transpose(-1, -2)) * lin
     g = torch.sigmoid(params.window_factors).view(1, -1, 1, 1)
     has_lin = lin.any(-1).view(1, 1, -1, 1)
-    if cfg.combine == "gated":
+    if cfg.combine == "calibrated":  # unshifted: sum exp(s) v + exp(factor) phi(q)^T H, no max subtraction
+        es = torch.exp(s)
+        w = torch.exp(params.window_factors).view(1, -1, 1, 1)
+        eps = cfg.eps * s.amax(-1, keepdim=True).exp()  # eps is defined on the max-shifted denominator
+        y = (es @ v + w * (a @ v)) / (es.sum(-1, keepdim=True) + w * a.sum(-1, keepdim=True) + eps)
+    elif cfg.combine == "normalized":  # each memory averaged on its own, then mixed g : 1 - g
+        y = g * (e @ v) / e.sum(-1, keepdim=True) + (1 - g) * (a @ v) / (a.sum(-1, keepdim=True) + cfg.eps)
+    elif cfg.combine == "gated":
         y = (g * e @ v + (1 - g) * a @ v) / (g * e.sum(-1, keepdim=True) + (1 - g) * a.sum(-1, keepdim=True) + cfg.eps)
     else:
         y = (g * e @ v + a @ v) / (g * e.sum(-1, keepdim=True) + a.sum(-1, keepdim=True) + cfg.eps)
@@ -77,7 +84,7 @@ def test_cache_covering_sequence_equals_softmax(L, gqa):
 
 
 @pytest.mark.parametrize("L,window,chunk", [(63, 8, None), (65, 16, None), (200, 16, None), (65, 8, 1), (65, 8, 5)])
-@pytest.mark.parametrize("combine", ["gated", "lolcats"])
+@pytest.mark.parametrize("combine", ["gated", "lolcats", "normalized", "calibrated"])
 def test_lambda_zero_is_window_plus_linear(L, window, chunk, combine):
     """Invariant 2: lambda = 0  =>  sliding window + linear attention, as an independent dense oracle."""
     cfg = LolaConfig(window=window, sparse=0, chunk=chunk, combine=combine, feature_map="hedgehog")
@@ -97,7 +104,8 @@ CASES = [(fm, sc, gqa) for gqa in ("grouped", "expanded")
 def test_chunked_and_decode_match_reference(feature_map, scorer, gqa):
     """Chunked prefill and prefill-then-decode equal the reference, outputs and final state (float64)."""
     L = 65
-    for sparse, window, chunk, combine in [(7, 8, None, "lolcats"), (20, 8, 3, "gated")]:
+    for sparse, window, chunk, combine in [(7, 8, None, "lolcats"), (20, 8, 3, "gated"), (5, 4, None, "normalized"),
+                                             (9, 8, None, "calibrated")]:
         cfg = LolaConfig(window=window, sparse=sparse, chunk=chunk, feature_map=feature_map, scorer=scorer, gqa=gqa,
                          combine=combine)
         p = make_params(cfg)
@@ -163,7 +171,7 @@ def test_head_dim_mismatch():
 
 
 @pytest.mark.parametrize("chunk", [None, 1, 5])
-@pytest.mark.parametrize("combine", ["gated", "lolcats"])
+@pytest.mark.parametrize("combine", ["gated", "lolcats", "normalized", "calibrated"])
 def test_dense_hybrid_equals_reference_at_lambda_zero(chunk, combine):
     from lola_bench.attention.hybrid import hybrid_attention
 

@@ -85,3 +85,18 @@ def test_ruler_tiny_end_to_end(tmp_path):
     assert list(out.glob("heatmap_*.png")), "several contexts -> depth x length heatmaps"
     r = run("ruler", "--model", "random:tiny", "--ctx", "512", "--samples", "1", "--out", str(out))
     assert r.exit_code == 2 and "already exists" in r.output
+
+
+def test_log_progress_eta_counts_only_this_runs_work(capsys):
+    """A resumed run starts at step 150 of 200: the ETA comes from this run's rate, not 150 steps in 10 s."""
+    from lola_bench import cli
+
+    clock = iter([0.0, 0.0, 10.0, 10.0, 20.0, 20.0])
+    prog = cli._LogProgress(every=0.0)
+    prog._time = lambda: next(clock)
+    tid = prog.add_task("linearize", total=200)
+    prog.update(tid, completed=150)   # first report after resuming (t=0)
+    prog.update(tid, completed=160)   # 10 steps in 10 s -> 40 left -> 40 s
+    prog.update(tid, completed=170)   # 20 steps in 20 s -> 30 left -> 30 s
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "ETA" in ln]
+    assert lines[-2].endswith("ETA 40s") and lines[-1].endswith("ETA 30s"), lines

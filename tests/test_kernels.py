@@ -127,6 +127,8 @@ def test_prefill_fp32_matches_torch_and_reference(L, window, sparse, fm, gqa):
 @pytest.mark.parametrize("L,fm,gqa,combine", [
     (65, "hedgehog-identity", "grouped", "gated"),
     (63, "hedgehog", "expanded", "lolcats"),
+    (200, "hedgehog", "grouped", "normalized"),
+    (65, "hedgehog-identity", "expanded", "calibrated"),
 ])
 def test_prefill_fp16_matches_reference(L, fm, gqa, combine):
     """The torch fast path cannot score SRE in 16-bit (mixed-dtype einsum), so fp16 is checked against the
@@ -221,14 +223,16 @@ def _clone(st):
     return c
 
 
-@pytest.mark.parametrize("d,dtype,fm,gqa,ns,nw,folded", [
-    (16, torch.float32, "hedgehog-identity", "grouped", 24, 13, 40),
-    (64, torch.float32, "hedgehog", "expanded", 7, 70, 3),
-    (128, torch.float16, "elu", "grouped", 40, 9, 10),
-    (64, torch.float16, "relu", "grouped", 0, 65, 0),          # nothing folded: exact softmax
+@pytest.mark.parametrize("d,dtype,fm,gqa,ns,nw,folded,combine", [
+    (16, torch.float32, "hedgehog-identity", "grouped", 24, 13, 40, "gated"),
+    (64, torch.float32, "hedgehog", "expanded", 7, 70, 3, "lolcats"),
+    (64, torch.float32, "hedgehog", "grouped", 11, 30, 50, "normalized"),
+    (16, torch.float16, "hedgehog-identity", "expanded", 5, 20, 33, "calibrated"),
+    (128, torch.float16, "elu", "grouped", 40, 9, 10, "gated"),
+    (64, torch.float16, "relu", "grouped", 0, 65, 0, "lolcats"),          # nothing folded: exact softmax
 ])
-def test_decode_kernel_matches_attend(d, dtype, fm, gqa, ns, nw, folded):
-    cfg = LolaConfig(window=64, sparse=64, feature_map=fm, gqa=gqa, combine="lolcats" if d == 64 else "gated")
+def test_decode_kernel_matches_attend(d, dtype, fm, gqa, ns, nw, folded, combine):
+    cfg = LolaConfig(window=64, sparse=64, feature_map=fm, gqa=gqa, combine=combine)
     p = make_params(cfg, hq=4, hkv=2, d=d, dtype=dtype)
     st = _random_state(p, 2, p.storage_heads, ns, nw, 300, dtype, folded)
     q = torch.randn(2, 4, 1, d).to(dtype)

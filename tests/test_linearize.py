@@ -118,12 +118,14 @@ def test_teacher_mode_is_exact_softmax_attention():
     assert sorted(store) == [0, 1] and store[0][0].shape == (1, 4, 48, 16) and store[0][1].shape == (1, 2, 48, 16)
 
 
-def test_attention_transfer_loss_falls(tmp_path):
+@pytest.mark.parametrize("combine,fall", [("lolcats", 0.75), ("calibrated", 0.98)])
+def test_attention_transfer_loss_falls(tmp_path, combine, fall):
+    """(On this random tiny model the calibrated formula starts nearer its optimum and falls more slowly.)"""
     data = tmp_path / "one.txt"
     data.write_text("The quick brown fox jumps over the lazy dog again and again, said the cat.")  # one sequence
-    s = run(tmp_path / "out", data, tokens=12 * SEQ)
+    s = run(tmp_path / "out", data, tokens=12 * SEQ, combine=combine)
     curve = [v for _, v in s["loss_history"]["curve"]]
-    assert len(curve) == 12 and curve[-1] < 0.75 * curve[0]
+    assert len(curve) == 12 and curve[-1] < fall * curve[0]
     assert all(b < a for a, b in zip(curve, curve[1:]))  # the same batch every step: falls monotonically
     assert all(f < i for f, i in zip(s["final_layer_losses"], s["initial_layer_losses"]))
     assert (tmp_path / "out" / "loss.png").stat().st_size > 1000
@@ -348,7 +350,9 @@ def test_settings_validation_and_dict():
     s = LinearizeSettings(data_paths="x.txt", tokens=3000, seq_len=1024, lora_rank=8)
     d = s.to_dict()
     assert d["data_paths"] == ["x.txt"] and d["stage1_steps"] == 3 and d["stage2_steps"] == 3
-    assert math.isclose(1 / (1 + math.exp(-s.window_factor_init)), 0.1)
+    assert s.combine == "calibrated" and s.window_factor_init == 3.5
+    lolcats = LinearizeSettings(data_paths="x.txt", tokens=3000, combine="lolcats")
+    assert math.isclose(1 / (1 + math.exp(-lolcats.window_factor_init)), 0.1)  # LoLCATs' window_factor init
     assert "checkpoint_every" not in s.resume_key()
     for bad in ({"tokens": 0}, {"feature_map": "nope"}, {"combine": "x"}, {"lora_rank": -1}, {"window": 0}):
         with pytest.raises(UserError):

@@ -142,23 +142,41 @@ def append_window(state: LolaState, params: LolaParams, k: torch.Tensor, v: torc
     state.pos += n
 
 
-def combine(params: LolaParams, sm_num, sm_den, lin_num, lin_den):
-    """Mix the softmax part (max-subtracted exp sums) with the linear part.
+def mix(combine: str, factor, sm_num, sm_den, lin_num, lin_den, eps: float, sm_max):
+    """The combine formulas. ``factor``: window-factor logits broadcastable to the dens (trailing singleton dim),
+    ``sm_max``: the max logit q.k/sqrt(d) the softmax sums were shifted by (same shape as the dens).
 
-    gated:   y = (g*sm_num + (1-g)*lin_num) / (g*sm_den + (1-g)*lin_den + eps),  g = sigmoid(factor)
-    lolcats: y = (w*sm_num + lin_num) / (w*sm_den + lin_den + eps),              w = sigmoid(factor)
-    With nothing folded into the linear state yet (lin_num is None) this is exact softmax attention.
+    gated:      y = (g*sm_num + (1-g)*lin_num) / (g*sm_den + (1-g)*lin_den + eps),   g = sigmoid(factor)
+    lolcats:    y = (g*sm_num + lin_num) / (g*sm_den + lin_den + eps)                (LoLCATs' window_factor)
+    normalized: y = g * sm_num/sm_den + (1-g) * lin_num/(lin_den + eps)
+    calibrated: y = (sm_num + w*lin_num) / (sm_den + w*lin_den + eps),            w = exp(factor - sm_max)
+    sm_* are max-subtracted exp sums (sm_den >= 1). In 'gated' and 'lolcats' the softmax part therefore has
+    the same weight whether its best key matches the query strongly or barely, while lin_den grows with the
+    number of folded pairs: at long context the linear memory drowns exact matches. 'normalized' averages
+    each memory on its own and mixes them with a fixed per-head weight. 'calibrated' undoes the shift, so the
+    sum is sum_j exp(q.k_j/sqrt d) v_j + exp(factor) * phi(q)^T H: the paper's unshifted form, exact when
+    exp(factor) phi(q).phi(k) = exp(q.k/sqrt d); a strong match in the exact memories outweighs the linear one.
     """
+    if combine == "calibrated":
+        w = torch.exp((factor - sm_max).clamp(max=80.0))
+        return (sm_num + w * lin_num) / (sm_den + w * lin_den + eps)
+    g = torch.sigmoid(factor)
+    if combine == "gated":
+        return (g * sm_num + (1 - g) * lin_num) / (g * sm_den + (1 - g) * lin_den + eps)
+    if combine == "lolcats":
+        return (g * sm_num + lin_num) / (g * sm_den + lin_den + eps)
+    return g * (sm_num / sm_den) + (1 - g) * (lin_num / (lin_den + eps))
+
+
+def combine(params: LolaParams, sm_num, sm_den, lin_num, lin_den, sm_max):
+    """Mix the softmax part (exp sums shifted by ``sm_max``) with the linear part (see ``mix``). Dens and
+    sm_max are (B, Hq, L). With nothing folded into the linear state yet (lin_num is None) this is exact
+    softmax attention."""
     if lin_num is None:
         return sm_num / sm_den.unsqueeze(-1)
-    g = torch.sigmoid(params.window_factors.to(sm_num.dtype)).view(1, -1, 1, 1)
-    if params.cfg.combine == "gated":
-        num = g * sm_num + (1 - g) * lin_num
-        den = g * sm_den.unsqueeze(-1) + (1 - g) * lin_den.unsqueeze(-1)
-    else:
-        num = g * sm_num + lin_num
-        den = g * sm_den.unsqueeze(-1) + lin_den.unsqueeze(-1)
-    return num / (den + params.cfg.eps)
+    factor = params.window_factors.to(sm_num.dtype).view(1, -1, 1, 1)
+    return mix(params.cfg.combine, factor, sm_num, sm_den.unsqueeze(-1), lin_num, lin_den.unsqueeze(-1),
+               params.cfg.eps, sm_max.unsqueeze(-1))
 
 
 def attend(q: torch.Tensor, state: LolaState, params: LolaParams, q_start: int, causal: bool) -> torch.Tensor:
@@ -179,7 +197,8 @@ def attend(q: torch.Tensor, state: LolaState, params: LolaParams, q_start: int, 
         qpos = torch.arange(q_start, q_start + lq, device=q.device).repeat(g)
         future = state.win_pos.view(1, -1) > qpos.view(-1, 1)
         logits[..., ns:].masked_fill_(future, float("-inf"))
-    e = torch.exp(logits - logits.amax(dim=-1, keepdim=True))
+    sm_max = logits.amax(dim=-1, keepdim=True)
+    e = torch.exp(logits - sm_max)
     sm_den = e.sum(dim=-1)
     sm_num = torch.matmul(e, vals)
     if state.win_acc is not None:
@@ -188,9 +207,10 @@ def attend(q: torch.Tensor, state: LolaState, params: LolaParams, q_start: int, 
         state.win_acc += mass[..., ns:]
     sm_num = sm_num.reshape(b, hq, lq, d)
     sm_den = sm_den.reshape(b, hq, lq)
+    sm_max = sm_max.reshape(b, hq, lq)
     lin_num = lin_den = None
     if state.n_folded > 0:
         phi_q = params.feature_map_q(q).to(cd)
         lin_num = torch.matmul(phi_q, state.H)
         lin_den = torch.einsum("bhlf,bhf->bhl", phi_q, state.s)
-    return combine(params, sm_num, sm_den, lin_num, lin_den).to(q.dtype)
+    return combine(params, sm_num, sm_den, lin_num, lin_den, sm_max).to(q.dtype)

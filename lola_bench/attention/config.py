@@ -23,7 +23,7 @@ from ..errors import UserError
 
 FEATURE_MAPS = ("hedgehog", "hedgehog-identity", "elu", "relu", "taylor")
 SCORERS = ("sre", "random", "key_norm", "attention", "recency", "sink")
-COMBINES = ("gated", "lolcats")
+COMBINES = ("gated", "lolcats", "normalized", "calibrated")
 GQA_MODES = ("grouped", "expanded")
 
 
@@ -34,7 +34,7 @@ class LolaConfig:
     chunk: int | None = None         # update cadence; None = window (the public code's cadence)
     feature_map: str = "hedgehog-identity"
     scorer: str = "sre"
-    combine: str = "gated"           # gated | lolcats (see common.combine); checkpoints record their own
+    combine: str = "gated"           # gated, lolcats, normalized, calibrated (common.mix); ckpts record theirs
     gqa: str = "grouped"             # grouped: K/V + selection once per KV head; expanded: per query head
     factor_init: float = 3.0         # window factor logit (softmax weight sigmoid(factor)) when no checkpoint
     eps: float = 1e-6                # denominator epsilon

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import LolaParams
+from .common import LolaParams, mix
 
 
 def block_masks(cfg, L: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,14 +32,12 @@ def hybrid_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: 
     soft, lin = block_masks(cfg, L, q.device)
     s = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     s = s.masked_fill(~soft, float("-inf"))
-    e = torch.exp(s - s.amax(-1, keepdim=True))
+    sm_max = s.amax(-1, keepdim=True)
+    e = torch.exp(s - sm_max)
     a = torch.matmul(params.feature_map_q(q), params.feature_map_k(k).transpose(-1, -2)) * lin
-    g = torch.sigmoid(params.window_factors).view(1, -1, 1, 1).to(q.dtype)
+    factor = params.window_factors.view(1, -1, 1, 1).to(q.dtype)
     sm_num, sm_den = torch.matmul(e, v), e.sum(-1, keepdim=True)
     lin_num, lin_den = torch.matmul(a, v), a.sum(-1, keepdim=True)
-    if cfg.combine == "gated":
-        y = (g * sm_num + (1 - g) * lin_num) / (g * sm_den + (1 - g) * lin_den + cfg.eps)
-    else:
-        y = (g * sm_num + lin_num) / (g * sm_den + lin_den + cfg.eps)
+    y = mix(cfg.combine, factor, sm_num, sm_den, lin_num, lin_den, cfg.eps, sm_max)
     has_lin = lin.any(-1).view(1, 1, L, 1)
     return torch.where(has_lin, y, sm_num / sm_den)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import LolaParams
+from .common import LolaParams, mix
 from .scorers import ScoreContext
 from .state import state_dtype
 
@@ -51,7 +51,7 @@ def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Lo
     lin = torch.zeros_like(sparse)
     acc = torch.zeros(b, hs, L, dtype=cd, device=q.device)
     out = torch.empty(b, hq, L, d, dtype=cd, device=q.device)
-    factor = torch.sigmoid(params.window_factors.to(cd)).view(1, -1, 1, 1)
+    factor = params.window_factors.to(cd).view(1, -1, 1, 1)
     evicted_upto = 0
 
     def linear_state():
@@ -84,17 +84,15 @@ def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Lo
         window = (pos.view(1, -1) >= ws) & (pos.view(1, -1) <= tq)                 # (Lc, L)
         soft = _expand(sparse, gs).unsqueeze(2) | window.view(1, 1, t1 - t0, L)  # (B, Hq, Lc, L)
         lg = logits[:, :, t0:t1].masked_fill(~soft, float("-inf"))
-        e = torch.exp(lg - lg.amax(dim=-1, keepdim=True))
+        sm_max = lg.amax(dim=-1, keepdim=True)
+        e = torch.exp(lg - sm_max)
         sm_num, sm_den = torch.matmul(e, vq), e.sum(-1, keepdim=True)
         mass = (e / sm_den).sum(dim=2)                                              # (B, Hq, L)
         acc += mass.view(b, hs, gs, L).sum(dim=2) / gs
         if lin.any():
             a = lin_scores[:, :, t0:t1] * _expand(lin.to(cd), gs).unsqueeze(2)
             lin_num, lin_den = torch.matmul(a, vq), a.sum(-1, keepdim=True)
-            if cfg.combine == "gated":
-                y = (factor * sm_num + (1 - factor) * lin_num) / (factor * sm_den + (1 - factor) * lin_den + cfg.eps)
-            else:
-                y = (factor * sm_num + lin_num) / (factor * sm_den + lin_den + cfg.eps)
+            y = mix(cfg.combine, factor, sm_num, sm_den, lin_num, lin_den, cfg.eps, sm_max)
         else:
             y = sm_num / sm_den
         out[:, :, t0:t1] = y

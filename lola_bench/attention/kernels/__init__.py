@@ -9,7 +9,7 @@ Kernels (see each module):
   prefill.py  chunked prefill: the merge kernel walks every chunk in-kernel, then one attention launch
 
 Supported: feature maps hedgehog, hedgehog-identity, elu, relu; scorers sre, random, key_norm, recency,
-sink; both combines; grouped and expanded GQA; float32, float16, bfloat16 inputs; any window / chunk /
+sink; every combine; grouped and expanded GQA; float32, float16, bfloat16 inputs; any window / chunk /
 sparse sizes; head_dim a power of two >= 16. Everything else runs the torch path unchanged: the taylor
 feature map (F = 1 + d + d^2), the attention scorer (needs attention mass from every call), float64,
 other head sizes, and tensors the kernels cannot reach (CPU tensors without TRITON_INTERPRET=1).

@@ -3,8 +3,8 @@
 One program per (batch, query head). It streams the storage head's sparse cache, then its window, with
 an online softmax (fp32, exact max subtraction at the end, so the combine sees the same max-normalised
 sums as ``common.attend``), reads phi(q)^T H and phi(q)^T s out of the linear state, and applies the
-gated / lolcats combine with sigmoid(window_factor) of the head. With nothing folded yet
-(``state.n_folded == 0``) it is exact softmax attention.
+combine (gated / lolcats / normalized / calibrated, ``common.mix``) with the head's window factor. With
+nothing folded yet (``state.n_folded == 0``) it is exact softmax attention.
 
 phi(q) is computed in-kernel for hedgehog-identity (softmax statistics over the full row, then per
 F-block), elu and relu; for learned hedgehog (per-head W) torch computes phi(q) (a few tiny ops) and
@@ -22,7 +22,7 @@ import triton.language as tl
 
 from ..common import LolaParams
 from ..state import LolaState
-from .sre import PHI_CODES, alloc, feature_eps, rounded_eps
+from .sre import COMBINE_CODES, PHI_CODES, alloc, feature_eps, rounded_eps
 
 
 @triton.jit
@@ -53,7 +53,7 @@ def _decode_kernel(
     FAC, Out, so_b, so_h,                         # window factor logits (Hq,), out (B, Hq, 1, D)
     Hq, qk_scale, eps_r, eps,
     GROUP: tl.constexpr, D: tl.constexpr, NPARTS: tl.constexpr, PHI: tl.constexpr, PHI_PRE: tl.constexpr,
-    HAS_LIN: tl.constexpr, LOLCATS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
+    HAS_LIN: tl.constexpr, COMBINE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = pid // Hq
@@ -99,10 +99,16 @@ def _decode_kernel(
                 hblk = tl.load(hbase + (p * D + f0 + offs_f[:, None]) * D + offs_d[None, :])
                 num += tl.sum(ph[:, None] * hblk, 0)
                 den += tl.sum(ph * tl.load(sbase + p * D + f0 + offs_f), 0)
-        g = 1.0 / (1.0 + tl.exp(-tl.load(FAC + hq).to(tl.float32)))
-        if LOLCATS:
+        fac = tl.load(FAC + hq).to(tl.float32)
+        g = 1.0 / (1.0 + tl.exp(-fac))
+        if COMBINE == 3:  # calibrated: m_i is the max logit in log2 units
+            w = tl.exp(tl.minimum(fac - m_i * 0.6931471805599453, 80.0))  # ln 2
+            y = (acc + w * num) / (l_i + w * den + eps)
+        elif COMBINE == 1:  # lolcats
             y = (g * acc + num) / (g * l_i + den + eps)
-        else:
+        elif COMBINE == 2:  # normalized
+            y = g * (acc / l_i) + (1.0 - g) * (num / (den + eps))
+        else:  # gated
             y = (g * acc + (1.0 - g) * num) / (g * l_i + (1.0 - g) * den + eps)
     else:
         y = acc / l_i
@@ -138,7 +144,7 @@ def decode_attention(q: torch.Tensor, state: LolaState, params: LolaParams, out:
         fac, out, out.stride(0), out.stride(1),
         hq, (d ** -0.5) * math.log2(math.e), rounded_eps(feature_eps(params), q.dtype), float(params.cfg.eps),
         GROUP=params.group, D=d, NPARTS=fdim // d, PHI=PHI_CODES[params.cfg.feature_map], PHI_PRE=learned,
-        HAS_LIN=has_lin, LOLCATS=params.cfg.combine == "lolcats",
+        HAS_LIN=has_lin, COMBINE=COMBINE_CODES[params.cfg.combine],
         BLOCK_N=64 if d <= 64 else 32, BLOCK_F=min(32, d), num_warps=4 if d <= 64 else 8,
     )
     return out

@@ -12,7 +12,7 @@ chunk), which is launch-bound on a GPU. Here the same computation is split by de
                                    (phi(q)^T H, phi(q)^T s). Writes each step's sparse index list.
   phase B: attention kernel        one program per (segment, query block, batch * query head), all in
                                    parallel: online softmax over the step's sparse list (gathered by index)
-                                   and the causal window, then the gated / lolcats combine with phase A's
+                                   and the causal window, then the combine (``common.mix``) with phase A's
                                    linear readout (exact softmax while nothing is folded).
 
 Keys and values are addressed in one "unified" per-storage-head buffer [old sparse | old window | new
@@ -40,7 +40,15 @@ import triton.language as tl
 
 from ..common import LolaParams, ensure_state, to_storage
 from ..state import LolaState
-from .sre import SCHED_FIELDS, alloc, ensure_contiguous_state, fp32_dot_precision, last_dim_contiguous, launch_merge
+from .sre import (
+    COMBINE_CODES,
+    SCHED_FIELDS,
+    alloc,
+    ensure_contiguous_state,
+    fp32_dot_precision,
+    last_dim_contiguous,
+    launch_merge,
+)
 
 
 @triton.jit(do_not_specialize=["spi_t", "LAM", "L", "base_new"])
@@ -53,7 +61,7 @@ def _attn_kernel(
     FAC,                               # (Hq,) window factor logits
     Out, so_b, so_h, so_l,               # (B, Hq, L, D) output
     Hq, Hs, L, base_new, qk_scale, eps,
-    GROUP: tl.constexpr, D: tl.constexpr, LOLCATS: tl.constexpr,
+    GROUP: tl.constexpr, D: tl.constexpr, COMBINE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
 ):
     t = tl.program_id(0)
@@ -118,10 +126,16 @@ def _attn_kernel(
             lrow = (b * Hq + hq) * L + rows
             num = tl.load(LN + lrow[:, None] * D + offs_d[None, :], mask=rmask[:, None], other=0.0)
             den = tl.load(LD + lrow, mask=rmask, other=0.0)
-            g = 1.0 / (1.0 + tl.exp(-tl.load(FAC + hq).to(tl.float32)))
-            if LOLCATS:
+            fac = tl.load(FAC + hq).to(tl.float32)
+            g = 1.0 / (1.0 + tl.exp(-fac))
+            if COMBINE == 3:  # calibrated: m_i is the max logit in log2 units
+                w = tl.exp(tl.minimum(fac - m_i * 0.6931471805599453, 80.0))  # ln 2
+                y = (acc + w[:, None] * num) / (l_i + w * den + eps)[:, None]
+            elif COMBINE == 1:  # lolcats
                 y = (g * acc + num) / (g * l_i + den + eps)[:, None]
-            else:
+            elif COMBINE == 2:  # normalized
+                y = g * (acc / l_i[:, None]) + (1.0 - g) * (num / (den + eps)[:, None])
+            else:  # gated
                 y = (g * acc + (1.0 - g) * num) / (g * l_i + (1.0 - g) * den + eps)[:, None]
         else:
             y = acc / l_i[:, None]
@@ -243,7 +257,7 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
         ln if ln is not None else dummy, ld if ld is not None else dummy, fac,
         out, out.stride(0), out.stride(1), out.stride(2),
         hq, hs, L, ns0 + nw0, (d ** -0.5) * math.log2(math.e), float(cfg.eps),
-        GROUP=params.group, D=d, LOLCATS=cfg.combine == "lolcats",
+        GROUP=params.group, D=d, COMBINE=COMBINE_CODES[cfg.combine],
         BLOCK_M=block_m, BLOCK_N=64 if q.dtype != torch.float32 else 32, PREC=fp32_dot_precision(q.dtype),
         num_warps=4 if d <= 64 else 8,
     )

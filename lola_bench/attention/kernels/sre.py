@@ -42,6 +42,7 @@ from ..state import LolaState
 SCHED_FIELDS = 9
 
 PHI_CODES = {"hedgehog": 0, "hedgehog-identity": 0, "elu": 1, "relu": 2}
+COMBINE_CODES = {"gated": 0, "lolcats": 1, "normalized": 2, "calibrated": 3}
 
 
 # ----------------------------------------------------------------------------------------------------------------
