@@ -205,8 +205,10 @@ def _print_frame(df, title, columns=None):
     console.print(t)
 
 
-SHORT_PROMPT_NOTE = ("Prompts shorter than the window never reach LoLA's sparse or linear memories: for them LoLA "
-                     "equals full attention by construction.")
+def _exactness_note(variants) -> str:
+    from .report import exactness_note
+
+    return exactness_note([v.lola for v in variants])
 
 
 @app.command()
@@ -277,7 +279,7 @@ def ruler(
                                                          "lola_checkpoint": ckpt})
         run.write_json("config.json", cfg)
         run.append_jsonl("predictions.jsonl", result.predictions)
-        run.write_table("summary", result.summary, title="RULER", notes=SHORT_PROMPT_NOTE)
+        run.write_table("summary", result.summary, title="RULER", notes=_exactness_note(variants))
         from .report import depth_heatmaps
 
         depth_heatmaps(result.predictions, run.stage)
@@ -380,7 +382,7 @@ def commonsense(
                             "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size},
             "lola_checkpoint": ckpt}))
         run.write_json("lm_eval_results.json", raw)
-        run.write_table("summary", summary, title="Commonsense (lm-eval)", notes=SHORT_PROMPT_NOTE + (
+        run.write_table("summary", summary, title="Commonsense (lm-eval)", notes=_exactness_note(variants) + (
             " HellaSwag offline uses the preprocessed full validation set: close to, not identical with, lm-eval's."
             if ddir else ""))
     _print_frame(summary, f"lm-eval on {loaded.source} ({device_label(loaded.device)})",

@@ -194,3 +194,18 @@ def test_half_precision_paths_track_the_reference(dtype):
     assert (out.float() - ref).abs().max() < 0.05
     step = lola_decode(q[:, :, -1:], k[:, :, -1:], v[:, :, -1:], st, p)
     assert torch.isfinite(step.float()).all()
+
+
+@pytest.mark.parametrize("window,sparse,chunk", [(8, 0, None), (8, 20, None), (8, 13, 3), (5, 0, 1)])
+def test_exact_len_is_where_folding_starts(window, sparse, chunk):
+    """LolaConfig.exact_len: up to that many tokens LoLA is softmax attention; one more token folds a pair."""
+    cfg = LolaConfig(window=window, sparse=sparse, chunk=chunk)
+    p = make_params(cfg)
+    n = cfg.exact_len
+    q, k, v = qkv(n + 1)
+    st = LolaState()
+    out = lola_chunked(q[:, :, :n], k[:, :, :n], v[:, :, :n], st, p)
+    assert st.n_folded == 0
+    torch.testing.assert_close(out, softmax_attention(q[:, :, :n], k[:, :, :n], v[:, :, :n]), atol=1e-10, rtol=1e-9)
+    lola_decode(q[:, :, n:], k[:, :, n:], v[:, :, n:], st, p)
+    assert st.n_folded > 0

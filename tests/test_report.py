@@ -10,7 +10,6 @@ import pytest
 
 from lola_bench.errors import UserError
 from lola_bench.report import (
-    SHORT_PROMPT_NOTE,
     pareto_frontier,
     render_report,
     render_sweep_report,
@@ -68,7 +67,7 @@ def test_render_sweep_report_writes_tables_and_plots(tmp_path):
         if p.suffix == ".png":
             assert p.read_bytes()[:8] == PNG and p.stat().st_size > 10_000
     md = (tmp_path / "sweep.md").read_text()
-    assert SHORT_PROMPT_NOTE in md
+    assert "LoLA is exactly full softmax attention until" in md and "η=32, λ=64: 128 tokens" in md  # (lambda + 2 eta)
     assert "### niah_single_1, ctx 512" in md and "### mean over 2 tasks, ctx 1024" in md
     assert "| variant | η=16 | η=32 |" in md
     # lambda x eta pivot: sre, lambda=64, eta=16 -> min(100, 64 * 1.5 * 16 / 32) = 48; full row; failures
@@ -82,9 +81,9 @@ def test_render_sweep_report_writes_tables_and_plots(tmp_path):
 
 def test_short_prompts_are_flagged():
     df = sweep_frame()
-    assert "mean prompt shorter than η" not in sweep_markdown(df)
+    assert "shorter than their exact span" not in sweep_markdown(df)
     df.loc[df["attn"] == "lola", "mean_prompt_tokens"] = 10
-    assert "mean prompt shorter than η" in sweep_markdown(df)
+    assert "shorter than their exact span" in sweep_markdown(df)
 
 
 def test_render_report_from_csv_alone_and_merged(tmp_path):

@@ -66,5 +66,13 @@ class LolaConfig:
         """First key position inside the local window for queries of chunk ``chunk_index``."""
         return max(0, chunk_index * self.chunk_size - self.window)
 
+    @property
+    def exact_len(self) -> int:
+        """The longest sequence (prompt + generated) for which nothing is folded into the linear state, so LoLA
+        is exactly softmax attention: the first fold happens in the first chunk c with window_start(c) > sparse.
+        With chunk = window that is sparse + 2*window tokens (base, sparse = 0: 2*window)."""
+        c = (self.sparse + self.window) // self.chunk_size + 1
+        return c * self.chunk_size
+
     def to_dict(self) -> dict:
         return {**asdict(self), "chunk_size": self.chunk_size}
