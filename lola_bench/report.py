@@ -462,7 +462,8 @@ def sweep_markdown(df: pd.DataFrame, plots: list[Path] = ()) -> str:
               "η is the sliding window, λ the sparse cache size (pairs); base = λ=0 (window + linear state only). "
               "Accuracy is in % (RULER: mean per-sample score; commonsense: lm-eval acc × 100).\n")]
     lola_rows = ok[ok["attn"] != "full"]
-    horizon = pd.Series([c.exact_len for c in _row_configs(lola_rows)], index=lola_rows.index, dtype=float)
+    horizon = pd.Series([c.exact_len if c else math.nan for c in _row_configs(lola_rows)], index=lola_rows.index,
+                        dtype=float)  # chunk = η unless the CSV has a chunk column
     short = lola_rows[pd.to_numeric(lola_rows["mean_prompt_tokens"], errors="coerce") < horizon]
     if len(short):
         first = short.iloc[0]
