@@ -323,11 +323,20 @@ def commonsense(
     out: Annotated[Optional[str], typer.Option("--out", help="Run directory (default results/commonsense/<model>-"
                                                "<time>).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Reuse the tasks an interrupted run with the "
+                                         "same --out and settings finished (kept in a hidden .<out>.resume folder "
+                                         "beside it until the run completes).")] = True,
 ):
-    """Zero-shot commonsense suites through lm-eval for full, base and LoLA attention."""
+    """Zero-shot commonsense suites through lm-eval for full, base and LoLA attention.
+
+    Every (variant, task) result is saved as soon as it finishes: rerun the same command with the same --out
+    after an interruption and only the unfinished tasks are evaluated.
+    """
     import pandas as pd
 
     from .evals.commonsense import resolve_tasks, run_commonsense
+    from .records import ResumeStore
+    from .sweep import fingerprint
     from .models.loading import load_model
     from .models.variants import apply_attention
     from .paths import data_dir as find_data
@@ -348,6 +357,10 @@ def commonsense(
                                     attn=attn, window=window, lam=lam, scorer=scorer, feature_map=feature_map,
                                     combine=combine, gqa=gqa, chunk=chunk, out=out, overwrite=overwrite)
     loaded = load_model(model, device, dtype)
+    store = ResumeStore(run.path)
+    settings = {"model": ms.to_dict(), "resolved_dtype": str(loaded.dtype), "resolved_device": loaded.device,
+                "checkpoint": fingerprint(ckpt) if ckpt else None, "data_dir": str(ddir) if ddir else None,
+                "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size}
     frames, raw = [], {}
     with _progress() as prog:
         bar = prog.add_task("commonsense", total=len(variants) * len(names))
@@ -358,10 +371,21 @@ def commonsense(
                 prog.update(bar, completed=variants.index(_v) * len(names) + i - 1,
                             description=f"{_v.mode}: {task_name} ({i}/{n})")
 
+            def key(task_name, _v=v):
+                return {**settings, "attention": _v.to_dict(), "task": task_name}
+
+            def save(task_name, record, _v=v):
+                store.save(f"{_v.mode}-{task_name}", key(task_name), record)
+
+            done = {}
+            if resume:
+                done = {t: r for t in names if (r := store.load(f"{v.mode}-{t}", key(t))) is not None}
+                if done:
+                    console.print(f"{v.mode}: reusing {', '.join(done)} from the interrupted run in {store.path}")
             try:
                 df, res = run_commonsense(loaded.model, loaded.tokenizer, names, data_dir=str(ddir) if ddir else None,
                                           limit=limit, num_fewshot=num_fewshot, batch_size=batch_size,
-                                          device=loaded.device, progress=step)
+                                          device=loaded.device, progress=step, finished=done, on_task_done=save)
             except ValueError as e:
                 raise UserError(str(e)) from None
             c = v.lola
@@ -385,6 +409,7 @@ def commonsense(
         run.write_table("summary", summary, title="Commonsense (lm-eval)", notes=_exactness_note(variants) + (
             " HellaSwag offline uses the preprocessed full validation set: close to, not identical with, lm-eval's."
             if ddir else ""))
+    store.clear()
     _print_frame(summary, f"lm-eval on {loaded.source} ({device_label(loaded.device)})",
                  ["attn", "task", "metric", "value", "stderr", "n"])
     console.print(f"results: {run.path}")

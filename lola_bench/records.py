@@ -127,3 +127,37 @@ class RunDir:
             shutil.rmtree(self.path)
         os.replace(self.stage, self.path)
         return False
+
+
+class ResumeStore:
+    """Finished pieces of an interrupted run, kept in a hidden sibling of its run directory.
+
+    ``save(part, key, record)`` writes one piece atomically as soon as it is done; ``load(part, key)``
+    returns it on a later run only if ``key`` (the settings that produced it) is unchanged, so a run
+    with other settings never picks up stale pieces. ``clear()`` removes the store once the run
+    directory itself has been written.
+    """
+
+    def __init__(self, run_path: str | os.PathLike):
+        run_path = Path(run_path)
+        self.path = run_path.parent / f".{run_path.name}.resume"
+
+    @staticmethod
+    def _name(part: str) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in part) + ".json"
+
+    def load(self, part: str, key) -> dict | None:
+        f = self.path / self._name(part)
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("key") != to_jsonable(key):
+            return None
+        return data.get("record")
+
+    def save(self, part: str, key, record) -> None:
+        atomic_write_json(self.path / self._name(part), {"key": key, "record": record})
+
+    def clear(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)

@@ -432,3 +432,46 @@ def test_tiny_model_mmlu_group_via_env_var(tiny_llama, smollm2_tokenizer, no_net
     _check_frame(df)
     assert df[["task", "metric", "n", "num_fewshot"]].values.tolist() == [["mmlu", "acc", 114, 0]]
     assert "lola_mmlu" in raw["results"] and len(raw["n-samples"]) == 57
+
+
+@needs_data
+def test_cli_resumes_interrupted_run(tmp_path, monkeypatch):
+    """A run killed after its first task leaves no run directory; the rerun evaluates only the rest."""
+    import lm_eval
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from lola_bench.cli import app
+    from lola_bench.records import ResumeStore
+
+    real = lm_eval.simple_evaluate
+    evaluated = []
+
+    def dies_on_winogrande(*args, **kwargs):
+        evaluated.append(kwargs["tasks"][0])
+        if kwargs["tasks"][0] == "lola_winogrande" and len(evaluated) == 2:
+            raise KeyboardInterrupt  # the process is stopped mid-run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", dies_on_winogrande)
+    out = tmp_path / "cs"
+    argv = ["commonsense", "--model", "random:tiny", "--attn", "lola", "--window", "8", "--lambda", "8",
+            "--tasks", "piqa,winogrande", "--limit", "3", "--data-dir", str(DATA), "--out", str(out)]
+    r = CliRunner().invoke(app, argv)
+    assert r.exit_code != 0 and not out.exists()
+    store = ResumeStore(out)
+    assert [p.name for p in store.path.iterdir()] == ["lola-piqa.json"]
+
+    r = CliRunner().invoke(app, argv)
+    assert r.exit_code == 0, r.output
+    assert evaluated == ["lola_piqa", "lola_winogrande", "lola_winogrande"]
+    df = pd.read_csv(out / "summary.csv")
+    assert df["task"].tolist() == ["piqa", "piqa", "winogrande"] and (df["n"] == 3).all()
+    raw = json.loads((out / "lm_eval_results.json").read_text())
+    assert raw["lola"]["lola_bench"]["reused_from_interrupted_run"] == ["piqa"]
+    assert set(raw["lola"]["results"]) == {"lola_piqa", "lola_winogrande"}
+    assert not store.path.exists()
+
+    # other settings never pick up stale pieces
+    store.save("lola-piqa", {"stale": True}, {"rows": [], "result": {}, "seconds": 0, "num_fewshot": 0})
+    assert store.load("lola-piqa", {"stale": False}) is None

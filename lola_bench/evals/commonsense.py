@@ -90,6 +90,7 @@ MMLU_SUBJECTS: tuple[str, ...] = (
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
+TaskDoneFn = Callable[[str, dict], None]
 
 
 # ---------------------------------------------------------------- task resolution
@@ -327,6 +328,8 @@ def run_commonsense(
     device: str = "cpu",
     log_samples: bool = False,
     progress: ProgressFn | None = None,
+    finished: dict[str, dict] | None = None,
+    on_task_done: TaskDoneFn | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Evaluate ``model`` on commonsense ``tasks`` with lm-eval.
 
@@ -345,6 +348,12 @@ def run_commonsense(
         log_samples: keep lm-eval's per-sample records in the raw results.
         progress: ``progress(task, i, n_tasks)`` is called just before task
             number ``i`` (1-based) of ``n_tasks`` starts, with its canonical name.
+        finished: results of tasks already evaluated by an earlier, interrupted
+            run with the same settings, keyed by canonical name, as handed to
+            ``on_task_done``; those tasks are not evaluated again.
+        on_task_done: ``on_task_done(task, record)`` is called as soon as a task
+            finishes, with a JSON-serialisable record (rows, lm-eval result,
+            seconds, shots) that can be passed back through ``finished``.
 
     Returns:
         ``(summary, raw)``: ``summary`` has columns task, metric, value, stderr,
@@ -368,6 +377,7 @@ def run_commonsense(
     raw: dict = {}
     seconds: dict[str, float] = {}
     shots_used: dict[str, int] = {}
+    reused: list[str] = []
     with offline_mode() if offline else nullcontext(), _quiet_custom_dataset_hint():
         if offline:
             task_manager = TaskManager(
@@ -378,11 +388,22 @@ def run_commonsense(
         else:
             task_manager = TaskManager()
         _place_model(model, device)
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        lm = None
 
         for i, name in enumerate(names, start=1):
             canon = canonical_name(name)
             shots = num_fewshot if num_fewshot is not None else DEFAULT_NUM_FEWSHOT.get(canon, 0)
+            record = (finished or {}).get(canon)
+            if record is not None:
+                log.info("%s: reusing the result of an interrupted run", canon)
+                rows.extend(record["rows"])
+                _merge(raw, record["result"])
+                seconds[canon] = record["seconds"]
+                shots_used[canon] = record["num_fewshot"]
+                reused.append(canon)
+                continue
+            if lm is None:
+                lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
             if offline and shots > 0 and canon != "mmlu":
                 log.warning(
                     "%s: no local train split; few-shot examples come from the evaluation split",
@@ -403,8 +424,13 @@ def run_commonsense(
             )
             seconds[canon] = round(time.perf_counter() - t0, 3)
             shots_used[canon] = shots
-            rows.extend(_summary_rows(name, shots, res))
+            task_rows = _summary_rows(name, shots, res)
+            rows.extend(task_rows)
+            res = _jsonable(res)
             _merge(raw, res)
+            if on_task_done is not None:
+                on_task_done(canon, {"rows": task_rows, "result": res, "seconds": seconds[canon],
+                                     "num_fewshot": shots})
 
     raw["lola_bench"] = {
         "tasks": {canonical_name(n): n for n in names},
@@ -414,6 +440,7 @@ def run_commonsense(
         "num_fewshot": shots_used,
         "limit": limit,
         "seconds": seconds,
+        "reused_from_interrupted_run": reused,
     }
     summary = pd.DataFrame(rows, columns=["task", "metric", "value", "stderr", "n", "num_fewshot"])
     return summary, _jsonable(raw)
