@@ -498,7 +498,7 @@ def model_rows(preset: str, cfgx: dict, device: str, clock: Clock, results: dict
     from transformers import DynamicCache
 
     t0 = time.perf_counter()
-    model = random_model(preset, cfgx["dtype"]).to(device)
+    model = random_model(preset, cfgx["dtype"], device=device)  # built on the device: no 32 GB fp32 CPU copy
     kw = forward_kw(model)
     load_s = time.perf_counter() - t0
     backend_label, setting = pick_sdpa(model, device, kw)
@@ -757,9 +757,43 @@ def markdown(res: dict) -> str:
     lines += table(["preset", "mode", "lambda", "ctx", "ms/token", "peak VRAM MiB"],
                    [[r["preset"], r["mode"], r["lambda"], r["ctx"], f"{r['decode_ms_per_token']:.2f}",
                      r["peak_vram_mib"]] for r in res["decode_model"]])
+    lines += ["", "## Targets (issue #8)", ""]
+    lines += table(["target", "measured", "met"],
+                   [[t["target"], t["measured"], {True: "yes", False: "NO", None: "unmeasured"}[t["ok"]]]
+                    for t in res.get("targets", [])])
     if res.get("errors"):
         lines += ["", "## Errors", ""] + [f"- {e}" for e in res["errors"]]
     return "\n".join(lines) + "\n"
+
+
+def targets(res: dict) -> list[dict]:
+    """The issue's targets, each judged from the measured rows: ok True/False, or None when unmeasured."""
+    out = []
+    cfg = res["config"]
+    dec = [r for r in res["decode_attention"] if "lola_kernel_graph_us" in r]
+    per_tok = {r["ctx"]: r["lola_kernel_graph_us"] + r.get("merge_amortized_us_per_token", 0.0) for r in dec}
+    out.append({"target": f"decode <= 50 us/token, {cfg['decode_layers']} layers of {cfg['decode_preset']}, graph "
+                          "mode (kernel + amortized merge)",
+                "measured": ", ".join(f"{c}: {v:.1f}" for c, v in sorted(per_tok.items())) or "-",
+                "ok": (max(per_tok.values()) <= 50.0) if per_tok else None})
+    flat = max(per_tok.values()) / min(per_tok.values()) if len(per_tok) > 1 else None
+    out.append({"target": "decode flat from 4K to 128K (max / min <= 1.2)",
+                "measured": f"{flat:.2f}" if flat else "-", "ok": (flat <= 1.2) if flat else None})
+    ratios = ttft_ratios(res["ttft"])
+    lam = [r["lam_ratio"] for r in ratios]
+    out.append({"target": "TTFT lambda=max <= 1.10 x lambda=0 (every preset and context)",
+                "measured": ", ".join(f"{r['preset']}@{r['ctx']}: {r['lam_ratio']:.3f}" for r in ratios) or "-",
+                "ok": (max(lam) <= 1.10) if lam else None})
+    long = [r for r in ratios if r["ctx"] >= 32768]
+    out.append({"target": "LoLA prefill faster than cuDNN full attention at >= 32K (whole-model TTFT)",
+                "measured": ", ".join(f"{r['preset']}@{r['ctx']}: {r['lolamax_vs_full']:.3f} x full"
+                                      for r in long) or "-",
+                "ok": all(r["lolamax_vs_full"] < 1.0 for r in long) if long else None})
+    checks = res["correctness"]
+    out.append({"target": f"kernels match the torch reference on this device ({res.get('dtype')})",
+                "measured": f"{sum(bool(c['ok']) for c in checks)}/{len(checks)} checks" if checks else "-",
+                "ok": all(bool(c["ok"]) for c in checks) if checks else None})
+    return out
 
 
 def ttft_ratios(rows: list[dict]) -> list[dict]:
@@ -828,6 +862,7 @@ def main(argv=None) -> int:
 
     def save():
         res["wall_s"] = round(clock.elapsed(), 1)
+        res["targets"] = targets(res)
         (out_dir / f"{slug}.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
         (out_dir / f"{slug}.md").write_text(markdown(res))
 

@@ -92,8 +92,8 @@ def assert_state_close(a: LolaState, b: LolaState, atol=1e-5, rtol=1e-5):
     assert a.pos == b.pos and a.n_folded == b.n_folded
     assert torch.equal(a.sp_pos, b.sp_pos)
     assert torch.equal(a.win_pos, b.win_pos)
-    torch.testing.assert_close(a.sp_k, b.sp_k, atol=0, rtol=0)
-    torch.testing.assert_close(a.win_v, b.win_v, atol=0, rtol=0)
+    for name in ("sp_k", "sp_v", "win_k", "win_v"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=0, rtol=0, msg=name)
     torch.testing.assert_close(a.H, b.H, atol=atol, rtol=rtol)
     torch.testing.assert_close(a.s, b.s, atol=atol, rtol=rtol)
 
@@ -299,6 +299,28 @@ def test_gpu_bench_smoke(tmp_path):
     assert data["correctness"] and all(c["ok"] for c in data["correctness"]), data["correctness"]
     assert data["ttft"] and data["decode_attention"] and data["prefill_attention"] and data["decode_model"]
     assert data["lola_path"] == "triton" and not data["errors"]
+
+
+def test_gpu_bench_judges_targets():
+    spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "scripts" / "gpu_bench.py")
+    gb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gb)
+
+    def ttft(mode, lam, ctx, ms):
+        return {"preset": "p", "mode": mode, "lambda": lam, "ctx": ctx, "ttft_ms": ms}
+
+    res = {"config": {"decode_layers": 16, "decode_preset": "llama-3.2-1b"}, "dtype": "bfloat16",
+           "decode_attention": [{"ctx": 4096, "lola_kernel_graph_us": 30.0, "merge_amortized_us_per_token": 5.0},
+                                {"ctx": 131072, "lola_kernel_graph_us": 40.0, "merge_amortized_us_per_token": 2.0}],
+           "ttft": [ttft("full", None, 4096, 100.0), ttft("lola", 0, 4096, 100.0), ttft("lola", 512, 4096, 109.0),
+                    ttft("full", None, 32768, 900.0), ttft("lola", 0, 32768, 800.0),
+                    ttft("lola", 512, 32768, 950.0), {"preset": "p", "skipped": "time budget"}],
+           "correctness": [{"ok": True}, {"ok": False}]}
+    ok = [t["ok"] for t in gb.targets(res)]
+    # decode 35 and 42 us <= 50; flat 42/35 = 1.2; lambda ratio 1.09 / 1.19; 950 > 900 at 32K; one check failed
+    assert ok == [True, True, False, False, False]
+    res.update(decode_attention=[], ttft=[], correctness=[])
+    assert [t["ok"] for t in gb.targets(res)] == [None] * 5
 
 
 def test_kernels_compile_for_sm90(tmp_path):

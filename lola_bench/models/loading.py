@@ -168,8 +168,12 @@ def embedded_tokenizer():
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
-def random_model(preset: str, dtype: torch.dtype = torch.float32, seed: int = 0, **overrides):
-    """A Llama model of a preset shape with random weights (deterministic by seed)."""
+def random_model(preset: str, dtype: torch.dtype = torch.float32, seed: int = 0, device: str = "cpu", **overrides):
+    """A Llama model of a preset shape with random weights (deterministic by seed and device).
+
+    On the CPU the weights are drawn in float32 and then cast; on another device they are drawn there,
+    directly in ``dtype`` (an 8B model would otherwise need a 32 GB float32 copy in host memory).
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if preset not in RANDOM_PRESETS:
@@ -180,7 +184,9 @@ def random_model(preset: str, dtype: torch.dtype = torch.float32, seed: int = 0,
         torch.manual_seed(seed)
         with torch.device("meta"):
             model = LlamaForCausalLM(cfg)
-        model = model.to_empty(device="cpu")
+        if torch.device(device).type != "cpu":
+            model = model.to(dtype)
+        model = model.to_empty(device=device)
         for m in model.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
