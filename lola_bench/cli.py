@@ -60,6 +60,9 @@ LambdaOpt = Annotated[int, typer.Option("--lambda", help="lambda: sparse global 
                                         "scorer).")]
 ScorerOpt = Annotated[str, typer.Option("--scorer", help="Which evicted pairs stay cached: sre (self-recall error, "
                                         "default), random, key_norm, attention, recency, sink.")]
+SinksOpt = Annotated[Optional[int], typer.Option("--sinks", help="Attention sinks: the first N positions always "
+                                              "kept exact, on top of lambda (never folded into the linear state). "
+                                              "Default: the checkpoint's value (what it was trained with), else 0.")]
 CombineOpt = Annotated[Optional[str], typer.Option("--combine", help="How softmax and linear parts mix: calibrated "
                                                   "(unshifted exp vs exp(factor) phi.phi: exact matches outweigh the "
                                                   "linear memory), lolcats, gated, normalized. Default: the "
@@ -103,15 +106,16 @@ def info(device: DeviceOpt = "auto"):
     console.print(t)
 
 
-def _lola_config(window, lam, scorer, feature_map, combine, gqa, chunk, seed=0, ckpt=None):
-    """LolaConfig from flags; combine formula and factor default to what the checkpoint was trained with."""
+def _lola_config(window, lam, scorer, feature_map, combine, gqa, chunk, seed=0, ckpt=None, sinks=None):
+    """LolaConfig from flags; combine formula and sinks default to what the checkpoint was trained with."""
     from .attention.config import LolaConfig
     from .models.checkpoint import read_meta
 
     meta = read_meta(ckpt) if ckpt else {}
     combine = combine or meta.get("combine") or "gated"
+    sinks = sinks if sinks is not None else int(meta.get("sinks") or 0)
     return LolaConfig(window=window, sparse=lam, scorer=scorer, feature_map=feature_map, combine=combine, gqa=gqa,
-                      chunk=chunk, seed=seed)
+                      chunk=chunk, seed=seed, sinks=sinks)
 
 
 class _LogProgress:
@@ -159,7 +163,7 @@ class _LogProgress:
 
 
 def _plan(command, *, model, device, dtype, lola_ckpt, attn, window, lam, scorer, feature_map, combine, gqa="grouped",
-          chunk=None, seed=0, out=None, overwrite=False):
+          chunk=None, seed=0, out=None, overwrite=False, sinks=None):
     """Validate the model/attention flags and claim the run directory (nothing is written yet)."""
     from .models.checkpoint import resolve_checkpoint
     from .records import RunDir
@@ -168,7 +172,8 @@ def _plan(command, *, model, device, dtype, lola_ckpt, attn, window, lam, scorer
 
     ms = ModelSettings(model, device, dtype, lola_ckpt)
     ckpt, fmap = resolve_checkpoint(ms, feature_map)
-    variants = attention_variants(attn, _lola_config(window, lam, scorer, fmap, combine, gqa, chunk, seed, ckpt))
+    variants = attention_variants(attn, _lola_config(window, lam, scorer, fmap, combine, gqa, chunk, seed, ckpt,
+                                                     sinks))
     run = RunDir(out or default_run_dir(command, model), overwrite=overwrite)
     return ms, ckpt, variants, run
 
@@ -231,6 +236,7 @@ def ruler(
                                                        "(learned; default when a checkpoint is available), "
                                                        "hedgehog-identity, elu, relu, taylor.")] = None,
     combine: CombineOpt = None,
+    sinks: SinksOpt = None,
     gqa: GqaOpt = "grouped",
     chunk: ChunkOpt = None,
     model: ModelOpt = "smollm2-135m",
@@ -256,7 +262,7 @@ def ruler(
     from .provenance import device_label
     from .runs import run_config
 
-    ms, ckpt, variants, run = _plan("ruler", model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt, attn=attn,
+    ms, ckpt, variants, run = _plan("ruler", sinks=sinks, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt, attn=attn,
                                     window=window, lam=lam, scorer=scorer, feature_map=feature_map, combine=combine,
                                     gqa=gqa, chunk=chunk, seed=seed, out=out, overwrite=overwrite)
     essay = essay_path or _default_essay()
@@ -303,6 +309,7 @@ def commonsense(
     feature_map: Annotated[Optional[str], typer.Option("--feature-map", help="phi for the linear state (see ruler "
                                                        "--help).")] = None,
     combine: CombineOpt = None,
+    sinks: SinksOpt = None,
     gqa: GqaOpt = "grouped",
     chunk: ChunkOpt = None,
     model: ModelOpt = "smollm2-135m",
@@ -353,7 +360,7 @@ def commonsense(
         resolve_tasks(names, str(ddir) if ddir else None)
     except ValueError as e:
         raise UserError(str(e)) from None
-    ms, ckpt, variants, run = _plan("commonsense", model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
+    ms, ckpt, variants, run = _plan("commonsense", sinks=sinks, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
                                     attn=attn, window=window, lam=lam, scorer=scorer, feature_map=feature_map,
                                     combine=combine, gqa=gqa, chunk=chunk, out=out, overwrite=overwrite)
     loaded = load_model(model, device, dtype)
@@ -425,6 +432,7 @@ def speed(
     scorer: ScorerOpt = "sre",
     feature_map: Annotated[Optional[str], typer.Option("--feature-map", help="phi for the linear state.")] = None,
     combine: CombineOpt = None,
+    sinks: SinksOpt = None,
     gqa: GqaOpt = "grouped",
     chunk: ChunkOpt = None,
     model: ModelOpt = "smollm2-135m",
@@ -446,7 +454,7 @@ def speed(
 
     if repeats < 1:
         raise UserError(f"--repeats must be >= 1, got {repeats}")
-    ms, ckpt, variants, run = _plan("speed", model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
+    ms, ckpt, variants, run = _plan("speed", sinks=sinks, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
                                     attn=attn, window=window, lam=lam, scorer=scorer, feature_map=feature_map,
                                     combine=combine, gqa=gqa, chunk=chunk, out=out, overwrite=overwrite)
     loaded = load_model(model, device, dtype)
@@ -486,6 +494,7 @@ def sweep(
     samples: Annotated[int, typer.Option("--samples", help="Samples per ruler cell.")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="Prompt seed.")] = 0,
     combine: CombineOpt = None,
+    sinks: SinksOpt = None,
     gqa: GqaOpt = "grouped",
     chunk: ChunkOpt = None,
     model: ModelOpt = "smollm2-135m",
@@ -521,7 +530,8 @@ def sweep(
     spec = SweepSpec(suite=suite, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt, lambdas=ints(lam),
                      windows=ints(window), ctxs=ints(ctx), tasks=strs(task), scorers=strs(scorer),
                      feature_maps=strs(feature_map) or (None,), full=full, samples=samples, seed=seed,
-                     combine=combine, gqa=gqa, chunk=chunk, essay_path=essay_path or _default_essay(), limit=limit,
+                     combine=combine, sinks=sinks, gqa=gqa, chunk=chunk, essay_path=essay_path or _default_essay(),
+                     limit=limit,
                      data_dir=data_dir)
     out_dir = out or str(default_sweep_dir(spec))
     plan = plan_sweep(spec, out_dir, shard=shard, retry_failed=retry_failed)
@@ -574,6 +584,9 @@ def linearize(
                                          "normalized (see README).")] = "calibrated",
     lr: Annotated[float, typer.Option("--lr", help="Stage-1 AdamW learning rate.")] = 1e-2,
     lora_rank: Annotated[int, typer.Option("--lora-rank", help="Stage 2: LoRA rank on q/k/v/o (0 = skip).")] = 0,
+    sinks: Annotated[int, typer.Option("--sinks", help="Attention sinks: train with the first N positions in the "
+                                       "exact softmax part (never linear); inference then pins them in the "
+                                       "sparse cache. 0 = none.")] = 0,
     lora_tokens: Annotated[Optional[int], typer.Option("--lora-tokens", help="Stage-2 tokens (default: --tokens)."
                                                        )] = None,
     seed: Annotated[int, typer.Option("--seed", help="Data order seed.")] = 0,
@@ -605,6 +618,7 @@ def linearize(
 
         summary = run_linearize(loaded, paths, tokens=tokens, seq_len=seq_len, window=window, feature_map=feature_map,
                                 combine=combine, lr=lr, lora_rank=lora_rank, lora_tokens=lora_tokens, seed=seed,
+                                sinks=sinks or 0,
                                 out=out, resume=not no_resume, progress=step, checkpoint_every=checkpoint_every)
     console.print(f"checkpoint: {out}  (complete: {summary.get('complete', True)})")
 
@@ -620,6 +634,7 @@ def perplexity(
     scorer: ScorerOpt = "sre",
     feature_map: Annotated[Optional[str], typer.Option("--feature-map", help="phi for the linear state.")] = None,
     combine: CombineOpt = None,
+    sinks: SinksOpt = None,
     model: ModelOpt = "smollm2-135m",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -645,7 +660,7 @@ def perplexity(
         text = str(d / "text" / "wikitext-2-raw-wiki.test.raw") if d else None
     if not text or not os.path.isfile(text):
         raise UserError(f"text file not found: {text} (pass --text)")
-    ms, ckpt, variants, run = _plan("perplexity", model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
+    ms, ckpt, variants, run = _plan("perplexity", sinks=sinks, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
                                     attn=attn, window=window, lam=lam, scorer=scorer, feature_map=feature_map,
                                     combine=combine, gqa="grouped", chunk=None, out=out, overwrite=overwrite)
     loaded = load_model(model, device, dtype)

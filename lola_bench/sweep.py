@@ -110,6 +110,7 @@ class SweepSpec:
     samples: int = 100
     seed: int = 0
     combine: str | None = None                       # None: the checkpoint's formula, else gated
+    sinks: int | None = None                         # None: the checkpoint's attention sinks, else 0
     gqa: str = "grouped"
     chunk: int | None = None
     essay_path: str | None = None
@@ -189,7 +190,10 @@ class CellConfig:
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        return {"format": CELL_FORMAT, **d, "attention": self.attention.to_dict()}
+        att = self.attention.to_dict()
+        if att.get("lola") and not att["lola"].get("sinks"):
+            att["lola"].pop("sinks", None)  # cells hashed before sinks existed keep their ids
+        return {"format": CELL_FORMAT, **d, "attention": att}
 
     @property
     def cell_id(self) -> str:
@@ -223,7 +227,8 @@ class Cell:
         c, a = self.config, self.config.attention
         variant = "full" if a.mode == "full" else (
             f"{a.mode} eta={a.lola.window} lambda={a.lola.sparse}"
-            + (f" {a.lola.scorer}" if a.mode == "lola" else "") + f" {a.lola.feature_map}")
+            + (f" {a.lola.scorer}" if a.mode == "lola" else "") + f" {a.lola.feature_map}"
+            + (f" sinks={a.lola.sinks}" if a.lola.sinks else ""))
         return f"{variant} | {c.task}" + (f" ctx={c.ctx}" if c.ctx is not None else "")
 
     def describe(self) -> dict:
@@ -306,10 +311,12 @@ def _variants(spec: SweepSpec) -> list[tuple[AttentionSettings, str | None]]:
     ms = ModelSettings(spec.model, spec.device, spec.dtype, spec.lola_ckpt)
     resolved = list(dict.fromkeys(resolve_checkpoint(ms, fm) for fm in spec.feature_maps))
     for ckpt, fmap in resolved:
-        combine = spec.combine or (read_meta(ckpt) if ckpt else {}).get("combine") or "gated"
+        meta = read_meta(ckpt) if ckpt else {}
+        combine = spec.combine or meta.get("combine") or "gated"
+        sinks = spec.sinks if spec.sinks is not None else int(meta.get("sinks") or 0)
         for window in spec.windows:
             base = LolaConfig(window=window, sparse=0, chunk=spec.chunk, feature_map=fmap, combine=combine,
-                              gqa=spec.gqa, seed=spec.seed)
+                              gqa=spec.gqa, seed=spec.seed, sinks=sinks)
             if 0 in spec.lambdas:          # scorer-independent: one base cell, canonical (default) scorer
                 out.append((AttentionSettings("base", base), ckpt))
             for scorer in spec.scorers:

@@ -48,8 +48,9 @@ def window_plus_linear(q, k, v, params):
     t = torch.arange(L).view(-1, 1)
     j = torch.arange(L).view(1, -1)
     ws = torch.tensor([cfg.window_start(int(i) // cfg.chunk_size) for i in range(L)]).view(-1, 1)
-    soft = (j >= ws) & (j <= t)
-    lin = j < ws
+    sink = j < cfg.sinks  # attention sinks: always softmax, never linear
+    soft = ((j >= ws) | sink) & (j <= t)
+    lin = (j < ws) & ~sink
     s = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     s = s.masked_fill(~soft, float("-inf"))
     e = torch.exp(s - s.amax(-1, keepdim=True))
@@ -75,19 +76,20 @@ def window_plus_linear(q, k, v, params):
 def test_cache_covering_sequence_equals_softmax(L, gqa):
     """Invariant 1: lambda + eta >= L  =>  exact softmax attention (fp32, tight)."""
     q, k, v = qkv(L, dtype=torch.float32)
-    for window, sparse in [(L, 0), (16, L - 16), (8, L)]:
-        cfg = LolaConfig(window=window, sparse=sparse, gqa=gqa)
+    for window, sparse, sinks in [(L, 0, 0), (16, L - 16, 0), (8, L, 0), (16, L - 20, 4)]:
+        cfg = LolaConfig(window=window, sparse=sparse, gqa=gqa, sinks=sinks)
         p = make_params(cfg, dtype=torch.float32)
         want = softmax_attention(q, k, v)
         torch.testing.assert_close(lola_reference(q, k, v, p).out, want, atol=2e-6, rtol=1e-5)
         torch.testing.assert_close(lola_chunked(q, k, v, LolaState(), p), want, atol=2e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("L,window,chunk", [(63, 8, None), (65, 16, None), (200, 16, None), (65, 8, 1), (65, 8, 5)])
+@pytest.mark.parametrize("L,window,chunk,sinks", [(63, 8, None, 0), (65, 16, None, 0), (200, 16, None, 0),
+                                                  (65, 8, 1, 0), (65, 8, 5, 0), (65, 8, None, 3), (65, 8, 5, 7)])
 @pytest.mark.parametrize("combine", ["gated", "lolcats", "normalized", "calibrated"])
-def test_lambda_zero_is_window_plus_linear(L, window, chunk, combine):
-    """Invariant 2: lambda = 0  =>  sliding window + linear attention, as an independent dense oracle."""
-    cfg = LolaConfig(window=window, sparse=0, chunk=chunk, combine=combine, feature_map="hedgehog")
+def test_lambda_zero_is_window_plus_linear(L, window, chunk, sinks, combine):
+    """Invariant 2: lambda = 0  =>  sliding window (+ sinks) + linear attention, as an independent dense oracle."""
+    cfg = LolaConfig(window=window, sparse=0, chunk=chunk, combine=combine, feature_map="hedgehog", sinks=sinks)
     p = make_params(cfg)
     q, k, v = qkv(L)
     want = window_plus_linear(q, k, v, p)
@@ -104,10 +106,11 @@ CASES = [(fm, sc, gqa) for gqa in ("grouped", "expanded")
 def test_chunked_and_decode_match_reference(feature_map, scorer, gqa):
     """Chunked prefill and prefill-then-decode equal the reference, outputs and final state (float64)."""
     L = 65
-    for sparse, window, chunk, combine in [(7, 8, None, "lolcats"), (20, 8, 3, "gated"), (5, 4, None, "normalized"),
-                                             (9, 8, None, "calibrated")]:
+    for sparse, window, chunk, combine, sinks in [(7, 8, None, "lolcats", 0), (20, 8, 3, "gated", 0),
+                                                    (5, 4, None, "normalized", 0), (9, 8, None, "calibrated", 0),
+                                                    (6, 8, None, "calibrated", 3), (0, 4, 3, "gated", 2)]:
         cfg = LolaConfig(window=window, sparse=sparse, chunk=chunk, feature_map=feature_map, scorer=scorer, gqa=gqa,
-                         combine=combine)
+                         combine=combine, sinks=sinks)
         p = make_params(cfg)
         q, k, v = qkv(L)
         ref = lola_reference(q, k, v, p)
@@ -172,10 +175,11 @@ def test_head_dim_mismatch():
 
 @pytest.mark.parametrize("chunk", [None, 1, 5])
 @pytest.mark.parametrize("combine", ["gated", "lolcats", "normalized", "calibrated"])
-def test_dense_hybrid_equals_reference_at_lambda_zero(chunk, combine):
+@pytest.mark.parametrize("sinks", [0, 3])
+def test_dense_hybrid_equals_reference_at_lambda_zero(chunk, combine, sinks):
     from lola_bench.attention.hybrid import hybrid_attention
 
-    cfg = LolaConfig(window=8, sparse=0, chunk=chunk, combine=combine, feature_map="hedgehog")
+    cfg = LolaConfig(window=8, sparse=0, chunk=chunk, combine=combine, feature_map="hedgehog", sinks=sinks)
     p = make_params(cfg)
     q, k, v = qkv(65)
     torch.testing.assert_close(hybrid_attention(q, k, v, p), lola_reference(q, k, v, p).out, atol=1e-10, rtol=1e-9)
@@ -196,10 +200,11 @@ def test_half_precision_paths_track_the_reference(dtype):
     assert torch.isfinite(step.float()).all()
 
 
-@pytest.mark.parametrize("window,sparse,chunk", [(8, 0, None), (8, 20, None), (8, 13, 3), (5, 0, 1)])
-def test_exact_len_is_where_folding_starts(window, sparse, chunk):
+@pytest.mark.parametrize("window,sparse,chunk,sinks", [(8, 0, None, 0), (8, 20, None, 0), (8, 13, 3, 0), (5, 0, 1, 0),
+                                                       (8, 20, None, 4), (5, 0, 1, 3)])
+def test_exact_len_is_where_folding_starts(window, sparse, chunk, sinks):
     """LolaConfig.exact_len: up to that many tokens LoLA is softmax attention; one more token folds a pair."""
-    cfg = LolaConfig(window=window, sparse=sparse, chunk=chunk)
+    cfg = LolaConfig(window=window, sparse=sparse, chunk=chunk, sinks=sinks)
     p = make_params(cfg)
     n = cfg.exact_len
     q, k, v = qkv(n + 1)

@@ -266,6 +266,11 @@ def test_fallback_for_unsupported_configs():
     p2 = make_params(LolaConfig(window=8, sparse=8, scorer="attention"))
     assert "scorer" in K.unsupported_reason(q, p2)
     assert K.unsupported_reason(q.double(), make_params(LolaConfig(window=8, sparse=8))) is not None
+    p3 = make_params(LolaConfig(window=8, sparse=4, sinks=2))
+    assert "sinks" in K.unsupported_reason(q, p3)
+    st, st_ref = LolaState(), LolaState()
+    torch.testing.assert_close(K.lola_chunked_triton(q, k, v, st, p3), lola_chunked(q, k, v, st_ref, p3))
+    assert st.sp_pos[0, 0, :2].tolist() == [0, 1]  # the sinks are pinned
     assert K.kernels_available()
 
 

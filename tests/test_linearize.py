@@ -88,8 +88,9 @@ def lola_tensors(path):
 
 def test_chunked_hybrid_matches_dense_hybrid():
     torch.manual_seed(1)
-    for window, chunk, combine, L in [(8, None, "lolcats", 40), (5, 3, "gated", 29)]:
-        cfg = LolaConfig(window=window, chunk=chunk, sparse=0, feature_map="hedgehog", combine=combine)
+    for window, chunk, combine, L, sinks in [(8, None, "lolcats", 40, 0), (5, 3, "gated", 29, 0),
+                                             (8, None, "calibrated", 40, 3), (5, 3, "gated", 29, 6)]:
+        cfg = LolaConfig(window=window, chunk=chunk, sparse=0, feature_map="hedgehog", combine=combine, sinks=sinks)
         fq, fk = make_feature_map("hedgehog", 4, 16), make_feature_map("hedgehog", 4, 16)
         fq.layer.data += 0.1 * torch.randn_like(fq.layer)
         wf = torch.nn.Parameter(torch.randn(4))
@@ -377,3 +378,23 @@ def test_perplexity_matches_a_direct_computation(tmp_path):
     lola_ppl = perplexity(m, tok, tmp_path / "t.raw", seq_len=32, max_tokens=40)
     assert math.isfinite(lola_ppl) and lola_ppl > 1
     unpatch_model(m)
+
+
+def test_sinks_are_trained_recorded_and_used_by_default(tmp_path, corpus):
+    """--sinks: distillation keeps the first positions exact, the checkpoint records it, and commands default to it."""
+    from lola_bench.cli import _lola_config
+
+    out = tmp_path / "ck"
+    lm = loaded()
+    s = run(out, corpus, tokens=2 * SEQ, sinks=3, lm=lm)
+    meta = json.loads((out / "lola.json").read_text())
+    assert meta["sinks"] == 3 and meta["lola_config"]["sinks"] == 3 and s["complete"]
+    assert all(m.cfg.sinks == 3 for m in lola_modules(lm.model))
+    cfg = _lola_config(8, 16, "sre", "hedgehog", None, "grouped", None, ckpt=str(out))
+    assert cfg.sinks == 3 and cfg.exact_len == _lola_config(8, 19, "sre", "hedgehog", None, "grouped", None).exact_len
+    assert _lola_config(8, 16, "sre", "hedgehog", None, "grouped", None, ckpt=str(out), sinks=0).sinks == 0
+    # a sink-trained checkpoint differs from one trained without sinks on the same data
+    ref = tmp_path / "ck0"
+    run(ref, corpus, tokens=2 * SEQ)
+    a, b = lola_tensors(out), lola_tensors(ref)
+    assert a.keys() == b.keys() and any(not torch.equal(a[n], b[n]) for n in a)

@@ -106,7 +106,8 @@ def evict_before(state: LolaState, params: LolaParams, window_start: int) -> Non
         cand_acc = torch.cat([state.sp_acc, state.win_acc[:, :, :n_ev]], dim=2)
         state.win_acc = state.win_acc[:, :, n_ev:]
     n = cand_k.shape[2]
-    keep = min(params.cfg.sparse, n)
+    sinks = min(params.cfg.sinks, window_start)  # every position below window_start has left the window
+    keep = min(params.cfg.sparse + sinks, n)
     if keep == n:  # everything fits in the sparse cache: nothing to score or fold
         state.sp_k, state.sp_v, state.sp_pos, state.sp_acc = cand_k, cand_v, cand_pos, cand_acc
         return
@@ -119,7 +120,10 @@ def evict_before(state: LolaState, params: LolaParams, window_start: int) -> Non
         return
     ctx = ScoreContext(k=cand_k, v=cand_v, pos=cand_pos, phi_k=phi_k, H=state.H, s=state.s, acc=cand_acc,
                        group=params.group, eps=params.cfg.eps, seed=params.cfg.seed)
-    idx, out_idx = split_topk(params.scorer.score(ctx), keep)
+    scores = params.scorer.score(ctx)
+    if sinks:
+        scores = scores.masked_fill(cand_pos < sinks, float("inf"))
+    idx, out_idx = split_topk(scores, keep)
     out_q = expand_heads(out_idx, params.group).unsqueeze(-1)
     fold(state, params, phi_k.gather(2, out_q.expand(-1, -1, -1, phi_k.shape[-1])),
          cand_v.gather(2, out_idx.unsqueeze(-1).expand(-1, -1, -1, cand_v.shape[-1])))

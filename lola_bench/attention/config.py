@@ -7,6 +7,8 @@ What "window eta" covers exactly (paper cadence, chunk = eta):
       (with chunk = window this is the previous chunk plus the causal part of the current one,
       i.e. between window+1 and 2*window keys once t >= window), and
     * the sparse cache: at most ``sparse`` (lambda) older pairs,
+    * the attention sinks: the first ``sinks`` positions of the sequence, pinned in the sparse cache on top
+      of its ``sparse`` scored entries (never folded; 0 = none),
   and through the linear state (H, s) every other older key.
   When a new chunk starts, keys that fall out of the window (positions below c*chunk - window) are
   scored together with the cached pairs (re-scored against the current state); the ``sparse``
@@ -36,6 +38,7 @@ class LolaConfig:
     scorer: str = "sre"
     combine: str = "gated"           # gated, lolcats, normalized, calibrated (common.mix); ckpts record theirs
     gqa: str = "grouped"             # grouped: K/V + selection once per KV head; expanded: per query head
+    sinks: int = 0                   # first positions always kept exact (on top of lambda); ckpts record theirs
     factor_init: float = 3.0         # window factor logit (softmax weight sigmoid(factor)) when no checkpoint
     eps: float = 1e-6                # denominator epsilon
     seed: int = 0                    # for the random scorer
@@ -55,6 +58,8 @@ class LolaConfig:
             raise UserError(f"unknown combine formula {self.combine!r}: choose one of {', '.join(COMBINES)}")
         if self.gqa not in GQA_MODES:
             raise UserError(f"unknown GQA mode {self.gqa!r}: choose one of {', '.join(GQA_MODES)}")
+        if not isinstance(self.sinks, int) or self.sinks < 0:
+            raise UserError(f"sinks must be an integer >= 0, got {self.sinks!r}")
         if self.eps <= 0:
             raise UserError(f"eps must be > 0, got {self.eps!r}")
 
@@ -69,9 +74,9 @@ class LolaConfig:
     @property
     def exact_len(self) -> int:
         """The longest sequence (prompt + generated) for which nothing is folded into the linear state, so LoLA
-        is exactly softmax attention: the first fold happens in the first chunk c with window_start(c) > sparse.
-        With chunk = window that is sparse + 2*window tokens (base, sparse = 0: 2*window)."""
-        c = (self.sparse + self.window) // self.chunk_size + 1
+        is exactly softmax attention: the first fold happens in the first chunk c with window_start(c) > sparse
+        + sinks. With chunk = window that is sparse + sinks + 2*window tokens (rounded up to a whole chunk)."""
+        c = (self.sparse + self.sinks + self.window) // self.chunk_size + 1
         return c * self.chunk_size
 
     def to_dict(self) -> dict:

@@ -14,12 +14,14 @@ from .common import LolaParams, mix
 
 
 def block_masks(cfg, L: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(soft, lin) boolean (L, L) masks: softmax window [window_start(chunk(t)), t] and the older keys."""
+    """(soft, lin) boolean (L, L) masks: softmax over the window [window_start(chunk(t)), t] and the first
+    ``cfg.sinks`` positions, linear over the other older keys."""
     t = torch.arange(L, device=device)
     ws = ((t // cfg.chunk_size) * cfg.chunk_size - cfg.window).clamp(min=0).view(-1, 1)
     j = t.view(1, -1)
-    soft = (j >= ws) & (j <= t.view(-1, 1))
-    return soft, j < ws
+    sink = j < cfg.sinks
+    soft = ((j >= ws) | sink) & (j <= t.view(-1, 1))
+    return soft, (j < ws) & ~sink
 
 
 def hybrid_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: LolaParams) -> torch.Tensor:

@@ -3,7 +3,8 @@
 For every chunk it decides which keys are in the sparse cache and which are folded into the linear
 state (by scoring candidates against a state rebuilt from scratch from the linear mask), then computes
 every query's output from explicit (query x key) masks:
-  softmax part: keys in the sparse set or in the window [window_start(c), t]
+  softmax part: keys in the sparse set (the first ``sinks`` positions always among them) or in the window
+                [window_start(c), t]
   linear part:  keys in the linear set, weighted by phi_q(q_t) . phi_k(k_j)
 It shares only the feature maps, scorers and config with the fast paths; it never calls them.
 """
@@ -64,7 +65,7 @@ def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Lo
         if ws > evicted_upto:
             cand = sparse | ((pos >= evicted_upto) & (pos < ws)).view(1, 1, L)
             n = int(cand[0, 0].sum())
-            keep = min(cfg.sparse, n)
+            keep = min(cfg.sparse + min(cfg.sinks, ws), n)
             if keep == n:
                 sparse = cand
             else:
@@ -73,7 +74,8 @@ def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Lo
                     H, s = linear_state()
                     ctx = ScoreContext(k=ks, v=vs, pos=pos.view(1, 1, L).expand(b, hs, L), phi_k=phi_k, H=H, s=s,
                                        acc=acc, group=gs, eps=cfg.eps, seed=cfg.seed)
-                    sc = params.scorer.score(ctx).to(cd).masked_fill(~cand, float("-inf"))
+                    sc = params.scorer.score(ctx).to(cd).masked_fill(pos < cfg.sinks, float("inf"))
+                    sc = sc.masked_fill(~cand, float("-inf"))
                     top = torch.sort(sc, dim=-1, descending=True, stable=True).indices[..., :keep]
                     new_sparse.scatter_(-1, top, True)
                 lin = lin | (cand & ~new_sparse)

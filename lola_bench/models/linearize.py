@@ -64,6 +64,7 @@ class LinearizeSettings:
     batch_size: int = 1
     factor_init: float | None = None  # None: LoLCATs' -2.1972 for 'lolcats', log(0.1) for 'gated'
     lora_rank: int = 0
+    sinks: int = 0                   # first positions kept in the exact softmax part (never linear)
     lora_tokens: int | None = None   # stage-2 tokens; None = same as ``tokens``
     lora_lr: float = 1e-4
     seed: int = 0
@@ -97,7 +98,7 @@ class LinearizeSettings:
 
     def lola_config(self) -> LolaConfig:
         return LolaConfig(window=self.window, sparse=0, feature_map=self.feature_map, combine=self.combine,
-                          factor_init=self.window_factor_init)
+                          factor_init=self.window_factor_init, sinks=self.sinks)
 
     @property
     def tokens_per_step(self) -> int:
@@ -127,6 +128,8 @@ class LinearizeSettings:
         from a finished checkpoint, or stop earlier): the data order does not depend on it."""
         d = self.to_dict()
         d.pop("checkpoint_every")
+        if not self.sinks:  # train states written before sinks existed resume as sinks = 0
+            d.pop("sinks")
         if not self.lora_rank:
             for k in ("tokens", "lora_tokens", "stage1_steps", "stage2_steps"):
                 d.pop(k, None)
@@ -181,21 +184,26 @@ def chunked_hybrid_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     factor = params.window_factors.view(1, -1, 1, 1).to(q.dtype)
     state = q.new_zeros(B, Hq, phi_k.shape[-1], d)
     norm = q.new_zeros(B, Hq, phi_k.shape[-1], 1)
+    S = cfg.sinks
     folded, outs = 0, []
     for c0 in range(0, L, C):
         c1 = min(c0 + C, L)
         ws = max(0, c0 - W)
-        if ws > folded:  # keys leaving the window join the linear sums (never in place: autograd)
-            pk = phi_k[:, :, folded:ws].transpose(-1, -2)
-            state = state + pk @ v[:, :, folded:ws]
+        lo = max(folded, min(S, ws))  # sinks never join the linear sums
+        if ws > lo:  # keys leaving the window join the linear sums (never in place: autograd)
+            pk = phi_k[:, :, lo:ws].transpose(-1, -2)
+            state = state + pk @ v[:, :, lo:ws]
             norm = norm + pk.sum(-1, keepdim=True)
-            folded = ws
-        causal = torch.arange(ws, c1, device=q.device).view(1, -1) <= torch.arange(c0, c1, device=q.device).view(-1, 1)
-        s = ((q[:, :, c0:c1] @ k[:, :, ws:c1].transpose(-1, -2)) * d ** -0.5).masked_fill(~causal, float("-inf"))
+        folded = max(folded, ws)
+        keys = torch.arange(ws, c1, device=q.device)
+        if min(S, ws):  # the sinks that have left the window, attended exactly
+            keys = torch.cat([torch.arange(min(S, ws), device=q.device), keys])
+        causal = keys.view(1, -1) <= torch.arange(c0, c1, device=q.device).view(-1, 1)
+        s = ((q[:, :, c0:c1] @ k[:, :, keys].transpose(-1, -2)) * d ** -0.5).masked_fill(~causal, float("-inf"))
         sm_max = s.amax(-1, keepdim=True)
         e = torch.exp(s - sm_max)
-        sm_num, sm_den = e @ v[:, :, ws:c1], e.sum(-1, keepdim=True)
-        if folded == 0:
+        sm_num, sm_den = e @ v[:, :, keys], e.sum(-1, keepdim=True)
+        if folded <= S:  # nothing folded yet
             outs.append(sm_num / sm_den)
             continue
         pq = phi_q[:, :, c0:c1]
@@ -458,7 +466,8 @@ def plot_losses(history: dict, path: Path, stage1_steps: int) -> Path:
 def linearize(loaded_model, data_paths, *, tokens: int, seq_len: int = 1024, window: int = 64,
               feature_map: str = "hedgehog", combine: str = "calibrated", lr: float = 1e-2, lora_rank: int = 0,
               lora_tokens: int | None = None, lora_lr: float = 1e-4, batch_size: int = 1,
-              factor_init: float | None = None, seed: int = 0, out, resume: bool = True, progress=None,
+              factor_init: float | None = None, sinks: int = 0, seed: int = 0, out, resume: bool = True,
+              progress=None,
               checkpoint_every: int = 20, max_steps: int | None = None) -> dict:
     """Linearize ``loaded_model`` (a LoadedModel; patched in place) and write the checkpoint to ``out``.
 
@@ -471,7 +480,7 @@ def linearize(loaded_model, data_paths, *, tokens: int, seq_len: int = 1024, win
     s = LinearizeSettings(data_paths=data_paths, tokens=tokens, seq_len=seq_len, window=window,
                           feature_map=feature_map, combine=combine, lr=lr, batch_size=batch_size,
                           factor_init=factor_init, lora_rank=lora_rank, lora_tokens=lora_tokens, lora_lr=lora_lr,
-                          seed=seed, checkpoint_every=checkpoint_every)
+                          sinks=sinks, seed=seed, checkpoint_every=checkpoint_every)
     out = Path(out)
     run = _Run(loaded_model, s, out)
     complete = run.train(resume, progress, max_steps)
@@ -489,7 +498,7 @@ def linearize(loaded_model, data_paths, *, tokens: int, seq_len: int = 1024, win
         "base_model": loaded_model.spec,
         "base_model_source": loaded_model.source,
         "base_model_kind": loaded_model.kind,
-        "feature_map": s.feature_map, "window": s.window, "combine": s.combine, "sparse": 0,
+        "feature_map": s.feature_map, "window": s.window, "combine": s.combine, "sparse": 0, "sinks": s.sinks,
         "window_factor_init": s.window_factor_init,
         "seq_len": s.seq_len, "batch_size": s.batch_size, "tokens": s1_tokens, "steps": s.stage1_steps,
         "lr": s.lr, "seed": s.seed, "loss_definition": f"sum over layers of {MSE_SCALE:g} * MSE(hybrid, softmax)",

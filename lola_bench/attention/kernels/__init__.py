@@ -65,6 +65,8 @@ def unsupported_reason(q: torch.Tensor, params: LolaParams) -> str | None:
         return f"feature map {cfg.feature_map!r} has no kernel"
     if cfg.scorer not in KERNEL_SCORERS:
         return f"scorer {cfg.scorer!r} has no kernel"
+    if cfg.sinks:
+        return "pinned attention sinks (sinks > 0) have no kernel yet"
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return f"dtype {q.dtype} has no kernel"
     if d < 16 or d & (d - 1):
