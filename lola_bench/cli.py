@@ -398,7 +398,7 @@ def commonsense(
             c = v.lola
             df.insert(0, "attn", v.mode)
             for col, val in [("window", c.window if c else None), ("lambda", c.sparse if c else None),
-                             ("scorer", c.scorer if c else None), ("feature_map", c.feature_map if c else None)]:
+                             ("sinks", c.sinks if c else None), ("scorer", c.scorer if c else None), ("feature_map", c.feature_map if c else None)]:
                 df[col] = val
             df.insert(0, "model", model)
             frames.append(df)
@@ -672,8 +672,8 @@ def perplexity(
             value = ppl(loaded.model, loaded.tokenizer, text, seq_len=seq_len, max_tokens=max_tokens)
             c = v.lola
             rows.append({"model": model, "attn": v.mode, "window": c.window if c else None,
-                         "lambda": c.sparse if c else None, "feature_map": c.feature_map if c else None,
-                         "text": os.path.basename(text), "seq_len": seq_len, "max_tokens": max_tokens,
+                         "lambda": c.sparse if c else None, "sinks": c.sinks if c else None,
+                         "feature_map": c.feature_map if c else None, "text": os.path.basename(text), "seq_len": seq_len, "max_tokens": max_tokens,
                          "perplexity": value, "device": device_label(loaded.device)})
             prog.update(bar, advance=1, description=f"{v.mode}: {value:.2f}")
     df = pd.DataFrame(rows)

@@ -61,9 +61,10 @@ def _row_configs(df: pd.DataFrame) -> list:
     for _, r in df.iterrows():
         w, lam = pd.to_numeric(r.get("window"), errors="coerce"), pd.to_numeric(r.get("lambda"), errors="coerce")
         chunk = pd.to_numeric(r.get("chunk"), errors="coerce")
+        sinks = pd.to_numeric(r.get("sinks"), errors="coerce")
         ok = r.get("attn") != "full" and w == w and lam == lam
-        out.append(LolaConfig(window=int(w), sparse=int(lam), chunk=None if chunk != chunk else int(chunk))
-                   if ok else None)
+        out.append(LolaConfig(window=int(w), sparse=int(lam), chunk=None if chunk != chunk else int(chunk),
+                              sinks=0 if sinks != sinks else int(sinks)) if ok else None)
     return out
 
 

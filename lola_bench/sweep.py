@@ -237,6 +237,7 @@ class Cell:
         lola = a.lola
         return {"index": self.index, "cell_id": self.cell_id, "suite": c.suite, "attn": a.mode,
                 "window": lola.window if lola else None, "lambda": lola.sparse if lola else None,
+                "sinks": lola.sinks if lola else None,
                 "scorer": lola.scorer if a.mode == "lola" else None,
                 "feature_map": lola.feature_map if lola else None, "task": c.task, "ctx": c.ctx,
                 "n": c.samples if c.suite == "ruler" else c.limit}
@@ -600,7 +601,7 @@ def default_run_cell(loaded, cell: Cell, progress: Progress | None = None) -> Ce
 
 def _variant_columns(cell: Cell) -> dict:
     d = cell.describe()
-    return {k: d[k] for k in ("attn", "window", "lambda", "scorer", "feature_map")}
+    return {k: d[k] for k in ("attn", "window", "lambda", "sinks", "scorer", "feature_map")}
 
 
 def _classify(exc: BaseException) -> str:
