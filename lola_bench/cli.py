@@ -596,6 +596,11 @@ def linearize(
                                                    "2-core machine).")] = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Start over even if OUT/train_state exists.")]
     = False,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="After training, fit one global offset of the "
+                                            "window factors (the linear memory's weight) by next-token loss on the "
+                                            "last quarter of --seq-len training sequences run through LoLA "
+                                            "(lambda=512). Rerun a finished command with it to calibrate only.")]
+    = False,
     device: DeviceOpt = "auto",
 ):
     """Make a linearized model (LoLCATs attention transfer [+ LoRA]): the base LoLA runs on."""
@@ -619,8 +624,14 @@ def linearize(
         summary = run_linearize(loaded, paths, tokens=tokens, seq_len=seq_len, window=window, feature_map=feature_map,
                                 combine=combine, lr=lr, lora_rank=lora_rank, lora_tokens=lora_tokens, seed=seed,
                                 sinks=sinks or 0,
-                                out=out, resume=not no_resume, progress=step, checkpoint_every=checkpoint_every)
+                                out=out, resume=not no_resume, progress=step, checkpoint_every=checkpoint_every,
+                                calibrate=calibrate,
+                                calibrate_progress=lambda i, n: prog.update(bar, description=f"calibrating {i}/{n}"))
     console.print(f"checkpoint: {out}  (complete: {summary.get('complete', True)})")
+    cal = summary.get("linear_weight_calibration")
+    if cal:
+        console.print(f"linear-weight offset {cal['offset']:g}; tail perplexity by offset: "
+                      + ", ".join(f"{g:g}: {v:.3f}" for g, v in zip(cal["grid"], cal["tail_perplexity"])))
 
 
 @app.command()

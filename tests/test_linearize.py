@@ -398,3 +398,26 @@ def test_sinks_are_trained_recorded_and_used_by_default(tmp_path, corpus):
     run(ref, corpus, tokens=2 * SEQ)
     a, b = lola_tensors(out), lola_tensors(ref)
     assert a.keys() == b.keys() and any(not torch.equal(a[n], b[n]) for n in a)
+
+
+def test_calibration_picks_the_offset_with_the_lowest_tail_loss(tmp_path, corpus):
+    """--calibrate: the stored factors are the trained ones minus the chosen offset, and that offset is the argmin
+    of the recorded tail perplexities; a rerun of the finished command calibrates again from the trained state."""
+    out = tmp_path / "ck"
+    lm = loaded()
+    s = run(out, corpus, tokens=2 * SEQ, sinks=1, lm=lm)
+    trained = lola_tensors(out)
+    s2 = run(out, corpus, tokens=2 * SEQ, sinks=1, calibrate=True)
+    cal = s2["linear_weight_calibration"]
+    assert len(cal["tail_perplexity"]) == len(cal["grid"]) and cal["sinks"] == 1 and cal["sparse"] == 512
+    best = min(range(len(cal["grid"])), key=lambda i: (cal["tail_perplexity"][i], cal["grid"][i]))
+    assert cal["offset"] == cal["grid"][best]
+    after = lola_tensors(out)
+    for name, t in trained.items():
+        if name.endswith("window_factors"):
+            torch.testing.assert_close(after[name], t - cal["offset"])
+        else:
+            assert torch.equal(after[name], t)
+    meta = json.loads((out / "lola.json").read_text())
+    assert meta["linear_weight_calibration"]["offset"] == cal["offset"] and s["complete"]
+    assert all(m.cfg.sparse == 0 for m in lola_modules(lm.model))

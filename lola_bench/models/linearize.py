@@ -467,7 +467,7 @@ def linearize(loaded_model, data_paths, *, tokens: int, seq_len: int = 1024, win
               feature_map: str = "hedgehog", combine: str = "calibrated", lr: float = 1e-2, lora_rank: int = 0,
               lora_tokens: int | None = None, lora_lr: float = 1e-4, batch_size: int = 1,
               factor_init: float | None = None, sinks: int = 0, seed: int = 0, out, resume: bool = True,
-              progress=None,
+              progress=None, calibrate: bool = False, calibrate_progress=None,
               checkpoint_every: int = 20, max_steps: int | None = None) -> dict:
     """Linearize ``loaded_model`` (a LoadedModel; patched in place) and write the checkpoint to ``out``.
 
@@ -524,9 +524,74 @@ def linearize(loaded_model, data_paths, *, tokens: int, seq_len: int = 1024, win
                         "o_proj"], "lr": s.lora_lr, "steps": s.stage2_steps,
                         "tokens": run.tokens_seen - s1_tokens, "adapter": "adapter",
                         "lm_loss_history": _loss_summary(h["lm_loss"])}
+    if calibrate:
+        meta["linear_weight_calibration"] = calibrate_linear_weight(
+            loaded_model, s.data_paths, seq_len=s.seq_len, seed=s.seed, progress=calibrate_progress)
     save_lola_checkpoint(model, out, meta)
     plot_losses(h, out / "loss.png", s.stage1_steps)
     return {**summary, **meta, "checkpoint": str(out), "loss_png": str(out / "loss.png")}
+
+
+# ---- stage 1b: calibrate the linear memory's weight at the target length -----------------------------------------
+
+CALIBRATION_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+
+
+def calibrate_linear_weight(loaded_model, data_paths, *, seq_len: int, sparse: int = 512, sequences: int = 2,
+                            tail: float = 0.25, grid=CALIBRATION_GRID, seed: int = 0, progress=None) -> dict:
+    """Pick one global offset for the window factors of the LoLA-patched ``loaded_model`` (its factors are changed
+    in place): the offset d in ``grid`` (factors - d, i.e. the linear memory's weight times exp(-d)) that minimizes
+    the next-token NLL on the last ``tail`` fraction of ``sequences`` training sequences of ``seq_len`` tokens,
+    run through LoLA with ``sparse`` cached pairs. Attention transfer fits every position of a sequence equally,
+    and most positions are early; this fits the weight where the linear memory is fullest, on training text only.
+    The sequences are the last ones of the training order (unseen by a run shorter than one epoch).
+    Returns the record stored in the checkpoint's metadata. ``progress(done, total)`` after each forward.
+    """
+    from dataclasses import replace as dc_replace
+
+    from .patch import lola_modules, new_cache
+
+    model = loaded_model.model
+    mods = lola_modules(model)
+    if not mods:
+        raise UserError("calibration needs a LoLA-patched model")
+    for m in mods:
+        m.cfg = dc_replace(m.cfg, sparse=sparse)
+    data = load_packed(tuple(str(x) for x in data_paths), loaded_model.tokenizer, seq_len, seed)
+    n = min(sequences, data.num_sequences)
+    seqs = [data.sequence(data.num_sequences - 1 - i) for i in range(n)]
+    start = int(seq_len * (1 - tail))
+    base = [m.window_factors.detach().clone() for m in mods]
+    dev = next(model.parameters()).device
+    curve, done = [], 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for d in grid:
+                for m, b in zip(mods, base):
+                    m.window_factors.copy_(b - d)
+                nll, count = 0.0, 0
+                for x in seqs:
+                    x = x.view(1, -1).to(dev)
+                    logits = model(input_ids=x, past_key_values=new_cache(model), use_cache=True).logits
+                    lg = logits[0, start - 1:-1].float()
+                    nll += torch.nn.functional.cross_entropy(lg, x[0, start:], reduction="sum").item()
+                    count += lg.shape[0]
+                    done += 1
+                    if progress is not None:
+                        progress(done, len(grid) * n)
+                curve.append(math.exp(nll / count))
+        best = min(range(len(grid)), key=lambda i: (curve[i], grid[i]))
+        for m, b in zip(mods, base):
+            m.window_factors.copy_(b - grid[best])
+    finally:
+        for m in mods:
+            m.cfg = dc_replace(m.cfg, sparse=0)
+        model.train(was_training)
+    return {"offset": float(grid[best]), "grid": [float(g) for g in grid], "tail_perplexity": curve,
+            "criterion": f"next-token perplexity on the last {tail:.0%} of positions", "sparse": sparse,
+            "seq_len": seq_len, "sequences": n, "window": mods[0].cfg.window, "sinks": mods[0].cfg.sinks}
 
 
 # ---- evaluation helper ------------------------------------------------------------------------------------------
