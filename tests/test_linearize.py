@@ -401,23 +401,49 @@ def test_sinks_are_trained_recorded_and_used_by_default(tmp_path, corpus):
 
 
 def test_calibration_picks_the_offset_with_the_lowest_tail_loss(tmp_path, corpus):
-    """--calibrate: the stored factors are the trained ones minus the chosen offset, and that offset is the argmin
-    of the recorded tail perplexities; a rerun of the finished command calibrates again from the trained state."""
-    out = tmp_path / "ck"
+    """The stored factors are the trained ones minus the chosen offset; the offset is the argmin of the recorded
+    tail perplexities, each of which matches a direct computation; the patched config is restored."""
+    from lola_bench.data.text_data import load_packed
+    from lola_bench.models.linearize import calibrate_linear_weight
+    from lola_bench.models.patch import new_cache
+
     lm = loaded()
-    s = run(out, corpus, tokens=2 * SEQ, sinks=1, lm=lm)
+    run(tmp_path / "ck", corpus, tokens=2 * SEQ, sinks=1, lm=lm)
+    mods = lola_modules(lm.model)
+    trained = [m.window_factors.detach().clone() for m in mods]
+    grid = (0.0, 1.0, -1.0, 3.0)
+    cal = calibrate_linear_weight(lm, [str(corpus)], seq_len=SEQ, sparse=0, sequences=2, tail=0.5, grid=grid)
+    curve = cal["tail_perplexity"]
+    assert len(curve) == 4 and max(curve) > min(curve) * 1.0001  # the linear memory is in play (sparse = 0)
+    assert cal["offset"] == grid[min(range(4), key=lambda i: curve[i])]
+    for m, t in zip(mods, trained):
+        torch.testing.assert_close(m.window_factors.detach(), t - cal["offset"])
+        assert m.cfg.sparse == 0 and m.cfg.sinks == 1
+    # one point of the curve, recomputed by hand
+    data = load_packed((str(corpus),), lm.tokenizer, SEQ, 0)
+    seqs = [data.sequence(data.num_sequences - 1 - i) for i in range(2)]
+    with torch.no_grad():
+        for m, t in zip(mods, trained):
+            m.window_factors.copy_(t - 3.0)
+        nll = n = 0
+        for x in seqs:
+            lg = lm.model(input_ids=x.view(1, -1), past_key_values=new_cache(lm.model), use_cache=True).logits[0]
+            lg = lg[SEQ // 2 - 1:-1]
+            nll += torch.nn.functional.cross_entropy(lg, x[SEQ // 2:], reduction="sum").item()
+            n += lg.shape[0]
+    assert math.isclose(math.exp(nll / n), curve[3], rel_tol=1e-5)
+
+
+def test_linearize_calibrate_records_the_offset(tmp_path, corpus):
+    """Rerunning a finished linearize with calibrate=True calibrates from the trained state and records it."""
+    out = tmp_path / "ck"
+    run(out, corpus, tokens=2 * SEQ, sinks=1)
     trained = lola_tensors(out)
-    s2 = run(out, corpus, tokens=2 * SEQ, sinks=1, calibrate=True)
-    cal = s2["linear_weight_calibration"]
-    assert len(cal["tail_perplexity"]) == len(cal["grid"]) and cal["sinks"] == 1 and cal["sparse"] == 512
-    best = min(range(len(cal["grid"])), key=lambda i: (cal["tail_perplexity"][i], cal["grid"][i]))
-    assert cal["offset"] == cal["grid"][best]
+    s = run(out, corpus, tokens=2 * SEQ, sinks=1, calibrate=True)
+    cal = s["linear_weight_calibration"]
+    assert cal["sparse"] == 512 and cal["sinks"] == 1 and json.loads((out / "lola.json").read_text())[
+        "linear_weight_calibration"] == cal
     after = lola_tensors(out)
     for name, t in trained.items():
-        if name.endswith("window_factors"):
-            torch.testing.assert_close(after[name], t - cal["offset"])
-        else:
-            assert torch.equal(after[name], t)
-    meta = json.loads((out / "lola.json").read_text())
-    assert meta["linear_weight_calibration"]["offset"] == cal["offset"] and s["complete"]
-    assert all(m.cfg.sparse == 0 for m in lola_modules(lm.model))
+        want = t - cal["offset"] if name.endswith("window_factors") else t
+        torch.testing.assert_close(after[name], want)
