@@ -626,7 +626,8 @@ def linearize(
                                 sinks=sinks or 0,
                                 out=out, resume=not no_resume, progress=step, checkpoint_every=checkpoint_every,
                                 calibrate=calibrate,
-                                calibrate_progress=lambda i, n: prog.update(bar, description=f"calibrating {i}/{n}"))
+                                calibrate_progress=lambda i, n: prog.update(bar, completed=i, total=n,
+                                                                            description="calibrating"))
     console.print(f"checkpoint: {out}  (complete: {summary.get('complete', True)})")
     cal = summary.get("linear_weight_calibration")
     if cal:

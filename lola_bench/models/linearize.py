@@ -583,8 +583,9 @@ def calibrate_linear_weight(loaded_model, data_paths, *, seq_len: int, sparse: i
                         progress(done, len(grid) * n)
                 curve.append(math.exp(nll / count))
         best = min(range(len(grid)), key=lambda i: (curve[i], grid[i]))
-        for m, b in zip(mods, base):
-            m.window_factors.copy_(b - grid[best])
+        with torch.no_grad():
+            for m, b in zip(mods, base):
+                m.window_factors.copy_(b - grid[best])
     finally:
         for m in mods:
             m.cfg = dc_replace(m.cfg, sparse=0)
