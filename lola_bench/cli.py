@@ -262,7 +262,8 @@ def ruler(
     from .provenance import device_label
     from .runs import run_config
 
-    ms, ckpt, variants, run = _plan("ruler", sinks=sinks, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt, attn=attn,
+    ms, ckpt, variants, run = _plan("ruler", sinks=sinks,
+                                    model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt, attn=attn,
                                     window=window, lam=lam, scorer=scorer, feature_map=feature_map, combine=combine,
                                     gqa=gqa, chunk=chunk, seed=seed, out=out, overwrite=overwrite)
     essay = essay_path or _default_essay()
@@ -342,13 +343,13 @@ def commonsense(
     import pandas as pd
 
     from .evals.commonsense import resolve_tasks, run_commonsense
-    from .records import ResumeStore
-    from .sweep import fingerprint
     from .models.loading import load_model
     from .models.variants import apply_attention
     from .paths import data_dir as find_data
     from .provenance import device_label
+    from .records import ResumeStore
     from .runs import run_config
+    from .sweep import fingerprint
 
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1, got {limit}")
@@ -360,7 +361,8 @@ def commonsense(
         resolve_tasks(names, str(ddir) if ddir else None)
     except ValueError as e:
         raise UserError(str(e)) from None
-    ms, ckpt, variants, run = _plan("commonsense", sinks=sinks, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
+    ms, ckpt, variants, run = _plan("commonsense", sinks=sinks,
+                                    model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
                                     attn=attn, window=window, lam=lam, scorer=scorer, feature_map=feature_map,
                                     combine=combine, gqa=gqa, chunk=chunk, out=out, overwrite=overwrite)
     loaded = load_model(model, device, dtype)
@@ -398,7 +400,8 @@ def commonsense(
             c = v.lola
             df.insert(0, "attn", v.mode)
             for col, val in [("window", c.window if c else None), ("lambda", c.sparse if c else None),
-                             ("sinks", c.sinks if c else None), ("scorer", c.scorer if c else None), ("feature_map", c.feature_map if c else None)]:
+                             ("sinks", c.sinks if c else None), ("scorer", c.scorer if c else None),
+                             ("feature_map", c.feature_map if c else None)]:
                 df[col] = val
             df.insert(0, "model", model)
             frames.append(df)
@@ -454,7 +457,8 @@ def speed(
 
     if repeats < 1:
         raise UserError(f"--repeats must be >= 1, got {repeats}")
-    ms, ckpt, variants, run = _plan("speed", sinks=sinks, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
+    ms, ckpt, variants, run = _plan("speed", sinks=sinks,
+                                    model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
                                     attn=attn, window=window, lam=lam, scorer=scorer, feature_map=feature_map,
                                     combine=combine, gqa=gqa, chunk=chunk, out=out, overwrite=overwrite)
     loaded = load_model(model, device, dtype)
@@ -672,7 +676,8 @@ def perplexity(
         text = str(d / "text" / "wikitext-2-raw-wiki.test.raw") if d else None
     if not text or not os.path.isfile(text):
         raise UserError(f"text file not found: {text} (pass --text)")
-    ms, ckpt, variants, run = _plan("perplexity", sinks=sinks, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
+    ms, ckpt, variants, run = _plan("perplexity", sinks=sinks,
+                                    model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
                                     attn=attn, window=window, lam=lam, scorer=scorer, feature_map=feature_map,
                                     combine=combine, gqa="grouped", chunk=None, out=out, overwrite=overwrite)
     loaded = load_model(model, device, dtype)
@@ -685,7 +690,8 @@ def perplexity(
             c = v.lola
             rows.append({"model": model, "attn": v.mode, "window": c.window if c else None,
                          "lambda": c.sparse if c else None, "sinks": c.sinks if c else None,
-                         "feature_map": c.feature_map if c else None, "text": os.path.basename(text), "seq_len": seq_len, "max_tokens": max_tokens,
+                         "feature_map": c.feature_map if c else None, "text": os.path.basename(text),
+                         "seq_len": seq_len, "max_tokens": max_tokens,
                          "perplexity": value, "device": device_label(loaded.device)})
             prog.update(bar, advance=1, description=f"{v.mode}: {value:.2f}")
     df = pd.DataFrame(rows)

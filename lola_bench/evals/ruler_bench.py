@@ -16,7 +16,8 @@ from .timing import eos_token_ids, greedy_generate
 
 MIB = 1024 * 1024
 
-SUMMARY_COLUMNS = ["model", "attn", "window", "lambda", "sinks", "scorer", "feature_map", "task", "ctx", "n", "accuracy",
+SUMMARY_COLUMNS = ["model", "attn", "window", "lambda", "sinks", "scorer", "feature_map", "task", "ctx", "n",
+                   "accuracy",
                    "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib", "full_kv_mib", "window_mib",
                    "sparse_mib", "state_mib", "phi_k_mib", "mean_prompt_tokens", "device"]
 
@@ -70,7 +71,8 @@ def validate(settings: RulerSettings, max_context: int) -> None:
 def _row_config(attn: AttentionSettings) -> dict:
     c = attn.lola
     return {"attn": attn.mode, "window": c.window if c else None, "lambda": c.sparse if c else None,
-            "sinks": c.sinks if c else None, "scorer": c.scorer if c else None, "feature_map": c.feature_map if c else None}
+            "sinks": c.sinks if c else None, "scorer": c.scorer if c else None,
+            "feature_map": c.feature_map if c else None}
 
 
 def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings, *, ckpt: str | None = None,
