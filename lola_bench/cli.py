@@ -627,7 +627,7 @@ def linearize(
 
         summary = run_linearize(loaded, paths, tokens=tokens, seq_len=seq_len, window=window, feature_map=feature_map,
                                 combine=combine, lr=lr, lora_rank=lora_rank, lora_tokens=lora_tokens, seed=seed,
-                                sinks=sinks or 0,
+                                sinks=sinks,
                                 out=out, resume=not no_resume, progress=step, checkpoint_every=checkpoint_every,
                                 calibrate=calibrate,
                                 calibrate_progress=lambda i, n: prog.update(bar, completed=i, total=n,

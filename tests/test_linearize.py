@@ -415,7 +415,8 @@ def test_calibration_picks_the_offset_with_the_lowest_tail_loss(tmp_path, corpus
         m.window_factors.requires_grad_(True)  # as a training run leaves them
     grid = (0.0, 1.0, -1.0, 3.0)
     with torch.enable_grad():  # as in a real run (the suite runs under no_grad)
-        cal = calibrate_linear_weight(lm, [str(corpus)], seq_len=SEQ, sparse=0, sequences=2, tail=0.5, grid=grid)
+        cal = calibrate_linear_weight(lm, load_packed((str(corpus),), lm.tokenizer, SEQ, 0), sparse=0, sequences=2,
+                                      tail=0.5, grid=grid)
     curve = cal["tail_perplexity"]
     assert len(curve) == 4 and max(curve) > min(curve) * 1.0001  # the linear memory is in play (sparse = 0)
     assert cal["offset"] == grid[min(range(4), key=lambda i: curve[i])]

@@ -525,8 +525,8 @@ def linearize(loaded_model, data_paths, *, tokens: int, seq_len: int = 1024, win
                         "tokens": run.tokens_seen - s1_tokens, "adapter": "adapter",
                         "lm_loss_history": _loss_summary(h["lm_loss"])}
     if calibrate:
-        meta["linear_weight_calibration"] = calibrate_linear_weight(
-            loaded_model, s.data_paths, seq_len=s.seq_len, seed=s.seed, progress=calibrate_progress)
+        meta["linear_weight_calibration"] = calibrate_linear_weight(loaded_model, run.data,
+                                                                    progress=calibrate_progress)
     save_lola_checkpoint(model, out, meta)
     plot_losses(h, out / "loss.png", s.stage1_steps)
     return {**summary, **meta, "checkpoint": str(out), "loss_png": str(out / "loss.png")}
@@ -537,11 +537,11 @@ def linearize(loaded_model, data_paths, *, tokens: int, seq_len: int = 1024, win
 CALIBRATION_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 
 
-def calibrate_linear_weight(loaded_model, data_paths, *, seq_len: int, sparse: int = 512, sequences: int = 2,
-                            tail: float = 0.25, grid=CALIBRATION_GRID, seed: int = 0, progress=None) -> dict:
+def calibrate_linear_weight(loaded_model, data: PackedData, *, sparse: int = 512, sequences: int = 2,
+                            tail: float = 0.25, grid=CALIBRATION_GRID, progress=None) -> dict:
     """Pick one global offset for the window factors of the LoLA-patched ``loaded_model`` (its factors are changed
     in place): the offset d in ``grid`` (factors - d, i.e. the linear memory's weight times exp(-d)) that minimizes
-    the next-token NLL on the last ``tail`` fraction of ``sequences`` training sequences of ``seq_len`` tokens,
+    the next-token NLL on the last ``tail`` fraction of ``sequences`` of the packed training sequences ``data``,
     run through LoLA with ``sparse`` cached pairs. Attention transfer fits every position of a sequence equally,
     and most positions are early; this fits the weight where the linear memory is fullest, on training text only.
     The sequences are the last ones of the training order (unseen by a run shorter than one epoch).
@@ -557,7 +557,7 @@ def calibrate_linear_weight(loaded_model, data_paths, *, seq_len: int, sparse: i
         raise UserError("calibration needs a LoLA-patched model")
     for m in mods:
         m.cfg = dc_replace(m.cfg, sparse=sparse)
-    data = load_packed(tuple(str(x) for x in data_paths), loaded_model.tokenizer, seq_len, seed)
+    seq_len = data.seq_len
     n = min(sequences, data.num_sequences)
     seqs = [data.sequence(data.num_sequences - 1 - i) for i in range(n)]
     start = int(seq_len * (1 - tail))
