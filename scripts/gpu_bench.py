@@ -575,7 +575,7 @@ COMPILE_CASES = [  # (dtype, head_dim, feature map, gqa, lambda); the first is t
     (torch.bfloat16, 64, "hedgehog-identity", "grouped", 512),
     (torch.bfloat16, 128, "hedgehog-identity", "grouped", 512),
     (torch.float16, 64, "elu", "grouped", 0), (torch.bfloat16, 128, "relu", "expanded", 16),
-    (torch.float32, 64, "hedgehog", "expanded", 16)]
+    (torch.float32, 64, "hedgehog", "expanded", 16), (torch.bfloat16, 64, "hedgehog", "grouped", 512)]
 
 
 class _Recorder:
@@ -639,13 +639,14 @@ def compile_check(quick: bool) -> list[dict]:
     from lola_bench.attention.kernels import sre as ksre
 
     launches: list = []
-    saved = (ksre._merge_kernel, kpre._attn_kernel, kdec._decode_kernel)
-    ksre._merge_kernel, kpre._attn_kernel, kdec._decode_kernel = (_Recorder(f, launches) for f in saved)
+    saved = (ksre._merge_kernel, kpre._attn_kernel, kdec._partial_kernel, kdec._decode_kernel)
+    (ksre._merge_kernel, kpre._attn_kernel, kdec._partial_kernel,
+     kdec._decode_kernel) = (_Recorder(f, launches) for f in saved)
     try:
         for case in COMPILE_CASES[:1] if quick else COMPILE_CASES:
             _capture_case(*case)
     finally:
-        ksre._merge_kernel, kpre._attn_kernel, kdec._decode_kernel = saved
+        ksre._merge_kernel, kpre._attn_kernel, kdec._partial_kernel, kdec._decode_kernel = saved
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     rows, seen = [], set()
     for fn, args, kw in launches:

@@ -201,6 +201,39 @@ def test_prefill_then_prefill_then_decode_matches_torch():
     torch.testing.assert_close(torch.cat([st.sp_k, st.win_k], 2), torch.cat([st_ref.sp_k, st_ref.win_k], 2))
 
 
+@pytest.mark.parametrize("L,window,chunk,fm,gqa,combine,block", [
+    (130, 16, None, "hedgehog", "grouped", "calibrated", None),
+    (97, 12, 5, "hedgehog-identity", "expanded", "gated", 7),       # chunk < window; blocks of one step
+    (150, 8, None, "elu", "grouped", "normalized", 20),            # several blocks, the last one short
+])
+def test_prefill_without_sparse_cache_is_parallel_and_exact(monkeypatch, L, window, chunk, fm, gqa, combine, block):
+    """sparse = 0 replaces the merge kernel by the step-parallel fold (linear_prefix): same outputs and state as
+    the torch path, also when continuing a state mid-chunk, and whatever the block size."""
+    from lola_bench.attention.kernels import linear_prefix
+
+    if block is not None:
+        monkeypatch.setattr(linear_prefix, "BLOCK_TOKENS", block)
+    calls = []
+    monkeypatch.setattr(ksre, "launch_merge", lambda *a, **kw: calls.append(1))
+    monkeypatch.setattr(kprefill, "launch_merge", lambda *a, **kw: calls.append(1))
+    cfg = LolaConfig(window=window, sparse=0, chunk=chunk, feature_map=fm, gqa=gqa, combine=combine)
+    p = make_params(cfg)
+    q, k, v = qkv(L)
+    ref = lola_reference(q, k, v, p)
+    st, st_ref = LolaState(), LolaState()
+    cut = L // 3 + 1
+    outs = []
+    for a, b in [(0, cut), (cut, L)]:
+        out = K.lola_chunked_triton(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], st, p)
+        torch.testing.assert_close(out, lola_chunked(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], st_ref, p),
+                                   atol=2e-5, rtol=1e-4)
+        assert_state_close(st, st_ref, atol=1e-4, rtol=1e-5)
+        outs.append(out)
+    assert not calls and st.n_folded > 0
+    torch.testing.assert_close(torch.cat(outs, 2), ref.out, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(st.H, ref.H, atol=1e-4, rtol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # decode kernel on a given state, and the chunk-boundary merge on its own
 
@@ -229,6 +262,7 @@ def _clone(st):
     (64, torch.float32, "hedgehog", "grouped", 11, 30, 50, "normalized"),
     (16, torch.float16, "hedgehog-identity", "expanded", 5, 20, 33, "calibrated"),
     (128, torch.float16, "elu", "grouped", 40, 9, 10, "gated"),
+    (32, torch.float16, "hedgehog", "grouped", 9, 17, 21, "calibrated"),  # learned phi(q) in-kernel, fp16
     (64, torch.float16, "relu", "grouped", 0, 65, 0, "lolcats"),          # nothing folded: exact softmax
 ])
 def test_decode_kernel_matches_attend(d, dtype, fm, gqa, ns, nw, folded, combine):
@@ -339,5 +373,5 @@ def test_kernels_compile_for_sm90(tmp_path):
                         str(tmp_path)], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = json.loads((tmp_path / "compile-check.json").read_text())
-    assert {r["kernel"] for r in rows} == {"_merge_kernel", "_attn_kernel", "_decode_kernel"}
+    assert {r["kernel"] for r in rows} == {"_merge_kernel", "_attn_kernel", "_partial_kernel", "_decode_kernel"}
     assert all(r.get("stack_bytes", 0) == 0 for r in rows), rows

@@ -1,15 +1,17 @@
-"""Decode kernel: one new token, sparse + window softmax and the linear readout in one pass.
+"""Decode: one new token, sparse + window softmax and the linear readout, in two launches (split-K).
 
-One program per (batch, query head). It streams the storage head's sparse cache, then its window, with
-an online softmax (fp32, exact max subtraction at the end, so the combine sees the same max-normalised
-sums as ``common.attend``), reads phi(q)^T H and phi(q)^T s out of the linear state, and applies the
-combine (gated / lolcats / normalized / calibrated, ``common.mix``) with the head's window factor. With
-nothing folded yet (``state.n_folded == 0``) it is exact softmax attention.
+``_partial_kernel``: one program per (batch, query head, block of SPLIT keys of [sparse | window]) computes
+the block's softmax partials (max logit, exp sum, exp-weighted value sum; fp32). ``_decode_kernel``: one
+program per (batch, query head) merges the partials (exact max over all keys, so the combine sees the same
+max-normalised sums as ``common.attend``), reads phi(q)^T H and phi(q)^T s out of the linear state and
+applies the combine (gated / lolcats / normalized / calibrated, ``common.mix``) with the head's window
+factor. With nothing folded yet (``state.n_folded == 0``) it is exact softmax attention. The split keeps
+every program to one tile of keys: a single program per head walking lambda + window keys serially was
+latency-bound (about 25 us per layer on an H200, results/perf).
 
-phi(q) is computed in-kernel for hedgehog-identity (softmax statistics over the full row, then per
-F-block), elu and relu; for learned hedgehog (per-head W) torch computes phi(q) (a few tiny ops) and
-the kernel reads it. The chunk-boundary eviction that precedes the attention (every ``chunk`` tokens)
-runs in the merge kernel (sre.py) with torch bookkeeping; appending the new pair is a torch ``cat``.
+phi(q) is computed in-kernel for every supported feature map, learned hedgehog included (h = q W_q for the
+head, then the two-sided softmax). The chunk-boundary eviction that precedes the attention (every ``chunk``
+tokens) runs in the merge kernel (sre.py) with torch bookkeeping; appending the new pair is a torch ``cat``.
 """
 
 from __future__ import annotations
@@ -22,83 +24,101 @@ import triton.language as tl
 
 from ..common import LolaParams
 from ..state import LolaState
-from .sre import COMBINE_CODES, PHI_CODES, alloc, feature_eps, rounded_eps
+from .sre import COMBINE_CODES, PHI_CODES, alloc, feature_eps, learned_weights, rounded_eps
+
+SPLIT = 64  # keys per program of the partial kernel (split-K over [sparse | window], flash-decoding style)
 
 
-@triton.jit
-def _softmax_block(q, kp, vp, stride_n, n, m_i, l_i, acc, offs_d, qk_scale, BLOCK_N: tl.constexpr):
-    """Online-softmax update over keys [0, n) at kp / vp (rows ``stride_n`` apart). Scores are in log2 units."""
-    for j0 in range(0, n, BLOCK_N):
-        rows = j0 + tl.arange(0, BLOCK_N)
-        rmask = rows < n
-        k = tl.load(kp + rows[:, None] * stride_n + offs_d[None, :], mask=rmask[:, None], other=0.0).to(tl.float32)
-        s = tl.sum(q[None, :] * k, 1) * qk_scale
-        s = tl.where(rmask, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 0))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new)
-        v = tl.load(vp + rows[:, None] * stride_n + offs_d[None, :], mask=rmask[:, None], other=0.0).to(tl.float32)
-        l_i = l_i * alpha + tl.sum(p, 0)
-        acc = acc * alpha + tl.sum(p[:, None] * v, 0)
-        m_i = m_new
-    return m_i, l_i, acc
-
-
-@triton.jit(do_not_specialize=["ns", "nw"])
-def _decode_kernel(
+@triton.jit(do_not_specialize=["ns", "nw", "n_splits"])
+def _partial_kernel(
     Q, sq_b, sq_h,                              # (B, Hq, 1, D)
     SPK, SPV, ssp_b, ssp_h, ssp_n, ns,          # sparse cache (B, Hs, ns, D)
     WK, WV, sw_b, sw_h, sw_n, nw,               # window (B, Hs, nw, D)
-    H, S, PHIQ,                                 # (B, Hq, F, D), (B, Hq, F) fp32; precomputed phi(q) (B, Hq, F)
+    PART, n_splits,                             # partials (B * Hq, n_splits, D + 2) fp32: acc, max, sum
+    Hq, qk_scale,
+    GROUP: tl.constexpr, D: tl.constexpr, SPLIT: tl.constexpr,
+):
+    """Softmax partials of one query head over keys [sp * SPLIT, (sp + 1) * SPLIT) of [sparse | window]."""
+    pid = tl.program_id(0)
+    sp = tl.program_id(1)
+    b = pid // Hq
+    hq = pid % Hq
+    hs = hq // GROUP
+    offs_d = tl.arange(0, D)
+    q = tl.load(Q + b * sq_b + hq * sq_h + offs_d).to(tl.float32)
+    j = sp * SPLIT + tl.arange(0, SPLIT)
+    in_sp = j < ns
+    in_w = (j >= ns) & (j < ns + nw)
+    jw = j - ns
+    sp_off = b * ssp_b + hs * ssp_h + j[:, None] * ssp_n + offs_d[None, :]
+    w_off = b * sw_b + hs * sw_h + jw[:, None] * sw_n + offs_d[None, :]
+    k = tl.where(in_sp[:, None], tl.load(SPK + sp_off, mask=in_sp[:, None], other=0.0),
+                 tl.load(WK + w_off, mask=in_w[:, None], other=0.0)).to(tl.float32)
+    v = tl.where(in_sp[:, None], tl.load(SPV + sp_off, mask=in_sp[:, None], other=0.0),
+                 tl.load(WV + w_off, mask=in_w[:, None], other=0.0)).to(tl.float32)
+    sc = tl.sum(q[None, :] * k, 1) * qk_scale                 # log2 units
+    sc = tl.where(in_sp | in_w, sc, float("-inf"))
+    m = tl.max(sc, 0)                                          # finite: every split holds at least one key
+    p = tl.exp2(sc - m)
+    base = PART + (pid * n_splits + sp) * (D + 2)
+    tl.store(base + offs_d, tl.sum(p[:, None] * v, 0))
+    tl.store(base + D, m)
+    tl.store(base + D + 1, tl.sum(p, 0))
+
+
+@triton.jit(do_not_specialize=["n_splits"])
+def _decode_kernel(
+    Q, sq_b, sq_h,                              # (B, Hq, 1, D)
+    PART, n_splits,                             # softmax partials from _partial_kernel
+    H, S, WQ,                                   # (B, Hq, F, D), (B, Hq, F) fp32; hedgehog W_q (Hq, D, D) (LEARNED)
     FAC, Out, so_b, so_h,                         # window factor logits (Hq,), out (B, Hq, 1, D)
-    Hq, qk_scale, eps_r, eps,
-    GROUP: tl.constexpr, D: tl.constexpr, NPARTS: tl.constexpr, PHI: tl.constexpr, PHI_PRE: tl.constexpr,
-    HAS_LIN: tl.constexpr, COMBINE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
+    Hq, eps_r, eps,
+    D: tl.constexpr, NPARTS: tl.constexpr, PHI: tl.constexpr, LEARNED: tl.constexpr,
+    HAS_LIN: tl.constexpr, COMBINE: tl.constexpr, NSP: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = pid // Hq
     hq = pid % Hq
-    hs = hq // GROUP
     F: tl.constexpr = NPARTS * D
     DT: tl.constexpr = Q.dtype.element_ty
     offs_d = tl.arange(0, D)
-    qp = Q + b * sq_b + hq * sq_h
-    q = tl.load(qp + offs_d).to(tl.float32)
-    m_i = tl.full([], float("-inf"), tl.float32)
-    l_i = tl.zeros([], tl.float32)
-    acc = tl.zeros([D], tl.float32)
-    m_i, l_i, acc = _softmax_block(q, SPK + b * ssp_b + hs * ssp_h, SPV + b * ssp_b + hs * ssp_h, ssp_n, ns,
-                                   m_i, l_i, acc, offs_d, qk_scale, BLOCK_N)
-    m_i, l_i, acc = _softmax_block(q, WK + b * sw_b + hs * sw_h, WV + b * sw_b + hs * sw_h, sw_n, nw,
-                                   m_i, l_i, acc, offs_d, qk_scale, BLOCK_N)
+    q = tl.load(Q + b * sq_b + hq * sq_h + offs_d).to(tl.float32)
+    # merge the splits: exact max over all keys, sums rescaled to it (as one online softmax would leave them)
+    offs_s = tl.arange(0, NSP)
+    smask = offs_s < n_splits
+    pb = PART + pid * n_splits * (D + 2) + offs_s * (D + 2)
+    ms = tl.load(pb + D, mask=smask, other=float("-inf"))
+    m_i = tl.max(ms, 0)
+    w_s = tl.where(smask, tl.exp2(ms - m_i), 0.0)
+    l_i = tl.sum(w_s * tl.load(pb + D + 1, mask=smask, other=0.0), 0)
+    acc = tl.sum(w_s[:, None] * tl.load(pb[:, None] + offs_d[None, :], mask=smask[:, None], other=0.0), 0)
     if HAS_LIN:
-        offs_f = tl.arange(0, BLOCK_F)
+        # phi(q) over the whole row: h = q @ W_q (learned hedgehog, rounded to the model dtype like torch's
+        # einsum) or q itself, then the feature map, then phi(q)^T H and phi(q)^T s one part (D rows) at a time
         hbase = H + (b * Hq + hq) * F * D
         sbase = S + (b * Hq + hq) * F
-        mx1 = tl.max(q, 0)
-        z1 = tl.sum(tl.exp(q - mx1), 0)
-        mx2 = tl.max(-q, 0)
-        z2 = tl.sum(tl.exp(-q - mx2), 0)
-        num = tl.zeros([D], tl.float32)
-        den = tl.zeros([], tl.float32)
-        for p in tl.static_range(NPARTS):
-            for f0 in range(0, D, BLOCK_F):
-                if PHI_PRE:
-                    ph = tl.load(PHIQ + (b * Hq + hq) * F + p * D + f0 + offs_f).to(tl.float32)
-                else:
-                    qb = tl.load(qp + f0 + offs_f).to(tl.float32)
-                    if PHI == 0:
-                        if p == 0:
-                            ph = tl.maximum((tl.exp(qb - mx1) / z1).to(DT).to(tl.float32), eps_r)
-                        else:
-                            ph = tl.maximum((tl.exp(-qb - mx2) / z2).to(DT).to(tl.float32), eps_r)
-                    elif PHI == 1:
-                        ph = (tl.where(qb > 0, qb, tl.exp(qb) - 1.0).to(DT).to(tl.float32) + 1.0).to(DT).to(tl.float32)
-                    else:
-                        ph = tl.maximum(qb, 0.0)
-                hblk = tl.load(hbase + (p * D + f0 + offs_f[:, None]) * D + offs_d[None, :])
-                num += tl.sum(ph[:, None] * hblk, 0)
-                den += tl.sum(ph * tl.load(sbase + p * D + f0 + offs_f), 0)
+        if LEARNED:
+            w = tl.load(WQ + hq * D * D + offs_d[:, None] * D + offs_d[None, :]).to(tl.float32)
+            h = tl.sum(q[:, None] * w, 0).to(DT).to(tl.float32)
+        else:
+            h = q
+        if PHI == 0:
+            e1 = tl.exp(h - tl.max(h, 0))
+            ph1 = tl.maximum((e1 / tl.sum(e1, 0)).to(DT).to(tl.float32), eps_r)
+            e2 = tl.exp(-h - tl.max(-h, 0))
+            ph2 = tl.maximum((e2 / tl.sum(e2, 0)).to(DT).to(tl.float32), eps_r)
+        elif PHI == 1:
+            ph1 = (tl.where(h > 0, h, tl.exp(h) - 1.0).to(DT).to(tl.float32) + 1.0).to(DT).to(tl.float32)
+            ph2 = ph1
+        else:
+            ph1 = tl.maximum(h, 0.0)
+            ph2 = ph1
+        hp = hbase + offs_d[:, None] * D + offs_d[None, :]
+        num = tl.sum(ph1[:, None] * tl.load(hp), 0)
+        den = tl.sum(ph1 * tl.load(sbase + offs_d), 0)
+        if NPARTS == 2:
+            num += tl.sum(ph2[:, None] * tl.load(hp + D * D), 0)
+            den += tl.sum(ph2 * tl.load(sbase + D + offs_d), 0)
         fac = tl.load(FAC + hq).to(tl.float32)
         g = 1.0 / (1.0 + tl.exp(-fac))
         if COMBINE == 3:  # calibrated: m_i is the max logit in log2 units
@@ -134,17 +154,26 @@ def decode_attention(q: torch.Tensor, state: LolaState, params: LolaParams, out:
     spk, spv = _nonempty(spk, wk), _nonempty(spv, wv)
     learned = params.cfg.feature_map == "hedgehog"
     has_lin = state.n_folded > 0
-    phiq = params.feature_map_q(q).contiguous() if (has_lin and learned) else state.s
+    wq = learned_weights(params, q.dtype, q.device)[1] if (has_lin and learned) else state.s
     fac = params.window_factors.detach()
-    _decode_kernel[(b * hq,)](
+    nk = state.sp_k.shape[2] + wk.shape[2]
+    n_splits = triton.cdiv(nk, SPLIT)
+    part = alloc((b * hq, n_splits, d + 2), torch.float32, q.device)
+    _partial_kernel[(b * hq, n_splits)](
         q, q.stride(0), q.stride(1),
         spk, spv, spk.stride(0), spk.stride(1), spk.stride(2), state.sp_k.shape[2],
         wk, wv, wk.stride(0), wk.stride(1), wk.stride(2), wk.shape[2],
-        state.H, state.s, phiq,
+        part, n_splits, hq, (d ** -0.5) * math.log2(math.e),
+        GROUP=params.group, D=d, SPLIT=SPLIT, num_warps=4 if d <= 64 else 8,
+    )
+    _decode_kernel[(b * hq,)](
+        q, q.stride(0), q.stride(1),
+        part, n_splits,
+        state.H, state.s, wq,
         fac, out, out.stride(0), out.stride(1),
-        hq, (d ** -0.5) * math.log2(math.e), rounded_eps(feature_eps(params), q.dtype), float(params.cfg.eps),
-        GROUP=params.group, D=d, NPARTS=fdim // d, PHI=PHI_CODES[params.cfg.feature_map], PHI_PRE=learned,
-        HAS_LIN=has_lin, COMBINE=COMBINE_CODES[params.cfg.combine],
-        BLOCK_N=64 if d <= 64 else 32, BLOCK_F=min(32, d), num_warps=4 if d <= 64 else 8,
+        hq, rounded_eps(feature_eps(params), q.dtype), float(params.cfg.eps),
+        D=d, NPARTS=fdim // d, PHI=PHI_CODES[params.cfg.feature_map], LEARNED=learned,
+        HAS_LIN=has_lin, COMBINE=COMBINE_CODES[params.cfg.combine], NSP=max(2, triton.next_power_of_2(n_splits)),
+        num_warps=4 if d <= 64 else 8,
     )
     return out

@@ -40,6 +40,7 @@ import triton.language as tl
 
 from ..common import LolaParams, ensure_state, to_storage
 from ..state import LolaState
+from .linear_prefix import fold_and_readout
 from .sre import (
     COMBINE_CODES,
     SCHED_FIELDS,
@@ -239,7 +240,9 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
     ln = alloc((b, hq, L, d), torch.float32, dev) if any_lin else None
     ld = alloc((b, hq, L), torch.float32, dev) if any_lin else None
     _mark(marks, "setup", dev)
-    if any_merge or any_lin:
+    if (any_merge or any_lin) and not any(r[3] for r in rows):  # sparse = 0: no selection, parallel over steps
+        fold_and_readout(params, state, ku, vu, rows, q if any_lin else None, ln, ld)
+    elif any_merge or any_lin:
         launch_merge(params, state, ku, vu, pu, sched, n_steps, spi, cap, q=q if any_lin else None, ln=ln, ld=ld,
                      need_scores=bool(needs_scores))
     else:  # nothing leaves the window: every step keeps the initial sparse list

@@ -305,10 +305,11 @@ def learned_weights(params: LolaParams, dtype: torch.dtype, device) -> tuple[tor
     return dummy, dummy
 
 
-def block_sizes(d: int, dtype: torch.dtype) -> dict:
-    """Tiles of the merge kernel (float32 models use ieee fp32 dots, which need more registers: smaller tiles).
-    The 16-bit tiles do not spill for sm_90 with Triton 3.6 or 3.9 (``gpu_bench.py --compile-check``)."""
-    big = d <= 64 and dtype != torch.float32
+def block_sizes(d: int, dtype: torch.dtype, learned: bool = False) -> dict:
+    """Tiles of the merge kernel (float32 models use ieee fp32 dots, and learned hedgehog keeps W tiles live: both
+    need more registers, so smaller tiles). The 16-bit tiles do not spill for sm_90 with Triton 3.6 or 3.9
+    (``gpu_bench.py --compile-check``; learned hedgehog at 64-row tiles spilled 8 bytes)."""
+    big = d <= 64 and dtype != torch.float32 and not learned
     return dict(BLOCK_N=64 if big else 32, BLOCK_R=32, BLOCK_C=128, BLOCK_DV=min(d, 32))
 
 
@@ -359,7 +360,7 @@ def launch_merge(params: LolaParams, state: LolaState, ku: torch.Tensor, vu: tor
         GROUP=params.group, D=d, NPARTS=nparts,
         PHI=PHI_CODES[params.cfg.feature_map], LEARNED=params.cfg.feature_map == "hedgehog",
         SCORE_MODE=score_mode, READOUT=readout, PREC=fp32_dot_precision(dt),
-        num_warps=8, **block_sizes(d, dt),
+        num_warps=8, **block_sizes(d, dt, params.cfg.feature_map == "hedgehog"),
     )
 
 

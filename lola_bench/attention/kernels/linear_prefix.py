@@ -1,0 +1,86 @@
+"""Phase A of the chunked prefill when nothing is scored (sparse = 0): parallel over the chunk steps.
+
+With ``sparse = 0`` every pair that leaves the window is folded into (H, s), so the state after step t is
+the initial state plus a prefix sum of per-step contributions:
+
+    H_t = H_0 + sum_{u <= t} sum_{j folded at u} phi(k_j) v_j^T,      s_t likewise with phi(k_j),
+
+and the linear readout of the queries of step t is phi(q)^T H_t, phi(q)^T s_t. Nothing here depends on a
+selection, so instead of the merge kernel's sequential walk (one program per storage head, one step after
+another) the steps are computed together: per-step contributions as one batched matmul, a cumulative sum
+over steps, one batched readout. Steps are processed in blocks of about ``block_tokens`` folded pairs to bound
+the memory of the per-step states (B x Hq x steps x F x d floats); each block continues from the previous
+block's last state. Plain torch: runs on any device, in float32 like the torch path's fold (``common.fold``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..common import LolaParams
+from ..scorers import expand_heads
+from ..state import LolaState
+
+BLOCK_TOKENS = 8192
+
+
+def _padded(starts: list[int], counts: list[int], width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(steps, width) indices starts[t] + i (clamped to a valid one where i >= counts[t]) and the validity mask."""
+    i = torch.arange(width, device=device).view(1, -1)
+    st = torch.tensor(starts, device=device).view(-1, 1)
+    n = torch.tensor(counts, device=device).view(-1, 1)
+    valid = i < n
+    return torch.where(valid, st + i, st.clamp(min=0)), valid
+
+
+def fold_and_readout(params: LolaParams, state: LolaState, ku: torch.Tensor, vu: torch.Tensor, rows: tuple,
+                     q: torch.Tensor | None, ln: torch.Tensor | None, ld: torch.Tensor | None,
+                     block_tokens: int | None = None) -> None:
+    """What the merge kernel does for a schedule without selection (every row keeps 0 pairs): fold each step's
+    leaving pairs (unified indices [leave_lo, leave_lo + n_leave) of ``ku``/``vu``) into state.H / state.s in
+    place, and, with ``q``, write each step's linear readout of its queries into ``ln`` (B, Hq, L, d) and ``ld``
+    (B, Hq, L)."""
+    if any(r[3] for r in rows):
+        raise ValueError("fold_and_readout needs a schedule that keeps no pair in the sparse cache")
+    b, hq = state.H.shape[:2]
+    d = ku.shape[-1]
+    g = params.group
+    sd = state.H.dtype
+    dev = ku.device
+    width_ev = max(max(r[2] for r in rows), 1)
+    width_q = max(max(r[5] for r in rows), 1)
+    per_step = max(width_ev, width_q if q is not None else 0)
+    steps = max(1, (block_tokens or BLOCK_TOKENS) // per_step)
+    H, s = state.H, state.s
+    for t0 in range(0, len(rows), steps):
+        blk = rows[t0:t0 + steps]
+        nb = len(blk)
+        idx, valid = _padded([r[1] for r in blk], [r[2] for r in blk], width_ev, dev)
+        flat = idx.view(-1)
+        kx = ku.index_select(2, flat)                                      # (B, Hs, nb * W, d)
+        vx = vu.index_select(2, flat)
+        phi = params.feature_map_k(expand_heads(kx, g)).to(sd)             # (B, Hq, nb * W, F)
+        phi = phi.view(b, hq, nb, width_ev, -1) * valid.view(1, 1, nb, width_ev, 1)
+        vv = expand_heads(vx, g).to(sd).view(b, hq, nb, width_ev, d)
+        dH = torch.matmul(phi.transpose(-1, -2), vv)                       # (B, Hq, nb, F, d)
+        ds = phi.sum(dim=3)                                                # (B, Hq, nb, F)
+        Ht = torch.cumsum(dH, dim=2).add_(H.unsqueeze(2))                  # state after each step's fold
+        st = torch.cumsum(ds, dim=2).add_(s.unsqueeze(2))
+        H, s = Ht[:, :, -1], st[:, :, -1]
+        if q is None:
+            continue
+        lin = [i for i, r in enumerate(blk) if r[8]]
+        if not lin:
+            continue
+        sel = torch.tensor(lin, device=dev)
+        qi, qvalid = _padded([blk[i][4] for i in lin], [blk[i][5] for i in lin], width_q, dev)
+        qx = q.index_select(2, qi.view(-1))                                # (B, Hq, n * Wq, d)
+        phq = params.feature_map_q(qx).to(sd).view(b, hq, len(lin), width_q, -1)
+        num = torch.matmul(phq, Ht.index_select(2, sel))                   # (B, Hq, n, Wq, d)
+        den = torch.matmul(phq, st.index_select(2, sel).unsqueeze(-1)).squeeze(-1)
+        keep = qvalid.view(-1)
+        dst = qi.view(-1)[keep]
+        ln.index_copy_(2, dst, num.reshape(b, hq, -1, d)[:, :, keep])
+        ld.index_copy_(2, dst, den.reshape(b, hq, -1)[:, :, keep])
+    state.H.copy_(H)
+    state.s.copy_(s)
