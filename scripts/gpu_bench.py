@@ -683,6 +683,17 @@ def compile_check(quick: bool) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------------
 # output
 
+def source_digest() -> str:
+    """sha256 over lola_bench/**/*.py and this script: identifies the code that ran even where the device's copy of
+    the checkout carries stale git metadata (the device tool copies the working tree; its .git can lag)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(REPO.glob("lola_bench/**/*.py")) + [Path(__file__).resolve()]:
+        h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def device_slug(device: str, smoke: bool) -> str:
     if device == "cuda":
         name = torch.cuda.get_device_name()
@@ -844,7 +855,7 @@ def main(argv=None) -> int:
 
     res = {"smoke": args.smoke, "device": device,
            "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-           "dtype": str(cfgx["dtype"]).replace("torch.", ""), "provenance": provenance(device),
+           "dtype": str(cfgx["dtype"]).replace("torch.", ""), "provenance": provenance(device), "source_sha256": source_digest(),
            "kernels_available": K.kernels_available(), "fp32_dot_precision": fp32_dot_precision(cfgx["dtype"]),
            "config": {k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in cfgx.items()},
            "correctness": [], "decode_attention": [], "prefill_attention": [], "ttft": [], "decode_model": [],

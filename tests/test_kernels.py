@@ -334,10 +334,31 @@ def test_gpu_bench_smoke(tmp_path):
     files = list(tmp_path.glob("*.json"))
     assert len(files) == 1 and files[0].with_suffix(".md").is_file()
     data = json.loads(files[0].read_text())
-    assert data["smoke"] is True and data["provenance"]["git"]
+    assert data["smoke"] is True and data["provenance"]["git"] and len(data["source_sha256"]) == 64
     assert data["correctness"] and all(c["ok"] for c in data["correctness"]), data["correctness"]
     assert data["ttft"] and data["decode_attention"] and data["prefill_attention"] and data["decode_model"]
     assert data["lola_path"] == "triton" and not data["errors"]
+
+
+def test_perf_compare_pairs_rows_of_two_runs(tmp_path):
+    spec = importlib.util.spec_from_file_location("perf_compare", REPO / "scripts" / "perf_compare.py")
+    pc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pc)
+
+    def run(ttft, dec):
+        return {"device_name": "X", "provenance": {"utc_time": "t", "command": "c"},
+                "ttft": [{"preset": "p", "mode": "lola", "lambda": 0, "ctx": 4096, "ttft_ms": ttft},
+                         {"preset": "p", "mode": "full", "lambda": None, "ctx": 4096, "ttft_ms": 9.0}],
+                "decode_attention": [{"ctx": 4096, "lola_kernel_graph_warm_us": dec}]}
+
+    md = pc.compare(run(100.0, 400.0), {**run(50.0, 160.0), "ttft": run(50.0, 160.0)["ttft"][:1]}, "a", "b")
+    assert "| p lola l=0 | 4096 | 100.0 | 50.0 | 0.500 |" in md
+    assert "| lola_kernel_graph_warm | 4096 | 400.0 | 160.0 | 0.400 |" in md
+    assert "p full" not in md  # only rows present in both runs
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(run(1.0, 1.0)))
+    b.write_text(json.dumps({**run(1.0, 1.0), "device_name": "Y"}))
+    assert pc.main([str(a), str(b)]) == 2  # different devices are not compared
 
 
 def test_gpu_bench_judges_targets():
