@@ -332,13 +332,15 @@ def commonsense(
                                                "<time>).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Reuse the tasks an interrupted run with the "
-                                         "same --out and settings finished (kept in a hidden .<out>.resume folder "
-                                         "beside it until the run completes).")] = True,
+                                         "same --out and settings finished, and the answered requests of the task "
+                                         "it was in (kept in a hidden .<out>.resume folder beside it until the run "
+                                         "completes). --no-resume deletes that folder first.")] = True,
 ):
     """Zero-shot commonsense suites through lm-eval for full, base and LoLA attention.
 
-    Every (variant, task) result is saved as soon as it finishes: rerun the same command with the same --out
-    after an interruption and only the unfinished tasks are evaluated.
+    Every (variant, task) result is saved as soon as it finishes, and every answered request of the task in
+    progress is cached (lm-eval's request cache): rerun the same command with the same --out after an
+    interruption and only the unfinished tasks are evaluated, the interrupted one from where it stopped.
     """
     import pandas as pd
 
@@ -349,7 +351,7 @@ def commonsense(
     from .provenance import device_label
     from .records import ResumeStore
     from .runs import run_config
-    from .sweep import fingerprint
+    from .sweep import cell_hash, fingerprint
 
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1, got {limit}")
@@ -371,6 +373,8 @@ def commonsense(
                 "checkpoint": fingerprint(ckpt) if ckpt else None, "data_dir": str(ddir) if ddir else None,
                 "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size}
     frames, raw = [], {}
+    if not resume:
+        store.clear()
     with _progress() as prog:
         bar = prog.add_task("commonsense", total=len(variants) * len(names))
         for v in variants:
@@ -391,10 +395,13 @@ def commonsense(
                 done = {t: r for t in names if (r := store.load(f"{v.mode}-{t}", key(t))) is not None}
                 if done:
                     console.print(f"{v.mode}: reusing {', '.join(done)} from the interrupted run in {store.path}")
+            # request-level cache for the task in progress: a long task killed part-way resumes at its next request
+            rcache = store.path / f"requests-{v.mode}-{cell_hash(key(''))}"
             try:
                 df, res = run_commonsense(loaded.model, loaded.tokenizer, names, data_dir=str(ddir) if ddir else None,
                                           limit=limit, num_fewshot=num_fewshot, batch_size=batch_size,
-                                          device=loaded.device, progress=step, finished=done, on_task_done=save)
+                                          device=loaded.device, progress=step, finished=done, on_task_done=save,
+                                          request_cache=rcache)
             except ValueError as e:
                 raise UserError(str(e)) from None
             c = v.lola

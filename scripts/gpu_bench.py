@@ -855,7 +855,8 @@ def main(argv=None) -> int:
 
     res = {"smoke": args.smoke, "device": device,
            "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-           "dtype": str(cfgx["dtype"]).replace("torch.", ""), "provenance": provenance(device), "source_sha256": source_digest(),
+           "dtype": str(cfgx["dtype"]).replace("torch.", ""), "provenance": provenance(device),
+           "source_sha256": source_digest(),
            "kernels_available": K.kernels_available(), "fp32_dot_precision": fp32_dot_precision(cfgx["dtype"]),
            "config": {k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in cfgx.items()},
            "correctness": [], "decode_attention": [], "prefill_attention": [], "ttft": [], "decode_model": [],

@@ -48,7 +48,8 @@ def compare(old: dict, new: dict, label_old: str, label_new: str) -> str:
     for key in [k for k in b if k in a]:
         if key[0] != section:
             section = key[0]
-            lines += ["", f"## {section}", "", f"| what | ctx | {label_old} | {label_new} | ratio |", "|---|---|---|---|---|"]
+            lines += ["", f"## {section}", "", f"| what | ctx | {label_old} | {label_new} | ratio |",
+                      "|---|---|---|---|---|"]
         lines.append(f"| {key[1]} | {key[2]} | {a[key]:.1f} | {b[key]:.1f} | {b[key] / a[key]:.3f} |")
     return "\n".join(lines) + "\n"
 

@@ -460,7 +460,9 @@ def test_cli_resumes_interrupted_run(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, argv)
     assert r.exit_code != 0 and not out.exists()
     store = ResumeStore(out)
-    assert [p.name for p in store.path.iterdir()] == ["lola-piqa.json"]
+    assert sorted(p.name for p in store.path.glob("*.json")) == ["lola-piqa.json"]
+    caches = list(store.path.glob("requests-lola-*_rank0.db"))
+    assert len(caches) == 1  # the request cache of the interrupted variant
 
     r = CliRunner().invoke(app, argv)
     assert r.exit_code == 0, r.output
@@ -475,3 +477,25 @@ def test_cli_resumes_interrupted_run(tmp_path, monkeypatch):
     # other settings never pick up stale pieces
     store.save("lola-piqa", {"stale": True}, {"rows": [], "result": {}, "seconds": 0, "num_fewshot": 0})
     assert store.load("lola-piqa", {"stale": False}) is None
+
+
+@needs_data
+def test_request_cache_resumes_a_task_part_way(tiny_llama, smollm2_tokenizer, no_network, tmp_path):
+    """Requests answered before an interruption come from the cache: the rerun only runs the model on the rest,
+    and its numbers equal an uncached run's."""
+    forwards = []
+    hook = tiny_llama.register_forward_hook(lambda m, a, o: forwards.append(a[0].shape[0] if a else 1))
+    try:
+        prefix = tmp_path / "rc" / "requests-x"
+        df3, _ = cs.run_commonsense(tiny_llama, smollm2_tokenizer, ["piqa"], data_dir=str(DATA), limit=3,
+                                    request_cache=prefix)
+        assert (tmp_path / "rc" / "requests-x_rank0.db").is_file()
+        first = len(forwards)
+        df5, _ = cs.run_commonsense(tiny_llama, smollm2_tokenizer, ["piqa"], data_dir=str(DATA), limit=5,
+                                    request_cache=prefix)
+        second = len(forwards) - first
+        plain, _ = cs.run_commonsense(tiny_llama, smollm2_tokenizer, ["piqa"], data_dir=str(DATA), limit=5)
+    finally:
+        hook.remove()
+    assert first == 6 and second == 4  # two requests per PIQA item, batch size 1: the first 3 items were cached
+    assert df5["value"].tolist() == plain["value"].tolist()

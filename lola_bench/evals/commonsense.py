@@ -330,6 +330,7 @@ def run_commonsense(
     progress: ProgressFn | None = None,
     finished: dict[str, dict] | None = None,
     on_task_done: TaskDoneFn | None = None,
+    request_cache: str | os.PathLike | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Evaluate ``model`` on commonsense ``tasks`` with lm-eval.
 
@@ -354,6 +355,11 @@ def run_commonsense(
         on_task_done: ``on_task_done(task, record)`` is called as soon as a task
             finishes, with a JSON-serialisable record (rows, lm-eval result,
             seconds, shots) that can be passed back through ``finished``.
+        request_cache: path prefix of an lm-eval request cache (its ``use_cache``:
+            a sqlite file ``<prefix>_rank0.db`` written after every request), so a
+            task killed part-way redoes only the requests it had not answered. The
+            cache is keyed by request text alone: give each model and attention
+            configuration its own prefix.
 
     Returns:
         ``(summary, raw)``: ``summary`` has columns task, metric, value, stderr,
@@ -421,6 +427,7 @@ def run_commonsense(
                 device=device,
                 log_samples=log_samples,
                 task_manager=task_manager,
+                use_cache=str(request_cache) if request_cache is not None else None,
             )
             seconds[canon] = round(time.perf_counter() - t0, 3)
             shots_used[canon] = shots
