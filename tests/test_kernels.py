@@ -300,12 +300,39 @@ def test_fallback_for_unsupported_configs():
     p2 = make_params(LolaConfig(window=8, sparse=8, scorer="attention"))
     assert "scorer" in K.unsupported_reason(q, p2)
     assert K.unsupported_reason(q.double(), make_params(LolaConfig(window=8, sparse=8))) is not None
-    p3 = make_params(LolaConfig(window=8, sparse=4, sinks=2))
-    assert "sinks" in K.unsupported_reason(q, p3)
-    st, st_ref = LolaState(), LolaState()
-    torch.testing.assert_close(K.lola_chunked_triton(q, k, v, st, p3), lola_chunked(q, k, v, st_ref, p3))
-    assert st.sp_pos[0, 0, :2].tolist() == [0, 1]  # the sinks are pinned
     assert K.kernels_available()
+
+
+@pytest.mark.parametrize("sparse,sinks,scorer,fm,gqa,window,chunk", [
+    (4, 2, "sre", "hedgehog", "grouped", 8, None),
+    (0, 3, "sre", "hedgehog-identity", "expanded", 8, None),     # base model with sinks: only the sinks stay
+    (6, 4, "recency", "elu", "grouped", 12, 5),                  # precomputed scores; chunk < window
+    (5, 20, "sre", "relu", "grouped", 8, None),                  # more sinks than the first window start
+])
+def test_kernels_pin_sinks_like_the_torch_path(sparse, sinks, scorer, fm, gqa, window, chunk):
+    """Attention sinks (the first positions stay in the sparse cache on top of lambda) through prefill, a
+    continued prefill and decode steps across chunk boundaries: same outputs and state as the torch path."""
+    cfg = LolaConfig(window=window, sparse=sparse, sinks=sinks, scorer=scorer, feature_map=fm, gqa=gqa, chunk=chunk)
+    p = make_params(cfg)
+    assert K.unsupported_reason(torch.zeros(1, 4, 1, 16), p) is None
+    q, k, v = qkv(70)
+    st, st_ref = LolaState(), LolaState()
+    for a, b in [(0, 33), (33, 61)]:
+        out = K.lola_chunked_triton(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], st, p)
+        torch.testing.assert_close(out, lola_chunked(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], st_ref, p),
+                                   atol=2e-5, rtol=1e-4)
+        assert_state_close(st, st_ref)
+    assert st.sp_pos[0, 0, :min(sinks, 33)].tolist() == list(range(min(sinks, 33)))  # pinned
+    ws = cfg.window_start(60 // cfg.chunk_size)
+    assert st.sp_pos.shape[2] == min(sparse + min(sinks, ws), 61 - st.win_k.shape[2])
+    for t in range(61, 70):
+        sl = slice(t, t + 1)
+        out = K.lola_decode_triton(q[:, :, sl], k[:, :, sl], v[:, :, sl], st, p)
+        torch.testing.assert_close(out, lola_decode(q[:, :, sl], k[:, :, sl], v[:, :, sl], st_ref, p),
+                                   atol=2e-5, rtol=1e-4)
+    assert_state_close(st, st_ref)
+    ref = lola_reference(q, k, v, p)
+    assert torch.equal(st.sp_pos, ref.sparse_pos)
 
 
 def test_schedule_counts_match_torch_state():

@@ -9,10 +9,11 @@ Kernels (see each module):
   prefill.py  chunked prefill: the merge kernel walks every chunk in-kernel, then one attention launch
 
 Supported: feature maps hedgehog, hedgehog-identity, elu, relu; scorers sre, random, key_norm, recency,
-sink; every combine; grouped and expanded GQA; float32, float16, bfloat16 inputs; any window / chunk /
-sparse sizes; head_dim a power of two >= 16. Everything else runs the torch path unchanged: the taylor
-feature map (F = 1 + d + d^2), the attention scorer (needs attention mass from every call), float64,
-other head sizes, and tensors the kernels cannot reach (CPU tensors without TRITON_INTERPRET=1).
+sink; pinned attention sinks (``sinks`` > 0); every combine; grouped and expanded GQA; float32, float16,
+bfloat16 inputs; any window / chunk / sparse sizes; head_dim a power of two >= 16. Everything else runs the
+torch path unchanged: the taylor feature map (F = 1 + d + d^2), the attention scorer (needs attention mass
+from every call), float64, other head sizes, and tensors the kernels cannot reach (CPU tensors without
+TRITON_INTERPRET=1). With sparse = 0 and no sinks the prefill skips the merge kernel (linear_prefix.py).
 ``unsupported_reason`` says which case applies.
 
 No wrapper synchronizes with the device (sizes come from host-side bookkeeping), so decode steps and
@@ -65,8 +66,6 @@ def unsupported_reason(q: torch.Tensor, params: LolaParams) -> str | None:
         return f"feature map {cfg.feature_map!r} has no kernel"
     if cfg.scorer not in KERNEL_SCORERS:
         return f"scorer {cfg.scorer!r} has no kernel"
-    if cfg.sinks:
-        return "pinned attention sinks (sinks > 0) have no kernel yet"
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return f"dtype {q.dtype} has no kernel"
     if d < 16 or d & (d - 1):

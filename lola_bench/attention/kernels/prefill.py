@@ -151,14 +151,14 @@ def _attn_kernel(
 
 @functools.lru_cache(maxsize=256)
 def build_schedule(pos: int, ns0: int, nw0: int, n_folded0: int, L: int, window: int, chunk: int,
-                   sparse: int) -> tuple[tuple[tuple[int, ...], ...], int, int, int]:
+                   sparse: int, sinks: int = 0) -> tuple[tuple[tuple[int, ...], ...], int, int, int]:
     """Host-side plan of a chunked prefill of L tokens continuing a state of ``pos`` tokens with ``ns0``
     sparse and ``nw0`` window pairs (unified index layout [sparse | window | new]).
 
     Returns (rows, n_folded_after, max candidates in one merge, needs_scores). Each row is
     (ns_before, leave_lo, n_leave, keep, q0, seg, w_lo, w_hi, has_lin), mirroring ``lola_chunked``:
-    evict the window pairs older than window_start(c), keep min(sparse, n) of the n candidates, append the
-    segment, attend with its queries."""
+    evict the window pairs older than window_start(c), keep min(sparse + min(sinks, window_start(c)), n) of the
+    n candidates (the pinned sinks among them), append the segment, attend with its queries."""
     rows = []
     w_lo, w_hi = ns0, ns0 + nw0
     first_pos = pos - nw0                      # position of unified index ns0 (window is contiguous)
@@ -171,7 +171,7 @@ def build_schedule(pos: int, ns0: int, nw0: int, n_folded0: int, L: int, window:
         ws = max(0, c * chunk - window)
         n_ev = max(0, min(ws - (first_pos + w_lo - ns0), w_hi - w_lo))
         n = ns + n_ev
-        keep = min(sparse, n) if n_ev else ns
+        keep = min(sparse + min(sinks, ws), n) if n_ev else ns
         ev_lo = w_lo
         w_lo += n_ev
         w_hi += seg
@@ -223,7 +223,7 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
     dev = q.device
     ns0, nw0 = state.sp_k.shape[2], state.win_k.shape[2]
     rows, n_folded, cap, needs_scores = build_schedule(state.pos, ns0, nw0, state.n_folded, L, cfg.window,
-                                                       cfg.chunk_size, cfg.sparse)
+                                                       cfg.chunk_size, cfg.sparse, cfg.sinks)
     n_steps = len(rows)
     sched = _schedule_tensor(rows, str(dev))
     ks, vs = last_dim_contiguous(to_storage(k, params)), last_dim_contiguous(to_storage(v, params))
@@ -236,7 +236,7 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
     new_pos = torch.arange(state.pos - nw0, state.pos + L, device=dev)
     pu = torch.cat([state.sp_pos, new_pos.view(1, 1, -1).expand(b, hs, -1)], dim=2)
     q = last_dim_contiguous(q)
-    lam = max(cfg.sparse, 1)
+    lam = max(cfg.sparse + cfg.sinks, 1)
     spi = alloc((n_steps + 1, b * hs, lam), torch.int32, dev)
     if ns0:
         spi[0, :, :ns0] = torch.arange(ns0, dtype=torch.int32, device=dev)

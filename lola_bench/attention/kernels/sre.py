@@ -82,10 +82,11 @@ def feature_parts(x, w_ptr, offs_d, eps_r, PHI: tl.constexpr, LEARNED: tl.conste
 # ----------------------------------------------------------------------------------------------------------------
 # the merge kernel
 
-@triton.jit(do_not_specialize=["n_steps", "spi_t", "LAM", "cand_cap", "L"])
+@triton.jit(do_not_specialize=["n_steps", "spi_t", "LAM", "cand_cap", "L", "sinks"])
 def _merge_kernel(
     KU, VU, su_b, su_h, su_n,          # unified storage keys / values (B, Hs, P, D), unit stride on D
     PSC, sp_b, sp_h,                   # precomputed scores (B, Hs, P) fp32 (SCORE_MODE 1)
+    PU, pu_b, pu_h, sinks,             # positions (B, Hs, P) int64; candidates at positions < sinks always stay
     Q, sq_b, sq_h, sq_l,               # new queries (B, Hq, L, D) for the readout
     WK, WQ,                            # hedgehog W_k, W_q (Hq, D, D) in DT (LEARNED)
     H, S,                              # (B, Hq, F, D), (B, Hq, F) fp32, contiguous
@@ -156,10 +157,13 @@ def _merge_kernel(
                             diff = vv - num / den[:, None]
                             e2 += tl.sum(diff * diff, 1)
                         err += tl.sqrt(e2)
-                    tl.store(scr + rows, err / GROUP, mask=rmask)
+                    sc = err / GROUP
                 else:
                     sc = tl.load(PSC + b * sp_b + hs * sp_h + cu, mask=rmask, other=0.0)
-                    tl.store(scr + rows, sc, mask=rmask)
+                if sinks > 0:  # pinned sinks outrank every scored candidate (ties among them: earlier first)
+                    cpos = tl.load(PU + b * pu_b + hs * pu_h + cu, mask=rmask, other=0)
+                    sc = tl.where(cpos < sinks, float("inf"), sc)
+                tl.store(scr + rows, sc, mask=rmask)
         tl.debug_barrier()
 
         # 2. kept flags: rank = number of candidates that beat this one (higher score, or equal and earlier)
@@ -349,6 +353,7 @@ def launch_merge(params: LolaParams, state: LolaState, ku: torch.Tensor, vu: tor
     _merge_kernel[(b * hs,)](
         ku, vu, ku.stride(0), ku.stride(1), ku.stride(2),
         psc, psc.stride(0), psc.stride(1),
+        pu, pu.stride(0), pu.stride(1), int(params.cfg.sinks),
         q, q.stride(0), q.stride(1), q.stride(2),
         wk, wq, state.H, state.s,
         sched, n_steps,
@@ -390,13 +395,13 @@ def evict_before_triton(state: LolaState, params: LolaParams, window_start: int)
     ns = state.sp_k.shape[2]
     cand_k, cand_v, cand_pos = pop_candidates(state, n_ev)
     n = ns + n_ev
-    keep = min(params.cfg.sparse, n)
+    keep = min(params.cfg.sparse + min(params.cfg.sinks, window_start), n)
     if keep == n:
         state.sp_k, state.sp_v, state.sp_pos = cand_k, cand_v, cand_pos
         return
     ensure_contiguous_state(state)
     dev = cand_k.device
-    lam = max(params.cfg.sparse, 1)
+    lam = max(params.cfg.sparse + params.cfg.sinks, 1)
     spi = alloc((2, b * hs, lam), torch.int32, dev)
     if ns:
         spi[0, :, :ns] = torch.arange(ns, dtype=torch.int32, device=dev)
