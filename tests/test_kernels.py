@@ -308,10 +308,14 @@ def test_fallback_for_unsupported_configs():
     (0, 3, "sre", "hedgehog-identity", "expanded", 8, None),     # base model with sinks: only the sinks stay
     (6, 4, "recency", "elu", "grouped", 12, 5),                  # precomputed scores; chunk < window
     (5, 20, "sre", "relu", "grouped", 8, None),                  # more sinks than the first window start
+    (0, 11, "sre", "elu", "grouped", 8, 3),                      # sinks span several chunks, sparse = 0
 ])
-def test_kernels_pin_sinks_like_the_torch_path(sparse, sinks, scorer, fm, gqa, window, chunk):
+def test_kernels_pin_sinks_like_the_torch_path(monkeypatch, sparse, sinks, scorer, fm, gqa, window, chunk):
     """Attention sinks (the first positions stay in the sparse cache on top of lambda) through prefill, a
-    continued prefill and decode steps across chunk boundaries: same outputs and state as the torch path."""
+    continued prefill and decode steps across chunk boundaries: same outputs and state as the torch path.
+    With sparse = 0 the prefill folds in parallel (linear_prefix) instead of launching the merge kernel."""
+    if sparse == 0:
+        monkeypatch.setattr(kprefill, "launch_merge", lambda *a, **kw: pytest.fail("merge kernel with sparse = 0"))
     cfg = LolaConfig(window=window, sparse=sparse, sinks=sinks, scorer=scorer, feature_map=fm, gqa=gqa, chunk=chunk)
     p = make_params(cfg)
     assert K.unsupported_reason(torch.zeros(1, 4, 1, 16), p) is None

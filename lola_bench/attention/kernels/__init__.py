@@ -13,7 +13,7 @@ sink; pinned attention sinks (``sinks`` > 0); every combine; grouped and expande
 bfloat16 inputs; any window / chunk / sparse sizes; head_dim a power of two >= 16. Everything else runs the
 torch path unchanged: the taylor feature map (F = 1 + d + d^2), the attention scorer (needs attention mass
 from every call), float64, other head sizes, and tensors the kernels cannot reach (CPU tensors without
-TRITON_INTERPRET=1). With sparse = 0 and no sinks the prefill skips the merge kernel (linear_prefix.py).
+TRITON_INTERPRET=1). With sparse = 0 the prefill skips the merge kernel (linear_prefix.py).
 ``unsupported_reason`` says which case applies.
 
 No wrapper synchronizes with the device (sizes come from host-side bookkeeping), so decode steps and

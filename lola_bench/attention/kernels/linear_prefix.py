@@ -1,6 +1,7 @@
 """Phase A of the chunked prefill when nothing is scored (sparse = 0): parallel over the chunk steps.
 
-With ``sparse = 0`` every pair that leaves the window is folded into (H, s), so the state after step t is
+With ``sparse = 0`` every pair that leaves the window is folded into (H, s), except the pinned sinks (the
+first ``sinks`` positions, which stay in the sparse cache), so the state after step t is
 the initial state plus a prefix sum of per-step contributions:
 
     H_t = H_0 + sum_{u <= t} sum_{j folded at u} phi(k_j) v_j^T,      s_t likewise with phi(k_j),
@@ -36,12 +37,14 @@ def _padded(starts: list[int], counts: list[int], width: int, device) -> tuple[t
 def fold_and_readout(params: LolaParams, state: LolaState, ku: torch.Tensor, vu: torch.Tensor, rows: tuple,
                      q: torch.Tensor | None, ln: torch.Tensor | None, ld: torch.Tensor | None,
                      block_tokens: int | None = None) -> None:
-    """What the merge kernel does for a schedule without selection (every row keeps 0 pairs): fold each step's
-    leaving pairs (unified indices [leave_lo, leave_lo + n_leave) of ``ku``/``vu``) into state.H / state.s in
-    place, and, with ``q``, write each step's linear readout of its queries into ``ln`` (B, Hq, L, d) and ``ld``
-    (B, Hq, L)."""
-    if any(r[3] for r in rows):
-        raise ValueError("fold_and_readout needs a schedule that keeps no pair in the sparse cache")
+    """What the merge kernel does for a schedule without scoring (sparse = 0): the pairs a step keeps are the
+    pinned sinks, i.e. its cache so far plus the oldest ``keep - ns`` of its leaving pairs (positions increase with
+    the unified index). Fold each step's other leaving pairs (unified indices [leave_lo + keep - ns,
+    leave_lo + n_leave) of ``ku``/``vu``) into state.H / state.s in place, and, with ``q``, write each step's
+    linear readout of its queries into ``ln`` (B, Hq, L, d) and ``ld`` (B, Hq, L)."""
+    if any(not 0 <= r[3] - r[0] <= r[2] for r in rows):
+        raise ValueError("fold_and_readout needs a schedule whose steps keep their cache and a prefix of the "
+                         "leaving pairs (sparse = 0, sinks only)")
     b, hq = state.H.shape[:2]
     d = ku.shape[-1]
     g = params.group
@@ -55,7 +58,7 @@ def fold_and_readout(params: LolaParams, state: LolaState, ku: torch.Tensor, vu:
     for t0 in range(0, len(rows), steps):
         blk = rows[t0:t0 + steps]
         nb = len(blk)
-        idx, valid = _padded([r[1] for r in blk], [r[2] for r in blk], width_ev, dev)
+        idx, valid = _padded([r[1] + r[3] - r[0] for r in blk], [r[2] - (r[3] - r[0]) for r in blk], width_ev, dev)
         flat = idx.view(-1)
         kx = ku.index_select(2, flat)                                      # (B, Hs, nb * W, d)
         vx = vu.index_select(2, flat)

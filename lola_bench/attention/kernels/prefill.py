@@ -21,8 +21,9 @@ position order. What remains in Python per layer: building that buffer, the sche
 allocations, and gathering the final sparse cache / window into the LolaState (a handful of torch ops,
 independent of the number of chunks).
 
-With sparse = 0 nothing is selected, so phase A is not sequential at all: ``linear_prefix.fold_and_readout``
-computes every step's fold as one batched matmul, a cumulative sum over steps and one batched readout.
+With sparse = 0 nothing is scored (only pinned sinks stay), so phase A is not sequential at all:
+``linear_prefix.fold_and_readout`` computes every step's fold as one batched matmul, a cumulative sum over steps
+and one batched readout.
 
 Measured (results/perf/nvidia-h200.md, one layer of llama-3.2-1b, bf16, H200): phase B is a block-sparse flash
 attention (each query sees at most lambda + window + chunk keys), parallel over everything, under 1 ms at 32K.
@@ -245,8 +246,9 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
     ln = alloc((b, hq, L, d), torch.float32, dev) if any_lin else None
     ld = alloc((b, hq, L), torch.float32, dev) if any_lin else None
     _mark(marks, "setup", dev)
-    if (any_merge or any_lin) and not any(r[3] for r in rows):  # sparse = 0: no selection, parallel over steps
+    if (any_merge or any_lin) and cfg.sparse == 0:  # no scoring (only sinks stay): parallel over steps
         fold_and_readout(params, state, ku, vu, rows, q if any_lin else None, ln, ld)
+        spi[1:] = torch.arange(lam, dtype=torch.int32, device=dev)  # the kept pairs: unified indices 0 .. keep-1
     elif any_merge or any_lin:
         launch_merge(params, state, ku, vu, pu, sched, n_steps, spi, cap, q=q if any_lin else None, ln=ln, ld=ld,
                      need_scores=bool(needs_scores))
