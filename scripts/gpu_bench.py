@@ -388,8 +388,13 @@ def prefill_rows(cfgx: dict, device: str, ctx: int) -> list[dict]:
     v = torch.randn(1, sh["hkv"], ctx, sh["d"], device=device).to(dt)
     rows = []
     if kernels_on(device):
-        for lam, gqa in [(lam, "grouped") for lam in cfgx["lambdas"]] + [(lmax, "expanded")]:
-            p = make_params(LolaConfig(window=eta, sparse=lam, gqa=gqa), sh["hq"], sh["hkv"], sh["d"], device)
+        variants = [(lam, "grouped", {}) for lam in cfgx["lambdas"]] + [(lmax, "expanded", {})]
+        if ctx == min(cfgx["ttft_ctx"]):  # where the merge kernel's time goes (per-step costs do not depend on ctx)
+            variants += [(lmax, "grouped", {"scorer": "recency"}),         # precomputed scores: no SRE scoring
+                         (lmax, "grouped", {"feature_map": "hedgehog"}),   # learned phi (linearized checkpoints)
+                         (lmax, "grouped", {"sinks": 4}), (0, "grouped", {"sinks": 4})]
+        for lam, gqa, extra in variants:
+            p = make_params(LolaConfig(window=eta, sparse=lam, gqa=gqa, **extra), sh["hq"], sh["hkv"], sh["d"], device)
             prefill(q, k, v, LolaState(), p)  # warm-up / compile
             runs = []
             for _ in range(cfgx["reps"]):
@@ -397,7 +402,8 @@ def prefill_rows(cfgx: dict, device: str, ctx: int) -> list[dict]:
                 prefill(q, k, v, LolaState(), p, marks=marks)
                 runs.append(marks_ms(marks))
             med = {n: statistics.median(r[n] for r in runs) for n in runs[0]}
-            rows.append({"ctx": ctx, "variant": f"lola l={lam} {gqa}", **{f"{n}_ms": t for n, t in med.items()},
+            label = f"lola l={lam} {gqa}" + "".join(f" {k}={x}" for k, x in extra.items())
+            rows.append({"ctx": ctx, "variant": label, **{f"{n}_ms": t for n, t in med.items()},
                          "total_ms": sum(med.values())})
     if dt != torch.bfloat16 or ctx <= 8192:  # the torch fast path scores SRE in float32 only; lambda 0 never scores
         p = make_params(LolaConfig(window=eta, sparse=0), sh["hq"], sh["hkv"], sh["d"], device)
