@@ -423,9 +423,15 @@ def commonsense(
                             "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size},
             "lola_checkpoint": ckpt}))
         run.write_json("lm_eval_results.json", raw)
-        run.write_table("summary", summary, title="Commonsense (lm-eval)", notes=_exactness_note(variants) + (
+        notes = _exactness_note(variants) + (
             " HellaSwag offline uses the preprocessed full validation set: close to, not identical with, lm-eval's."
-            if ddir else ""))
+            if ddir else "")
+        run.write_table("summary", summary, title="Commonsense (lm-eval)", notes=notes)
+        if len(variants) > 1:
+            from .report import commonsense_comparison
+
+            run.write_table("comparison", commonsense_comparison(summary), title="Commonsense: variants side by side",
+                            notes="`X ±` is lm-eval's stderr; `X − full` the difference on the same items. " + notes)
     store.clear()
     _print_frame(summary, f"lm-eval on {loaded.source} ({device_label(loaded.device)})",
                  ["attn", "task", "metric", "value", "stderr", "n"])
@@ -567,11 +573,14 @@ def sweep(
 @app.command()
 @user_errors
 def report(
-    dirs: Annotated[list[str], typer.Argument(help="Sweep directories (with sweep.csv); several are merged.")],
+    dirs: Annotated[list[str], typer.Argument(help="Sweep directories (with sweep.csv; several are merged), or "
+                                              "commonsense run directories (with summary.csv; their variants are "
+                                              "compared side by side).")],
     out: Annotated[Optional[str], typer.Option("--out", help="Where to write the merged report (required for "
                                                "several directories).")] = None,
 ):
-    """Re-render sweep tables and plots from sweep.csv alone (merging shards)."""
+    """Re-render sweep tables and plots from sweep.csv alone (merging shards), or compare commonsense runs
+    (comparison.csv/.md: one column per attention variant and its difference from full attention)."""
     from .report import render_report
 
     for p in render_report(dirs, out):

@@ -503,13 +503,18 @@ def render_report(dirs, out_dir: str | Path | None = None) -> list[Path]:
     """Re-render sweep.md and the plots from sweep.csv file(s) alone (no model, no cells/).
 
     One directory: written into it. Several: merged (deduplicated by cell_id) into ``out_dir``, which then
-    also gets the merged sweep.csv.
+    also gets the merged sweep.csv. Commonsense run directories (summary.csv, no sweep.csv) get a side-by-side
+    comparison of their variants instead (``render_commonsense_report``).
     """
     from .errors import UserError
     from .records import atomic_write_text
     from .sweep import merge_sweeps
 
     dirs = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
+    if dirs and all((d / "summary.csv").is_file() and not (d / "sweep.csv").is_file() for d in dirs):
+        if out_dir is None and len(dirs) > 1:
+            raise UserError("several commonsense runs given: pass --out DIR for the comparison")
+        return render_commonsense_report(dirs, out_dir if out_dir is not None else dirs[0])
     df = merge_sweeps(dirs)
     if out_dir is None:
         if len(dirs) > 1:
@@ -524,3 +529,68 @@ def render_report(dirs, out_dir: str | Path | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "sweep.csv", df.to_csv(index=False))
     return [out / "sweep.csv", *render_sweep_report(df, out)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# commonsense: one row per task x metric, one column per attention variant
+
+def _cs_variant(row) -> str:
+    if row["attn"] == "full":
+        return "full"
+    parts = [f"η={int(row['window'])}", f"λ={int(row['lambda'])}"]
+    if row.get("sinks") and row["sinks"] == row["sinks"] and int(row["sinks"]):
+        parts.append(f"sinks={int(row['sinks'])}")
+    return f"{row['attn']} ({', '.join(parts)})"
+
+
+def commonsense_comparison(summary: pd.DataFrame) -> pd.DataFrame:
+    """Wide table from commonsense summary rows (one or several runs concatenated): task, metric, n, then per
+    variant the value (and its stderr), and value minus full attention's where full was run on the same items.
+    Rows of other models are kept apart by a model column when there are several."""
+    df = summary.copy()
+    df["variant"] = df.apply(_cs_variant, axis=1)
+    keys = ["task", "metric"] + (["model"] if df["model"].nunique() > 1 else [])
+    if df.duplicated(keys + ["variant"]).any():
+        raise ValueError("the same task, metric and variant appears twice: compare one run per variant")
+    order = sorted(df["variant"].unique(), key=lambda v: (v != "full", not v.startswith("base"), v))
+    value = df.pivot_table(index=keys, columns="variant", values="value", aggfunc="first")
+    err = df.pivot_table(index=keys, columns="variant", values="stderr", aggfunc="first")
+    n = df.pivot_table(index=keys, columns="variant", values="n", aggfunc="first")
+    out = value.index.to_frame(index=False)
+    out["n"] = [int(x) if x == x else None for x in n.max(axis=1).tolist()]
+    for v in order:
+        out[v] = value[v].tolist()
+        out[f"{v} ±"] = err[v].tolist()
+        if v != "full" and "full" in value.columns:
+            diff, same_n = (value[v] - value["full"]).tolist(), (n[v] == n["full"]).tolist()
+            out[f"{v} − full"] = [d if ok else float("nan") for d, ok in zip(diff, same_n)]
+    task_order = {t: i for i, t in enumerate(dict.fromkeys(summary["task"]))}
+    out = out.sort_values(["task", "metric"], key=lambda s: s.map(task_order) if s.name == "task" else s)
+    return out.reset_index(drop=True)
+
+
+def render_commonsense_report(dirs, out: str | Path) -> list[Path]:
+    """comparison.{csv,md} from the summary.csv of one or several commonsense run directories."""
+    from .errors import UserError
+    from .records import atomic_write_text
+
+    frames, sources = [], []
+    for d in [Path(x) for x in dirs]:
+        csv = d / "summary.csv"
+        if not csv.is_file():
+            raise UserError(f"no commonsense results at {d} (expected {csv})")
+        frames.append(pd.read_csv(csv))
+        sources.append(str(d))
+    try:
+        table = commonsense_comparison(pd.concat(frames, ignore_index=True))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "comparison.csv", table.to_csv(index=False))
+    md = ("# Commonsense: attention variants side by side\n\n"
+          + frame_to_markdown(table)
+          + "\n\n`X ±` is lm-eval's stderr; `X − full` is the difference in the same metric on the same items "
+          "(blank where n differs). Sources: " + ", ".join(f"`{s}`" for s in sources) + ".\n")
+    atomic_write_text(out / "comparison.md", md)
+    return [out / "comparison.csv", out / "comparison.md"]

@@ -499,3 +499,23 @@ def test_request_cache_resumes_a_task_part_way(tiny_llama, smollm2_tokenizer, no
         hook.remove()
     assert first == 6 and second == 4  # two requests per PIQA item, batch size 1: the first 3 items were cached
     assert df5["value"].tolist() == plain["value"].tolist()
+
+
+@needs_data
+def test_cli_writes_side_by_side_comparison(tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from lola_bench.cli import app
+
+    out = tmp_path / "cs"
+    r = CliRunner().invoke(app, ["commonsense", "--model", "random:tiny", "--attn", "full", "--attn", "base",
+                                 "--window", "8", "--tasks", "piqa", "--limit", "2", "--data-dir", str(DATA),
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    cmp = pd.read_csv(out / "comparison.csv")
+    assert cmp.columns.tolist() == ["task", "metric", "n", "full", "full ±", "base (η=8, λ=0)", "base (η=8, λ=0) ±",
+                                    "base (η=8, λ=0) − full"]
+    summary = pd.read_csv(out / "summary.csv")
+    full_acc = summary[(summary.attn == "full") & (summary.metric == "acc")]["value"].item()
+    assert cmp[cmp.metric == "acc"]["full"].item() == full_acc

@@ -116,3 +116,40 @@ def test_commonsense_rows_render_tables_without_plots(tmp_path):
     assert [p.name for p in paths] == ["sweep.md"]
     md = paths[0].read_text()
     assert "## commonsense: accuracy (%) by λ × η" in md and "| λ=512 | 65.0 |" in md
+
+
+def _cs_summary(attn, values, n=100, window=None, lam=None, sinks=None):
+    rows = [{"model": "m", "attn": attn, "task": t, "metric": m, "value": v, "stderr": 0.01, "n": n,
+             "num_fewshot": 0, "window": window, "lambda": lam, "sinks": sinks, "scorer": None, "feature_map": None,
+             "device": "cpu"} for (t, m), v in values.items()]
+    return pd.DataFrame(rows)
+
+
+def test_commonsense_comparison_side_by_side(tmp_path):
+    from lola_bench.report import commonsense_comparison, render_report
+
+    vals = {("piqa", "acc"): 0.6, ("piqa", "acc_norm"): 0.62, ("winogrande", "acc"): 0.5}
+    full = _cs_summary("full", vals)
+    base = _cs_summary("base", {k: v - 0.1 for k, v in vals.items()}, window=64, lam=0, sinks=4)
+    lola = _cs_summary("lola", {k: v - 0.01 for k, v in vals.items()}, n=50, window=64, lam=512, sinks=4)
+    t = commonsense_comparison(pd.concat([lola, base, full], ignore_index=True))
+    assert t.columns[:5].tolist() == ["task", "metric", "n", "full", "full ±"]
+    assert "base (η=64, λ=0, sinks=4)" in t.columns and "lola (η=64, λ=512, sinks=4) − full" in t.columns
+    assert t[["task", "metric"]].values.tolist() == [["piqa", "acc"], ["piqa", "acc_norm"], ["winogrande", "acc"]]
+    assert t["base (η=64, λ=0, sinks=4) − full"].round(6).tolist() == [-0.1, -0.1, -0.1]
+    assert t["lola (η=64, λ=512, sinks=4) − full"].isna().all()  # other items (n differs): no difference shown
+    with pytest.raises(ValueError, match="twice"):
+        commonsense_comparison(pd.concat([full, full]))
+
+    dirs = []
+    for name, df in [("full", full), ("base", base)]:
+        d = tmp_path / name
+        d.mkdir()
+        df.to_csv(d / "summary.csv", index=False)
+        dirs.append(d)
+    with pytest.raises(UserError, match="--out"):
+        render_report(dirs)
+    paths = render_report(dirs, tmp_path / "cmp")
+    assert [p.name for p in paths] == ["comparison.csv", "comparison.md"]
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| piqa | acc | 100 | 0.6 | 0.01 | 0.5 | 0.01 | -0.1 |" in md and str(dirs[0]) in md
