@@ -519,3 +519,18 @@ def test_cli_writes_side_by_side_comparison(tmp_path):
     summary = pd.read_csv(out / "summary.csv")
     full_acc = summary[(summary.attn == "full") & (summary.metric == "acc")]["value"].item()
     assert cmp[cmp.metric == "acc"]["full"].item() == full_acc
+
+
+@needs_data
+def test_request_lengths_match_lm_eval_requests(smollm2_tokenizer):
+    lengths = cs.request_lengths(smollm2_tokenizer, ["piqa", "winogrande"], data_dir=str(DATA), limit=3)
+    assert lengths.groupby("task").size().to_dict() == {"piqa": 6, "winogrande": 6}  # two choices per item
+    assert (lengths["length"] > 5).all() and lengths["doc"].tolist()[:2] == [0, 0]
+    doc = json.loads((DATA / "piqa" / "valid.jsonl").read_text().splitlines()[0])
+    text = f"Question: {doc['goal']}\nAnswer: {doc['sol1']}"  # lm-eval's piqa prompt and first choice
+    assert lengths["length"].iloc[0] == len(smollm2_tokenizer(text, add_special_tokens=False)["input_ids"]) - 1
+    t = cs.length_table(lengths, {"tiny": 10, "big": 10_000})
+    assert t["task"].tolist() == ["piqa", "winogrande"] and t["requests"].tolist() == [6, 6]
+    assert t["share > 10000 (big)"].tolist() == [0.0, 0.0]
+    piqa = lengths[lengths.task == "piqa"]["length"]
+    assert t.loc[0, "share > 10 (tiny)"] == (piqa > 10).mean() and t.loc[0, "max"] == piqa.max()

@@ -451,3 +451,53 @@ def run_commonsense(
     }
     summary = pd.DataFrame(rows, columns=["task", "metric", "value", "stderr", "n", "num_fewshot"])
     return summary, _jsonable(raw)
+
+
+# ---------------------------------------------------------------- request lengths
+
+
+def request_lengths(tokenizer, tasks: list[str], *, data_dir: str | None, limit: int | None = None) -> pd.DataFrame:
+    """Tokens each lm-eval request feeds the model (context + continuation, minus the last token, as HFLM
+    does), one row per request: task, doc, length. Builds the requests exactly as an evaluation would (same
+    task YAMLs, zero-shot), without running a model. Shows which requests ever outgrow LoLA's exact memories
+    (window + sparse cache + sinks): the others are scored with exact softmax attention."""
+    names = resolve_tasks(tasks, data_dir)
+    root = local_data_dir(data_dir)
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    rows: list[dict] = []
+    with offline_mode() if root is not None else nullcontext(), _quiet_custom_dataset_hint():
+        if root is not None:
+            tm = TaskManager(include_path=str(LOCAL_TASKS_DIR), include_defaults=False,
+                             metadata={"data_dir": str(root)})
+        else:
+            tm = TaskManager()
+        for name in names:
+            leaves = _flatten_tasks(get_task_dict([name], tm))
+            for task in leaves:
+                task.build_all_requests(limit=limit, rank=0, world_size=1)
+                texts = [ctx + cont for ctx, cont in (inst.args for inst in task.instances)]
+                lengths = [len(ids) - 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+                docs = [inst.doc_id for inst in task.instances]
+                rows += [{"task": canonical_name(name), "doc": d, "length": n} for d, n in zip(docs, lengths)]
+    return pd.DataFrame(rows, columns=["task", "doc", "length"])
+
+
+def _flatten_tasks(d) -> list:
+    out = []
+    for v in d.values():
+        out += _flatten_tasks(v) if isinstance(v, dict) else [v]
+    return out
+
+
+def length_table(lengths: pd.DataFrame, spans: dict[str, int]) -> pd.DataFrame:
+    """Per task: requests, median / 90th percentile / max length, and for each named exact span the share of
+    requests longer than it (those reach the linear memory)."""
+    out = []
+    for task, g in lengths.groupby("task", sort=False):
+        row = {"task": task, "requests": len(g), "median": float(g["length"].median()),
+               "p90": float(g["length"].quantile(0.9)), "max": int(g["length"].max())}
+        for label, span in spans.items():
+            row[f"share > {span} ({label})"] = float((g["length"] > span).mean())
+        out.append(row)
+    return pd.DataFrame(out)
