@@ -375,6 +375,7 @@ def commonsense(
     frames, raw = [], {}
     if not resume:
         store.clear()
+    spans = _beyond_exact_shares(loaded.tokenizer, names, ddir, limit, num_fewshot, variants)
     with _progress() as prog:
         bar = prog.add_task("commonsense", total=len(variants) * len(names))
         for v in variants:
@@ -410,6 +411,7 @@ def commonsense(
                              ("sinks", c.sinks if c else None), ("scorer", c.scorer if c else None),
                              ("feature_map", c.feature_map if c else None)]:
                 df[col] = val
+            df["beyond_exact_span"] = df["task"].map(spans.get(v.mode, {})) if c else None
             df.insert(0, "model", model)
             frames.append(df)
             raw[v.mode] = res
@@ -424,6 +426,8 @@ def commonsense(
             "lola_checkpoint": ckpt}))
         run.write_json("lm_eval_results.json", raw)
         notes = _exactness_note(variants) + (
+            " `beyond_exact_span`: share of the task's requests longer than that span (only they can score "
+            "differently from full attention)." if spans else "") + (
             " HellaSwag offline uses the preprocessed full validation set: close to, not identical with, lm-eval's."
             if ddir else "")
         run.write_table("summary", summary, title="Commonsense (lm-eval)", notes=notes)
@@ -436,6 +440,24 @@ def commonsense(
     _print_frame(summary, f"lm-eval on {loaded.source} ({device_label(loaded.device)})",
                  ["attn", "task", "metric", "value", "stderr", "n"])
     console.print(f"results: {run.path}")
+
+
+def _beyond_exact_shares(tokenizer, names, ddir, limit, num_fewshot, variants) -> dict[str, dict[str, float]]:
+    """Per LoLA variant and task, the share of requests longer than the variant's exact span (the only ones that
+    can score differently from full attention). Empty when nothing but full attention runs, or on failure."""
+    lola = [v for v in variants if v.lola is not None]
+    if not lola:
+        return {}
+    from .evals.commonsense import request_lengths
+
+    try:
+        lengths = request_lengths(tokenizer, names, data_dir=str(ddir) if ddir else None, limit=limit,
+                                  num_fewshot=num_fewshot)
+    except Exception as e:  # noqa: BLE001 - a missing statistic must not stop the evaluation
+        console.print(f"[yellow]request lengths unavailable ({type(e).__name__}: {e})[/]")
+        return {}
+    return {v.mode: {t: float((g["length"] > v.lola.exact_len).mean()) for t, g in lengths.groupby("task")}
+            for v in lola}
 
 
 @app.command()

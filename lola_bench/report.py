@@ -545,7 +545,8 @@ def _cs_variant(row) -> str:
 
 def commonsense_comparison(summary: pd.DataFrame) -> pd.DataFrame:
     """Wide table from commonsense summary rows (one or several runs concatenated): task, metric, n, then per
-    variant the value (and its stderr), and value minus full attention's where full was run on the same items.
+    variant the value (and its stderr), value minus full attention's where full was run on the same items, and
+    (LoLA variants, when recorded) the share of requests longer than the variant's exact span.
     Rows of other models are kept apart by a model column when there are several."""
     df = summary.copy()
     df["variant"] = df.apply(_cs_variant, axis=1)
@@ -556,6 +557,10 @@ def commonsense_comparison(summary: pd.DataFrame) -> pd.DataFrame:
     value = df.pivot_table(index=keys, columns="variant", values="value", aggfunc="first")
     err = df.pivot_table(index=keys, columns="variant", values="stderr", aggfunc="first")
     n = df.pivot_table(index=keys, columns="variant", values="n", aggfunc="first")
+    beyond = None
+    if "beyond_exact_span" in df.columns and df["beyond_exact_span"].notna().any():
+        beyond = df.pivot_table(index=keys, columns="variant", values="beyond_exact_span", aggfunc="first",
+                                dropna=False)
     out = value.index.to_frame(index=False)
     out["n"] = [int(x) if x == x else None for x in n.max(axis=1).tolist()]
     for v in order:
@@ -564,6 +569,8 @@ def commonsense_comparison(summary: pd.DataFrame) -> pd.DataFrame:
         if v != "full" and "full" in value.columns:
             diff, same_n = (value[v] - value["full"]).tolist(), (n[v] == n["full"]).tolist()
             out[f"{v} − full"] = [d if ok else float("nan") for d, ok in zip(diff, same_n)]
+        if v != "full" and beyond is not None and v in beyond.columns:
+            out[f"{v} beyond exact span"] = beyond[v].reindex(value.index).tolist()
     task_order = {t: i for i, t in enumerate(dict.fromkeys(summary["task"]))}
     out = out.sort_values(["task", "metric"], key=lambda s: s.map(task_order) if s.name == "task" else s)
     return out.reset_index(drop=True)

@@ -515,7 +515,9 @@ def test_cli_writes_side_by_side_comparison(tmp_path):
     assert r.exit_code == 0, r.output
     cmp = pd.read_csv(out / "comparison.csv")
     assert cmp.columns.tolist() == ["task", "metric", "n", "full", "full ±", "base (η=8, λ=0)", "base (η=8, λ=0) ±",
-                                    "base (η=8, λ=0) − full"]
+                                    "base (η=8, λ=0) − full", "base (η=8, λ=0) beyond exact span"]
+    # PIQA prompts are longer than base's 16-token exact span (η=8: two chunks), and the share is recorded
+    assert 0 < cmp["base (η=8, λ=0) beyond exact span"].iloc[0] <= 1
     summary = pd.read_csv(out / "summary.csv")
     full_acc = summary[(summary.attn == "full") & (summary.metric == "acc")]["value"].item()
     assert cmp[cmp.metric == "acc"]["full"].item() == full_acc

@@ -56,6 +56,7 @@ DEFAULT_NUM_FEWSHOT: dict[str, int] = {"mmlu": 5}
 METRICS: tuple[str, ...] = ("acc", "acc_norm")
 
 DATA_ENV_VAR = "LOLA_BENCH_DATA"
+FEWSHOT_SEED = 1234  # lm-eval's default few-shot sampler seed (simple_evaluate's fewshot_random_seed)
 LOCAL_TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks" / "commonsense"
 LOCAL_PREFIX = "lola_"
 
@@ -456,11 +457,12 @@ def run_commonsense(
 # ---------------------------------------------------------------- request lengths
 
 
-def request_lengths(tokenizer, tasks: list[str], *, data_dir: str | None, limit: int | None = None) -> pd.DataFrame:
+def request_lengths(tokenizer, tasks: list[str], *, data_dir: str | None, limit: int | None = None,
+                    num_fewshot: int | None = None) -> pd.DataFrame:
     """Tokens each lm-eval request feeds the model (context + continuation, minus the last token, as HFLM
-    does), one row per request: task, doc, length. Builds the requests exactly as an evaluation would (same
-    task YAMLs, zero-shot), without running a model. Shows which requests ever outgrow LoLA's exact memories
-    (window + sparse cache + sinks): the others are scored with exact softmax attention."""
+    does), one row per request: task, doc, length. Builds the requests exactly as ``run_commonsense`` would
+    (same task YAMLs, shots and few-shot seed), without running a model. Shows which requests ever outgrow
+    LoLA's exact memories (window + sparse cache + sinks): the others are scored with exact softmax attention."""
     names = resolve_tasks(tasks, data_dir)
     root = local_data_dir(data_dir)
     from lm_eval.tasks import TaskManager, get_task_dict
@@ -473,8 +475,13 @@ def request_lengths(tokenizer, tasks: list[str], *, data_dir: str | None, limit:
         else:
             tm = TaskManager()
         for name in names:
-            leaves = _flatten_tasks(get_task_dict([name], tm))
-            for task in leaves:
+            shots = num_fewshot if num_fewshot is not None else DEFAULT_NUM_FEWSHOT.get(canonical_name(name), 0)
+            for task in _flatten_tasks(get_task_dict([name], tm)):
+                if shots > 0 and task.get_config("num_fewshot") != 0:  # as simple_evaluate(num_fewshot=shots)
+                    task.set_config(key="num_fewshot", value=shots)
+                elif task.get_config("num_fewshot") is None:
+                    task.set_config(key="num_fewshot", value=0)
+                task.set_fewshot_seed(seed=FEWSHOT_SEED)
                 task.build_all_requests(limit=limit, rank=0, world_size=1)
                 texts = [ctx + cont for ctx, cont in (inst.args for inst in task.instances)]
                 lengths = [len(ids) - 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
