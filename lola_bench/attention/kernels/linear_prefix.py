@@ -16,6 +16,8 @@ block's last state. Plain torch: runs on any device, in float32 like the torch p
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..common import LolaParams
@@ -25,13 +27,31 @@ from ..state import LolaState
 BLOCK_TOKENS = 8192
 
 
-def _padded(starts: list[int], counts: list[int], width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _padded(starts: list[int], counts: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(steps, width) indices starts[t] + i (clamped to a valid one where i >= counts[t]) and the validity mask."""
-    i = torch.arange(width, device=device).view(1, -1)
-    st = torch.tensor(starts, device=device).view(-1, 1)
-    n = torch.tensor(counts, device=device).view(-1, 1)
+    i = torch.arange(width).view(1, -1)
+    st = torch.tensor(starts).view(-1, 1)
+    n = torch.tensor(counts).view(-1, 1)
     valid = i < n
     return torch.where(valid, st + i, st.clamp(min=0)), valid
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(rows: tuple, steps: int, width_ev: int, width_q: int, with_q: bool, device: str) -> tuple:
+    """Index tensors of every block of steps, built on the host once per schedule and device (the layers of a
+    prefill share it), so that the fold itself never copies from the host or waits for the device."""
+    blocks = []
+    for t0 in range(0, len(rows), steps):
+        blk = rows[t0:t0 + steps]
+        idx, valid = _padded([r[1] + r[3] - r[0] for r in blk], [r[2] - (r[3] - r[0]) for r in blk], width_ev)
+        q_part = None
+        lin = [i for i, r in enumerate(blk) if r[8]]
+        if with_q and lin:
+            qi, qvalid = _padded([blk[i][4] for i in lin], [blk[i][5] for i in lin], width_q)
+            src = qvalid.view(-1).nonzero().view(-1)              # valid slots of the padded query layout
+            q_part = tuple(x.to(device) for x in (torch.tensor(lin), qi.view(-1), src, qi.view(-1)[src]))
+        blocks.append((len(blk), idx.view(-1).to(device), valid.to(device), q_part))
+    return tuple(blocks)
 
 
 def fold_and_readout(params: LolaParams, state: LolaState, ku: torch.Tensor, vu: torch.Tensor, rows: tuple,
@@ -55,11 +75,7 @@ def fold_and_readout(params: LolaParams, state: LolaState, ku: torch.Tensor, vu:
     per_step = max(width_ev, width_q if q is not None else 0)
     steps = max(1, (block_tokens or BLOCK_TOKENS) // per_step)
     H, s = state.H, state.s
-    for t0 in range(0, len(rows), steps):
-        blk = rows[t0:t0 + steps]
-        nb = len(blk)
-        idx, valid = _padded([r[1] + r[3] - r[0] for r in blk], [r[2] - (r[3] - r[0]) for r in blk], width_ev, dev)
-        flat = idx.view(-1)
+    for nb, flat, valid, q_part in _plan(rows, steps, width_ev, width_q, q is not None, str(dev)):
         kx = ku.index_select(2, flat)                                      # (B, Hs, nb * W, d)
         vx = vu.index_select(2, flat)
         phi = params.feature_map_k(expand_heads(kx, g)).to(sd)             # (B, Hq, nb * W, F)
@@ -70,20 +86,14 @@ def fold_and_readout(params: LolaParams, state: LolaState, ku: torch.Tensor, vu:
         Ht = torch.cumsum(dH, dim=2).add_(H.unsqueeze(2))                  # state after each step's fold
         st = torch.cumsum(ds, dim=2).add_(s.unsqueeze(2))
         H, s = Ht[:, :, -1], st[:, :, -1]
-        if q is None:
+        if q_part is None:
             continue
-        lin = [i for i, r in enumerate(blk) if r[8]]
-        if not lin:
-            continue
-        sel = torch.tensor(lin, device=dev)
-        qi, qvalid = _padded([blk[i][4] for i in lin], [blk[i][5] for i in lin], width_q, dev)
-        qx = q.index_select(2, qi.view(-1))                                # (B, Hq, n * Wq, d)
-        phq = params.feature_map_q(qx).to(sd).view(b, hq, len(lin), width_q, -1)
+        sel, qflat, src, dst = q_part
+        n = sel.shape[0]
+        phq = params.feature_map_q(q.index_select(2, qflat)).to(sd).view(b, hq, n, width_q, -1)
         num = torch.matmul(phq, Ht.index_select(2, sel))                   # (B, Hq, n, Wq, d)
         den = torch.matmul(phq, st.index_select(2, sel).unsqueeze(-1)).squeeze(-1)
-        keep = qvalid.view(-1)
-        dst = qi.view(-1)[keep]
-        ln.index_copy_(2, dst, num.reshape(b, hq, -1, d)[:, :, keep])
-        ld.index_copy_(2, dst, den.reshape(b, hq, -1)[:, :, keep])
+        ln.index_copy_(2, dst, num.reshape(b, hq, -1, d).index_select(2, src))
+        ld.index_copy_(2, dst, den.reshape(b, hq, -1).index_select(2, src))
     state.H.copy_(H)
     state.s.copy_(s)
