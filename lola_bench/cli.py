@@ -430,6 +430,7 @@ def commonsense(
             "differently from full attention)." if spans else "") + (
             " HellaSwag offline uses the preprocessed full validation set: close to, not identical with, lm-eval's."
             if ddir else "")
+        notes = notes.strip()
         run.write_table("summary", summary, title="Commonsense (lm-eval)", notes=notes)
         if len(variants) > 1:
             from .report import commonsense_comparison
