@@ -554,23 +554,27 @@ def commonsense_comparison(summary: pd.DataFrame) -> pd.DataFrame:
     if df.duplicated(keys + ["variant"]).any():
         raise ValueError("the same task, metric and variant appears twice: compare one run per variant")
     order = sorted(df["variant"].unique(), key=lambda v: (v != "full", not v.startswith("base"), v))
-    value = df.pivot_table(index=keys, columns="variant", values="value", aggfunc="first")
-    err = df.pivot_table(index=keys, columns="variant", values="stderr", aggfunc="first")
-    n = df.pivot_table(index=keys, columns="variant", values="n", aggfunc="first")
-    beyond = None
-    if "beyond_exact_span" in df.columns and df["beyond_exact_span"].notna().any():
-        beyond = df.pivot_table(index=keys, columns="variant", values="beyond_exact_span", aggfunc="first",
-                                dropna=False)
-    out = value.index.to_frame(index=False)
+    index = pd.MultiIndex.from_frame(df[keys].drop_duplicates())
+
+    def wide(col: str) -> pd.DataFrame:  # every key row and every variant, NaN where missing (stderr "N/A": n=1)
+        t = df.pivot_table(index=keys, columns="variant", values=col, aggfunc="first", dropna=False)
+        if not isinstance(t.index, pd.MultiIndex):
+            t.index = pd.MultiIndex.from_arrays([t.index], names=keys)
+        return t.reindex(index=index, columns=order)
+
+    value, err, n = wide("value"), wide("stderr"), wide("n")
+    has_beyond = "beyond_exact_span" in df.columns and df["beyond_exact_span"].notna().any()
+    beyond = wide("beyond_exact_span") if has_beyond else None
+    out = index.to_frame(index=False)
     out["n"] = [int(x) if x == x else None for x in n.max(axis=1).tolist()]
     for v in order:
         out[v] = value[v].tolist()
         out[f"{v} ±"] = err[v].tolist()
-        if v != "full" and "full" in value.columns:
+        if v != "full" and "full" in order:
             diff, same_n = (value[v] - value["full"]).tolist(), (n[v] == n["full"]).tolist()
             out[f"{v} − full"] = [d if ok else float("nan") for d, ok in zip(diff, same_n)]
-        if v != "full" and beyond is not None and v in beyond.columns:
-            out[f"{v} beyond exact span"] = beyond[v].reindex(value.index).tolist()
+        if v != "full" and beyond is not None:
+            out[f"{v} beyond exact span"] = beyond[v].tolist()
     task_order = {t: i for i, t in enumerate(dict.fromkeys(summary["task"]))}
     out = out.sort_values(["task", "metric"], key=lambda s: s.map(task_order) if s.name == "task" else s)
     return out.reset_index(drop=True)

@@ -205,13 +205,16 @@ def test_prefill_then_prefill_then_decode_matches_torch():
     (130, 16, None, "hedgehog", "grouped", "calibrated", None),
     (97, 12, 5, "hedgehog-identity", "expanded", "gated", 7),       # chunk < window; blocks of one step
     (150, 8, None, "elu", "grouped", "normalized", 20),            # several blocks, the last one short
+    (90, 8, None, "relu", "expanded", "lolcats", 0),               # blocks bounded by the state-bytes budget
 ])
 def test_prefill_without_sparse_cache_is_parallel_and_exact(monkeypatch, L, window, chunk, fm, gqa, combine, block):
     """sparse = 0 replaces the merge kernel by the step-parallel fold (linear_prefix): same outputs and state as
     the torch path, also when continuing a state mid-chunk, and whatever the block size."""
     from lola_bench.attention.kernels import linear_prefix
 
-    if block is not None:
+    if block == 0:
+        monkeypatch.setattr(linear_prefix, "STATE_BYTES", 1)  # one step per block
+    elif block is not None:
         monkeypatch.setattr(linear_prefix, "BLOCK_TOKENS", block)
     calls = []
     monkeypatch.setattr(ksre, "launch_merge", lambda *a, **kw: calls.append(1))

@@ -153,3 +153,18 @@ def test_commonsense_comparison_side_by_side(tmp_path):
     assert [p.name for p in paths] == ["comparison.csv", "comparison.md"]
     md = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| piqa | acc | 100 | 0.6 | 0.01 | 0.5 | 0.01 | -0.1 |" in md and str(dirs[0]) in md
+
+
+def test_commonsense_comparison_survives_missing_stderr_and_rows():
+    """lm-eval reports stderr 'N/A' (NaN here) for one-item tasks; a task missing in one variant stays a row."""
+    from lola_bench.report import commonsense_comparison
+
+    full = _cs_summary("full", {("piqa", "acc"): 1.0, ("arc_easy", "acc"): 0.0}, n=1)
+    full["stderr"] = float("nan")
+    base = _cs_summary("base", {("piqa", "acc"): 0.0}, n=1, window=8, lam=0)
+    base["stderr"] = float("nan")
+    base["beyond_exact_span"] = 0.5
+    t = commonsense_comparison(pd.concat([full, base], ignore_index=True))
+    assert t[["task", "metric"]].values.tolist() == [["piqa", "acc"], ["arc_easy", "acc"]]
+    assert t["full ±"].isna().all() and t["base (η=8, λ=0) − full"].tolist()[0] == -1.0
+    assert math.isnan(t["base (η=8, λ=0)"].tolist()[1]) and t["base (η=8, λ=0) beyond exact span"].tolist()[0] == 0.5

@@ -430,6 +430,8 @@ def run_commonsense(
                 task_manager=task_manager,
                 use_cache=str(request_cache) if request_cache is not None else None,
             )
+            if request_cache is not None:
+                _close_request_cache(lm)
             seconds[canon] = round(time.perf_counter() - t0, 3)
             shots_used[canon] = shots
             task_rows = _summary_rows(name, shots, res)
@@ -452,6 +454,17 @@ def run_commonsense(
     }
     summary = pd.DataFrame(rows, columns=["task", "metric", "value", "stderr", "n", "num_fewshot"])
     return summary, _jsonable(raw)
+
+
+def _close_request_cache(lm) -> None:
+    """simple_evaluate(use_cache=...) wraps ``lm`` in a new CachingLM per call and leaves its sqlite connection
+    (and commit thread) open: close it after each task, before the resume store may be deleted."""
+    from lm_eval.api.model import CacheHook
+
+    db = getattr(getattr(lm, "cache_hook", None), "dbdict", None)
+    if db is not None:
+        db.close()
+    lm.set_cache_hook(CacheHook(None))
 
 
 # ---------------------------------------------------------------- request lengths
@@ -484,7 +497,8 @@ def request_lengths(tokenizer, tasks: list[str], *, data_dir: str | None, limit:
                 task.set_fewshot_seed(seed=FEWSHOT_SEED)
                 task.build_all_requests(limit=limit, rank=0, world_size=1)
                 texts = [ctx + cont for ctx, cont in (inst.args for inst in task.instances)]
-                lengths = [len(ids) - 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+                # the tokenizer's own default for special tokens (a BOS where it adds one), as HFLM.tok_encode
+                lengths = [len(ids) - 1 for ids in tokenizer(texts)["input_ids"]]
                 docs = [inst.doc_id for inst in task.instances]
                 rows += [{"task": canonical_name(name), "doc": d, "length": n} for d, n in zip(docs, lengths)]
     return pd.DataFrame(rows, columns=["task", "doc", "length"])

@@ -24,7 +24,8 @@ from ..common import LolaParams
 from ..scorers import expand_heads
 from ..state import LolaState
 
-BLOCK_TOKENS = 8192
+BLOCK_TOKENS = 8192                 # folded pairs / queries per block of steps
+STATE_BYTES = 256 * 1024 * 1024     # and at most this much for one block's per-step states (B x Hq x F x d fp32 each)
 
 
 def _padded(starts: list[int], counts: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,7 +74,8 @@ def fold_and_readout(params: LolaParams, state: LolaState, ku: torch.Tensor, vu:
     width_ev = max(max(r[2] for r in rows), 1)
     width_q = max(max(r[5] for r in rows), 1)
     per_step = max(width_ev, width_q if q is not None else 0)
-    steps = max(1, (block_tokens or BLOCK_TOKENS) // per_step)
+    per_state = b * hq * state.H.shape[2] * d * state.H.element_size()
+    steps = max(1, min((block_tokens or BLOCK_TOKENS) // per_step, STATE_BYTES // per_state))
     H, s = state.H, state.s
     for nb, flat, valid, q_part in _plan(rows, steps, width_ev, width_q, q is not None, str(dev)):
         kx = ku.index_select(2, flat)                                      # (B, Hs, nb * W, d)
@@ -81,18 +83,20 @@ def fold_and_readout(params: LolaParams, state: LolaState, ku: torch.Tensor, vu:
         phi = params.feature_map_k(expand_heads(kx, g)).to(sd)             # (B, Hq, nb * W, F)
         phi = phi.view(b, hq, nb, width_ev, -1) * valid.view(1, 1, nb, width_ev, 1)
         vv = expand_heads(vx, g).to(sd).view(b, hq, nb, width_ev, d)
-        dH = torch.matmul(phi.transpose(-1, -2), vv)                       # (B, Hq, nb, F, d)
-        ds = phi.sum(dim=3)                                                # (B, Hq, nb, F)
-        Ht = torch.cumsum(dH, dim=2).add_(H.unsqueeze(2))                  # state after each step's fold
-        st = torch.cumsum(ds, dim=2).add_(s.unsqueeze(2))
-        H, s = Ht[:, :, -1], st[:, :, -1]
+        Ht = torch.matmul(phi.transpose(-1, -2), vv)                       # (B, Hq, nb, F, d) per-step folds
+        st = phi.sum(dim=3)                                                # (B, Hq, nb, F)
+        del phi, vv, kx, vx
+        Ht.cumsum_(dim=2).add_(H.unsqueeze(2))                             # -> state after each step's fold
+        st.cumsum_(dim=2).add_(s.unsqueeze(2))
+        H, s = Ht[:, :, -1].clone(), st[:, :, -1].clone()                  # carried on; the block can be freed
         if q_part is None:
             continue
         sel, qflat, src, dst = q_part
         n = sel.shape[0]
         phq = params.feature_map_q(q.index_select(2, qflat)).to(sd).view(b, hq, n, width_q, -1)
-        num = torch.matmul(phq, Ht.index_select(2, sel))                   # (B, Hq, n, Wq, d)
-        den = torch.matmul(phq, st.index_select(2, sel).unsqueeze(-1)).squeeze(-1)
+        full = n == nb  # every step of the block reads its state out: no gather copy
+        num = torch.matmul(phq, Ht if full else Ht.index_select(2, sel))  # (B, Hq, n, Wq, d)
+        den = torch.matmul(phq, (st if full else st.index_select(2, sel)).unsqueeze(-1)).squeeze(-1)
         ln.index_copy_(2, dst, num.reshape(b, hq, -1, d).index_select(2, src))
         ld.index_copy_(2, dst, den.reshape(b, hq, -1).index_select(2, src))
     state.H.copy_(H)

@@ -299,12 +299,23 @@ def feature_eps(params: LolaParams) -> float:
     return float(getattr(params.feature_map_k, "eps", 0.0))
 
 
+def _kernel_weight(fm, dtype: torch.dtype, device) -> torch.Tensor:
+    """fm.layer as a contiguous tensor of ``dtype`` on ``device``, converted once and kept on the feature map
+    until the weight changes (in place, or by moving the module): decode would otherwise copy it every token
+    when the checkpoint's weights are float32 and the model runs in 16 bits."""
+    w = fm.layer
+    key = (dtype, str(device), w._version, w.data_ptr())
+    cached = getattr(fm, "_kernel_weight", None)
+    if cached is None or cached[0] != key:
+        cached = (key, w.detach().to(device=device, dtype=dtype).contiguous())
+        fm._kernel_weight = cached
+    return cached[1]
+
+
 def learned_weights(params: LolaParams, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(W_k, W_q) as (Hq, D, D) in the model dtype for hedgehog; 1-element dummies otherwise."""
     if params.cfg.feature_map == "hedgehog":
-        wk = params.feature_map_k.layer.detach().to(device=device, dtype=dtype).contiguous()
-        wq = params.feature_map_q.layer.detach().to(device=device, dtype=dtype).contiguous()
-        return wk, wq
+        return _kernel_weight(params.feature_map_k, dtype, device), _kernel_weight(params.feature_map_q, dtype, device)
     dummy = torch.zeros(1, dtype=dtype, device=device)
     return dummy, dummy
 
