@@ -581,7 +581,8 @@ def commonsense_comparison(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def render_commonsense_report(dirs, out: str | Path) -> list[Path]:
-    """comparison.{csv,md} from the summary.csv of one or several commonsense run directories."""
+    """comparison.{csv,md} from the summary.csv of one or several commonsense run directories, with config.json
+    beside them (this command's provenance and each source run's)."""
     from .errors import UserError
     from .records import atomic_write_text
 
@@ -604,4 +605,20 @@ def render_commonsense_report(dirs, out: str | Path) -> list[Path]:
           + "\n\n`X ±` is lm-eval's stderr; `X − full` is the difference in the same metric on the same items "
           "(blank where n differs). Sources: " + ", ".join(f"`{s}`" for s in sources) + ".\n")
     atomic_write_text(out / "comparison.md", md)
+    from .provenance import provenance
+    from .records import atomic_write_json
+
+    atomic_write_json(out / "config.json", {"command": "report (commonsense comparison)", "sources": sources,
+                                            "source_configs": {s: _read_json(Path(s) / "config.json")
+                                                               for s in sources},
+                                            "provenance": provenance("cpu")})
     return [out / "comparison.csv", out / "comparison.md"]
+
+
+def _read_json(path: Path):
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("provenance")
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pandas as pd
@@ -151,6 +152,8 @@ def test_commonsense_comparison_side_by_side(tmp_path):
         render_report(dirs)
     paths = render_report(dirs, tmp_path / "cmp")
     assert [p.name for p in paths] == ["comparison.csv", "comparison.md"]
+    cfg = json.loads((tmp_path / "cmp" / "config.json").read_text())
+    assert cfg["sources"] == [str(d) for d in dirs] and cfg["provenance"]["git"]
     md = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| piqa | acc | 100 | 0.6 | 0.01 | 0.5 | 0.01 | -0.1 |" in md and str(dirs[0]) in md
 
