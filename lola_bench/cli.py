@@ -433,10 +433,10 @@ def commonsense(
         notes = notes.strip()
         run.write_table("summary", summary, title="Commonsense (lm-eval)", notes=notes)
         if len(variants) > 1:
-            from .report import commonsense_comparison
+            from .report import COMPARISON_NOTE, commonsense_comparison
 
             run.write_table("comparison", commonsense_comparison(summary), title="Commonsense: variants side by side",
-                            notes="`X ±` is lm-eval's stderr; `X − full` the difference on the same items. " + notes)
+                            notes=COMPARISON_NOTE + " " + notes)
     store.clear()
     _print_frame(summary, f"lm-eval on {loaded.source} ({device_label(loaded.device)})",
                  ["attn", "task", "metric", "value", "stderr", "n"])
@@ -444,21 +444,15 @@ def commonsense(
 
 
 def _beyond_exact_shares(tokenizer, names, ddir, limit, num_fewshot, variants) -> dict[str, dict[str, float]]:
-    """Per LoLA variant and task, the share of requests longer than the variant's exact span (the only ones that
-    can score differently from full attention). Empty when nothing but full attention runs, or on failure."""
-    lola = [v for v in variants if v.lola is not None]
-    if not lola:
-        return {}
-    from .evals.commonsense import request_lengths
+    from .evals.commonsense import beyond_exact_shares
 
+    configs = {v.mode: v.lola for v in variants if v.lola is not None}
     try:
-        lengths = request_lengths(tokenizer, names, data_dir=str(ddir) if ddir else None, limit=limit,
-                                  num_fewshot=num_fewshot)
+        return beyond_exact_shares(tokenizer, names, configs, data_dir=str(ddir) if ddir else None, limit=limit,
+                                   num_fewshot=num_fewshot)
     except Exception as e:  # noqa: BLE001 - a missing statistic must not stop the evaluation
         console.print(f"[yellow]request lengths unavailable ({type(e).__name__}: {e})[/]")
         return {}
-    return {v.mode: {t: float((g["length"] > v.lola.exact_len).mean()) for t, g in lengths.groupby("task")}
-            for v in lola}
 
 
 @app.command()

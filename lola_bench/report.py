@@ -534,6 +534,11 @@ def render_report(dirs, out_dir: str | Path | None = None) -> list[Path]:
 # ---------------------------------------------------------------------------------------------------------------
 # commonsense: one row per task x metric, one column per attention variant
 
+COMPARISON_NOTE = ("`X ±` is lm-eval's stderr; `X − full` is the difference in the same metric on the same items "
+                   "(blank where n differs); `X beyond exact span`: share of requests longer than the variant's exact "
+                   "span (only they can score differently from full attention).")
+
+
 def _cs_variant(row) -> str:
     if row["attn"] == "full":
         return "full"
@@ -602,8 +607,7 @@ def render_commonsense_report(dirs, out: str | Path) -> list[Path]:
     atomic_write_text(out / "comparison.csv", table.to_csv(index=False))
     md = ("# Commonsense: attention variants side by side\n\n"
           + frame_to_markdown(table)
-          + "\n\n`X ±` is lm-eval's stderr; `X − full` is the difference in the same metric on the same items "
-          "(blank where n differs). Sources: " + ", ".join(f"`{s}`" for s in sources) + ".\n")
+          + "\n\n" + COMPARISON_NOTE + " Sources: " + ", ".join(f"`{s}`" for s in sources) + ".\n")
     atomic_write_text(out / "comparison.md", md)
     from .provenance import provenance
     from .records import atomic_write_json

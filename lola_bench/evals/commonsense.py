@@ -511,6 +511,17 @@ def _flatten_tasks(d) -> list:
     return out
 
 
+def beyond_exact_shares(tokenizer, tasks: list[str], configs: dict, *, data_dir: str | None,
+                        limit: int | None = None, num_fewshot: int | None = None) -> dict[str, dict[str, float]]:
+    """Per named LolaConfig and task, the share of requests longer than the config's exact span: the only
+    requests that can score differently from full attention. Empty without configs."""
+    if not configs:
+        return {}
+    lengths = request_lengths(tokenizer, tasks, data_dir=data_dir, limit=limit, num_fewshot=num_fewshot)
+    return {name: {t: float((g["length"] > cfg.exact_len).mean()) for t, g in lengths.groupby("task")}
+            for name, cfg in configs.items()}
+
+
 def length_table(lengths: pd.DataFrame, spans: dict[str, int]) -> pd.DataFrame:
     """Per task: requests, median / 90th percentile / max length, and for each named exact span the share of
     requests longer than it (those reach the linear memory)."""
