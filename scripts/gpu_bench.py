@@ -22,6 +22,7 @@ torch path when Triton cannot run) so the script itself can be tested without a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -336,17 +337,19 @@ def decode_row(p: LolaParams, sh: dict, ctx: int, nl: int, dt, device: str) -> d
         sync(device)
         r["lola_step_eager_us"] = 1e6 * (time.perf_counter() - t0) / n_tok
         # the chunk-boundary merge alone, per layer, and amortized per token over the chunk
-        merge = [clone_state(states[0]) for _ in range(4)]
         ws = cfg.window_start(ctx // cfg.chunk_size)  # the boundary that the token at position ctx starts
-        evict_before_triton(merge[0], p, ws)  # compile
-        ts = []
-        for m in merge[1:]:
-            sync(device)
-            t0 = time.perf_counter()
-            evict_before_triton(m, p, ws)
-            sync(device)
-            ts.append(time.perf_counter() - t0)
-        r["merge_us_per_layer"] = 1e6 * statistics.median(ts)
+        for key, env in (("merge_us_per_layer", {}), ("merge_rank_select_us_per_layer", {"LOLA_MERGE_SELECT": "rank"})):
+            merge = [clone_state(states[0]) for _ in range(4)]
+            with set_env(env):
+                evict_before_triton(merge[0], p, ws)  # compile
+                ts = []
+                for m in merge[1:]:
+                    sync(device)
+                    t0 = time.perf_counter()
+                    evict_before_triton(m, p, ws)
+                    sync(device)
+                    ts.append(time.perf_counter() - t0)
+            r[key] = 1e6 * statistics.median(ts)
         r["merge_amortized_us_per_token"] = r["merge_us_per_layer"] * nl / cfg.chunk_size
     r["torch_attend_eager_us"] = bench_us(lambda: [attend(qs[i], states[i], p, ctx - 1, causal=False)
                                                    for i in range(nl)], device)
@@ -378,6 +381,21 @@ def section_prefill_attention(cfgx: dict, device: str, clock: Clock) -> list[dic
     return rows
 
 
+@contextlib.contextmanager
+def set_env(env: dict):
+    """Environment variables set for the duration of the block (kernel options read at launch time)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def prefill_rows(cfgx: dict, device: str, ctx: int) -> list[dict]:
     from lola_bench.attention.kernels.prefill import marks_ms, prefill
 
@@ -388,21 +406,23 @@ def prefill_rows(cfgx: dict, device: str, ctx: int) -> list[dict]:
     v = torch.randn(1, sh["hkv"], ctx, sh["d"], device=device).to(dt)
     rows = []
     if kernels_on(device):
-        variants = [(lam, "grouped", {}) for lam in cfgx["lambdas"]] + [(lmax, "expanded", {})]
+        variants = [(lam, "grouped", {}, {}) for lam in cfgx["lambdas"]] + [(lmax, "expanded", {}, {})]
         if ctx == min(cfgx["ttft_ctx"]):  # where the merge kernel's time goes (per-step costs do not depend on ctx)
-            variants += [(lmax, "grouped", {"scorer": "recency"}),         # precomputed scores: no SRE scoring
-                         (lmax, "grouped", {"feature_map": "hedgehog"}),   # learned phi (linearized checkpoints)
-                         (lmax, "grouped", {"sinks": 4}), (0, "grouped", {"sinks": 4})]
-        for lam, gqa, extra in variants:
+            variants += [(lmax, "grouped", {}, {"LOLA_MERGE_SELECT": "rank"}),  # the selection before threshold
+                         (lmax, "grouped", {"scorer": "recency"}, {}),         # precomputed scores: no SRE scoring
+                         (lmax, "grouped", {"feature_map": "hedgehog"}, {}),   # learned phi (linearized checkpoints)
+                         (lmax, "grouped", {"sinks": 4}, {}), (0, "grouped", {"sinks": 4}, {})]
+        for lam, gqa, extra, env in variants:
             p = make_params(LolaConfig(window=eta, sparse=lam, gqa=gqa, **extra), sh["hq"], sh["hkv"], sh["d"], device)
-            prefill(q, k, v, LolaState(), p)  # warm-up / compile
-            runs = []
-            for _ in range(cfgx["reps"]):
-                marks = []
-                prefill(q, k, v, LolaState(), p, marks=marks)
-                runs.append(marks_ms(marks))
+            with set_env(env):
+                prefill(q, k, v, LolaState(), p)  # warm-up / compile
+                runs = []
+                for _ in range(cfgx["reps"]):
+                    marks = []
+                    prefill(q, k, v, LolaState(), p, marks=marks)
+                    runs.append(marks_ms(marks))
             med = {n: statistics.median(r[n] for r in runs) for n in runs[0]}
-            label = f"lola l={lam} {gqa}" + "".join(f" {k}={x}" for k, x in extra.items())
+            label = f"lola l={lam} {gqa}" + "".join(f" {k}={x}" for k, x in {**extra, **env}.items())
             rows.append({"ctx": ctx, "variant": label, **{f"{n}_ms": t for n, t in med.items()},
                          "total_ms": sum(med.values())})
     if dt != torch.bfloat16 or ctx <= 8192:  # the torch fast path scores SRE in float32 only; lambda 0 never scores
@@ -680,7 +700,8 @@ def compile_check(quick: bool) -> list[dict]:
                     row["registers"], row["stack_bytes"] = int(m.group(1)), int(m.group(2))
             row["ok"] = True
         except Exception as e:  # noqa: BLE001 - report every failing variant
-            row["ok"], row["error"] = False, f"{type(e).__name__}: {str(e)[:500]}"
+            msg = str(e)  # Triton puts the cause after the quoted source: keep both ends
+            row["ok"], row["error"] = False, f"{type(e).__name__}: {msg[:300]} ... {msg[-700:]}"
         rows.append(row)
         print(f"[compile-check] {row}", flush=True)
     return rows
@@ -741,16 +762,18 @@ def markdown(res: dict) -> str:
     rows = []
     for r in res["decode_attention"]:
         if "skipped" in r:
-            rows.append([r["ctx"], "skipped: " + r["skipped"]] + [""] * 6)
+            rows.append([r["ctx"], "skipped: " + r["skipped"]] + [""] * 7)
             continue
         g = r.get
         rows.append([r["ctx"], f"{fmt(g('lola_kernel_graph_us'))} / {fmt(g('lola_kernel_graph_warm_us'))}",
                      g("lola_kernel_eager_us"), g("lola_step_eager_us"), g("merge_amortized_us_per_token"),
+                     f"{fmt(g('merge_us_per_layer'))} / {fmt(g('merge_rank_select_us_per_layer'))}",
                      g("torch_attend_eager_us"),
                      f"{fmt(g('full_sdpa_graph_us'))} / {fmt(g('full_sdpa_graph_warm_us'))}",
                      g("full_sdpa_eager_us")])
     lines += table(["ctx", "LoLA kernel graph (cold / warm)", "LoLA kernel eager", "LoLA full step eager",
-                    "merge amortized", "torch attend eager", "full SDPA graph (cold / warm)", "full SDPA eager"], rows)
+                    "merge amortized", "merge per layer (threshold / rank select)", "torch attend eager",
+                    "full SDPA graph (cold / warm)", "full SDPA eager"], rows)
     lines += ["", f"## Attention-side prefill, one layer of {cfg['decode_preset']}, ms", ""]
     lines += table(["ctx", "variant", "setup", "merge (phase A)", "attention (phase B)", "finalize", "total", "error"],
                    [[r["ctx"], r.get("variant", "-"), r.get("setup_ms"), r.get("merge_ms"), r.get("attention_ms"),

@@ -45,7 +45,14 @@ finally:
         os.environ["TRITON_INTERPRET"] = _saved
 
 from lola_bench.attention.chunked import lola_chunked  # noqa: E402
-from lola_bench.attention.common import LolaParams, append_window, attend, ensure_state, evict_before  # noqa: E402
+from lola_bench.attention.common import (  # noqa: E402
+    LolaParams,
+    append_window,
+    attend,
+    ensure_state,
+    evict_before,
+    split_topk,
+)
 from lola_bench.attention.config import LolaConfig  # noqa: E402
 from lola_bench.attention.decode import lola_decode  # noqa: E402
 from lola_bench.attention.feature_maps import make_feature_map  # noqa: E402
@@ -291,6 +298,46 @@ def test_merge_matches_evict_before(scorer, dtype, sparse):
     ksre.evict_before_triton(st, p, 2200 - 16)
     evict_before(ref, p, 2200 - 16)
     assert_state_close(st, ref)
+
+
+def _crafted_scores(case: str, shape) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    if case == "ties":  # four distinct values: the threshold lies inside a run of equal scores
+        return torch.randint(0, 4, shape, generator=g).float()
+    if case == "signed":  # both signs over 60 decades, and zeros of both signs (equal, so earlier wins)
+        sc = torch.randn(shape, generator=g) * 10.0 ** torch.randint(-30, 30, shape, generator=g).float()
+        sc[..., ::7], sc[..., 3::7] = -0.0, 0.0
+        return sc
+    vals = torch.tensor([float("-inf"), float("inf"), 3.4e38, -3.4e38, 1e-45, -1e-45, 0.0, -0.0, 1.0, 1.0])
+    return vals[torch.randint(0, len(vals), shape, generator=g)]
+
+
+@pytest.mark.parametrize("select", ["threshold", "rank"])
+@pytest.mark.parametrize("case", ["ties", "signed", "extremes"])
+def test_merge_selection_matches_split_topk(monkeypatch, select, case):
+    """Both selections of the merge kernel keep exactly split_topk's pairs, whatever the scores look like."""
+    monkeypatch.setenv("LOLA_MERGE_SELECT", select)
+    p = make_params(LolaConfig(window=16, sparse=20, scorer="random"))
+    st = _random_state(p, 2, 2, 20, 32, 2200, torch.float32, 5)
+    n_ev = 16
+    cand_pos = torch.cat([st.sp_pos, st.win_pos[:n_ev].view(1, 1, n_ev).expand(2, 2, n_ev)], dim=2)
+    sc = _crafted_scores(case, (2, 2, 20 + n_ev))
+    monkeypatch.setattr(ksre, "precomputed_scores", lambda *a, **k: sc)
+    ksre.evict_before_triton(st, p, 2200 - 16)
+    kept, _ = split_topk(sc, 20)
+    assert torch.equal(st.sp_pos, cand_pos.gather(2, kept))
+    assert st.n_folded == 5 + n_ev
+
+
+def test_merge_select_mode_env(monkeypatch):
+    monkeypatch.delenv("LOLA_MERGE_SELECT", raising=False)
+    assert ksre.select_mode(576) == (1, 1024)
+    assert ksre.select_mode(ksre.SELECT_MAX_NPAD + 1)[0] == 0  # too many candidates for registers
+    monkeypatch.setenv("LOLA_MERGE_SELECT", "rank")
+    assert ksre.select_mode(576)[0] == 0
+    monkeypatch.setenv("LOLA_MERGE_SELECT", "bogus")
+    with pytest.raises(ValueError, match="LOLA_MERGE_SELECT"):
+        ksre.select_mode(576)
 
 
 def test_fallback_for_unsupported_configs():

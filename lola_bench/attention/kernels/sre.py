@@ -6,9 +6,13 @@ segment, see ``prefill.build_schedule``). At each step it
   1. scores the candidates (the current sparse cache + the pairs leaving the window) against the
      current linear state: SRE = || v - phi(k)^T H / (phi(k)^T s + eps) ||, mean over the query heads
      of the group (grouped GQA), or reads a precomputed score (random / key_norm / recency / sink);
-  2. selects the ``keep`` best by rank counting with the tie rule of ``common.split_topk`` (higher
-     score first, equal scores: the earlier candidate wins) and writes the kept candidates, in
-     candidate (= position) order, as the sparse index list of the step;
+  2. selects the ``keep`` best with the tie rule of ``common.split_topk`` (higher score first, equal
+     scores: the earlier candidate wins) and writes the kept candidates, in candidate (= position)
+     order, as the sparse index list of the step. By default (``select_mode``) all candidates sit in
+     registers as one vector: the keep-th largest score by bisection over order-preserving integer keys,
+     ties by a cumsum, the compaction by a cumsum: a few dozen block reductions per step. The older
+     rank counting (O(n^2) compares in serial tiles through global scratch) remains for candidate sets
+     too large for registers and as ``$LOLA_MERGE_SELECT=rank``; both keep the same pairs (tested);
   3. folds every other candidate into H and s (per query head of the group);
   4. optionally reads the linear part out for the queries of the step: phi(q)^T H and phi(q)^T s
      (prefill; decode computes its readout in the decode kernel instead).
@@ -98,7 +102,7 @@ def _merge_kernel(
     GROUP: tl.constexpr, D: tl.constexpr, NPARTS: tl.constexpr,
     PHI: tl.constexpr, LEARNED: tl.constexpr, SCORE_MODE: tl.constexpr, READOUT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_DV: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, SELECT: tl.constexpr, NPAD: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = pid // Hs
@@ -166,41 +170,74 @@ def _merge_kernel(
                 tl.store(scr + rows, sc, mask=rmask)
         tl.debug_barrier()
 
-        # 2. kept flags: rank = number of candidates that beat this one (higher score, or equal and earlier)
-        for r0 in range(0, n, BLOCK_R):
-            rows = r0 + tl.arange(0, BLOCK_R)
-            rmask = rows < n
+        if SELECT == 1:
+            # 2+3. selection in registers: all n candidates as one NPAD-vector. The keep-th largest score is found
+            # by bisection over the scores' order-preserving int32 keys (<= 32 block reductions, no global
+            # scratch traffic); ties at that threshold go to the earliest candidates (inclusive cumsum), which is
+            # split_topk's rule. A cumsum of the c_kept flags gives both compacted lists.
+            c_rows = tl.arange(0, NPAD)
+            c_mask = c_rows < n
+            c_cu = tl.where(c_rows < ns, tl.load(spi_in + c_rows, mask=c_rows < ns, other=0), ev_lo + c_rows - ns)
             if keep >= n:
-                kept = rmask
+                c_kept = c_mask
             elif keep == 0:
-                kept = rows < 0
+                c_kept = c_rows < 0
             else:
-                s_r = tl.load(scr + rows, mask=rmask, other=0.0)
-                rank = tl.zeros([BLOCK_R], dtype=tl.int32)
-                for c0 in range(0, n, BLOCK_C):
-                    cols = c0 + tl.arange(0, BLOCK_C)
-                    cmask = cols < n
-                    s_c = tl.load(scr + cols, mask=cmask, other=0.0)
-                    beats = (s_c[None, :] > s_r[:, None]) | ((s_c[None, :] == s_r[:, None]) &
-                                                             (cols[None, :] < rows[:, None]))
-                    rank += tl.sum((beats & cmask[None, :]).to(tl.int32), 1)
-                kept = rmask & (rank < keep)
-            tl.store(flg + rows, kept.to(tl.int32), mask=rmask)
-        tl.debug_barrier()
+                sc = tl.load(scr + c_rows, mask=c_mask, other=0.0) + 0.0  # -0.0 -> +0.0: equal floats, equal keys
+                kb = sc.to(tl.int32, bitcast=True)
+                key = tl.where(kb >= 0, kb, kb ^ 0x7FFFFFFF).to(tl.int64)
+                lo = tl.min(tl.where(c_mask, key, 2147483647), 0)
+                hi = tl.max(tl.where(c_mask, key, -2147483648), 0)
+                while lo < hi:  # invariant: at least keep candidates have key >= lo
+                    mid = lo + (hi - lo + 1) // 2
+                    ok = tl.sum((c_mask & (key >= mid)).to(tl.int32), 0) >= keep
+                    lo = tl.where(ok, mid, lo)
+                    hi = tl.where(ok, hi, mid - 1)
+                gt = c_mask & (key > lo)
+                eq = c_mask & (key == lo)
+                need = keep - tl.sum(gt.to(tl.int32), 0)
+                c_kept = gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= need))
+            c_ki = c_kept.to(tl.int32)
+            c_before = tl.cumsum(c_ki, 0) - c_ki
+            tl.store(spi_out + c_before, c_cu, mask=c_kept)
+            tl.store(outl + c_rows - c_before, c_cu, mask=c_mask & (c_ki == 0))
+        else:
+            # 2. kept flags by rank counting over global scratch (candidates too many for registers): rank = number
+            # of candidates that beat this one (higher score, or equal and earlier)
+            for r0 in range(0, n, BLOCK_R):
+                rows = r0 + tl.arange(0, BLOCK_R)
+                rmask = rows < n
+                if keep >= n:
+                    kept = rmask
+                elif keep == 0:
+                    kept = rows < 0
+                else:
+                    s_r = tl.load(scr + rows, mask=rmask, other=0.0)
+                    rank = tl.zeros([BLOCK_R], dtype=tl.int32)
+                    for c0 in range(0, n, BLOCK_C):
+                        cols = c0 + tl.arange(0, BLOCK_C)
+                        cmask = cols < n
+                        s_c = tl.load(scr + cols, mask=cmask, other=0.0)
+                        beats = (s_c[None, :] > s_r[:, None]) | ((s_c[None, :] == s_r[:, None]) &
+                                                                 (cols[None, :] < rows[:, None]))
+                        rank += tl.sum((beats & cmask[None, :]).to(tl.int32), 1)
+                    kept = rmask & (rank < keep)
+                tl.store(flg + rows, kept.to(tl.int32), mask=rmask)
+            tl.debug_barrier()
 
-        # 3. compaction: kept -> sparse list of this step (candidate order), the rest -> folded list
-        for r0 in range(0, n, BLOCK_R):
-            rows = r0 + tl.arange(0, BLOCK_R)
-            rmask = rows < n
-            cu = tl.where(rows < ns, tl.load(spi_in + rows, mask=rows < ns, other=0), ev_lo + rows - ns)
-            kept_r = tl.load(flg + rows, mask=rmask, other=0)
-            before = tl.zeros([BLOCK_R], dtype=tl.int32)
-            for c0 in range(0, r0 + BLOCK_R, BLOCK_C):
-                cols = c0 + tl.arange(0, BLOCK_C)
-                kc = tl.load(flg + cols, mask=cols < n, other=0)
-                before += tl.sum(tl.where(cols[None, :] < rows[:, None], kc[None, :], 0), 1)
-            tl.store(spi_out + before, cu, mask=rmask & (kept_r != 0))
-            tl.store(outl + rows - before, cu, mask=rmask & (kept_r == 0))
+            # 3. compaction: kept -> sparse list of this step (candidate order), the rest -> folded list
+            for r0 in range(0, n, BLOCK_R):
+                rows = r0 + tl.arange(0, BLOCK_R)
+                rmask = rows < n
+                cu = tl.where(rows < ns, tl.load(spi_in + rows, mask=rows < ns, other=0), ev_lo + rows - ns)
+                kept_r = tl.load(flg + rows, mask=rmask, other=0)
+                before = tl.zeros([BLOCK_R], dtype=tl.int32)
+                for c0 in range(0, r0 + BLOCK_R, BLOCK_C):
+                    cols = c0 + tl.arange(0, BLOCK_C)
+                    kc = tl.load(flg + cols, mask=cols < n, other=0)
+                    before += tl.sum(tl.where(cols[None, :] < rows[:, None], kc[None, :], 0), 1)
+                tl.store(spi_out + before, cu, mask=rmask & (kept_r != 0))
+                tl.store(outl + rows - before, cu, mask=rmask & (kept_r == 0))
         tl.debug_barrier()
 
         # 4. fold the rest into H, s
@@ -328,6 +365,21 @@ def block_sizes(d: int, dtype: torch.dtype, learned: bool = False) -> dict:
     return dict(BLOCK_N=64 if big else 32, BLOCK_R=32, BLOCK_C=128, BLOCK_DV=min(d, 32))
 
 
+SELECT_MAX_NPAD = 2048  # register-resident selection up to this many (padded) candidates; rank counting beyond
+
+
+def select_mode(cand_cap: int) -> tuple[int, int]:
+    """(SELECT, NPAD) for the merge kernel: 1 = selection in registers by threshold bisection (the default while the
+    candidates fit SELECT_MAX_NPAD), 0 = rank counting over global scratch (O(n^2) compares in serial tiles; the
+    selection the kernel had before). ``$LOLA_MERGE_SELECT=rank|threshold`` forces one (``threshold`` still falls
+    back to rank counting above the register limit). Both select exactly the same pairs."""
+    npad = triton.next_power_of_2(max(cand_cap, 16))
+    want = os.environ.get("LOLA_MERGE_SELECT", "threshold")
+    if want not in ("rank", "threshold"):
+        raise ValueError(f"LOLA_MERGE_SELECT must be 'rank' or 'threshold', got {want!r}")
+    return (1, npad) if want == "threshold" and npad <= SELECT_MAX_NPAD else (0, 16)
+
+
 def precomputed_scores(params: LolaParams, ku: torch.Tensor, vu: torch.Tensor, pu: torch.Tensor,
                        state: LolaState) -> torch.Tensor:
     """Scores of state-independent scorers for every unified candidate, (B, Hs, P) float32."""
@@ -361,6 +413,7 @@ def launch_merge(params: LolaParams, state: LolaState, ku: torch.Tensor, vu: tor
     scr = alloc((b * hs, max(cand_cap, 1)), torch.float32, dev)
     flg = alloc((b * hs, max(cand_cap, 1)), torch.int32, dev)
     outl = alloc((b * hs, max(cand_cap, 1)), torch.int32, dev)
+    select, npad = select_mode(cand_cap)
     _merge_kernel[(b * hs,)](
         ku, vu, ku.stride(0), ku.stride(1), ku.stride(2),
         psc, psc.stride(0), psc.stride(1),
@@ -375,7 +428,7 @@ def launch_merge(params: LolaParams, state: LolaState, ku: torch.Tensor, vu: tor
         rounded_eps(feature_eps(params), dt), float(params.cfg.eps),
         GROUP=params.group, D=d, NPARTS=nparts,
         PHI=PHI_CODES[params.cfg.feature_map], LEARNED=params.cfg.feature_map == "hedgehog",
-        SCORE_MODE=score_mode, READOUT=readout, PREC=fp32_dot_precision(dt),
+        SCORE_MODE=score_mode, READOUT=readout, PREC=fp32_dot_precision(dt), SELECT=select, NPAD=npad,
         num_warps=8, **block_sizes(d, dt, params.cfg.feature_map == "hedgehog"),
     )
 
