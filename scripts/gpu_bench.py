@@ -9,6 +9,7 @@ that would overrun --budget-s are recorded as skipped):
                     contexts, from synthetic LolaStates of the right size: LoLA full step (eager: append +
                     chunk-boundary merge + kernel), LoLA kernel alone (eager and CUDA graph), the torch
                     ``attend`` (eager), and full attention over a KV cache of the context (SDPA, eager, graph)
+  merge_tiles       the merge kernel (phase A of a lambda > 0 prefill) per tile setting ($LOLA_MERGE_TILES)
   ttft              time to first token of the whole random-weight model (llama-3.2-1b, llama-3.1-8b, bf16):
                     full attention (SDPA, cuDNN backend when it runs; the backend that ran is recorded) vs
                     LoLA (window 64, lambda 0 and 512) through the Triton kernels; peak VRAM per run
@@ -57,10 +58,13 @@ MIB = 1024 * 1024
 FULL = dict(presets=["llama-3.2-1b", "llama-3.1-8b"], ttft_ctx=[4096, 8192, 16384, 32768], lambdas=[0, 512],
             window=64, decode_ctx=[4096, 32768, 131072], decode_preset="llama-3.2-1b", decode_layers=16,
             model_decode_ctx=[4096, 32768], model_decode_tokens=32, reps=3, corr_len=1000, corr_sparse=128,
-            corr_decode_steps=80, dtype=torch.bfloat16)
+            corr_decode_steps=80, dtype=torch.bfloat16,
+            # tile settings of the merge kernel to time; by --compile-check (sm_90, bf16, d 64) the first three use
+            # 174-249 registers without spills, the last two spill 120-272 bytes
+            merge_tiles=["", "BLOCK_N=32", "BLOCK_N=32,BLOCK_DV=64,num_warps=4", "BLOCK_DV=64", "num_warps=4"])
 SMOKE = dict(presets=["tiny"], ttft_ctx=[40], lambdas=[0, 8], window=8, decode_ctx=[64], decode_preset="tiny",
              decode_layers=2, model_decode_ctx=[40], model_decode_tokens=3, reps=1, corr_len=45, corr_sparse=8,
-             corr_decode_steps=10, dtype=torch.float32)
+             corr_decode_steps=10, dtype=torch.float32, merge_tiles=["", "BLOCK_N=16,num_warps=4"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -378,6 +382,45 @@ def section_prefill_attention(cfgx: dict, device: str, clock: Clock) -> list[dic
             rows.append({"ctx": ctx, "skipped": "time budget"})
         else:
             rows += prefill_rows(cfgx, device, ctx)
+    return rows
+
+
+def section_merge_tiles(cfgx: dict, device: str, clock: Clock) -> list[dict]:
+    """Phase A (merge kernel) of one layer's prefill at the smallest TTFT context, lambda max, grouped, per tile
+    setting (``$LOLA_MERGE_TILES``, see ``sre.block_sizes``): which tiles to ship is a GPU measurement. Each row also
+    gives the largest output difference from the default tiles (same selections, so rounding only)."""
+    if not kernels_on(device):
+        return [{"skipped": "Triton kernels not available"}]
+    from lola_bench.attention.kernels.prefill import marks_ms, prefill
+
+    sh = preset_shape(cfgx["decode_preset"])
+    dt, ctx = cfgx["dtype"], min(cfgx["ttft_ctx"])
+    q = torch.randn(1, sh["hq"], ctx, sh["d"], device=device).to(dt)
+    k = torch.randn(1, sh["hkv"], ctx, sh["d"], device=device).to(dt)
+    v = torch.randn(1, sh["hkv"], ctx, sh["d"], device=device).to(dt)
+    p = make_params(LolaConfig(window=cfgx["window"], sparse=max(cfgx["lambdas"])), sh["hq"], sh["hkv"], sh["d"],
+                    device)
+    rows, ref = [], None
+    for spec in cfgx["merge_tiles"]:
+        row = {"ctx": ctx, "lambda": max(cfgx["lambdas"]), "tiles": spec or "default"}
+        if clock.left() < 60:
+            rows.append({**row, "skipped": "time budget"})
+            continue
+        try:
+            with set_env({"LOLA_MERGE_TILES": spec}):
+                out = prefill(q, k, v, LolaState(), p)  # warm-up / compile
+                runs = []
+                for _ in range(cfgx["reps"]):
+                    marks = []
+                    prefill(q, k, v, LolaState(), p, marks=marks)
+                    runs.append(marks_ms(marks)["merge"])
+            row["merge_ms"] = statistics.median(runs)
+            ref = out if ref is None else ref
+            row["max_abs_diff_vs_first"] = float((out.float() - ref.float()).abs().max())
+        except Exception as e:  # noqa: BLE001 - a tile setting that fails to compile or spills is a result too
+            row["error"] = f"{type(e).__name__}: {str(e)[-300:]}"
+        rows.append(row)
+        print(f"[merge_tiles] {row}", flush=True)
     return rows
 
 
@@ -779,6 +822,12 @@ def markdown(res: dict) -> str:
                    [[r["ctx"], r.get("variant", "-"), r.get("setup_ms"), r.get("merge_ms"), r.get("attention_ms"),
                      r.get("finalize_ms"), r.get("total_ms"), r.get("error", r.get("skipped", ""))]
                     for r in res["prefill_attention"]])
+    if res.get("merge_tiles"):
+        lines += ["", "## Merge kernel tiles (phase A, one layer, ms; `LOLA_MERGE_TILES`)", ""]
+        lines += table(["ctx", "lambda", "tiles", "merge ms", "max |diff| vs first", "error"],
+                       [[r.get("ctx"), r.get("lambda"), r.get("tiles"), r.get("merge_ms"),
+                         fmt(r.get("max_abs_diff_vs_first"), 4), r.get("error", r.get("skipped", ""))]
+                        for r in res["merge_tiles"]])
     lines += ["", "## Time to first token (whole model), ms", ""]
     rows = []
     for r in res["ttft"]:
@@ -861,8 +910,9 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-check", action="store_true",
                     help="only compile the kernels for sm_90 (no GPU needed) and report registers / spills")
     ap.add_argument("--quick", action="store_true", help="with --compile-check: the benchmark configuration only")
-    ap.add_argument("--sections", default="correctness,decode_attention,prefill_attention,model",
-                    help="comma-separated subset of: correctness, decode_attention, prefill_attention, model")
+    ap.add_argument("--sections", default="correctness,decode_attention,prefill_attention,merge_tiles,model",
+                    help="comma-separated subset of: correctness, decode_attention, prefill_attention, merge_tiles, "
+                         "model")
     args = ap.parse_args(argv)
     if args.compile_check:
         os.environ.pop("TRITON_INTERPRET", None)  # compiled kernels (decided when their modules are imported)
@@ -888,7 +938,8 @@ def main(argv=None) -> int:
            "source_sha256": source_digest(),
            "kernels_available": K.kernels_available(), "fp32_dot_precision": fp32_dot_precision(cfgx["dtype"]),
            "config": {k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in cfgx.items()},
-           "correctness": [], "decode_attention": [], "prefill_attention": [], "ttft": [], "decode_model": [],
+           "correctness": [], "decode_attention": [], "prefill_attention": [], "merge_tiles": [], "ttft": [],
+           "decode_model": [],
            "errors": [],
            "notes": [
                "decode graph mode: the fused decode kernel of every layer over a fixed-size state, captured in one "
@@ -927,6 +978,7 @@ def main(argv=None) -> int:
                 lambda: res["decode_attention"].extend(section_decode_attention(cfgx, device, clock)))
     run_section("prefill_attention",
                 lambda: res["prefill_attention"].extend(section_prefill_attention(cfgx, device, clock)))
+    run_section("merge_tiles", lambda: res["merge_tiles"].extend(section_merge_tiles(cfgx, device, clock)))
     run_section("model", lambda: section_model(cfgx, device, clock, res, save))
     save()
     print(markdown(res))

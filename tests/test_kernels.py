@@ -329,6 +329,18 @@ def test_merge_selection_matches_split_topk(monkeypatch, select, case):
     assert st.n_folded == 5 + n_ev
 
 
+def test_merge_tiles_env(monkeypatch):
+    monkeypatch.delenv("LOLA_MERGE_TILES", raising=False)
+    base = ksre.block_sizes(64, torch.bfloat16)
+    assert base == dict(BLOCK_N=64, BLOCK_R=32, BLOCK_C=128, BLOCK_DV=32, num_warps=8)
+    monkeypatch.setenv("LOLA_MERGE_TILES", "BLOCK_N=32, num_warps=4")
+    assert ksre.block_sizes(64, torch.bfloat16) == {**base, "BLOCK_N": 32, "num_warps": 4}
+    for bad in ("BLOCK_N=48", "BLOCK_X=16", "num_warps", "BLOCK_DV=128", "BLOCK_N=8"):
+        monkeypatch.setenv("LOLA_MERGE_TILES", bad)
+        with pytest.raises(ValueError, match="LOLA_MERGE_TILES"):
+            ksre.block_sizes(64, torch.bfloat16)
+
+
 def test_merge_select_mode_env(monkeypatch):
     monkeypatch.delenv("LOLA_MERGE_SELECT", raising=False)
     assert ksre.select_mode(576) == (1, 1024)
@@ -419,6 +431,9 @@ def test_gpu_bench_smoke(tmp_path):
     assert data["correctness"] and all(c["ok"] for c in data["correctness"]), data["correctness"]
     assert data["ttft"] and data["decode_attention"] and data["prefill_attention"] and data["decode_model"]
     assert data["lola_path"] == "triton" and not data["errors"]
+    tiles = data["merge_tiles"]  # every tile setting ran and gave the same output (selections do not depend on tiles)
+    assert [t["tiles"] for t in tiles] == ["default", "BLOCK_N=16,num_warps=4"]
+    assert all("merge_ms" in t and t["max_abs_diff_vs_first"] < 1e-5 for t in tiles), tiles
 
 
 def test_perf_compare_pairs_rows_of_two_runs(tmp_path):

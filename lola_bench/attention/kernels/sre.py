@@ -357,12 +357,26 @@ def learned_weights(params: LolaParams, dtype: torch.dtype, device) -> tuple[tor
     return dummy, dummy
 
 
+TILE_KEYS = ("BLOCK_N", "BLOCK_R", "BLOCK_C", "BLOCK_DV", "num_warps")
+
+
 def block_sizes(d: int, dtype: torch.dtype, learned: bool = False) -> dict:
-    """Tiles of the merge kernel (float32 models use ieee fp32 dots, and learned hedgehog keeps W tiles live: both
-    need more registers, so smaller tiles). The 16-bit tiles do not spill for sm_90 with Triton 3.6 or 3.9
-    (``gpu_bench.py --compile-check``; learned hedgehog at 64-row tiles spilled 8 bytes)."""
+    """Tiles and warps of the merge kernel (float32 models use ieee fp32 dots, and learned hedgehog keeps W tiles
+    live: both need more registers, so smaller tiles). The 16-bit tiles do not spill for sm_90 with Triton 3.6 or
+    3.9 (``gpu_bench.py --compile-check``; learned hedgehog at 64-row tiles spilled 8 bytes).
+    ``$LOLA_MERGE_TILES`` ("BLOCK_N=32,num_warps=4", powers of two) overrides any of them: gpu_bench's tile sweep
+    uses it to time alternatives on a GPU."""
     big = d <= 64 and dtype != torch.float32 and not learned
-    return dict(BLOCK_N=64 if big else 32, BLOCK_R=32, BLOCK_C=128, BLOCK_DV=min(d, 32))
+    tiles = dict(BLOCK_N=64 if big else 32, BLOCK_R=32, BLOCK_C=128, BLOCK_DV=min(d, 32), num_warps=8)
+    spec = os.environ.get("LOLA_MERGE_TILES", "").strip()
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        key, _, val = item.partition("=")
+        if key not in TILE_KEYS or not val.isdigit() or int(val) < 1 or int(val) & (int(val) - 1):
+            raise ValueError(f"LOLA_MERGE_TILES: {item!r} is not KEY=power-of-two with KEY in {', '.join(TILE_KEYS)}")
+        tiles[key] = int(val)
+    if tiles["BLOCK_DV"] > d or tiles["BLOCK_N"] < 16:
+        raise ValueError(f"LOLA_MERGE_TILES: need BLOCK_DV <= head_dim ({d}) and BLOCK_N >= 16 (tl.dot), got {tiles}")
+    return tiles
 
 
 SELECT_MAX_NPAD = 2048  # register-resident selection up to this many (padded) candidates; rank counting beyond
@@ -429,7 +443,7 @@ def launch_merge(params: LolaParams, state: LolaState, ku: torch.Tensor, vu: tor
         GROUP=params.group, D=d, NPARTS=nparts,
         PHI=PHI_CODES[params.cfg.feature_map], LEARNED=params.cfg.feature_map == "hedgehog",
         SCORE_MODE=score_mode, READOUT=readout, PREC=fp32_dot_precision(dt), SELECT=select, NPAD=npad,
-        num_warps=8, **block_sizes(d, dt, params.cfg.feature_map == "hedgehog"),
+        **block_sizes(d, dt, params.cfg.feature_map == "hedgehog"),
     )
 
 
