@@ -552,17 +552,19 @@ def sweep(
     """Resumable grids over eta / lambda / context / scorer: tables and Pareto plots of accuracy vs memory."""
     from .sweep import SweepSpec, default_sweep_dir, format_eta, plan_sweep, run_sweep
 
-    def ints(values):
+    def ints(flag, values):
         try:
             return tuple(int(x) for v in values for x in str(v).split(",") if x.strip())
         except ValueError:
-            raise UserError(f"expected integers, got {values}") from None
+            raise UserError(f"{flag}: expected integers (comma-separated or repeated), got {', '.join(values)}"
+                            ) from None
 
     def strs(values):
         return tuple(x.strip() for v in values for x in v.split(",") if x.strip())
 
-    spec = SweepSpec(suite=suite, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt, lambdas=ints(lam),
-                     windows=ints(window), ctxs=ints(ctx), tasks=strs(task), scorers=strs(scorer),
+    spec = SweepSpec(suite=suite, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
+                     lambdas=ints("--lambda", lam), windows=ints("--window", window), ctxs=ints("--ctx", ctx),
+                     tasks=strs(task), scorers=strs(scorer),
                      feature_maps=strs(feature_map) or (None,), full=full, samples=samples, seed=seed,
                      combine=combine, sinks=sinks, gqa=gqa, chunk=chunk, essay_path=essay_path or _default_essay(),
                      limit=limit,

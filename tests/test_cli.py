@@ -100,3 +100,12 @@ def test_log_progress_eta_counts_only_this_runs_work(capsys):
     prog.update(tid, completed=170)   # 20 steps in 20 s -> 30 left -> 30 s
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "ETA" in ln]
     assert lines[-2].endswith("ETA 40s") and lines[-1].endswith("ETA 30s"), lines
+
+
+@pytest.mark.parametrize("flag", ["--lambda", "--window", "--ctx"])
+def test_sweep_bad_integer_list_names_the_flag(tmp_path, flag):
+    out = tmp_path / "sweep"
+    r = run("sweep", "--model", "random:tiny", flag, "64,abc", "--out", str(out), "--dry-run")
+    assert r.exit_code == 2, r.output
+    assert f"{flag}: expected integers" in r.output and "Traceback" not in r.output
+    assert not out.exists()
