@@ -61,10 +61,15 @@ FULL = dict(presets=["llama-3.2-1b", "llama-3.1-8b"], ttft_ctx=[4096, 8192, 1638
             corr_decode_steps=80, dtype=torch.bfloat16,
             # tile settings of the merge kernel to time; by --compile-check (sm_90, bf16, d 64) the first three use
             # 174-249 registers without spills, the last two spill 120-272 bytes
-            merge_tiles=["", "BLOCK_N=32", "BLOCK_N=32,BLOCK_DV=64,num_warps=4", "BLOCK_DV=64", "num_warps=4"])
+            merge_tiles=["", "BLOCK_N=32", "BLOCK_N=32,BLOCK_DV=64,num_warps=4", "BLOCK_DV=64", "num_warps=4"],
+            # merge selection checks (lambda, LOLA_MERGE_SELECT, num_warps): register vectors of 128 to 2048
+            # candidates, and 2064 (beyond SELECT_MAX_NPAD: rank counting)
+            selection_cases=[(8, "threshold", 4), (8, "threshold", 8), (100, "threshold", 8), (512, "threshold", 4),
+                             (512, "threshold", 8), (512, "rank", 8), (1900, "threshold", 8), (2000, "threshold", 8)])
 SMOKE = dict(presets=["tiny"], ttft_ctx=[40], lambdas=[0, 8], window=8, decode_ctx=[64], decode_preset="tiny",
              decode_layers=2, model_decode_ctx=[40], model_decode_tokens=3, reps=1, corr_len=45, corr_sparse=8,
-             corr_decode_steps=10, dtype=torch.float32, merge_tiles=["", "BLOCK_N=16,num_warps=4"])
+             corr_decode_steps=10, dtype=torch.float32, merge_tiles=["", "BLOCK_N=16,num_warps=4"],
+             selection_cases=[(8, "threshold", 4), (8, "rank", 8)])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -231,11 +236,47 @@ def forward_kw(model) -> str:
 # sections
 
 def section_correctness(cfgx: dict, device: str) -> list[dict]:
-    """Kernels vs torch on this device, for the attention shape of every preset."""
+    """Kernels vs torch on this device, for the attention shape of every preset; the merge kernel's selection."""
     shapes = [cfgx["decode_preset"]] + [p for p in cfgx["presets"] if p != cfgx["decode_preset"]]
     out = []
     for preset in shapes:
         out += correctness_checks(preset, cfgx, device)
+    return out + selection_checks(cfgx["selection_cases"], device)
+
+
+def selection_checks(cases: list, device: str) -> list[dict]:
+    """The merge kernel's top-lambda selection, compiled on this device (the interpreter tests cannot see compiled
+    scan or layout bugs), against ``split_topk`` on tie-heavy scores with +-inf, +-0, subnormals and NaN: one chunk
+    boundary per case (lambda, selection, num_warps), candidates = lambda + 64. rel_err = share of kept positions
+    that differ."""
+    from lola_bench.attention.common import leaving_count, split_topk
+    from lola_bench.attention.kernels import sre as ksre
+
+    if not kernels_on(device):
+        return []
+    out, saved = [], ksre.precomputed_scores
+    gen = torch.Generator().manual_seed(3)
+    vals = torch.tensor([float("-inf"), float("inf"), 0.0, -0.0, 1e-45, -1e-45, 1.0, 2.0, 3.0, float("nan")])
+    try:
+        for lam, select, warps in cases:
+            p = make_params(LolaConfig(window=64, sparse=lam, scorer="random"), 4, 2, 64, device)
+            ctx = 64 * (lam // 64 + 4)  # the sparse cache is full
+            st = synthetic_state(p, ctx, torch.float32, device)
+            ws = p.cfg.window_start(ctx // 64)
+            n_ev = leaving_count(st, ws)
+            n = st.sp_k.shape[2] + n_ev
+            cand = torch.cat([st.sp_pos, st.win_pos[:n_ev].view(1, 1, -1).expand(1, p.storage_heads, -1)], 2)
+            sc = vals[torch.randint(0, len(vals), (1, p.storage_heads, n), generator=gen)].to(device)
+            ksre.precomputed_scores = lambda *a, sc=sc, **kw: sc
+            with set_env({"LOLA_MERGE_SELECT": select, "LOLA_MERGE_TILES": f"num_warps={warps}"}):
+                ksre.evict_before_triton(st, p, ws)
+            want = cand.gather(2, split_topk(sc, min(lam, n))[0])
+            bad = float((st.sp_pos != want).float().mean()) if st.sp_pos.shape == want.shape else 1.0
+            mode, npad = ksre.select_mode(n) if select == "threshold" else (0, 0)
+            out.append({"check": f"merge_selection_{select}_n{n}_warps{warps}", "shape": "selection", "rel_err": bad,
+                        "tol": 0.0, "ok": bad == 0.0, "register_vector": npad if mode else "rank counting"})
+    finally:
+        ksre.precomputed_scores = saved
     return out
 
 
@@ -388,7 +429,8 @@ def section_prefill_attention(cfgx: dict, device: str, clock: Clock) -> list[dic
 def section_merge_tiles(cfgx: dict, device: str, clock: Clock) -> list[dict]:
     """Phase A (merge kernel) of one layer's prefill at the smallest TTFT context, lambda max, grouped, per tile
     setting (``$LOLA_MERGE_TILES``, see ``sre.block_sizes``): which tiles to ship is a GPU measurement. Each row also
-    gives the largest output difference from the default tiles (same selections, so rounding only)."""
+    gives the largest output difference from the first setting: tiles change the summation order, hence rounding of
+    H and the scores, which can flip near-tied selections at later chunks (so small, not zero, is expected)."""
     if not kernels_on(device):
         return [{"skipped": "Triton kernels not available"}]
     from lola_bench.attention.kernels.prefill import marks_ms, prefill
@@ -714,6 +756,8 @@ def compile_check(quick: bool) -> list[dict]:
     try:
         for case in COMPILE_CASES[:1] if quick else COMPILE_CASES:
             _capture_case(*case)
+        with set_env({"LOLA_MERGE_SELECT": "rank"}):  # the rank-counting selection (candidates beyond registers)
+            _capture_case(*COMPILE_CASES[0])
     finally:
         ksre._merge_kernel, kpre._attn_kernel, kdec._partial_kernel, kdec._decode_kernel = saved
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -726,7 +770,7 @@ def compile_check(quick: bool) -> list[dict]:
         seen.add(key)
         dtype = next(v for n, v in sig.items() if n in ("KU", "Q") and v.startswith("*"))[1:]
         row = {"kernel": fn.__name__, "dtype": dtype, **{k: consts[k] for k in ("D", "GROUP", "PHI", "LEARNED",
-               "READOUT", "HAS_LIN", "PREC") if k in consts}}
+               "READOUT", "HAS_LIN", "PREC", "SELECT", "NPAD") if k in consts}}
         t0 = time.perf_counter()
         try:
             src = ASTSource(fn, sig, consts)

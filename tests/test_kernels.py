@@ -308,7 +308,10 @@ def _crafted_scores(case: str, shape) -> torch.Tensor:
         sc = torch.randn(shape, generator=g) * 10.0 ** torch.randint(-30, 30, shape, generator=g).float()
         sc[..., ::7], sc[..., 3::7] = -0.0, 0.0
         return sc
-    vals = torch.tensor([float("-inf"), float("inf"), 3.4e38, -3.4e38, 1e-45, -1e-45, 0.0, -0.0, 1.0, 1.0])
+    # NaN of both signs (torch sorts NaN above +inf; x86 makes negative NaNs, e.g. inf - inf)
+    nans = torch.tensor([0x7FC00000, 0xFFC00000], dtype=torch.int64).to(torch.int32).view(torch.float32)
+    vals = torch.cat([torch.tensor([float("-inf"), float("inf"), 3.4e38, -3.4e38, 1e-45, -1e-45, 0.0, -0.0, 1.0, 1.0]),
+                      nans])
     return vals[torch.randint(0, len(vals), shape, generator=g)]
 
 
@@ -333,9 +336,9 @@ def test_merge_tiles_env(monkeypatch):
     monkeypatch.delenv("LOLA_MERGE_TILES", raising=False)
     base = ksre.block_sizes(64, torch.bfloat16)
     assert base == dict(BLOCK_N=64, BLOCK_R=32, BLOCK_C=128, BLOCK_DV=32, num_warps=8)
-    monkeypatch.setenv("LOLA_MERGE_TILES", "BLOCK_N=32, num_warps=4")
+    monkeypatch.setenv("LOLA_MERGE_TILES", "BLOCK_N=32, num_warps = 4")
     assert ksre.block_sizes(64, torch.bfloat16) == {**base, "BLOCK_N": 32, "num_warps": 4}
-    for bad in ("BLOCK_N=48", "BLOCK_X=16", "num_warps", "BLOCK_DV=128", "BLOCK_N=8"):
+    for bad in ("BLOCK_N=48", "BLOCK_X=16", "num_warps", "BLOCK_DV=128", "BLOCK_DV=8", "BLOCK_N=8", "num_warps=64"):
         monkeypatch.setenv("LOLA_MERGE_TILES", bad)
         with pytest.raises(ValueError, match="LOLA_MERGE_TILES"):
             ksre.block_sizes(64, torch.bfloat16)
@@ -429,6 +432,8 @@ def test_gpu_bench_smoke(tmp_path):
     data = json.loads(files[0].read_text())
     assert data["smoke"] is True and data["provenance"]["git"] and len(data["source_sha256"]) == 64
     assert data["correctness"] and all(c["ok"] for c in data["correctness"]), data["correctness"]
+    assert [c["check"] for c in data["correctness"] if c["shape"] == "selection"] == [
+        "merge_selection_threshold_n72_warps4", "merge_selection_rank_n72_warps8"]
     assert data["ttft"] and data["decode_attention"] and data["prefill_attention"] and data["decode_model"]
     assert data["lola_path"] == "triton" and not data["errors"]
     tiles = data["merge_tiles"]  # every tile setting ran and gave the same output (selections do not depend on tiles)

@@ -83,6 +83,16 @@ def feature_parts(x, w_ptr, offs_d, eps_r, PHI: tl.constexpr, LEARNED: tl.conste
     return p1, p2
 
 
+@triton.jit
+def order_key(x):
+    """int32 keys that order fp32 scores as torch's sort does: -0.0 and +0.0 equal, every NaN above +inf (one
+    canonical NaN, whatever its sign bit: CPUs make negative NaNs), otherwise the float order."""
+    kb = x.to(tl.int32, bitcast=True)
+    kb = tl.where(kb == -2147483648, 0, kb)
+    kb = tl.where(x != x, 0x7FC00000, kb)
+    return tl.where(kb >= 0, kb, kb ^ 0x7FFFFFFF)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the merge kernel
 
@@ -174,7 +184,7 @@ def _merge_kernel(
             # 2+3. selection in registers: all n candidates as one NPAD-vector. The keep-th largest score is found
             # by bisection over the scores' order-preserving int32 keys (<= 32 block reductions, no global
             # scratch traffic); ties at that threshold go to the earliest candidates (inclusive cumsum), which is
-            # split_topk's rule. A cumsum of the c_kept flags gives both compacted lists.
+            # split_topk's rule. A cumsum of the kept flags gives both compacted lists.
             c_rows = tl.arange(0, NPAD)
             c_mask = c_rows < n
             c_cu = tl.where(c_rows < ns, tl.load(spi_in + c_rows, mask=c_rows < ns, other=0), ev_lo + c_rows - ns)
@@ -183,9 +193,7 @@ def _merge_kernel(
             elif keep == 0:
                 c_kept = c_rows < 0
             else:
-                sc = tl.load(scr + c_rows, mask=c_mask, other=0.0) + 0.0  # -0.0 -> +0.0: equal floats, equal keys
-                kb = sc.to(tl.int32, bitcast=True)
-                key = tl.where(kb >= 0, kb, kb ^ 0x7FFFFFFF).to(tl.int64)
+                key = order_key(tl.load(scr + c_rows, mask=c_mask, other=0.0)).to(tl.int64)
                 lo = tl.min(tl.where(c_mask, key, 2147483647), 0)
                 hi = tl.max(tl.where(c_mask, key, -2147483648), 0)
                 while lo < hi:  # invariant: at least keep candidates have key >= lo
@@ -212,13 +220,13 @@ def _merge_kernel(
                 elif keep == 0:
                     kept = rows < 0
                 else:
-                    s_r = tl.load(scr + rows, mask=rmask, other=0.0)
+                    k_r = order_key(tl.load(scr + rows, mask=rmask, other=0.0))
                     rank = tl.zeros([BLOCK_R], dtype=tl.int32)
                     for c0 in range(0, n, BLOCK_C):
                         cols = c0 + tl.arange(0, BLOCK_C)
                         cmask = cols < n
-                        s_c = tl.load(scr + cols, mask=cmask, other=0.0)
-                        beats = (s_c[None, :] > s_r[:, None]) | ((s_c[None, :] == s_r[:, None]) &
+                        k_c = order_key(tl.load(scr + cols, mask=cmask, other=0.0))
+                        beats = (k_c[None, :] > k_r[:, None]) | ((k_c[None, :] == k_r[:, None]) &
                                                                  (cols[None, :] < rows[:, None]))
                         rank += tl.sum((beats & cmask[None, :]).to(tl.int32), 1)
                     kept = rmask & (rank < keep)
@@ -370,12 +378,13 @@ def block_sizes(d: int, dtype: torch.dtype, learned: bool = False) -> dict:
     tiles = dict(BLOCK_N=64 if big else 32, BLOCK_R=32, BLOCK_C=128, BLOCK_DV=min(d, 32), num_warps=8)
     spec = os.environ.get("LOLA_MERGE_TILES", "").strip()
     for item in filter(None, (x.strip() for x in spec.split(","))):
-        key, _, val = item.partition("=")
+        key, _, val = (x.strip() for x in item.partition("="))
         if key not in TILE_KEYS or not val.isdigit() or int(val) < 1 or int(val) & (int(val) - 1):
             raise ValueError(f"LOLA_MERGE_TILES: {item!r} is not KEY=power-of-two with KEY in {', '.join(TILE_KEYS)}")
         tiles[key] = int(val)
-    if tiles["BLOCK_DV"] > d or tiles["BLOCK_N"] < 16:
-        raise ValueError(f"LOLA_MERGE_TILES: need BLOCK_DV <= head_dim ({d}) and BLOCK_N >= 16 (tl.dot), got {tiles}")
+    if not (16 <= tiles["BLOCK_DV"] <= d and tiles["BLOCK_N"] >= 16 and tiles["num_warps"] <= 32):
+        raise ValueError(f"LOLA_MERGE_TILES: need 16 <= BLOCK_DV <= head_dim ({d}), BLOCK_N >= 16 (tl.dot) and "
+                         f"num_warps <= 32, got {tiles}")
     return tiles
 
 
