@@ -23,7 +23,6 @@ torch path when Triton cannot run) so the script itself can be tested without a 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import math
@@ -34,6 +33,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -433,13 +433,9 @@ def section_merge_tiles(cfgx: dict, device: str, clock: Clock) -> list[dict]:
     H and the scores, which can flip near-tied selections at later chunks (so small, not zero, is expected)."""
     if not kernels_on(device):
         return [{"skipped": "Triton kernels not available"}]
-    from lola_bench.attention.kernels.prefill import marks_ms, prefill
-
     sh = preset_shape(cfgx["decode_preset"])
-    dt, ctx = cfgx["dtype"], min(cfgx["ttft_ctx"])
-    q = torch.randn(1, sh["hq"], ctx, sh["d"], device=device).to(dt)
-    k = torch.randn(1, sh["hkv"], ctx, sh["d"], device=device).to(dt)
-    v = torch.randn(1, sh["hkv"], ctx, sh["d"], device=device).to(dt)
+    ctx = min(cfgx["ttft_ctx"])
+    q, k, v = random_qkv(sh, ctx, cfgx["dtype"], device)
     p = make_params(LolaConfig(window=cfgx["window"], sparse=max(cfgx["lambdas"])), sh["hq"], sh["hkv"], sh["d"],
                     device)
     rows, ref = [], None
@@ -450,13 +446,8 @@ def section_merge_tiles(cfgx: dict, device: str, clock: Clock) -> list[dict]:
             continue
         try:
             with set_env({"LOLA_MERGE_TILES": spec}):
-                out = prefill(q, k, v, LolaState(), p)  # warm-up / compile
-                runs = []
-                for _ in range(cfgx["reps"]):
-                    marks = []
-                    prefill(q, k, v, LolaState(), p, marks=marks)
-                    runs.append(marks_ms(marks)["merge"])
-            row["merge_ms"] = statistics.median(runs)
+                out, runs = timed_prefills(q, k, v, p, cfgx["reps"])
+            row["merge_ms"] = statistics.median(r["merge"] for r in runs)
             ref = out if ref is None else ref
             row["max_abs_diff_vs_first"] = float((out.float() - ref.float()).abs().max())
         except Exception as e:  # noqa: BLE001 - a tile setting that fails to compile or spills is a result too
@@ -466,29 +457,35 @@ def section_merge_tiles(cfgx: dict, device: str, clock: Clock) -> list[dict]:
     return rows
 
 
-@contextlib.contextmanager
 def set_env(env: dict):
-    """Environment variables set for the duration of the block (kernel options read at launch time)."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    """Environment variables set for the duration of a with-block (kernel options are read at launch time)."""
+    return mock.patch.dict(os.environ, env)
+
+
+def timed_prefills(q, k, v, p: LolaParams, reps: int) -> tuple[torch.Tensor, list[dict]]:
+    """One warm-up prefill (compiles), then ``reps`` timed ones: (warm-up output, per-run phase times in ms)."""
+    from lola_bench.attention.kernels.prefill import marks_ms, prefill
+
+    out = prefill(q, k, v, LolaState(), p)
+    runs = []
+    for _ in range(reps):
+        marks = []
+        prefill(q, k, v, LolaState(), p, marks=marks)
+        runs.append(marks_ms(marks))
+    return out, runs
+
+
+def random_qkv(sh: dict, ctx: int, dt, device: str):
+    """Random q (Hq heads), k, v (KV heads) of one layer's attention shape, batch 1."""
+    return (torch.randn(1, sh["hq"], ctx, sh["d"], device=device).to(dt),
+            torch.randn(1, sh["hkv"], ctx, sh["d"], device=device).to(dt),
+            torch.randn(1, sh["hkv"], ctx, sh["d"], device=device).to(dt))
 
 
 def prefill_rows(cfgx: dict, device: str, ctx: int) -> list[dict]:
-    from lola_bench.attention.kernels.prefill import marks_ms, prefill
-
     sh = preset_shape(cfgx["decode_preset"])
     dt, lmax, eta = cfgx["dtype"], max(cfgx["lambdas"]), cfgx["window"]
-    q = torch.randn(1, sh["hq"], ctx, sh["d"], device=device).to(dt)
-    k = torch.randn(1, sh["hkv"], ctx, sh["d"], device=device).to(dt)
-    v = torch.randn(1, sh["hkv"], ctx, sh["d"], device=device).to(dt)
+    q, k, v = random_qkv(sh, ctx, dt, device)
     rows = []
     if kernels_on(device):
         variants = [(lam, "grouped", {}, {}) for lam in cfgx["lambdas"]] + [(lmax, "expanded", {}, {})]
@@ -500,12 +497,7 @@ def prefill_rows(cfgx: dict, device: str, ctx: int) -> list[dict]:
         for lam, gqa, extra, env in variants:
             p = make_params(LolaConfig(window=eta, sparse=lam, gqa=gqa, **extra), sh["hq"], sh["hkv"], sh["d"], device)
             with set_env(env):
-                prefill(q, k, v, LolaState(), p)  # warm-up / compile
-                runs = []
-                for _ in range(cfgx["reps"]):
-                    marks = []
-                    prefill(q, k, v, LolaState(), p, marks=marks)
-                    runs.append(marks_ms(marks))
+                _, runs = timed_prefills(q, k, v, p, cfgx["reps"])
             med = {n: statistics.median(r[n] for r in runs) for n in runs[0]}
             label = f"lola l={lam} {gqa}" + "".join(f" {k}={x}" for k, x in {**extra, **env}.items())
             rows.append({"ctx": ctx, "variant": label, **{f"{n}_ms": t for n, t in med.items()},

@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pandas as pd
 
@@ -181,8 +182,6 @@ def offline_mode() -> Iterator[None]:
     import datasets.config
     import huggingface_hub.constants
 
-    env_keys = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    saved_env = {k: os.environ.get(k) for k in env_keys}
     consts = [
         (huggingface_hub.constants, "HF_HUB_OFFLINE"),
         (datasets.config, "HF_HUB_OFFLINE"),
@@ -190,17 +189,11 @@ def offline_mode() -> Iterator[None]:
     ]
     saved_consts = [(mod, attr, getattr(mod, attr)) for mod, attr in consts if hasattr(mod, attr)]
     try:
-        for k in env_keys:
-            os.environ[k] = "1"
-        for mod, attr, _ in saved_consts:
-            setattr(mod, attr, True)
-        yield
+        with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}):
+            for mod, attr, _ in saved_consts:
+                setattr(mod, attr, True)
+            yield
     finally:
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         for mod, attr, value in saved_consts:
             setattr(mod, attr, value)
 

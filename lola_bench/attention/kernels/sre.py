@@ -434,9 +434,9 @@ def launch_merge(params: LolaParams, state: LolaState, ku: torch.Tensor, vu: tor
         ln = ld = torch.zeros(1, dtype=torch.float32, device=dev)
     wk, wq = learned_weights(params, dt, dev)
     scr = alloc((b * hs, max(cand_cap, 1)), torch.float32, dev)
-    flg = alloc((b * hs, max(cand_cap, 1)), torch.int32, dev)
-    outl = alloc((b * hs, max(cand_cap, 1)), torch.int32, dev)
     select, npad = select_mode(cand_cap)
+    flg = alloc((b * hs, max(cand_cap, 1)) if select == 0 else (1,), torch.int32, dev)  # rank counting's flags
+    outl = alloc((b * hs, max(cand_cap, 1)), torch.int32, dev)
     _merge_kernel[(b * hs,)](
         ku, vu, ku.stride(0), ku.stride(1), ku.stride(2),
         psc, psc.stride(0), psc.stride(1),
