@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -82,19 +83,98 @@ def frame_to_markdown(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
     return "\n".join(lines) + "\n"
 
 
+MARKER = ".lola-bench-run"           # written into every run and sweep directory lola-bench creates
+
+
+def _is_protected(path: Path) -> str | None:
+    """Why ``path`` may never be replaced or written as a run directory (None if it may)."""
+    p = path.resolve()
+    cwd = Path.cwd().resolve()
+    if p == cwd:
+        return "is the working directory"
+    if p in cwd.parents:
+        return "is a parent of the working directory"
+    home = Path.home().resolve()
+    if p == home or p in home.parents:
+        return "is the home directory or above it"
+    if (p / ".git").exists():
+        return "holds a git repository"
+    return None
+
+
+def made_by_lola_bench(path: Path) -> bool:
+    """Whether lola-bench wrote this directory: its marker file, or (runs made before the marker existed) a
+    config.json with lola-bench's ``command`` and ``provenance`` keys."""
+    if (path / MARKER).is_file():
+        return True
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "command" in cfg and "provenance" in cfg
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool = False, what: str = "run directory") -> Path:
+    """Refuse an output directory that would lose data, before any work starts (one-line UserError).
+
+    A new directory may be created anywhere writable. An existing non-empty one is replaced only with
+    ``overwrite`` and only if lola-bench wrote it (it holds the ``MARKER`` file); the working directory, its
+    parents, the home directory and any git checkout are never replaced. Writability is checked with a probe file.
+    """
+    path = Path(path)
+    why = _is_protected(path)
+    if why:
+        raise UserError(f"--out {path} {why}: give a new or lola-bench-made directory")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file, not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        if not made_by_lola_bench(path):
+            raise UserError(f"--out {path} is a non-empty directory that lola-bench did not write: "
+                            f"refusing to {'replace' if overwrite else 'use'} it")
+        if not overwrite:
+            raise UserError(f"{what} {path} already exists: choose another --out or pass --overwrite")
+    probe_writable(path.parent if not path.is_dir() else path)
+    return path
+
+
+def probe_writable(directory: Path) -> None:
+    """Create ``directory`` (and parents) and write/remove a probe file in it, or raise a one-line UserError."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".lola-bench-probe-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise UserError(f"cannot write to {directory}: {e.strerror or e}") from None
+
+
+def fs_error(e: OSError, target: Path, kept: str) -> UserError:
+    """One line for a filesystem failure while writing results: what failed and what was kept."""
+    return UserError(f"could not write {target}: {e.strerror or e} ({kept})")
+
+
 class RunDir:
-    """``with RunDir(path) as run: run.write_json(...)`` — staged, then moved into place on success."""
+    """``with RunDir(path) as run: run.write_json(...)`` — staged, then moved into place on success.
+
+    The run is written into a hidden sibling staging directory; on success an existing run directory (one
+    lola-bench wrote, replaced only with ``overwrite``) is first moved aside, the new one renamed into place,
+    and only then the old one removed, so a crash at any moment leaves either the old or the new run.
+    """
 
     def __init__(self, path: str | os.PathLike, overwrite: bool = False):
-        self.path = Path(path)
+        self.path = check_output_dir(path, overwrite)
         self.overwrite = overwrite
-        if self.path.exists() and any(self.path.iterdir()) and not overwrite:
-            raise UserError(f"run directory {self.path} already exists: choose another --out or pass --overwrite")
         self.stage: Path | None = None
 
     def __enter__(self) -> RunDir:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.stage = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-"))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.stage = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-"))
+            (self.stage / MARKER).write_text("run\n")
+        except OSError as e:
+            if self.stage is not None:
+                shutil.rmtree(self.stage, ignore_errors=True)
+            raise fs_error(e, self.path, "nothing was written") from None
         return self
 
     def file(self, name: str) -> Path:
@@ -119,14 +199,36 @@ class RunDir:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             shutil.rmtree(self.stage, ignore_errors=True)
+            if isinstance(exc, OSError):
+                old = "the previous run is untouched" if self.path.exists() else "nothing was kept"
+                raise fs_error(exc, self.path, old) from None
             return False
-        if self.path.exists():
-            if not self.overwrite and any(self.path.iterdir()):
-                shutil.rmtree(self.stage, ignore_errors=True)
-                raise UserError(f"run directory {self.path} appeared while running: results left unsaved")
-            shutil.rmtree(self.path)
-        os.replace(self.stage, self.path)
+        try:
+            self._swap_in()
+        except OSError as e:
+            shutil.rmtree(self.stage, ignore_errors=True)
+            raise fs_error(e, self.path, "the previous run, if any, is untouched") from None
         return False
+
+    def _swap_in(self) -> None:
+        aside = None
+        if self.path.exists():
+            if any(self.path.iterdir()):
+                if not self.overwrite or not made_by_lola_bench(self.path):
+                    shutil.rmtree(self.stage, ignore_errors=True)
+                    raise UserError(f"run directory {self.path} appeared while running: results left unsaved")
+                aside = self.path.parent / f".{self.path.name}.old-{os.getpid()}-{time.time_ns()}"
+                os.replace(self.path, aside)
+            else:
+                self.path.rmdir()
+        try:
+            os.replace(self.stage, self.path)
+        except OSError:
+            if aside is not None:
+                os.replace(aside, self.path)
+            raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 class ResumeStore:

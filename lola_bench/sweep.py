@@ -51,7 +51,7 @@ import pandas as pd
 from .attention.config import FEATURE_MAPS, SCORERS, LolaConfig
 from .errors import UserError
 from .evals.ruler_bench import SUMMARY_COLUMNS
-from .records import atomic_write_json, atomic_write_text, to_jsonable
+from .records import MARKER, atomic_write_json, atomic_write_text, check_output_dir, to_jsonable
 from .settings import AttentionSettings, ModelSettings
 
 SUITES = ("ruler", "commonsense")
@@ -451,8 +451,17 @@ class SweepDir:
         self.staging = self.cells_dir / ".staging"
         self.csv = self.path / "sweep.csv"
 
+    def check(self) -> None:
+        """Refuse a directory that is not (or cannot become) a sweep directory, before any work starts."""
+        if self.path.is_dir() and any(self.path.iterdir()):
+            check_output_dir(self.path, overwrite=True, what="sweep directory")   # resuming is not replacing
+        else:
+            check_output_dir(self.path, what="sweep directory")
+
     def prepare(self) -> None:
+        self.check()
         self.staging.mkdir(parents=True, exist_ok=True)
+        (self.path / MARKER).touch()
         self._clean_stale_staging()
 
     def _clean_stale_staging(self) -> None:
