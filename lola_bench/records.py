@@ -8,6 +8,7 @@ unless asked (``overwrite=True``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -263,3 +264,31 @@ class ResumeStore:
 
     def clear(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def cell_hash(config: dict) -> str:
+    """sha256 of canonical JSON (sorted keys, no whitespace), first 16 hex digits."""
+    text = json.dumps(to_jsonable(config), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def fingerprint(path: str | os.PathLike, exclude: tuple[str, ...] = ()) -> str:
+    """Content hash of a file or a directory tree (relative names + contents), independent of its location."""
+    p = Path(path).expanduser()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()
+                                           and f.relative_to(p).as_posix() not in exclude)
+    key = (str(p.resolve()), exclude, tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for f in files:
+            if f is not p:
+                h.update(f.relative_to(p).as_posix().encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            h.update(b"\0")
+        _FINGERPRINTS[key] = h.hexdigest()[:16]
+    return _FINGERPRINTS[key]

@@ -1,16 +1,18 @@
-"""Shared plumbing for commands that write a run directory: build settings, default paths, config.json."""
+"""Shared plumbing for commands that write a run directory: plan the run, default paths, config.json."""
 
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 from pathlib import Path
 
-from .attention.config import LolaConfig
-from .errors import UserError
 from .paths import results_dir
 from .provenance import provenance
-from .settings import ATTN_MODES, AttentionSettings, ModelSettings
+from .records import RunDir
+from .settings import ModelSettings, resolve_variants
+
+KERNEL_ENV = ("LOLA_MERGE_SELECT", "LOLA_MERGE_TILES", "LOLA_TRITON_FP32_DOT", "TRITON_INTERPRET")
 
 
 def default_run_dir(command: str, model: str) -> Path:
@@ -19,11 +21,12 @@ def default_run_dir(command: str, model: str) -> Path:
     return results_dir() / command / f"{safe}-{stamp}"
 
 
-def attention_variants(modes: list[str], lola: LolaConfig) -> list[AttentionSettings]:
-    for m in modes:
-        if m not in ATTN_MODES:
-            raise UserError(f"unknown --attn {m!r}: choose full, base or lola")
-    return [AttentionSettings.build(m, lola) for m in dict.fromkeys(modes)]
+def plan_run(opts):
+    """Resolve the variants (flags + checkpoint metadata) and claim the run directory, before any model work.
+    ``opts``: a cli.options.RunOptions. Returns (checkpoint or None, variants, RunDir)."""
+    ckpt, variants = resolve_variants(opts.attn, opts.lola, opts.model, opts.kernels)
+    run = RunDir(opts.out or default_run_dir(opts.command, opts.model.spec), overwrite=opts.overwrite)
+    return ckpt, variants, run
 
 
 def run_config(command: str, model: ModelSettings, loaded, variants, extra: dict) -> dict:
@@ -32,6 +35,7 @@ def run_config(command: str, model: ModelSettings, loaded, variants, extra: dict
         "model": {**model.to_dict(), "source": loaded.source, "kind": loaded.kind, "resolved_device": loaded.device,
                   "resolved_dtype": loaded.dtype, "max_context": loaded.max_context},
         "attention": [v.to_dict() for v in variants],
+        "kernel_env": {k: os.environ[k] for k in KERNEL_ENV if k in os.environ},
         **extra,
         "provenance": provenance(loaded.device),
     }

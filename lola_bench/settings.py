@@ -1,4 +1,9 @@
-"""Frozen run configuration shared by every command, serialized into each run's config.json."""
+"""Frozen run configuration shared by every command, serialized into each run's config.json.
+
+Settings are resolved once, here: ``LolaFlags`` (what the user typed, ``None`` = not given) plus the
+checkpoint's metadata become the list of ``AttentionSettings`` that a run evaluates (``resolve_variants``),
+and ``variant_columns`` is the one description of a variant that every result row carries.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from .attention.config import LolaConfig
 from .errors import UserError
 
 ATTN_MODES = ("full", "base", "lola")
+KERNEL_MODES = ("auto", "torch", "triton")
 
 
 @dataclass(frozen=True)
@@ -21,33 +27,126 @@ class ModelSettings:
         return asdict(self)
 
 
+def check_kernels(kernels: str) -> str:
+    if kernels not in KERNEL_MODES:
+        raise UserError(f"--kernels {kernels!r}: choose auto, torch or triton")
+    return kernels
+
+
 @dataclass(frozen=True)
 class AttentionSettings:
-    """One attention variant under test: full softmax, base (window + linear, lambda = 0), or LoLA."""
+    """One attention variant under test: full softmax, base (window + linear, lambda = 0), or LoLA.
+
+    ``kernels`` is the LoLA implementation asked for: ``auto`` (Triton kernels on CUDA when available, the torch
+    path elsewhere), ``torch``, or ``triton`` (wherever Triton runs, e.g. TRITON_INTERPRET=1 on CPU; configurations
+    without a kernel still run the torch path). What actually ran is counted per layer call
+    (``models.patch.implementation_used``) and written into every result row.
+    """
 
     mode: str = "lola"
     lola: LolaConfig | None = None
+    kernels: str = "auto"
 
     def __post_init__(self):
         if self.mode not in ATTN_MODES:
             raise UserError(f"unknown --attn {self.mode!r}: choose full, base or lola")
         if self.mode != "full" and self.lola is None:
             raise UserError(f"--attn {self.mode} needs a LoLA config")
+        check_kernels(self.kernels)
 
     @classmethod
-    def build(cls, mode: str, lola: LolaConfig) -> AttentionSettings:
+    def build(cls, mode: str, lola: LolaConfig, kernels: str = "auto") -> AttentionSettings:
         if mode == "full":
-            return cls("full", None)
+            return cls("full", None, kernels)
         if mode == "base":
-            return cls("base", replace(lola, sparse=0))
-        return cls(mode, lola)
-
-    @property
-    def label(self) -> str:
-        if self.mode == "full":
-            return "full"
-        c = self.lola
-        return f"{self.mode}(eta={c.window},lambda={c.sparse},{c.scorer},{c.feature_map})"
+            return cls("base", replace(lola, sparse=0), kernels)
+        return cls(mode, lola, kernels)
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "lola": None if self.lola is None else self.lola.to_dict()}
+        return {"mode": self.mode, "lola": None if self.lola is None else self.lola.to_dict(),
+                "kernels": self.kernels}
+
+
+FULL = AttentionSettings("full")
+
+
+@dataclass(frozen=True)
+class LolaFlags:
+    """The LoLA flags as typed (``None``: not given, so the checkpoint's value or the default applies)."""
+
+    window: int = 64
+    sparse: int = 512                # lambda
+    scorer: str = "sre"
+    feature_map: str | None = None
+    combine: str | None = None
+    sinks: int | None = None
+    gqa: str = "grouped"
+    chunk: int | None = None
+    seed: int = 0
+
+
+def checkpoint_defaults(ckpt: str | None) -> dict:
+    """What a checkpoint says about how it must run (its formula and attention sinks); {} without one."""
+    from .models.checkpoint import read_meta
+
+    meta = read_meta(ckpt) if ckpt else {}
+    sinks = meta.get("sinks")
+    if sinks is not None and (isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0):
+        raise UserError(f"checkpoint {ckpt}: 'sinks' in its metadata must be an integer >= 0, got {sinks!r}")
+    combine = meta.get("combine")
+    if combine is not None and not isinstance(combine, str):
+        raise UserError(f"checkpoint {ckpt}: 'combine' in its metadata must be a string, got {combine!r}")
+    return {k: v for k, v in (("combine", combine), ("sinks", sinks)) if v is not None}
+
+
+def lola_config(flags: LolaFlags, feature_map: str, ckpt: str | None) -> LolaConfig:
+    """LolaConfig from flags; the combine formula and sinks default to what the checkpoint was trained with."""
+    meta = checkpoint_defaults(ckpt)
+    return LolaConfig(window=flags.window, sparse=flags.sparse, scorer=flags.scorer, feature_map=feature_map,
+                      combine=flags.combine or meta.get("combine") or "gated", gqa=flags.gqa, chunk=flags.chunk,
+                      seed=flags.seed, sinks=flags.sinks if flags.sinks is not None else int(meta.get("sinks", 0)))
+
+
+def resolve_variants(modes, flags: LolaFlags, model: ModelSettings,
+                     kernels: str = "auto") -> tuple[str | None, list[AttentionSettings]]:
+    """(checkpoint path or None, the attention variants to evaluate, deduplicated in the given order)."""
+    from .models.checkpoint import resolve_checkpoint
+
+    for m in modes:
+        if m not in ATTN_MODES:
+            raise UserError(f"unknown --attn {m!r}: choose full, base or lola")
+    ckpt, fmap = resolve_checkpoint(model, flags.feature_map)
+    cfg = lola_config(flags, fmap, ckpt)
+    return ckpt, [AttentionSettings.build(m, cfg, check_kernels(kernels)) for m in dict.fromkeys(modes)]
+
+
+VARIANT_COLUMNS = ("attn", "window", "lambda", "sinks", "scorer", "feature_map")
+
+
+def variant_columns(attn: AttentionSettings) -> dict:
+    """The columns that say which variant produced a result row (empty for full attention)."""
+    c = attn.lola
+    return {"attn": attn.mode, "window": c.window if c else None, "lambda": c.sparse if c else None,
+            "sinks": c.sinks if c else None, "scorer": c.scorer if c else None,
+            "feature_map": c.feature_map if c else None}
+
+
+def implementation_columns(attn: AttentionSettings, used: str | None) -> dict:
+    """How the variant was computed: its formula, GQA layout and update cadence, and the implementation that
+    actually ran (``used``: from the layer call counters; None when nothing ran)."""
+    c = attn.lola
+    return {"combine": c.combine if c else None, "gqa": c.gqa if c else None, "chunk": c.chunk_size if c else None,
+            "implementation": used if c else "torch (transformers attention)"}
+
+
+def default_essay_path(explicit: str | None = None) -> str | None:
+    """--essay-path, else $LOLA_BENCH_ESSAY, else the staged RULER essays in the data directory."""
+    from .evals.ruler.haystack import resolve_essay_path
+    from .paths import data_dir
+
+    p = resolve_essay_path(explicit)
+    if p is not None:
+        return str(p)
+    d = data_dir()
+    default = d / "ruler_essay" / "PaulGrahamEssays.json" if d else None
+    return str(default) if default is not None and default.is_file() else None

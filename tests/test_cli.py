@@ -89,10 +89,10 @@ def test_ruler_tiny_end_to_end(tmp_path):
 
 def test_log_progress_eta_counts_only_this_runs_work(capsys):
     """A resumed run starts at step 150 of 200: the ETA comes from this run's rate, not 150 steps in 10 s."""
-    from lola_bench import cli
+    from lola_bench.cli.display import LogProgress
 
     clock = iter([0.0, 0.0, 10.0, 10.0, 20.0, 20.0])
-    prog = cli._LogProgress(every=0.0)
+    prog = LogProgress(every=0.0)
     prog._time = lambda: next(clock)
     tid = prog.add_task("linearize", total=200)
     prog.update(tid, completed=150)   # first report after resuming (t=0)

@@ -9,8 +9,8 @@ import pandas as pd
 
 from ..attention.state import full_kv_bytes
 from ..errors import UserError
-from ..models.variants import apply_attention
-from ..settings import AttentionSettings
+from ..models.variants import attention_variant
+from ..settings import AttentionSettings, implementation_columns, variant_columns
 from .ruler import RULER_TASKS, TASKS, generate_samples, score_sample, task_unavailable_reason
 from .timing import eos_token_ids, greedy_generate
 
@@ -19,7 +19,8 @@ MIB = 1024 * 1024
 SUMMARY_COLUMNS = ["model", "attn", "window", "lambda", "sinks", "scorer", "feature_map", "task", "ctx", "n",
                    "accuracy",
                    "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib", "full_kv_mib", "window_mib",
-                   "sparse_mib", "state_mib", "phi_k_mib", "mean_prompt_tokens", "device"]
+                   "sparse_mib", "state_mib", "phi_k_mib", "mean_prompt_tokens", "combine", "gqa", "chunk",
+                   "implementation", "device"]
 
 
 @dataclass(frozen=True)
@@ -68,13 +69,6 @@ def validate(settings: RulerSettings, max_context: int) -> None:
             raise UserError(f"task {task} unavailable: {reason}")
 
 
-def _row_config(attn: AttentionSettings) -> dict:
-    c = attn.lola
-    return {"attn": attn.mode, "window": c.window if c else None, "lambda": c.sparse if c else None,
-            "sinks": c.sinks if c else None, "scorer": c.scorer if c else None,
-            "feature_map": c.feature_map if c else None}
-
-
 def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings, *, ckpt: str | None = None,
               device_label: str = "cpu", progress=None) -> RulerOutput:
     """Generate the samples once, then run every variant over them. ``progress(advance, description)``."""
@@ -91,52 +85,59 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
             except ValueError as e:
                 raise UserError(f"{task} at ctx {ctx}: {e}") from None
     eos = eos_token_ids(model, tok)
-    cfg = model.config
     rows, preds = [], []
+    for attn in variants:
+        with attention_variant(model, attn, ckpt) as used:
+            rows += _run_variant(loaded, attn, samples, settings, eos, device_label, preds, progress, used)
+    return RulerOutput(summary=pd.DataFrame(rows, columns=SUMMARY_COLUMNS), predictions=preds, chat_template=chat)
+
+
+def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: RulerSettings, eos, device_label: str,
+                 preds: list, progress, used) -> list[dict]:
+    """Every sample of every (task, ctx) under one attention variant; returns the summary rows."""
     import torch
 
-    for attn in variants:
-        apply_attention(model, attn, ckpt)
-        if settings.warmup:  # one short untimed generation: allocator, threads, lazy init
-            first = next(iter(samples.values()))[0]
-            warm_len = min(len(first.input_ids), 2 * (attn.lola.chunk_size if attn.lola else 64) + 8)
-            greedy_generate(model, torch.tensor([first.input_ids[:warm_len]]), 2, eos, loaded.device)
-        for (task, ctx), items in samples.items():
-            results = []
-            for s in items:
-                if progress:
-                    progress(0, f"{attn.mode} {task} ctx={ctx} #{s.index + 1}/{len(items)}")
-                r = greedy_generate(model, torch.tensor([s.input_ids]), s.max_new_tokens, eos, loaded.device)
-                text = tok.decode(r.tokens, skip_special_tokens=True)
-                score = score_sample(task, text, s.answers)
-                results.append((s, r, score))
-                preds.append({**_row_config(attn), "task": task, "ctx": ctx, "index": s.index, "depth": s.depth,
-                              "seed": s.seed, "n_prompt_tokens": s.n_prompt_tokens, "n_generated": len(r.tokens),
-                              "answer": list(s.answers), "prediction": text, "score": score,
-                              "ttft_s": r.ttft_s, "decode_s_per_token": r.decode_s_per_token})
-                if progress:
-                    progress(1, None)
-            tiers = [r.cache_bytes for _, r, _ in results]
-            total_len = [s.n_prompt_tokens + len(r.tokens) for s, r, _ in results]
-            dec = [r.decode_s_per_token for _, r, _ in results if r.decode_s_per_token is not None]
-            full_kv = statistics.mean(full_kv_bytes(n, batch=1, kv_heads=cfg.num_key_value_heads,
-                                                    head_dim=getattr(cfg, "head_dim", None) or
-                                                    cfg.hidden_size // cfg.num_attention_heads,
-                                                    dtype=model.dtype, layers=cfg.num_hidden_layers)
-                                      for n in total_len)
+    model, tok, cfg = loaded.model, loaded.tokenizer, loaded.model.config
+    rows = []
+    if settings.warmup:  # one short untimed generation: allocator, threads, lazy init
+        first = next(iter(samples.values()))[0]
+        warm_len = min(len(first.input_ids), 2 * (attn.lola.chunk_size if attn.lola else 64) + 8)
+        greedy_generate(model, torch.tensor([first.input_ids[:warm_len]]), 2, eos, loaded.device)
+    for (task, ctx), items in samples.items():
+        results = []
+        for s in items:
+            if progress:
+                progress(0, f"{attn.mode} {task} ctx={ctx} #{s.index + 1}/{len(items)}")
+            r = greedy_generate(model, torch.tensor([s.input_ids]), s.max_new_tokens, eos, loaded.device)
+            text = tok.decode(r.tokens, skip_special_tokens=True)
+            score = score_sample(task, text, s.answers)
+            results.append((s, r, score))
+            preds.append({**variant_columns(attn), "task": task, "ctx": ctx, "index": s.index, "depth": s.depth,
+                          "seed": s.seed, "n_prompt_tokens": s.n_prompt_tokens, "n_generated": len(r.tokens),
+                          "answer": list(s.answers), "prediction": text, "score": score,
+                          "ttft_s": r.ttft_s, "decode_s_per_token": r.decode_s_per_token})
+            if progress:
+                progress(1, None)
+        tiers = [r.cache_bytes for _, r, _ in results]
+        total_len = [s.n_prompt_tokens + len(r.tokens) for s, r, _ in results]
+        dec = [r.decode_s_per_token for _, r, _ in results if r.decode_s_per_token is not None]
+        full_kv = statistics.mean(full_kv_bytes(n, batch=1, kv_heads=cfg.num_key_value_heads,
+                                                head_dim=getattr(cfg, "head_dim", None) or
+                                                cfg.hidden_size // cfg.num_attention_heads,
+                                                dtype=model.dtype, layers=cfg.num_hidden_layers)
+                                  for n in total_len)
 
-            def tier(name, tiers=tiers):
-                return statistics.mean(t.get(name, 0) for t in tiers) / MIB
+        def tier(name, tiers=tiers):
+            return statistics.mean(t.get(name, 0) for t in tiers) / MIB
 
-            cache = statistics.mean(sum(t.values()) for t in tiers) / MIB
-            rows.append({"model": loaded.spec, **_row_config(attn), "task": task, "ctx": ctx, "n": len(results),
-                         "accuracy": statistics.mean(sc for _, _, sc in results),
-                         "ttft_s": statistics.median(r.ttft_s for _, r, _ in results),
-                         "decode_ms_per_token": statistics.median(dec) * 1000 if dec else float("nan"),
-                         "peak_mem_mib": max(r.peak_mem_bytes for _, r, _ in results) / MIB,
-                         "cache_mib": cache, "full_kv_mib": full_kv / MIB, "window_mib": tier("window"),
-                         "sparse_mib": tier("sparse"), "state_mib": tier("state"), "phi_k_mib": tier("phi_k"),
-                         "mean_prompt_tokens": statistics.mean(s.n_prompt_tokens for s, _, _ in results),
-                         "device": device_label})
-    apply_attention(model, AttentionSettings("full"))
-    return RulerOutput(summary=pd.DataFrame(rows, columns=SUMMARY_COLUMNS), predictions=preds, chat_template=chat)
+        cache = statistics.mean(sum(t.values()) for t in tiers) / MIB
+        rows.append({"model": loaded.spec, **variant_columns(attn), "task": task, "ctx": ctx, "n": len(results),
+                     "accuracy": statistics.mean(sc for _, _, sc in results),
+                     "ttft_s": statistics.median(r.ttft_s for _, r, _ in results),
+                     "decode_ms_per_token": statistics.median(dec) * 1000 if dec else float("nan"),
+                     "peak_mem_mib": max(r.peak_mem_bytes for _, r, _ in results) / MIB,
+                     "cache_mib": cache, "full_kv_mib": full_kv / MIB, "window_mib": tier("window"),
+                     "sparse_mib": tier("sparse"), "state_mib": tier("state"), "phi_k_mib": tier("phi_k"),
+                     "mean_prompt_tokens": statistics.mean(s.n_prompt_tokens for s, _, _ in results),
+                     **implementation_columns(attn, used()), "device": device_label})
+    return rows

@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 
 from ..models.patch import is_patched, new_cache
-from ..models.variants import apply_attention
+from ..models.variants import attention_variant
+from ..settings import implementation_columns, variant_columns
 from .timing import PeakMemory, _sync
 
 MIB = 1024 * 1024
@@ -46,23 +47,20 @@ def run_speed(loaded, variants, ctxs: list[int], *, repeats: int = 3, decode_tok
               device_label: str = "cpu", progress=None) -> pd.DataFrame:
     rows = []
     for v in variants:
-        apply_attention(loaded.model, v, ckpt)
-        for ctx in ctxs:
-            time_variant(loaded.model, min(ctx, 256), 2, loaded.device)  # warm-up
-            runs = []
-            for r in range(repeats):
-                runs.append(time_variant(loaded.model, ctx, decode_tokens, loaded.device, seed=r))
-                if progress:
-                    progress(1, f"{v.mode} ctx={ctx}")
-            c = v.lola
-            rows.append({"model": loaded.spec, "attn": v.mode, "window": c.window if c else None,
-                         "lambda": c.sparse if c else None, "scorer": c.scorer if c else None,
-                         "feature_map": c.feature_map if c else None, "ctx": ctx, "repeats": repeats,
-                         "ttft_s": statistics.median(x["prefill_s"] for x in runs),
-                         "ttft_min_s": min(x["prefill_s"] for x in runs),
-                         "decode_ms_per_token": statistics.median(x["decode_ms_per_token"] for x in runs),
-                         "peak_mem_mib": max(x["peak_mem_mib"] for x in runs), "device": device_label})
-    apply_attention(loaded.model, variants[0].__class__("full"))
+        with attention_variant(loaded.model, v, ckpt) as used:
+            for ctx in ctxs:
+                time_variant(loaded.model, min(ctx, 256), 2, loaded.device)  # warm-up
+                runs = []
+                for r in range(repeats):
+                    runs.append(time_variant(loaded.model, ctx, decode_tokens, loaded.device, seed=r))
+                    if progress:
+                        progress(1, f"{v.mode} ctx={ctx}")
+                rows.append({"model": loaded.spec, **variant_columns(v), "ctx": ctx, "repeats": repeats,
+                             "ttft_s": statistics.median(x["prefill_s"] for x in runs),
+                             "ttft_min_s": min(x["prefill_s"] for x in runs),
+                             "decode_ms_per_token": statistics.median(x["decode_ms_per_token"] for x in runs),
+                             "peak_mem_mib": max(x["peak_mem_mib"] for x in runs),
+                             **implementation_columns(v, used()), "device": device_label})
     df = pd.DataFrame(rows)
     full = df[df.attn == "full"].set_index("ctx")["ttft_s"]
     df["ttft_vs_full"] = [r.ttft_s / full[r.ctx] if r.ctx in full.index else float("nan") for r in df.itertuples()]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import os
+from collections import Counter
 
 import torch
 from torch import nn
@@ -28,36 +28,32 @@ from ..errors import UserError
 from .cache import LolaCache
 
 SUPPORTED = ("llama", "mistral", "qwen2")
-KERNEL_MODES = ("auto", "torch", "triton")
 
 
-def kernel_mode() -> str:
-    """$LOLA_BENCH_KERNELS: auto (Triton on CUDA when available, else torch), torch, or triton (Triton wherever it
-    can run, e.g. TRITON_INTERPRET=1 on CPU; unsupported configurations still fall back to torch)."""
-    mode = os.environ.get("LOLA_BENCH_KERNELS", "auto").lower()
-    if mode not in KERNEL_MODES:
-        raise UserError(f"LOLA_BENCH_KERNELS={mode!r}: choose auto, torch or triton")
-    return mode
+def _paths(q: torch.Tensor, params: LolaParams, kernels: str):
+    """(prefill, decode, implementation name) for this call. ``kernels``: auto (Triton on CUDA when available, else
+    torch), torch, or triton (Triton wherever it can run, e.g. TRITON_INTERPRET=1 on CPU). A configuration the
+    kernels do not cover runs the torch path and is named ``torch (fallback: reason)``."""
+    if kernels == "torch" or (kernels == "auto" and q.device.type != "cuda"):
+        return lola_chunked, lola_decode, "torch"
+    from ..attention.kernels import kernels_available, lola_chunked_triton, lola_decode_triton, unsupported_reason
 
-
-def _paths(q: torch.Tensor):
-    """(prefill, decode) implementations for this call."""
-    mode = kernel_mode()
-    if mode == "torch" or (mode == "auto" and q.device.type != "cuda"):
-        return lola_chunked, lola_decode
-    from ..attention.kernels import kernels_available, lola_chunked_triton, lola_decode_triton
-
-    if mode == "auto" and not kernels_available():
-        return lola_chunked, lola_decode
-    return lola_chunked_triton, lola_decode_triton
+    if kernels == "auto" and not kernels_available():
+        return lola_chunked, lola_decode, "torch"
+    reason = unsupported_reason(q, params)
+    if reason:
+        return lola_chunked, lola_decode, f"torch (fallback: {reason})"
+    return lola_chunked_triton, lola_decode_triton, "triton"
 
 
 class LolaAttention(nn.Module):
     """Drop-in for LlamaAttention (and Mistral/Qwen2, which share its forward) running LoLA."""
 
-    def __init__(self, base: nn.Module, cfg: LolaConfig, num_heads: int, num_kv_heads: int, rope_fn):
+    def __init__(self, base: nn.Module, cfg: LolaConfig, num_heads: int, num_kv_heads: int, rope_fn,
+                 kernels: str = "auto"):
         super().__init__()
         self.cfg = cfg
+        self.kernels = kernels
         self.layer_idx = base.layer_idx
         self.head_dim = base.head_dim
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
@@ -65,13 +61,12 @@ class LolaAttention(nn.Module):
         self.config = base.config
         self._rope = rope_fn
         self._base = [base]  # hidden from state_dict / modules()
-        dev, dt = base.q_proj.weight.device, base.q_proj.weight.dtype
+        dev = base.q_proj.weight.device
         self.feature_map_q = make_feature_map(cfg.feature_map, num_heads, self.head_dim).to(dev)
         self.feature_map_k = make_feature_map(cfg.feature_map, num_heads, self.head_dim).to(dev)
         self.window_factors = nn.Parameter(torch.full((num_heads,), float(cfg.factor_init), device=dev))
         self.scorer = make_scorer(cfg.scorer)
-        self.calls = {"prefill": 0, "decode": 0}
-        del dt
+        self.calls: Counter = Counter()   # (phase, implementation) -> layer calls: what actually ran
 
     def params(self) -> LolaParams:
         return LolaParams(self.cfg, self.feature_map_q, self.feature_map_k, self.window_factors, self.scorer,
@@ -96,12 +91,16 @@ class LolaAttention(nn.Module):
                 raise UserError("training through LoLA attention needs sparse=0 (the dense hybrid path has no "
                                 "sparse cache)")
             out = hybrid_attention(q, k, v, self.params())
-        elif q.shape[2] == 1 and state.pos > 0:
-            self.calls["decode"] += 1
-            out = _paths(q)[1](q, k, v, state, self.params())
+            self.calls["train", "torch (dense hybrid)"] += 1
         else:
-            self.calls["prefill"] += 1
-            out = _paths(q)[0](q, k, v, state, self.params())
+            params = self.params()
+            prefill, decode, name = _paths(q, params, self.kernels)
+            if q.shape[2] == 1 and state.pos > 0:
+                self.calls["decode", name] += 1
+                out = decode(q, k, v, state, params)
+            else:
+                self.calls["prefill", name] += 1
+                out = prefill(q, k, v, state, params)
         out = out.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1).contiguous()
         return self.o_proj(out), None
 
@@ -123,8 +122,9 @@ def _check_no_padding(module, args, kwargs):
                         "run batch size 1 or sequences of equal length")
 
 
-def patch_model(model, cfg: LolaConfig):
-    """Replace attention by LoLA in place (idempotent: re-patching first restores the original)."""
+def patch_model(model, cfg: LolaConfig, kernels: str = "auto"):
+    """Replace attention by LoLA in place (idempotent: re-patching first restores the original). ``kernels``: auto,
+    torch or triton (see ``_paths``)."""
     model_type = getattr(model.config, "model_type", "")
     if model_type not in SUPPORTED:
         raise UserError(f"LoLA patching supports {', '.join(SUPPORTED)} models, not {model_type!r}")
@@ -134,7 +134,7 @@ def patch_model(model, cfg: LolaConfig):
     rope = importlib.import_module(type(layers[0].self_attn).__module__).apply_rotary_pos_emb
     nh, nkv = model.config.num_attention_heads, model.config.num_key_value_heads
     for layer in layers:
-        layer.self_attn = LolaAttention(layer.self_attn, cfg, nh, nkv, rope)
+        layer.self_attn = LolaAttention(layer.self_attn, cfg, nh, nkv, rope, kernels)
     model._lola_hook = inner.register_forward_pre_hook(_check_no_padding, with_kwargs=True)
     model._lola_cfg = cfg
     original = model.generate
@@ -172,6 +172,27 @@ def unpatch_model(model):
 def lola_modules(model) -> list[LolaAttention]:
     _, layers = _decoder_layers(model)
     return [layer.self_attn for layer in layers if isinstance(layer.self_attn, LolaAttention)]
+
+
+def reset_calls(model) -> None:
+    for m in lola_modules(model):
+        m.calls.clear()
+
+
+def implementation_used(model) -> str | None:
+    """What computed LoLA attention since the last ``reset_calls`` (prefill and decode, all layers): e.g. ``torch``,
+    ``triton``, or ``prefill: triton; decode: torch (fallback: ...)``. None if no LoLA layer ran."""
+    by_phase: dict[str, set] = {}
+    for m in lola_modules(model):
+        for (phase, name), n in m.calls.items():
+            if n:
+                by_phase.setdefault(phase, set()).add(name)
+    if not by_phase:
+        return None
+    names = {phase: " + ".join(sorted(v)) for phase, v in by_phase.items()}
+    if len(set(names.values())) == 1:
+        return next(iter(names.values()))
+    return "; ".join(f"{phase}: {names[phase]}" for phase in sorted(names))
 
 
 def new_cache(model) -> LolaCache:

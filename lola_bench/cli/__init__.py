@@ -1,0 +1,21 @@
+"""lola-bench command line: each command parses its flags, calls the library, prints the result.
+
+  app.py       the typer app and the root --kernels flag
+  options.py   the flags every evaluation command shares (one RunOptions per invocation)
+  display.py   one-line errors, progress with ETA, result tables
+  commands.py  info, ruler, commonsense, speed, perplexity, linearize
+  sweep.py     sweep, report
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import commands, sweep  # noqa: F401  (registers the commands)
+from .app import app
+
+__all__ = ["app", "main"]
+
+
+def main():  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,112 @@
+"""The flags every evaluation command shares, declared once.
+
+``@run_options(command, attn_default=...)`` adds the model flags (--model, --device, --dtype, --lola-ckpt), the
+LoLA flags (--attn, --window, --lambda, --scorer, --feature-map, --combine, --sinks, --gqa, --chunk) and the
+output flags (--out, --overwrite) to a command and hands it one ``RunOptions`` as ``opts``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from ..settings import LolaFlags, ModelSettings
+
+ModelOpt = Annotated[str, typer.Option("--model", help="Model spec: smollm2-135m (embedded default), random:<preset> "
+                                       "(tiny, smollm2-135m, llama-3.2-1b, llama-3.1-8b), a .gguf path, a local model "
+                                       "directory, or a Hugging Face hub id (online).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | "
+                                       "float16.")]
+WindowOpt = Annotated[int, typer.Option("--window", help="eta: local sliding window (exact softmax). With the default "
+                                        "cadence (chunk = eta) a query sees between eta+1 and 2*eta recent keys.")]
+CombineOpt = Annotated[Optional[str], typer.Option("--combine", help="How softmax and linear parts mix: calibrated "
+                                                  "(unshifted exp vs exp(factor) phi.phi: exact matches outweigh the "
+                                                  "linear memory), lolcats, gated, normalized. Default: the "
+                                                  "checkpoint's formula, else gated.")]
+SinksOpt = Annotated[Optional[int], typer.Option("--sinks", help="Attention sinks: the first N positions always "
+                                              "kept exact, on top of lambda (never folded into the linear state). "
+                                              "Default: the checkpoint's value (what it was trained with), else 0.")]
+GqaOpt = Annotated[str, typer.Option("--gqa", help="grouped: K/V and selection once per KV head; expanded: per query "
+                                     "head (the public code's layout).")]
+ChunkOpt = Annotated[Optional[int], typer.Option("--chunk", help="Update cadence in tokens (default: = window).")]
+CkptOpt = Annotated[Optional[str], typer.Option("--lola-ckpt", help="Linearization checkpoint (feature maps + window "
+                                               "factors [+ LoRA]); 'none' disables the shipped default.")]
+
+_SHARED = [  # (name, annotation, default)
+    ("attn", Annotated[list[str], typer.Option("--attn", help="Attention variant(s): full (softmax), base (window + "
+                                               "linear, lambda=0), lola. Repeat to compare in one run.")], None),
+    ("window", WindowOpt, 64),
+    ("lam", Annotated[int, typer.Option("--lambda", help="lambda: sparse global cache size (pairs kept by the "
+                                        "scorer).")], 512),
+    ("scorer", Annotated[str, typer.Option("--scorer", help="Which evicted pairs stay cached: sre (self-recall "
+                                           "error, default), random, key_norm, attention, recency, sink.")], "sre"),
+    ("feature_map", Annotated[Optional[str], typer.Option("--feature-map", help="phi for the linear state: hedgehog "
+                                                          "(learned; default when a checkpoint is available), "
+                                                          "hedgehog-identity, elu, relu, taylor.")], None),
+    ("combine", CombineOpt, None),
+    ("sinks", SinksOpt, None),
+    ("gqa", GqaOpt, "grouped"),
+    ("chunk", ChunkOpt, None),
+    ("model", ModelOpt, "smollm2-135m"),
+    ("device", DeviceOpt, "auto"),
+    ("dtype", DtypeOpt, "auto"),
+    ("lola_ckpt", CkptOpt, None),
+    ("out", Annotated[Optional[str], typer.Option("--out", help="Run directory (default results/<command>/<model>-"
+                                                  "<time>).")], None),
+    ("overwrite", Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory (only one "
+                                               "lola-bench wrote).")], False),
+]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    command: str
+    model: ModelSettings
+    attn: tuple[str, ...]
+    lola: LolaFlags
+    kernels: str
+    out: str | None
+    overwrite: bool
+
+
+def kernels_flag() -> str:
+    """The root ``--kernels`` flag (or $LOLA_BENCH_KERNELS) of this invocation; 'auto' outside the CLI."""
+    ctx = click.get_current_context(silent=True)
+    return (ctx.find_root().params.get("kernels") if ctx else None) or "auto"
+
+
+def run_options(command: str, attn_default: tuple[str, ...] = ("full", "base", "lola")):
+    """Decorator: add the shared flags to a typer command; the command receives ``opts: RunOptions``."""
+    def deco(fn):
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for name, p in sig.parameters.items() if name != "opts"]
+        names = {p.name for p in own}
+        shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a,
+                                    default=list(attn_default) if n == "attn" else d)
+                  for n, a, d in _SHARED if n not in names]
+
+        @functools.wraps(fn)
+        def wrapper(**kw):
+            vals = {n: kw.pop(n) for n, _, _ in _SHARED if n not in names}
+            seed = kw.get("seed", 0)
+            opts = RunOptions(
+                command=command, model=ModelSettings(vals["model"], vals["device"], vals["dtype"], vals["lola_ckpt"]),
+                attn=tuple(vals["attn"]),
+                lola=LolaFlags(window=vals["window"], sparse=vals["lam"], scorer=vals["scorer"],
+                               feature_map=vals["feature_map"], combine=vals["combine"], sinks=vals["sinks"],
+                               gqa=vals["gqa"], chunk=vals["chunk"], seed=seed),
+                kernels=kernels_flag(), out=vals["out"], overwrite=vals["overwrite"])
+            return fn(opts=opts, **kw)
+
+        del wrapper.__wrapped__
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
+        wrapper.__signature__ = sig.replace(parameters=params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+    return deco

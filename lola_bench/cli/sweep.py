@@ -1,0 +1,108 @@
+"""sweep and report: parse the flags, call the library, print."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UserError
+from .app import app
+from .display import Bar, console, print_frame, user_errors
+from .options import ChunkOpt, CkptOpt, CombineOpt, DeviceOpt, DtypeOpt, GqaOpt, ModelOpt, SinksOpt
+
+
+@app.command()
+@user_errors
+def sweep(
+    lam: Annotated[list[str], typer.Option("--lambda", help="lambda value(s); repeat or comma-separate "
+                                           "(e.g. --lambda 0,128,512). 0 = base (window + linear).")] = ["0,64,512"],
+    window: Annotated[list[str], typer.Option("--window", help="eta value(s), e.g. --window 32,64,128,256.")]
+    = ["32,64,128,256"],
+    ctx: Annotated[list[str], typer.Option("--ctx", help="Context length(s) (ruler suite).")] = ["4096"],
+    task: Annotated[list[str], typer.Option("--task", help="Task(s): RULER tasks or commonsense tasks "
+                                            "(default: niah_single_1 / the five zero-shot suites).")] = [],
+    scorer: Annotated[list[str], typer.Option("--scorer", help="Scorer(s) compared at equal lambda: sre, random, "
+                                              "key_norm, attention, recency, sink.")] = ["sre"],
+    feature_map: Annotated[list[str], typer.Option("--feature-map", help="Feature map(s) (default: the "
+                                                   "checkpoint's, else hedgehog-identity).")] = [],
+    suite: Annotated[str, typer.Option("--suite", help="ruler | commonsense.")] = "ruler",
+    full: Annotated[bool, typer.Option("--full/--no-full", help="Add full-attention reference rows.")] = True,
+    samples: Annotated[int, typer.Option("--samples", help="Samples per ruler cell.")] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Prompt seed.")] = 0,
+    combine: CombineOpt = None,
+    sinks: SinksOpt = None,
+    gqa: GqaOpt = "grouped",
+    chunk: ChunkOpt = None,
+    model: ModelOpt = "smollm2-135m",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    lola_ckpt: CkptOpt = None,
+    essay_path: Annotated[Optional[str], typer.Option("--essay-path", envvar="LOLA_BENCH_ESSAY",
+                                                      help="Essay haystack for essay tasks.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Items per commonsense task.")] = None,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", envvar="LOLA_BENCH_DATA",
+                                                    help="Offline data mirror (commonsense).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Sweep directory (default results/sweep/<model>-<suite>-"
+                                               "<grid hash>; the same command resumes there).")] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="k/n: run the cells with index % n == k-1 (split a "
+                                                 "sweep over machines; merge with `lola-bench report`).")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run cells recorded as failed (OOM/error)."
+                                               )] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid, what is done, and an ETA; run "
+                                          "nothing.")] = False,
+):
+    """Resumable grids over eta / lambda / context / scorer: tables and Pareto plots of accuracy vs memory."""
+    from ..settings import default_essay_path
+    from ..sweep import SweepSpec, default_sweep_dir, format_eta, plan_sweep, run_sweep
+
+    def ints(flag, values):
+        try:
+            return tuple(int(x) for v in values for x in str(v).split(",") if x.strip())
+        except ValueError:
+            raise UserError(f"{flag}: expected integers (comma-separated or repeated), got {', '.join(values)}"
+                            ) from None
+
+    def strs(values):
+        return tuple(x.strip() for v in values for x in v.split(",") if x.strip())
+
+    spec = SweepSpec(suite=suite, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
+                     lambdas=ints("--lambda", lam), windows=ints("--window", window), ctxs=ints("--ctx", ctx),
+                     tasks=strs(task), scorers=strs(scorer),
+                     feature_maps=strs(feature_map) or (None,), full=full, samples=samples, seed=seed,
+                     combine=combine, sinks=sinks, gqa=gqa, chunk=chunk, essay_path=default_essay_path(essay_path),
+                     limit=limit,
+                     data_dir=data_dir)
+    out_dir = out or str(default_sweep_dir(spec))
+    plan = plan_sweep(spec, out_dir, shard=shard, retry_failed=retry_failed)
+    if dry_run:
+        keep = [c for c in ["index", "cell_id", "attn", "window", "lambda", "scorer", "feature_map", "task", "ctx",
+                            "status", "eta_s"] if c in plan.columns]
+        print_frame(plan, f"sweep {out_dir}: {plan.attrs['done']}/{plan.attrs['total']} done, "
+                     f"ETA {format_eta(plan.attrs['eta_s'])}", keep)
+        return
+    with Bar("sweep", int(plan.attrs["pending"])) as step:
+        res = run_sweep(spec, out_dir, shard=shard, retry_failed=retry_failed, progress=step)
+    console.print(f"ran {len(res.ran)} cell(s) ({len(res.failed)} failed), {res.skipped} already done")
+    if not res.frame.empty:
+        cols = [c for c in ["attn", "window", "lambda", "scorer", "task", "ctx", "accuracy", "ttft_s", "cache_mib",
+                            "status"] if c in res.frame.columns]
+        print_frame(res.frame, f"sweep {res.out_dir}", cols)
+    console.print(f"results: {res.out_dir}")
+
+
+@app.command()
+@user_errors
+def report(
+    dirs: Annotated[list[str], typer.Argument(help="Sweep directories (with sweep.csv; several are merged), or "
+                                              "commonsense run directories (with summary.csv; their variants are "
+                                              "compared side by side).")],
+    out: Annotated[Optional[str], typer.Option("--out", help="Where to write the merged report (required for "
+                                               "several directories).")] = None,
+):
+    """Re-render sweep tables and plots from sweep.csv alone (merging shards), or compare commonsense runs
+    (comparison.csv/.md: one column per attention variant and its difference from full attention)."""
+    from ..report import render_report
+
+    for p in render_report(dirs, out):
+        console.print(str(p))

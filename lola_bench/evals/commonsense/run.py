@@ -1,0 +1,99 @@
+"""The commonsense variant loop: every attention variant over every task, each (variant, task) result saved
+as soon as it finishes, the task in progress resumable request by request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from ...errors import UserError
+from ...models.variants import attention_variant
+from ...settings import implementation_columns, variant_columns
+from .harness import run_commonsense
+from .lengths import beyond_exact_shares
+
+
+@dataclass(frozen=True)
+class CommonsenseSettings:
+    tasks: tuple[str, ...]
+    data_dir: str | None = None      # offline mirror (None: lm-eval's official online tasks)
+    limit: int | None = None
+    num_fewshot: int | None = None
+    batch_size: int = 1
+
+    def to_dict(self) -> dict:
+        return {"tasks": list(self.tasks), "data_dir": self.data_dir, "offline": self.data_dir is not None,
+                "limit": self.limit, "num_fewshot": self.num_fewshot, "batch_size": self.batch_size}
+
+
+@dataclass
+class CommonsenseOutput:
+    summary: pd.DataFrame                                 # one row per variant x task x metric (fractions)
+    raw: dict = field(default_factory=dict)               # lm-eval's results per variant
+    reused: dict = field(default_factory=dict)            # variant -> tasks taken from an interrupted run
+    lengths_error: str | None = None                      # why the beyond-exact-span shares are missing
+
+
+def _shares(loaded, settings: CommonsenseSettings, variants):
+    configs = {v.mode: v.lola for v in variants if v.lola is not None}
+    try:
+        return beyond_exact_shares(loaded.tokenizer, list(settings.tasks), configs, data_dir=settings.data_dir,
+                                   limit=settings.limit, num_fewshot=settings.num_fewshot), None
+    except Exception as e:  # noqa: BLE001 - a missing statistic must not stop the evaluation
+        return {}, f"{type(e).__name__}: {e}"
+
+
+def run_commonsense_variants(loaded, variants, settings: CommonsenseSettings, *, ckpt: str | None = None,
+                             store=None, resume_key: dict | None = None, device_label: str = "cpu",
+                             progress=None) -> CommonsenseOutput:
+    """Evaluate every variant on ``settings.tasks``. ``store`` (a records.ResumeStore) keeps finished (variant,
+    task) results and the request cache of the task in progress under ``resume_key`` (the settings that decide
+    the results); a rerun with the same key reuses them. ``progress(completed, total, description)``."""
+    from ...records import cell_hash
+
+    names = list(settings.tasks)
+    spans, lengths_error = _shares(loaded, settings, variants)
+    total = len(variants) * len(names)
+    out = CommonsenseOutput(pd.DataFrame(), lengths_error=lengths_error)
+    frames = []
+    for vi, v in enumerate(variants):
+        def step(task_name, i, n, _v=v, _vi=vi):
+            if progress:
+                progress(_vi * len(names) + i - 1, total, f"{_v.mode}: {task_name} ({i}/{n})")
+
+        def key(task_name, _v=v):
+            return {**(resume_key or {}), "attention": _v.to_dict(), "task": task_name}
+
+        def save(task_name, record, _v=v):
+            if store is not None:
+                store.save(f"{_v.mode}-{task_name}", key(task_name), record)
+
+        done = {}
+        if store is not None:
+            done = {t: r for t in names if (r := store.load(f"{v.mode}-{t}", key(t))) is not None}
+            if done:
+                out.reused[v.mode] = list(done)
+        rcache = store.path / f"requests-{v.mode}-{cell_hash(key(''))}" if store is not None else None
+        with attention_variant(loaded.model, v, ckpt) as used:
+            try:
+                df, res = run_commonsense(loaded.model, loaded.tokenizer, names, data_dir=settings.data_dir,
+                                          limit=settings.limit, num_fewshot=settings.num_fewshot,
+                                          batch_size=settings.batch_size, device=loaded.device, progress=step,
+                                          finished=done, on_task_done=save, request_cache=rcache)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            impl = used() or ("reused" if done else None)
+        df.insert(0, "attn", v.mode)
+        for col, val in {**variant_columns(v), **implementation_columns(v, impl)}.items():
+            if col != "attn":
+                df[col] = val
+        df["beyond_exact_span"] = df["task"].map(spans.get(v.mode, {})) if v.lola else None
+        df.insert(0, "model", loaded.spec)
+        frames.append(df)
+        out.raw[v.mode] = res
+    if progress:
+        progress(total, total, "commonsense")
+    out.summary = pd.concat(frames, ignore_index=True)
+    out.summary["device"] = device_label
+    return out
