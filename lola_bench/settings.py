@@ -46,6 +46,7 @@ class AttentionSettings:
     mode: str = "lola"
     lola: LolaConfig | None = None
     kernels: str = "auto"
+    origin: str = ""                 # where combine/gqa/chunk/sinks came from (flag, preset, checkpoint, default)
 
     def __post_init__(self):
         if self.mode not in ATTN_MODES:
@@ -55,56 +56,117 @@ class AttentionSettings:
         check_kernels(self.kernels)
 
     @classmethod
-    def build(cls, mode: str, lola: LolaConfig, kernels: str = "auto") -> AttentionSettings:
+    def build(cls, mode: str, lola: LolaConfig, kernels: str = "auto", origin: str = "") -> AttentionSettings:
         if mode == "full":
             return cls("full", None, kernels)
         if mode == "base":
-            return cls("base", replace(lola, sparse=0), kernels)
-        return cls(mode, lola, kernels)
+            return cls("base", replace(lola, sparse=0), kernels, origin)
+        return cls(mode, lola, kernels, origin)
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "lola": None if self.lola is None else self.lola.to_dict(),
-                "kernels": self.kernels}
+                "kernels": self.kernels, "origin": self.origin}
 
 
 FULL = AttentionSettings("full")
 
 
+# Named configurations. "paper" is the LoLA authors' method as their code computes it (lukemcdermotttt/LoLA,
+# branch new_eval, 679769f): their output formula, selection per query head, update cadence = window, no attention
+# sinks. The others add the window / sparse-cache sizes of their evaluation configs for those models.
+PRESETS: dict[str, dict] = {
+    "paper": {"combine": "lola", "gqa": "expanded", "chunk": None, "sinks": 0},
+    "paper-llama3.1-8b": {"combine": "lola", "gqa": "expanded", "chunk": None, "sinks": 0, "window": 64,
+                          "sparse": 64},     # configs/eval inference_llama3_1_8b_lola.yaml at 679769f
+    "paper-llama3.2-1b": {"combine": "lola", "gqa": "expanded", "chunk": None, "sinks": 0, "window": 256,
+                          "sparse": 256},    # configs/eval inference_llama3_2_1b_lola.yaml at 679769f
+}
+# Where neither a flag, a preset nor the checkpoint says otherwise: the authors' choices (sizes: ours).
+DEFAULTS = {"window": 64, "sparse": 512, "combine": "lola", "gqa": "expanded", "chunk": None, "sinks": 0}
+RESOLVED = ("window", "sparse", "combine", "gqa", "chunk", "sinks")
+
+
 @dataclass(frozen=True)
 class LolaFlags:
-    """The LoLA flags as typed (``None``: not given, so the checkpoint's value or the default applies)."""
+    """The LoLA flags as typed (``None``: not given, so a preset, the checkpoint or the default applies)."""
 
-    window: int = 64
-    sparse: int = 512                # lambda
+    window: int | None = None
+    sparse: int | None = None        # lambda
     scorer: str = "sre"
     feature_map: str | None = None
     combine: str | None = None
     sinks: int | None = None
-    gqa: str = "grouped"
+    gqa: str | None = None
     chunk: int | None = None
     seed: int = 0
+    preset: str | None = None
+
+
+def check_preset(name: str | None) -> dict:
+    if name is None:
+        return {}
+    if name not in PRESETS:
+        raise UserError(f"unknown --preset {name!r}: choose {', '.join(PRESETS)}")
+    return PRESETS[name]
 
 
 def checkpoint_defaults(ckpt: str | None) -> dict:
-    """What a checkpoint says about how it must run (its formula and attention sinks); {} without one."""
+    """What a checkpoint says about how it must run: its formula, attention sinks and GQA layout; {} without one.
+    A file whose factors were trained for another formula (LoLCATs distillation) says nothing here: LoLA's
+    authors evaluate those files with their own formula, so the default applies."""
     from .models.checkpoint import read_meta
 
     meta = read_meta(ckpt) if ckpt else {}
+    out = {}
     sinks = meta.get("sinks")
-    if sinks is not None and (isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0):
-        raise UserError(f"checkpoint {ckpt}: 'sinks' in its metadata must be an integer >= 0, got {sinks!r}")
+    if sinks is not None:
+        if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
+            raise UserError(f"checkpoint {ckpt}: 'sinks' in its metadata must be an integer >= 0, got {sinks!r}")
+        out["sinks"] = sinks
     combine = meta.get("combine")
-    if combine is not None and not isinstance(combine, str):
-        raise UserError(f"checkpoint {ckpt}: 'combine' in its metadata must be a string, got {combine!r}")
-    return {k: v for k, v in (("combine", combine), ("sinks", sinks)) if v is not None}
+    if combine is not None:
+        if not isinstance(combine, str):
+            raise UserError(f"checkpoint {ckpt}: 'combine' in its metadata must be a string, got {combine!r}")
+        out["combine"] = combine
+    trained = meta.get("lola_config") if isinstance(meta.get("lola_config"), dict) else {}
+    if isinstance(trained.get("gqa"), str):
+        out["gqa"] = trained["gqa"]
+    return out
+
+
+def resolve_lola(flags: LolaFlags, ckpt: str | None) -> tuple[dict, dict]:
+    """(values, where each came from) for window, sparse, combine, gqa, chunk, sinks: a flag, else the preset,
+    else the checkpoint's metadata, else the default. A flag that contradicts the preset is an error."""
+    preset = check_preset(flags.preset)
+    meta = checkpoint_defaults(ckpt)
+    values, source = {}, {}
+    for key in RESOLVED:
+        flag = getattr(flags, key)
+        if flag is not None:
+            if key in preset and preset[key] != flag:
+                raise UserError(f"--preset {flags.preset} sets {key} = {preset[key]!r}; drop the conflicting "
+                                f"flag ({flag!r}) or the preset")
+            values[key], source[key] = flag, "flag"
+        elif key in preset:
+            values[key], source[key] = preset[key], f"preset {flags.preset}"
+        elif key in meta:
+            values[key], source[key] = meta[key], "checkpoint"
+        else:
+            values[key], source[key] = DEFAULTS[key], "default"
+    return values, source
 
 
 def lola_config(flags: LolaFlags, feature_map: str, ckpt: str | None) -> LolaConfig:
-    """LolaConfig from flags; the combine formula and sinks default to what the checkpoint was trained with."""
-    meta = checkpoint_defaults(ckpt)
-    return LolaConfig(window=flags.window, sparse=flags.sparse, scorer=flags.scorer, feature_map=feature_map,
-                      combine=flags.combine or meta.get("combine") or "gated", gqa=flags.gqa, chunk=flags.chunk,
-                      seed=flags.seed, sinks=flags.sinks if flags.sinks is not None else int(meta.get("sinks", 0)))
+    """LolaConfig from flags, preset, checkpoint metadata and defaults (see ``resolve_lola``)."""
+    return lola_config_and_sources(flags, feature_map, ckpt)[0]
+
+
+def lola_config_and_sources(flags: LolaFlags, feature_map: str, ckpt: str | None) -> tuple[LolaConfig, str]:
+    v, src = resolve_lola(flags, ckpt)
+    cfg = LolaConfig(window=v["window"], sparse=v["sparse"], scorer=flags.scorer, feature_map=feature_map,
+                     combine=v["combine"], gqa=v["gqa"], chunk=v["chunk"], seed=flags.seed, sinks=v["sinks"])
+    origin = " ".join(f"{k}={src[k]}" for k in ("combine", "gqa", "chunk", "sinks"))
+    return cfg, origin
 
 
 def resolve_variants(modes, flags: LolaFlags, model: ModelSettings,
@@ -116,8 +178,8 @@ def resolve_variants(modes, flags: LolaFlags, model: ModelSettings,
         if m not in ATTN_MODES:
             raise UserError(f"unknown --attn {m!r}: choose full, base or lola")
     ckpt, fmap = resolve_checkpoint(model, flags.feature_map)
-    cfg = lola_config(flags, fmap, ckpt)
-    return ckpt, [AttentionSettings.build(m, cfg, check_kernels(kernels)) for m in dict.fromkeys(modes)]
+    cfg, origin = lola_config_and_sources(flags, fmap, ckpt)
+    return ckpt, [AttentionSettings.build(m, cfg, check_kernels(kernels), origin) for m in dict.fromkeys(modes)]
 
 
 VARIANT_COLUMNS = ("attn", "window", "lambda", "sinks", "scorer", "feature_map")
@@ -136,6 +198,7 @@ def implementation_columns(attn: AttentionSettings, used: str | None) -> dict:
     actually ran (``used``: from the layer call counters; None when nothing ran)."""
     c = attn.lola
     return {"combine": c.combine if c else None, "gqa": c.gqa if c else None, "chunk": c.chunk_size if c else None,
+            "settings_from": attn.origin or None if c else None,
             "implementation": used if c else "torch (transformers attention)"}
 
 

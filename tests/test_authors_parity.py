@@ -5,8 +5,8 @@ outputs of the LoLA authors' ``linear_window_attention_sw_sparse.py`` (prompt in
 call per token) or of LoLCATs' ``hybrid_attention_quadratic`` (λ = 0), and, for LoLA, the sparse-cache positions
 that the queries of every chunk attend to. Provenance: tests/fixtures/authors/PROVENANCE.json.
 
-Today's settings that reproduce them (issue 15 will name them):
-  LoLA:            combine='calibrated' with every factor negated (f' = -f), gqa='expanded', chunk = η, sinks 0
+Settings that reproduce them:
+  LoLA:            --preset paper (combine='lola', gqa='expanded', chunk = η, sinks 0), the factors as stored
   LoLCATs (tk):    combine='lolcats', chunk = window = η, sparse 0
   LoLCATs (sw):    combine='lolcats', chunk = 1, window = η - 1 (their window of η keys includes the query)
 """
@@ -14,6 +14,7 @@ Today's settings that reproduce them (issue 15 will name them):
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from lola_bench.attention.feature_maps import Hedgehog
 from lola_bench.attention.reference import lola_reference
 from lola_bench.attention.scorers import make_scorer
 from lola_bench.attention.state import LolaState
+from lola_bench.settings import LolaFlags, lola_config
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "authors"
 TOL = 1e-5
@@ -54,19 +56,15 @@ class _RectHedgehog(Hedgehog):
 
 
 def _params(fx: dict) -> LolaParams:
-    eta, f = fx["eta"], fx["window_factors"].reshape(-1)
-    # TODO(issue 15): LoLA -> LolaConfig(combine="lola", ...) / preset="paper" with the factors as stored (no
-    # negation); LoLCATs keeps combine="lolcats".
-    if fx["module"] == "lola":
-        cfg = dict(window=eta, sparse=fx["lam"], chunk=eta, combine="calibrated")
-        factors = -f
+    eta, factors = fx["eta"], fx["window_factors"].reshape(-1)
+    if fx["module"] == "lola":  # exactly what `--preset paper --window eta --lambda lam` resolves to
+        cfg = lola_config(LolaFlags(window=eta, sparse=fx["lam"], scorer="sre", preset="paper"), "hedgehog", None)
+        assert (cfg.combine, cfg.gqa, cfg.chunk_size, cfg.sinks) == ("lola", "expanded", eta, 0)
     elif fx["module"] == "lolcats_tk":
-        cfg = dict(window=eta, sparse=0, chunk=eta, combine="lolcats")
-        factors = f
+        cfg = LolaConfig(window=eta, sparse=0, chunk=eta, combine="lolcats", feature_map="hedgehog", gqa="expanded")
     else:
-        cfg = dict(window=eta - 1, sparse=0, chunk=1, combine="lolcats")
-        factors = f
-    cfg = LolaConfig(feature_map="hedgehog", scorer="sre", gqa="expanded", sinks=0, eps=fx["eps"], **cfg)
+        cfg = LolaConfig(window=eta - 1, sparse=0, chunk=1, combine="lolcats", feature_map="hedgehog", gqa="expanded")
+    cfg = replace(cfg, eps=fx["eps"])
     hq, hkv, d = fx["q"].shape[1], fx["k"].shape[1], fx["q"].shape[3]
     return LolaParams(cfg, _RectHedgehog(fx["fmap_q"]), _RectHedgehog(fx["fmap_k"]), factors, make_scorer("sre"),
                       hq, hkv, d)
@@ -127,3 +125,31 @@ def test_fixtures_cover_the_issue_cases_and_have_provenance():
     assert prov["upstream"]["lola"]["commit"].startswith("679769f")
     assert len(prov["upstream"]["lola"]["files_sha256"]
                ["src/model/linear_attention/linear_window_attention_sw_sparse.py"]) == 64
+
+
+@pytest.mark.parametrize("max_logit", [7.0, 145.0, 436.0])
+def test_lola_formula_matches_the_unshifted_form_without_overflow(max_logit):
+    """combine='lola' is (g*S*v + (1-g)*phi.H) / (g*S + (1-g)*phi.s + eps) with the unshifted S = sum exp(logit):
+    computed shifted in float32 it must equal that formula evaluated in float64, even where exp(logit) overflows
+    float32 (the authors' bf16 path returns inf/nan there)."""
+    from lola_bench.attention.common import mix
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 40, generator=g, dtype=torch.float64) * 3
+    logits[..., 0] = max_logit
+    v = torch.randn(3, 5, 40, 8, generator=g, dtype=torch.float64)
+    lin_num = torch.randn(3, 5, 8, generator=g, dtype=torch.float64)
+    lin_den = torch.rand(3, 5, 1, generator=g, dtype=torch.float64) * 50 + 1
+    factor = torch.randn(3, 1, 1, generator=g, dtype=torch.float64)
+    eps = 1e-6
+    gate = torch.sigmoid(factor)
+    e = torch.exp(logits)                                     # float64: finite up to logit ~709
+    want = (gate * (e.unsqueeze(-1) * v).sum(-2) + (1 - gate) * lin_num) / (
+        gate * e.sum(-1, keepdim=True) + (1 - gate) * lin_den + eps)
+    m = logits.amax(-1, keepdim=True)
+    es = torch.exp(logits - m)
+    f32 = torch.float32
+    got = mix("lola", factor.to(f32), (es.unsqueeze(-1) * v).sum(-2).to(f32), es.sum(-1, keepdim=True).to(f32),
+              lin_num.to(f32), lin_den.to(f32), eps, m.to(f32))
+    assert torch.isfinite(got).all()
+    assert _rel(got.double(), want) <= 1e-5

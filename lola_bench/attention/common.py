@@ -154,6 +154,9 @@ def mix(combine: str, factor, sm_num, sm_den, lin_num, lin_den, eps: float, sm_m
     lolcats:    y = (g*sm_num + lin_num) / (g*sm_den + lin_den + eps)                (LoLCATs' window_factor)
     normalized: y = g * sm_num/sm_den + (1-g) * lin_num/(lin_den + eps)
     calibrated: y = (sm_num + w*lin_num) / (sm_den + w*lin_den + eps),            w = exp(factor - sm_max)
+    lola:       y = (g*S*v + (1-g)*phi(q)^T H) / (g*S + (1-g)*phi(q)^T s + eps),  S = sum_j exp(q.k_j/sqrt d)
+                (the LoLA authors' formula, unshifted sum, eps where theirs is; computed shifted, so it never
+                overflows: it equals calibrated with the factor negated, up to where eps sits)
     sm_* are max-subtracted exp sums (sm_den >= 1). In 'gated' and 'lolcats' the softmax part therefore has
     the same weight whether its best key matches the query strongly or barely, while lin_den grows with the
     number of folded pairs: at long context the linear memory drowns exact matches. 'normalized' averages
@@ -164,6 +167,12 @@ def mix(combine: str, factor, sm_num, sm_den, lin_num, lin_den, eps: float, sm_m
     if combine == "calibrated":
         w = torch.exp((factor - sm_max).clamp(max=80.0))
         return (sm_num + w * lin_num) / (sm_den + w * lin_den + eps)
+    if combine == "lola":
+        # (g*S*v + (1-g)*phi.H) / (g*S + (1-g)*phi.s + eps) with S = e^m * sm_den, divided through by g*e^m:
+        # the linear weight is (1-g)/g * e^-m = e^(-factor-m), eps becomes eps*e^-m/g (no overflow past logit 88)
+        w = torch.exp((-factor - sm_max).clamp(max=80.0))
+        eps_m = eps * torch.exp((-sm_max).clamp(max=80.0)) * (1 + torch.exp(-factor))
+        return (sm_num + w * lin_num) / (sm_den + w * lin_den + eps_m)
     g = torch.sigmoid(factor)
     if combine == "gated":
         return (g * sm_num + (1 - g) * lin_num) / (g * sm_den + (1 - g) * lin_den + eps)

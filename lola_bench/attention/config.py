@@ -25,7 +25,7 @@ from ..errors import UserError
 
 FEATURE_MAPS = ("hedgehog", "hedgehog-identity", "elu", "relu", "taylor")
 SCORERS = ("sre", "random", "key_norm", "attention", "recency", "sink")
-COMBINES = ("gated", "lolcats", "normalized", "calibrated")
+COMBINES = ("lola", "calibrated", "lolcats", "gated", "normalized")
 GQA_MODES = ("grouped", "expanded")
 
 

@@ -23,17 +23,24 @@ ModelOpt = Annotated[str, typer.Option("--model", help="Model spec: smollm2-135m
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | "
                                        "float16.")]
-WindowOpt = Annotated[int, typer.Option("--window", help="eta: local sliding window (exact softmax). With the default "
-                                        "cadence (chunk = eta) a query sees between eta+1 and 2*eta recent keys.")]
-CombineOpt = Annotated[Optional[str], typer.Option("--combine", help="How softmax and linear parts mix: calibrated "
-                                                  "(unshifted exp vs exp(factor) phi.phi: exact matches outweigh the "
-                                                  "linear memory), lolcats, gated, normalized. Default: the "
-                                                  "checkpoint's formula, else gated.")]
+WindowOpt = Annotated[Optional[int], typer.Option("--window", help="eta: local sliding window (exact softmax). With "
+                                                  "the default cadence (chunk = eta) a query sees between eta+1 and "
+                                                  "2*eta recent keys. Default: the preset's, else 64.")]
+CombineOpt = Annotated[Optional[str], typer.Option("--combine", help="How softmax and linear parts mix: lola (the LoLA "
+                                                  "authors' formula), calibrated (ours: unshifted exp vs exp(factor) "
+                                                  "phi.phi), lolcats (LoLCATs' window-factor form), gated, "
+                                                  "normalized. Default: the checkpoint's formula, else lola.")]
 SinksOpt = Annotated[Optional[int], typer.Option("--sinks", help="Attention sinks: the first N positions always "
                                               "kept exact, on top of lambda (never folded into the linear state). "
                                               "Default: the checkpoint's value (what it was trained with), else 0.")]
-GqaOpt = Annotated[str, typer.Option("--gqa", help="grouped: K/V and selection once per KV head; expanded: per query "
-                                     "head (the public code's layout).")]
+GqaOpt = Annotated[Optional[str], typer.Option("--gqa", help="grouped: K/V and selection once per KV head; expanded: "
+                                               "per query head (the authors' layout). Default: the checkpoint's, else "
+                                               "expanded.")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Named settings: paper (the LoLA authors' formula, "
+                                                 "per-query-head selection, chunk = window, no sinks), "
+                                                 "paper-llama3.1-8b (+ window 64, lambda 64), paper-llama3.2-1b "
+                                                 "(+ window 256, lambda 256): their eval configs. Flags that "
+                                                 "contradict the preset are refused.")]
 ChunkOpt = Annotated[Optional[int], typer.Option("--chunk", help="Update cadence in tokens (default: = window).")]
 CkptOpt = Annotated[Optional[str], typer.Option("--lola-ckpt", help="Linearization checkpoint (feature maps + window "
                                                "factors [+ LoRA]); 'none' disables the shipped default.")]
@@ -41,9 +48,10 @@ CkptOpt = Annotated[Optional[str], typer.Option("--lola-ckpt", help="Linearizati
 _SHARED = [  # (name, annotation, default)
     ("attn", Annotated[list[str], typer.Option("--attn", help="Attention variant(s): full (softmax), base (window + "
                                                "linear, lambda=0), lola. Repeat to compare in one run.")], None),
-    ("window", WindowOpt, 64),
-    ("lam", Annotated[int, typer.Option("--lambda", help="lambda: sparse global cache size (pairs kept by the "
-                                        "scorer).")], 512),
+    ("preset", PresetOpt, None),
+    ("window", WindowOpt, None),
+    ("lam", Annotated[Optional[int], typer.Option("--lambda", help="lambda: sparse global cache size (pairs kept by "
+                                                  "the scorer). Default: the preset's, else 512.")], None),
     ("scorer", Annotated[str, typer.Option("--scorer", help="Which evicted pairs stay cached: sre (self-recall "
                                            "error, default), random, key_norm, attention, recency, sink.")], "sre"),
     ("feature_map", Annotated[Optional[str], typer.Option("--feature-map", help="phi for the linear state: hedgehog "
@@ -51,7 +59,7 @@ _SHARED = [  # (name, annotation, default)
                                                           "hedgehog-identity, elu, relu, taylor.")], None),
     ("combine", CombineOpt, None),
     ("sinks", SinksOpt, None),
-    ("gqa", GqaOpt, "grouped"),
+    ("gqa", GqaOpt, None),
     ("chunk", ChunkOpt, None),
     ("model", ModelOpt, "smollm2-135m"),
     ("device", DeviceOpt, "auto"),
@@ -100,7 +108,7 @@ def run_options(command: str, attn_default: tuple[str, ...] = ("full", "base", "
                 attn=tuple(vals["attn"]),
                 lola=LolaFlags(window=vals["window"], sparse=vals["lam"], scorer=vals["scorer"],
                                feature_map=vals["feature_map"], combine=vals["combine"], sinks=vals["sinks"],
-                               gqa=vals["gqa"], chunk=vals["chunk"], seed=seed),
+                               gqa=vals["gqa"], chunk=vals["chunk"], seed=seed, preset=vals["preset"]),
                 kernels=kernels_flag(), out=vals["out"], overwrite=vals["overwrite"])
             return fn(opts=opts, **kw)
 

@@ -20,7 +20,7 @@ SUMMARY_COLUMNS = ["model", "attn", "window", "lambda", "sinks", "scorer", "feat
                    "accuracy",
                    "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib", "full_kv_mib", "window_mib",
                    "sparse_mib", "state_mib", "phi_k_mib", "mean_prompt_tokens", "combine", "gqa", "chunk",
-                   "implementation", "device"]
+                   "settings_from", "implementation", "device"]
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,8 @@ class LinearizeSettings:
     def window_factor_init(self) -> float:
         if self.factor_init is not None:
             return float(self.factor_init)
-        inits = {"lolcats": LOLCATS_FACTOR_INIT, "calibrated": CALIBRATED_FACTOR_INIT}
+        # lola: the LoLA/LoLCATs code's init, sigmoid(factor) = 0.1 (the same logit as lolcats)
+        inits = {"lolcats": LOLCATS_FACTOR_INIT, "lola": LOLCATS_FACTOR_INIT, "calibrated": CALIBRATED_FACTOR_INIT}
         return inits.get(self.combine, GATED_FACTOR_INIT)
 
     def lola_config(self) -> LolaConfig:
