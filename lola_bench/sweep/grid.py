@@ -48,11 +48,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .attention.config import FEATURE_MAPS, SCORERS, LolaConfig
-from .errors import UserError
-from .evals.ruler_bench import SUMMARY_COLUMNS
-from .records import MARKER, atomic_write_json, atomic_write_text, check_output_dir, to_jsonable
-from .settings import AttentionSettings, ModelSettings
+from ..attention.config import FEATURE_MAPS, SCORERS, LolaConfig
+from ..errors import UserError
+from ..evals.ruler_bench import SUMMARY_COLUMNS
+from ..records import MARKER, atomic_write_json, atomic_write_text, check_output_dir, to_jsonable
+from ..settings import AttentionSettings, ModelSettings
 
 SUITES = ("ruler", "commonsense")
 CELL_FORMAT = 1                      # bump when the meaning of a cell config changes
@@ -155,11 +155,11 @@ class SweepSpec:
         tasks = [tasks] if isinstance(tasks, str) else list(tasks)
         if self.suite == "ruler":
             tasks = tasks or ["niah_single_1"]
-            from .evals.ruler import TASKS
-            from .evals.ruler_bench import expand_tasks
+            from ..evals.ruler import TASKS
+            from ..evals.ruler_bench import expand_tasks
 
             return _ordered("task", expand_tasks(tasks), TASKS)
-        from .evals.commonsense import DEFAULT_TASKS, KNOWN_TASKS
+        from ..evals.commonsense import DEFAULT_TASKS, KNOWN_TASKS
 
         names = list(DEFAULT_TASKS) if not tasks or "all" in tasks else [str(t).strip().lower() for t in tasks]
         return _ordered("commonsense task", names, KNOWN_TASKS)
@@ -281,8 +281,8 @@ def _resolved_device(spec: SweepSpec) -> tuple[str, str]:
 
 def _essay_path(spec: SweepSpec) -> str | None:
     """--essay-path, else $LOLA_BENCH_ESSAY, else the staged RULER essays in the data directory."""
-    from .evals.ruler.haystack import resolve_essay_path
-    from .paths import data_dir
+    from ..evals.ruler.haystack import resolve_essay_path
+    from ..paths import data_dir
 
     p = resolve_essay_path(spec.essay_path)
     if p is not None:
@@ -293,7 +293,7 @@ def _essay_path(spec: SweepSpec) -> str | None:
 
 
 def _ruler_settings(spec: SweepSpec):
-    from .evals.ruler_bench import RulerSettings
+    from ..evals.ruler_bench import RulerSettings
 
     return RulerSettings(tasks=spec.tasks, ctxs=spec.ctxs, samples=spec.samples,
                          seed=spec.seed, essay_path=_essay_path(spec), qa_path=spec.qa_path,
@@ -302,7 +302,7 @@ def _ruler_settings(spec: SweepSpec):
 
 def _variants(spec: SweepSpec) -> list[tuple[AttentionSettings, str | None]]:
     """Attention variants in canonical order, each with its resolved checkpoint path."""
-    from .models.checkpoint import read_meta, resolve_checkpoint
+    from ..models.checkpoint import read_meta, resolve_checkpoint
 
     out: list[tuple[AttentionSettings, str | None]] = []
     if spec.full:
@@ -329,7 +329,7 @@ def _variants(spec: SweepSpec) -> list[tuple[AttentionSettings, str | None]]:
 
 def _commonsense_data_dir(spec: SweepSpec) -> str | None:
     """The offline mirror the commonsense cells read (None: lm-eval's online tasks), as the commonsense command."""
-    from .paths import data_dir
+    from ..paths import data_dir
 
     d = None if spec.online else data_dir(spec.data_dir)
     return str(d) if d else None
@@ -339,11 +339,11 @@ def validate_spec(spec: SweepSpec) -> None:
     """Every check possible before loading a model (UserError). The ctx limit is checked after loading."""
     _resolved_device(spec)
     if spec.suite == "ruler":
-        from .evals.ruler_bench import validate
+        from ..evals.ruler_bench import validate
 
         validate(_ruler_settings(spec), 0)
     else:
-        from .evals.commonsense import resolve_tasks
+        from ..evals.commonsense import resolve_tasks
 
         data = _commonsense_data_dir(spec)
         if spec.data_dir and not spec.online and not Path(data).is_dir():
@@ -364,8 +364,8 @@ def cells(spec: SweepSpec) -> list[Cell]:
                 for attn, ckpt in _variants(spec)]
     out: list[Cell] = []
     if spec.suite == "ruler":
-        from .evals.ruler import TASKS
-        from .evals.ruler.haystack import resolve_qa_path
+        from ..evals.ruler import TASKS
+        from ..evals.ruler.haystack import resolve_qa_path
 
         essay = _essay_path(spec)
         for task in spec.tasks:
@@ -424,7 +424,7 @@ def default_sweep_dir(spec: SweepSpec, grid: list[Cell] | None = None) -> Path:
     rerunning a command resumes it (and shards of one grid meet in one directory)."""
     import re
 
-    from .paths import results_dir
+    from ..paths import results_dir
 
     ids = sorted(c.cell_id for c in (grid if grid is not None else cells(spec)))
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.model).strip("_")
@@ -565,24 +565,24 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
 # ---- running --------------------------------------------------------------------------------------
 
 def default_load_model(spec: SweepSpec):
-    from .models.loading import load_model
+    from ..models.loading import load_model
 
     return load_model(spec.model, spec.device, spec.dtype)
 
 
 def _device_label(loaded) -> str:
-    from .provenance import device_label
+    from ..provenance import device_label
 
     return device_label(getattr(loaded, "device", "cpu"))
 
 
 def default_run_cell(loaded, cell: Cell, progress: Progress | None = None) -> CellOutput:
     """Run one cell with the ordinary runners: run_ruler (one variant) or run_commonsense (one task)."""
-    from .models.variants import apply_attention
+    from ..models.variants import apply_attention
 
     c = cell.config
     if c.suite == "ruler":
-        from .evals.ruler_bench import RulerSettings, run_ruler
+        from ..evals.ruler_bench import RulerSettings, run_ruler
 
         rs = RulerSettings(tasks=(c.task,), ctxs=(c.ctx,), samples=c.samples, seed=c.seed,
                            essay_path=cell.essay_path, qa_path=cell.qa_path, chat_template=c.chat_template)
@@ -590,7 +590,7 @@ def default_run_cell(loaded, cell: Cell, progress: Progress | None = None) -> Ce
                         progress=progress)
         return CellOutput(out.summary, out.predictions, {"chat_template_applied": out.chat_template})
 
-    from .evals.commonsense import run_commonsense
+    from ..evals.commonsense import run_commonsense
 
     apply_attention(loaded.model, c.attention, cell.ckpt_path)
     try:
@@ -683,7 +683,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, shard: tuple[int, 
     sweep.prepare()
     pending = [c for c in mine if _pending(sweep.done(c.cell_id), retry_failed)]
     if pending or not (sweep.path / "config.json").exists():
-        from .provenance import provenance
+        from ..provenance import provenance
 
         shard = as_shard(shard)
         atomic_write_json(sweep.path / "config.json", {
@@ -732,7 +732,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, shard: tuple[int, 
     if not result.ran:
         result.frame = read_sweep_csv(sweep.csv) if sweep.csv.exists() else sweep.rebuild_csv(order)
     if report and not result.frame.empty and (result.ran or not (sweep.path / "sweep.md").exists()):
-        from .report import render_sweep_report
+        from ..report import render_sweep_report
 
         result.report = render_sweep_report(result.frame, sweep.path)
     return result

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .records import frame_to_markdown
+from ..records import frame_to_markdown
 
 
 def _plt():
@@ -55,7 +55,7 @@ def depth_heatmaps(predictions: list[dict], out_dir: str | Path) -> list[Path]:
 
 def _row_configs(df: pd.DataFrame) -> list:
     """A LolaConfig (window, lambda, chunk) per result row; None for full-attention rows."""
-    from .attention.config import LolaConfig
+    from ..attention.config import LolaConfig
 
     out = []
     for _, r in df.iterrows():
@@ -448,7 +448,7 @@ def sweep_plots(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
 
 def sweep_markdown(df: pd.DataFrame, plots: list[Path] = ()) -> str:
     """sweep.md: summary line, notes, accuracy / TTFT / memory pivots (λ × η), failed cells, plot links."""
-    from .sweep import tidy
+    from ..sweep import tidy
 
     df = tidy(df)
     ok = _ok_rows(df)
@@ -488,8 +488,8 @@ def sweep_markdown(df: pd.DataFrame, plots: list[Path] = ()) -> str:
 
 def render_sweep_report(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """Write sweep.md and the PNG plots into ``out_dir``; return their paths (sweep.md first)."""
-    from .records import atomic_write_text
-    from .sweep import tidy
+    from ..records import atomic_write_text
+    from ..sweep import tidy
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -506,9 +506,9 @@ def render_report(dirs, out_dir: str | Path | None = None) -> list[Path]:
     also gets the merged sweep.csv. Commonsense run directories (summary.csv, no sweep.csv) get a side-by-side
     comparison of their variants instead (``render_commonsense_report``).
     """
-    from .errors import UserError
-    from .records import atomic_write_text
-    from .sweep import merge_sweeps
+    from ..errors import UserError
+    from ..records import atomic_write_text
+    from ..sweep import merge_sweeps
 
     dirs = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
     if dirs and all((d / "summary.csv").is_file() and not (d / "sweep.csv").is_file() for d in dirs):
@@ -588,8 +588,8 @@ def commonsense_comparison(summary: pd.DataFrame) -> pd.DataFrame:
 def render_commonsense_report(dirs, out: str | Path) -> list[Path]:
     """comparison.{csv,md} from the summary.csv of one or several commonsense run directories, with config.json
     beside them (this command's provenance and each source run's)."""
-    from .errors import UserError
-    from .records import atomic_write_text
+    from ..errors import UserError
+    from ..records import atomic_write_text
 
     frames, sources = [], []
     for d in [Path(x) for x in dirs]:
@@ -609,8 +609,8 @@ def render_commonsense_report(dirs, out: str | Path) -> list[Path]:
           + frame_to_markdown(table)
           + "\n\n" + COMPARISON_NOTE + " Sources: " + ", ".join(f"`{s}`" for s in sources) + ".\n")
     atomic_write_text(out / "comparison.md", md)
-    from .provenance import provenance
-    from .records import atomic_write_json
+    from ..provenance import provenance
+    from ..records import atomic_write_json
 
     atomic_write_json(out / "config.json", {"command": "report (commonsense comparison)", "sources": sources,
                                             "source_configs": {s: _read_json(Path(s) / "config.json")

@@ -1,0 +1,27 @@
+"""Resumable grids of ruler / commonsense runs (temporarily one module, grid.py; split next)."""
+
+from .grid import (  # noqa: F401
+    SWEEP_COLUMNS,
+    Cell,
+    CellConfig,
+    CellOutput,
+    SweepDir,
+    SweepResult,
+    SweepSpec,
+    as_shard,
+    cell_hash,
+    cells,
+    default_load_model,
+    default_run_cell,
+    default_sweep_dir,
+    fingerprint,
+    format_eta,
+    merge_sweeps,
+    parse_shard,
+    plan_sweep,
+    read_sweep_csv,
+    run_sweep,
+    shard_cells,
+    tidy,
+    validate_spec,
+)
