@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -13,6 +14,9 @@ from .commonsense import render_commonsense_report
 from .sweep_plots import sweep_plots
 from .sweep_tables import sweep_markdown
 
+if TYPE_CHECKING:
+    from ..sweep.run import SweepResult
+
 
 def render_sweep_report(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """Write sweep.md and the PNG plots into ``out_dir``; return their paths (sweep.md first)."""
@@ -22,6 +26,15 @@ def render_sweep_report(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     path = out_dir / "sweep.md"
     atomic_write_text(path, sweep_markdown(df, plots))
     return [path, *plots]
+
+
+def render_sweep_result(result: SweepResult) -> list[Path]:
+    """The report after ``run_sweep``: sweep.md and the plots in ``result.out_dir`` when this call ran cells or
+    sweep.md is missing, and nothing when sweep.csv has no rows. Returns the files written (none: left as is)."""
+    out_dir = Path(result.out_dir)
+    if result.frame.empty or not (result.ran or not (out_dir / "sweep.md").exists()):
+        return []
+    return render_sweep_report(result.frame, out_dir)
 
 
 def render_report(dirs, out_dir: str | Path | None = None) -> list[Path]:

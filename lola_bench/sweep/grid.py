@@ -390,4 +390,3 @@ def default_sweep_dir(spec: SweepSpec, grid: list[Cell] | None = None) -> Path:
     ids = sorted(c.cell_id for c in (grid if grid is not None else cells(spec)))
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.model).strip("_")
     return results_dir() / "sweep" / f"{safe}-{spec.suite}-{cell_hash({'cells': ids})[:8]}"
-

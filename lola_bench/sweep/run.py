@@ -1,5 +1,8 @@
 """Running a sweep: the pending cells of a grid (or of one shard), each through the ordinary runners, into a
 SweepDir; and the dry run (plan_sweep) with its ETA.
+
+run_sweep writes sweep.csv but no report: its caller renders sweep.md and the plots once it returns
+(lola_bench.report.render_sweep_result), so this package never imports lola_bench.report.
 """
 
 from __future__ import annotations
@@ -129,19 +132,18 @@ class SweepResult:
     ran: list[str] = field(default_factory=list)      # cell ids run by this call
     failed: list[str] = field(default_factory=list)   # ... of which failed (oom / error)
     skipped: int = 0                                  # cells of this shard already done
-    report: list[Path] = field(default_factory=list)  # files written by the report
 
 
 def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, shard: tuple[int, int] | str | None = None,
               retry_failed: bool = False, load_model: Callable | None = None, run_cell: Callable | None = None,
-              progress: Progress | None = None, report: bool = True) -> SweepResult:
+              progress: Progress | None = None) -> SweepResult:
     """Run the pending cells of ``spec`` (of one shard) into ``out_dir``; finished cells are skipped.
 
     ``load_model(spec) -> loaded`` is called once, lazily, before the first pending cell (never when every
     cell is done). ``run_cell(loaded, cell, progress) -> CellOutput`` runs one cell. A cell that raises
     (anything but KeyboardInterrupt/SystemExit) is recorded with status "oom" or "error" and the sweep goes
-    on. ``progress(advance, description)``: one unit per pending cell. ``report``: re-render sweep.md and the
-    plots when anything ran (or they are missing).
+    on. ``progress(advance, description)``: one unit per pending cell. Writes no report: the caller renders
+    sweep.md and the plots from the result (``lola_bench.report.render_sweep_result``).
     """
     load_model = load_model or default_load_model
     run_cell = run_cell or default_run_cell
@@ -200,10 +202,6 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, shard: tuple[int, 
             progress(1, f"{prefix}: {status}" if status != "ok" else None)
     if not result.ran:
         result.frame = read_sweep_csv(sweep.csv) if sweep.csv.exists() else sweep.rebuild_csv(order)
-    if report and not result.frame.empty and (result.ran or not (sweep.path / "sweep.md").exists()):
-        from ..report import render_sweep_report
-
-        result.report = render_sweep_report(result.frame, sweep.path)
     return result
 
 
@@ -271,5 +269,3 @@ def format_eta(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
