@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ from lola_bench.sweep import (
     CellOutput,
     SweepDir,
     SweepSpec,
+    cell_hash,
     cells,
     merge_sweeps,
     parse_shard,
@@ -85,20 +87,31 @@ def test_cell_id_same_config_same_id_any_change_differs():
     base = CellConfig("ruler", "random:tiny", "cpu", "float32", AttentionSettings("lola", lola), None,
                       "niah_single_1", ctx=512, samples=2, seed=0)
     assert base.cell_id == CellConfig(**{k: getattr(base, k) for k in base.__dataclass_fields__}).cell_id
-    assert len(base.cell_id) == 16 and int(base.cell_id, 16) >= 0
+    # the id is sha256 of the canonical JSON of to_dict(), which holds every field (the LoLA config in full)
+    d = base.to_dict()
+    assert set(d) == {"format", *CellConfig.__dataclass_fields__}
+    assert set(d["attention"]["lola"]) >= set(LolaConfig.__dataclass_fields__) - {"sinks"}   # sinks=0: left out
+    canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert base.cell_id == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    assert cell_hash(d) == base.cell_id and cell_hash(dict(reversed(d.items()))) == base.cell_id   # key order
     changes = {"suite": "commonsense", "model": "random:smollm2-135m", "device": "cuda", "dtype": "bfloat16",
                "checkpoint": "abc", "task": "niah_single_2", "ctx": 1024, "samples": 3, "seed": 1,
                "chat_template": True, "haystack": "def", "limit": 10, "num_fewshot": 5, "data": "local",
                "attention": AttentionSettings("full")}
-    ids = {base.cell_id}
-    for field, value in changes.items():
-        ids.add(replace(base, **{field: value}).cell_id)
     lola_changes = {"window": 32, "sparse": 32, "chunk": 8, "feature_map": "elu", "scorer": "random",
                     "combine": "lolcats" if lola.combine == "gated" else "gated", "gqa": "expanded",
-                    "factor_init": 1.0, "eps": 1e-5, "seed": 3}
-    for field, value in lola_changes.items():
-        ids.add(replace(base, attention=AttentionSettings("lola", replace(lola, **{field: value}))).cell_id)
-    assert len(ids) == 1 + len(changes) + len(lola_changes)
+                    "factor_init": 1.0, "eps": 1e-5, "seed": 3, "sinks": 4}
+    # every hashed field is varied here: a field added to the cell config or LoLA config must be added above
+    assert set(changes) == set(CellConfig.__dataclass_fields__)
+    assert set(lola_changes) == set(LolaConfig.__dataclass_fields__)
+    assert set(AttentionSettings.__dataclass_fields__) == {"mode", "lola"}
+    variants = [replace(base, **{field: value}) for field, value in changes.items()]
+    variants += [replace(base, attention=AttentionSettings("lola", replace(lola, **{field: value})))
+                 for field, value in lola_changes.items()]
+    variants.append(replace(base, attention=AttentionSettings("base", lola)))              # the mode alone
+    ids = [v.cell_id for v in variants]
+    assert base.cell_id not in ids, [k for k, i in zip([*changes, *lola_changes, "mode"], ids) if i == base.cell_id]
+    assert len(set(ids)) == len(ids)                                                     # and differ from each other
     # the spec's own fields reach the ids (seed, samples, model, dtype)
     ref = {c.cell_id for c in cells(SPEC)}
     for change in ({"seed": 1}, {"samples": 3}, {"model": "random:smollm2-135m"}, {"dtype": "float16"}):
@@ -307,3 +320,12 @@ def test_the_sweep_package_never_imports_the_report():
                 continue
             assert not any(n == "lola_bench.report" or n.startswith("lola_bench.report.") for n in names), \
                 (path.name, names)
+
+
+def test_the_store_has_a_place_for_every_runner_column():
+    """sweep.csv's columns belong to the store; the RULER runner's summary columns all have their place, in order."""
+    from lola_bench.evals.ruler_bench import SUMMARY_COLUMNS
+
+    assert [c for c in SWEEP_COLUMNS if c in SUMMARY_COLUMNS] == SUMMARY_COLUMNS
+    assert SWEEP_COLUMNS[:4] == ["cell_id", "suite", "status", "error"] and SWEEP_COLUMNS[-1] == "wall_s"
+    assert len(set(SWEEP_COLUMNS)) == len(SWEEP_COLUMNS)
