@@ -329,3 +329,22 @@ def test_the_store_has_a_place_for_every_runner_column():
     assert [c for c in SWEEP_COLUMNS if c in SUMMARY_COLUMNS] == SUMMARY_COLUMNS
     assert SWEEP_COLUMNS[:4] == ["cell_id", "suite", "status", "error"] and SWEEP_COLUMNS[-1] == "wall_s"
     assert len(set(SWEEP_COLUMNS)) == len(SWEEP_COLUMNS)
+
+
+def test_the_store_refuses_a_directory_lola_bench_did_not_write(tmp_path):
+    from lola_bench.records import MARKER
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    runner = FakeRunner()
+    with pytest.raises(UserError, match="did not write"):
+        run_sweep(SPEC, foreign, load_model=fake_loader([]), run_cell=runner)
+    assert runner.ran == [] and sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    with pytest.raises(UserError, match="did not write"):
+        SweepDir(foreign).check()
+    run_sweep(SPEC, tmp_path / "new", load_model=fake_loader([]), run_cell=FakeRunner())
+    assert (tmp_path / "new" / MARKER).is_file()                # marked: a later run resumes there
+    again = FakeRunner()
+    run_sweep(SPEC, tmp_path / "new", load_model=fake_loader([]), run_cell=again)
+    assert again.ran == []
