@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ from lola_bench.sweep import (
     CellOutput,
     SweepDir,
     SweepSpec,
+    cell_hash,
     cells,
     merge_sweeps,
     parse_shard,
@@ -85,20 +87,31 @@ def test_cell_id_same_config_same_id_any_change_differs():
     base = CellConfig("ruler", "random:tiny", "cpu", "float32", AttentionSettings("lola", lola), None,
                       "niah_single_1", ctx=512, samples=2, seed=0)
     assert base.cell_id == CellConfig(**{k: getattr(base, k) for k in base.__dataclass_fields__}).cell_id
-    assert len(base.cell_id) == 16 and int(base.cell_id, 16) >= 0
+    # the id is sha256 of the canonical JSON of to_dict(), which holds every field (the LoLA config in full)
+    d = base.to_dict()
+    assert set(d) == {"format", *CellConfig.__dataclass_fields__}
+    assert set(d["attention"]["lola"]) >= set(LolaConfig.__dataclass_fields__) - {"sinks"}   # sinks=0: left out
+    canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert base.cell_id == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    assert cell_hash(d) == base.cell_id and cell_hash(dict(reversed(d.items()))) == base.cell_id   # key order
     changes = {"suite": "commonsense", "model": "random:smollm2-135m", "device": "cuda", "dtype": "bfloat16",
                "checkpoint": "abc", "task": "niah_single_2", "ctx": 1024, "samples": 3, "seed": 1,
                "chat_template": True, "haystack": "def", "limit": 10, "num_fewshot": 5, "data": "local",
                "attention": AttentionSettings("full")}
-    ids = {base.cell_id}
-    for field, value in changes.items():
-        ids.add(replace(base, **{field: value}).cell_id)
     lola_changes = {"window": 32, "sparse": 32, "chunk": 8, "feature_map": "elu", "scorer": "random",
                     "combine": "lolcats" if lola.combine == "gated" else "gated", "gqa": "expanded",
-                    "factor_init": 1.0, "eps": 1e-5, "seed": 3}
-    for field, value in lola_changes.items():
-        ids.add(replace(base, attention=AttentionSettings("lola", replace(lola, **{field: value}))).cell_id)
-    assert len(ids) == 1 + len(changes) + len(lola_changes)
+                    "factor_init": 1.0, "eps": 1e-5, "seed": 3, "sinks": 4}
+    # every hashed field is varied here: a field added to the cell config or LoLA config must be added above
+    assert set(changes) == set(CellConfig.__dataclass_fields__)
+    assert set(lola_changes) == set(LolaConfig.__dataclass_fields__)
+    assert set(AttentionSettings.__dataclass_fields__) == {"mode", "lola"}
+    variants = [replace(base, **{field: value}) for field, value in changes.items()]
+    variants += [replace(base, attention=AttentionSettings("lola", replace(lola, **{field: value})))
+                 for field, value in lola_changes.items()]
+    variants.append(replace(base, attention=AttentionSettings("base", lola)))              # the mode alone
+    ids = [v.cell_id for v in variants]
+    assert base.cell_id not in ids, [k for k, i in zip([*changes, *lola_changes, "mode"], ids) if i == base.cell_id]
+    assert len(set(ids)) == len(ids)                                                     # and differ from each other
     # the spec's own fields reach the ids (seed, samples, model, dtype)
     ref = {c.cell_id for c in cells(SPEC)}
     for change in ({"seed": 1}, {"samples": 3}, {"model": "random:smollm2-135m"}, {"dtype": "float16"}):
@@ -118,7 +131,7 @@ def test_bad_input_is_rejected_up_front(tmp_path):
     calls, runner = [], FakeRunner()
     spec = replace(SPEC, ctxs=(512, 16384))
     with pytest.raises(UserError, match="exceeds"):
-        run_sweep(spec, tmp_path, load_model=fake_loader(calls), run_cell=runner, report=False)
+        run_sweep(spec, tmp_path, load_model=fake_loader(calls), run_cell=runner)
     assert calls and not runner.ran and not SweepDir(tmp_path).finished()
 
 
@@ -130,15 +143,14 @@ def test_resume_after_interrupt_and_noop_rerun(tmp_path):
     grid = cells(SPEC)
     calls = []
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(SPEC, tmp_path, load_model=fake_loader(calls), run_cell=FakeRunner({3: KeyboardInterrupt()}),
-                  report=False)
+        run_sweep(SPEC, tmp_path, load_model=fake_loader(calls), run_cell=FakeRunner({3: KeyboardInterrupt()}))
     sweep = SweepDir(tmp_path)
     assert len(sweep.finished()) == 2 and len(_rows(tmp_path)) == 2
     assert not list(sweep.staging.iterdir())                 # the interrupted cell left nothing behind
     first_two = set(sweep.finished())
 
     runner = FakeRunner()
-    res = run_sweep(SPEC, tmp_path, load_model=fake_loader(calls), run_cell=runner, report=False)
+    res = run_sweep(SPEC, tmp_path, load_model=fake_loader(calls), run_cell=runner)
     assert not first_two & set(runner.ran)                   # finished cells are not rerun
     assert len(runner.ran) == len(grid) - 2 and res.skipped == 2
     df = _rows(tmp_path)
@@ -155,7 +167,7 @@ def test_resume_after_interrupt_and_noop_rerun(tmp_path):
     def no_load(spec):
         raise AssertionError("a finished sweep must not load the model")
 
-    res = run_sweep(SPEC, tmp_path, load_model=no_load, run_cell=runner, report=False)
+    res = run_sweep(SPEC, tmp_path, load_model=no_load, run_cell=runner)
     assert res.ran == [] and res.skipped == len(grid)
     pd.testing.assert_frame_equal(_rows(tmp_path), df)
 
@@ -173,7 +185,7 @@ def test_half_written_cells_are_redone(tmp_path):
     broken.mkdir()
     (broken / "summary.csv").write_text("garbage")
     runner = FakeRunner()
-    run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=runner, report=False)
+    run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=runner)
     assert len(runner.ran) == len(grid)
     assert not stale.exists() and (broken / "done.json").is_file()
     assert sorted(_rows(tmp_path)["cell_id"]) == sorted(c.cell_id for c in grid)
@@ -183,7 +195,7 @@ def test_failed_cells_are_recorded_and_the_sweep_goes_on(tmp_path):
     grid = cells(SPEC)
     runner = FakeRunner({2: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
                          4: ValueError("bad prompt\nsecond line")})
-    res = run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=runner, report=False)
+    res = run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=runner)
     assert len(runner.ran) == len(grid) and len(res.failed) == 2
     df = _rows(tmp_path).set_index("cell_id")
     assert df.loc[runner.ran[1], "status"] == "oom" and "out of memory" in df.loc[runner.ran[1], "error"]
@@ -193,10 +205,10 @@ def test_failed_cells_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert (df["status"] == "ok").sum() == len(grid) - 2
     # failed cells count as done ...
     again = FakeRunner()
-    run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=again, report=False)
+    run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=again)
     assert again.ran == []
     # ... unless retried
-    run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=again, retry_failed=True, report=False)
+    run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=again, retry_failed=True)
     assert sorted(again.ran) == sorted([runner.ran[1], runner.ran[3]])
     df = _rows(tmp_path)
     assert (df["status"] == "ok").all() and len(df) == len(grid)
@@ -213,22 +225,21 @@ def test_shards_partition_the_grid_and_merge(tmp_path):
     # separate directories, merged (with one duplicated cell: deduplicated)
     dirs = []
     for k in (1, 2, 3):
-        run_sweep(spec, tmp_path / f"s{k}", shard=f"{k}/3", load_model=fake_loader([]), run_cell=FakeRunner(),
-                  report=False)
+        run_sweep(spec, tmp_path / f"s{k}", shard=f"{k}/3", load_model=fake_loader([]), run_cell=FakeRunner())
         dirs.append(tmp_path / f"s{k}")
     merged = merge_sweeps(dirs + [dirs[0]])
     assert sorted(merged["cell_id"]) == sorted(c.cell_id for c in grid)
     # one shared directory
     shared = tmp_path / "shared"
     for k in (2, 1, 3):
-        run_sweep(spec, shared, shard=(k, 3), load_model=fake_loader([]), run_cell=FakeRunner(), report=False)
+        run_sweep(spec, shared, shard=(k, 3), load_model=fake_loader([]), run_cell=FakeRunner())
     assert sorted(_rows(shared)["cell_id"]) == sorted(c.cell_id for c in grid)
 
 
 def test_merge_prefers_a_successful_result(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    run_sweep(SPEC, a, load_model=fake_loader([]), run_cell=FakeRunner({1: RuntimeError("boom")}), report=False)
-    run_sweep(SPEC, b, load_model=fake_loader([]), run_cell=FakeRunner(), report=False)
+    run_sweep(SPEC, a, load_model=fake_loader([]), run_cell=FakeRunner({1: RuntimeError("boom")}))
+    run_sweep(SPEC, b, load_model=fake_loader([]), run_cell=FakeRunner())
     merged = merge_sweeps([a, b])
     assert len(merged) == len(cells(SPEC)) and (merged["status"] == "ok").all()
 
@@ -237,7 +248,7 @@ def test_dry_run_eta(tmp_path):
     grid = cells(SPEC)
     plan = plan_sweep(SPEC, tmp_path / "none")
     assert plan.attrs["pending"] == len(grid) and plan.attrs["eta_s"] != plan.attrs["eta_s"]   # unknown: NaN
-    run_sweep(SPEC, tmp_path, shard="1/2", load_model=fake_loader([]), run_cell=FakeRunner(), report=False)
+    run_sweep(SPEC, tmp_path, shard="1/2", load_model=fake_loader([]), run_cell=FakeRunner())
     walls = iter([10.0, 20.0, 30.0, 40.0])
     for cell_id in sorted(SweepDir(tmp_path).finished()):
         p = tmp_path / "cells" / cell_id / "done.json"
@@ -259,14 +270,81 @@ def test_dry_run_eta(tmp_path):
 def test_progress_reports_one_unit_per_cell(tmp_path):
     events = []
     run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=FakeRunner(),
-              progress=lambda adv, desc: events.append((adv, desc)), report=False)
+              progress=lambda adv, desc: events.append((adv, desc)))
     assert sum(a for a, _ in events) == len(cells(SPEC))
     assert any(d and "lambda=16" in d for _, d in events)
 
 
 def test_staging_is_removed_when_a_cell_is_interrupted(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=FakeRunner({1: KeyboardInterrupt()}),
-                  report=False)
+        run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=FakeRunner({1: KeyboardInterrupt()}))
     assert os.listdir(tmp_path / "cells" / ".staging") == []
     assert not SweepDir(tmp_path).finished()
+
+
+def test_run_sweep_renders_no_report_the_caller_does(tmp_path):
+    from lola_bench.report import render_sweep_result
+
+    res = run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=FakeRunner())
+    assert not (tmp_path / "sweep.md").exists() and not list(tmp_path.glob("*.png"))
+    paths = render_sweep_result(res)
+    assert paths[0] == tmp_path / "sweep.md" and paths[0].is_file()
+    assert any(p.suffix == ".png" for p in paths) and all(p.is_file() for p in paths)
+    assert "| variant | η=16 | η=32 |" in paths[0].read_text()
+    # nothing ran and sweep.md is there: left as is; sweep.md missing: written again
+    again = run_sweep(SPEC, tmp_path, load_model=fake_loader([]), run_cell=FakeRunner())
+    assert again.ran == [] and render_sweep_result(again) == []
+    (tmp_path / "sweep.md").unlink()
+    assert render_sweep_result(again)[0] == tmp_path / "sweep.md" and (tmp_path / "sweep.md").is_file()
+    # an empty sweep.csv: no report
+    empty = replace(res, frame=res.frame.iloc[:0], ran=["x"])
+    (tmp_path / "sweep.md").unlink()
+    assert render_sweep_result(empty) == [] and not (tmp_path / "sweep.md").exists()
+
+
+def test_the_sweep_package_never_imports_the_report():
+    import ast
+    from pathlib import Path
+
+    import lola_bench.sweep
+
+    for path in Path(lola_bench.sweep.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):   # function-local imports included
+            if isinstance(node, ast.ImportFrom):
+                base = "lola_bench.sweep".split(".")[:2 - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                names = [module] + [f"{module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(n == "lola_bench.report" or n.startswith("lola_bench.report.") for n in names), \
+                (path.name, names)
+
+
+def test_the_store_has_a_place_for_every_runner_column():
+    """sweep.csv's columns belong to the store; the RULER runner's summary columns all have their place, in order."""
+    from lola_bench.evals.ruler_bench import SUMMARY_COLUMNS
+
+    assert [c for c in SWEEP_COLUMNS if c in SUMMARY_COLUMNS] == SUMMARY_COLUMNS
+    assert SWEEP_COLUMNS[:4] == ["cell_id", "suite", "status", "error"] and SWEEP_COLUMNS[-1] == "wall_s"
+    assert len(set(SWEEP_COLUMNS)) == len(SWEEP_COLUMNS)
+
+
+def test_the_store_refuses_a_directory_lola_bench_did_not_write(tmp_path):
+    from lola_bench.records import MARKER
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    runner = FakeRunner()
+    with pytest.raises(UserError, match="did not write"):
+        run_sweep(SPEC, foreign, load_model=fake_loader([]), run_cell=runner)
+    assert runner.ran == [] and sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    with pytest.raises(UserError, match="did not write"):
+        SweepDir(foreign).check()
+    run_sweep(SPEC, tmp_path / "new", load_model=fake_loader([]), run_cell=FakeRunner())
+    assert (tmp_path / "new" / MARKER).is_file()                # marked: a later run resumes there
+    again = FakeRunner()
+    run_sweep(SPEC, tmp_path / "new", load_model=fake_loader([]), run_cell=again)
+    assert again.ran == []

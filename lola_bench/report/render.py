@@ -1,0 +1,65 @@
+"""Writing a sweep's report (sweep.md and the plots) from its rows, and re-rendering from sweep.csv alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from ..errors import UserError
+from ..records import atomic_write_text
+from ..sweep.store import merge_sweeps, tidy
+from .commonsense import render_commonsense_report
+from .sweep_plots import sweep_plots
+from .sweep_tables import sweep_markdown
+
+if TYPE_CHECKING:
+    from ..sweep.run import SweepResult
+
+
+def render_sweep_report(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Write sweep.md and the PNG plots into ``out_dir``; return their paths (sweep.md first)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = sweep_plots(tidy(df), out_dir)
+    path = out_dir / "sweep.md"
+    atomic_write_text(path, sweep_markdown(df, plots))
+    return [path, *plots]
+
+
+def render_sweep_result(result: SweepResult) -> list[Path]:
+    """The report after ``run_sweep``: sweep.md and the plots in ``result.out_dir`` when this call ran cells or
+    sweep.md is missing, and nothing when sweep.csv has no rows. Returns the files written (none: left as is)."""
+    out_dir = Path(result.out_dir)
+    if result.frame.empty or not (result.ran or not (out_dir / "sweep.md").exists()):
+        return []
+    return render_sweep_report(result.frame, out_dir)
+
+
+def render_report(dirs, out_dir: str | Path | None = None) -> list[Path]:
+    """Re-render sweep.md and the plots from sweep.csv file(s) alone (no model, no cells/).
+
+    One directory: written into it. Several: merged (deduplicated by cell_id) into ``out_dir``, which then
+    also gets the merged sweep.csv. Commonsense run directories (summary.csv, no sweep.csv) get a side-by-side
+    comparison of their variants instead (``render_commonsense_report``).
+    """
+    dirs = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
+    if dirs and all((d / "summary.csv").is_file() and not (d / "sweep.csv").is_file() for d in dirs):
+        if out_dir is None and len(dirs) > 1:
+            raise UserError("several commonsense runs given: pass --out DIR for the comparison")
+        return render_commonsense_report(dirs, out_dir if out_dir is not None else dirs[0])
+    df = merge_sweeps(dirs)
+    if out_dir is None:
+        if len(dirs) > 1:
+            raise UserError("several sweeps given: pass --out DIR for the merged report")
+        return render_sweep_report(df, dirs[0] if dirs[0].is_dir() else dirs[0].parent)
+    out = Path(out_dir)
+    if len(dirs) == 1 and out.resolve() == dirs[0].resolve():
+        return render_sweep_report(df, out)
+    if (out / "cells").is_dir():
+        raise UserError(f"{out} is a sweep directory (its sweep.csv is rebuilt from its cells): write the merged "
+                        "report elsewhere")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "sweep.csv", df.to_csv(index=False))
+    return [out / "sweep.csv", *render_sweep_report(df, out)]

@@ -1,0 +1,54 @@
+"""Reports on RULER (and ruler-like) runs: depth x context heatmaps, and the note on LoLA's exact span."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ._mpl import pyplot
+
+
+def depth_heatmaps(predictions: list[dict], out_dir: str | Path) -> list[Path]:
+    """One depth x context heatmap PNG per (attention variant, task) when several contexts ran."""
+    df = pd.DataFrame(predictions)
+    written: list[Path] = []
+    if df.empty or df["ctx"].nunique() < 2 or df["depth"].isna().all():
+        return written
+    plt = pyplot()
+    df = df.dropna(subset=["depth"]).copy()
+    df["depth_bin"] = (df["depth"] / 10).round().astype(int) * 10
+    for (attn, task), g in df.groupby(["attn", "task"], dropna=False):
+        pivot = g.pivot_table(index="depth_bin", columns="ctx", values="score", aggfunc="mean").sort_index()
+        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * pivot.shape[1], 4.2))
+        im = ax.imshow(pivot.values, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(pivot.shape[1]), [str(c) for c in pivot.columns])
+        ax.set_yticks(range(pivot.shape[0]), [f"{d}%" for d in pivot.index])
+        for i in range(pivot.shape[0]):
+            for j in range(pivot.shape[1]):
+                v = pivot.values[i, j]
+                if v == v:
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8)
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("needle depth")
+        ax.set_title(f"{task} — {attn}")
+        fig.colorbar(im, ax=ax, label="score")
+        fig.tight_layout()
+        path = Path(out_dir) / f"heatmap_{task}_{attn}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+
+def exactness_note(configs) -> str:
+    """Say how long a sequence must be before a LoLA setting differs from full attention (``LolaConfig.exact_len``):
+    numbers from shorter prompts (most commonsense items) say nothing about the sparse cache or the linear state."""
+    spans = sorted({(c.window, c.sparse, c.exact_len) for c in configs if c is not None})
+    if not spans:
+        return ""
+    listed = "; ".join(f"η={w}, λ={s}: {n} tokens" for w, s, n in spans)
+    return ("LoLA is exactly full softmax attention until a sequence (prompt + generated) outgrows the window and the "
+            f"sparse cache, i.e. nothing is folded into the linear state up to ({listed}). Prompts shorter than "
+            "that never reach LoLA's linear memory: for them LoLA equals full attention by construction.")

@@ -1,0 +1,269 @@
+"""PNG plots of a sweep's successful ruler rows: accuracy vs cache memory (with the Pareto frontier), TTFT and
+memory vs λ, accuracy vs context length."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from ._mpl import pyplot
+from .sweep_tables import FULL_LABEL, VARIANT_KEYS, mean_over_tasks, ok_rows
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def pareto_frontier(x, y) -> list[bool]:
+    """Mask of the points no other point dominates, where lower ``x`` and higher ``y`` are better.
+
+    q dominates p when q.x <= p.x and q.y >= p.y with at least one strict; identical points are all kept.
+    Points with a NaN coordinate are never on the frontier.
+    """
+    pts = [(float(a), float(b)) for a, b in zip(x, y)]
+    valid = [not (math.isnan(a) or math.isnan(b)) for a, b in pts]
+    mask = []
+    for i, (px, py) in enumerate(pts):
+        dominated = any(valid[j] and qx <= px and qy >= py and (qx < px or qy > py)
+                        for j, (qx, qy) in enumerate(pts) if j != i)
+        mask.append(valid[i] and not dominated)
+    return mask
+
+
+def _save(fig, path: Path, plt) -> Path:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _subplots(plt, n: int, width: float = 5.2, height: float = 4.0, ncols_max: int = 3):
+    ncols = min(n, ncols_max)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _eta_colors(etas) -> dict:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {e: cmap(i % 10) for i, e in enumerate(sorted(etas))}
+
+
+def _plot_pareto(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
+    keys = [*VARIANT_KEYS, "ctx"]
+    d = mean_over_tasks(ok, keys, ["accuracy", "cache_mib", "full_kv_mib"])
+    if d["cache_mib"].isna().all():
+        return None
+    ctxs = sorted(d["ctx"].dropna().unique())
+    lola = d[d["attn"] != "full"]
+    colors = _eta_colors(lola["window"].dropna().unique())
+    styles = sorted(lola.loc[lola["attn"] == "lola", ["scorer", "feature_map"]].drop_duplicates()
+                    .itertuples(index=False, name=None))
+    multi_fm = lola["feature_map"].nunique() > 1
+    fig, axes = _subplots(plt, len(ctxs))
+    for ax, ctx in zip(axes, ctxs):
+        g = d[d["ctx"] == ctx]
+        pts = g[g["attn"] != "full"].dropna(subset=["cache_mib", "accuracy"])
+        pts = pts.sort_values(["cache_mib", "accuracy"])
+        for k, (_, r) in enumerate(pts.iterrows()):
+            base = r["attn"] == "base"
+            key = (r["scorer"], r["feature_map"])
+            marker = MARKERS[styles.index(key) % len(MARKERS)] if key in styles else "o"
+            c = colors.get(r["window"], "gray")
+            ax.scatter(r["cache_mib"], r["accuracy"], s=46, marker=marker, zorder=3,
+                       facecolors="none" if base else c, edgecolors=c, linewidths=1.4)
+            ax.annotate(f"λ={int(r['lambda'])}", (r["cache_mib"], r["accuracy"]), fontsize=7, color="0.25",
+                        xytext=(4, 4 if k % 2 == 0 else -11), textcoords="offset points")  # alternate: less overlap
+        if len(pts):
+            front = pts[pareto_frontier(pts["cache_mib"], pts["accuracy"])].sort_values(["cache_mib", "accuracy"])
+            ax.step(front["cache_mib"], front["accuracy"], where="post", color="0.35", lw=2.2, alpha=0.45,
+                    zorder=2)
+            ax.scatter(front["cache_mib"], front["accuracy"], s=170, color="0.35", alpha=0.25, zorder=2,
+                       linewidths=0)
+        full = g[g["attn"] == "full"]
+        xs = list(pts["cache_mib"])
+        if len(full):
+            fx = full["cache_mib"].fillna(full["full_kv_mib"]).mean()
+            ax.scatter([fx], [full["accuracy"].mean()], marker="*", s=180, color="black", zorder=4)
+            ax.axhline(full["accuracy"].mean(), color="black", ls=":", lw=1)
+            xs.append(fx)
+        xs = [x for x in xs if x > 0]               # (NaN > 0 is False)
+        if xs and max(xs) / min(xs) > 20:
+            ax.set_xscale("log")
+        ax.set_ylim(-4, 104)
+        ax.margins(x=0.08)
+        ax.set_title(f"ctx {int(ctx)} tokens")
+        ax.set_xlabel("attention cache after generation (MiB)")
+        ax.set_ylabel("accuracy (%, mean over tasks)")
+        ax.grid(alpha=0.3)
+    handles = _legend_handles(plt, colors, styles, multi_fm, has_base=(lola["attn"] == "base").any(),
+                              has_full=(d["attn"] == "full").any(), frontier=True)
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.suptitle(f"Accuracy vs cache memory — {model}")
+    fig.tight_layout()
+    return _save(fig, out, plt)
+
+
+def _legend_handles(plt, colors: dict, styles: list, multi_fm: bool, has_base: bool, has_full: bool,
+                    frontier: bool = False, lines: bool = False) -> list:
+    from matplotlib.lines import Line2D
+
+    h = [Line2D([], [], color=c, marker="o" if not lines else None, ls="-" if lines else "", label=f"η={int(e)}")
+         for e, c in colors.items()]
+    if not lines:
+        for i, (scorer, fm) in enumerate(styles):
+            h.append(Line2D([], [], color="0.3", marker=MARKERS[i % len(MARKERS)], ls="",
+                            label=f"scorer {scorer}" + (f", φ={fm}" if multi_fm else "")))
+        if has_base:
+            h.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="none", ls="", label="base (λ=0)"))
+    if frontier:
+        h.append(Line2D([], [], color="0.35", lw=2.2, alpha=0.45, marker="o", markersize=12, markeredgewidth=0,
+                        label="Pareto frontier (LoLA/base)"))
+    if has_full:
+        h.append(Line2D([], [], color="black", marker="*" if frontier else None, markersize=11,
+                        ls=":" if frontier else "--", label=FULL_LABEL))
+    return h
+
+
+def _plot_vs_lambda(ok: pd.DataFrame, model: str, values: list[tuple[str, str]], title: str, out: Path,
+                    plt) -> Path | None:
+    """One row of panels per ctx, one column per value: value vs lambda, one line per eta (x scorer)."""
+    keys = [*VARIANT_KEYS, "ctx"]
+    d = mean_over_tasks(ok, keys, [v for v, _ in values])
+    values = [(v, label) for v, label in values if d[v].notna().any()]
+    if not values:
+        return None
+    ctxs = sorted(d["ctx"].dropna().unique())
+    lola = d[d["attn"] != "full"]
+    lams = sorted(lola["lambda"].dropna().unique())
+    if not lams:
+        return None
+    pos = {lam: i for i, lam in enumerate(lams)}
+    colors = _eta_colors(lola["window"].dropna().unique())
+    scorers = sorted(lola.loc[lola["attn"] == "lola", "scorer"].dropna().unique())
+    fms = sorted(lola["feature_map"].dropna().unique())
+    combos = [(s, fm) for s in (scorers or [None]) for fm in fms]
+    dashes = ["-", "--", "-.", ":"]
+    from matplotlib.lines import Line2D
+
+    if len(values) == 1:                       # one value: a row of panels, one per ctx
+        fig, flat = _subplots(plt, len(ctxs), width=5.0, height=3.8)
+        panels = [(flat[i], ctx, values[0]) for i, ctx in enumerate(ctxs)]
+    else:                                      # several: one row per ctx, one column per value
+        fig, axes = plt.subplots(len(ctxs), len(values), figsize=(5.4 * len(values), 3.8 * len(ctxs)),
+                                 squeeze=False)
+        panels = [(axes[r][c], ctx, v) for r, ctx in enumerate(ctxs) for c, v in enumerate(values)]
+    for ax, ctx, (value, ylabel) in panels:
+        g = d[d["ctx"] == ctx]
+        for eta in sorted(colors):
+            for ci, (scorer, fm) in enumerate(combos):
+                sel = g[(g["window"] == eta) & (g["feature_map"] == fm) &
+                        ((g["attn"] == "base") | (g["scorer"] == scorer))].sort_values("lambda")
+                sel = sel.dropna(subset=[value])
+                if len(sel):
+                    ax.plot([pos[x] for x in sel["lambda"]], sel[value], marker="o", ms=4, color=colors[eta],
+                            ls=dashes[ci % len(dashes)])
+        full = g.loc[g["attn"] == "full", value].dropna()
+        if len(full):
+            ax.axhline(full.mean(), color="black", ls="--", lw=1.2)
+        ax.set_xticks(range(len(lams)), [str(int(x)) for x in lams])
+        ax.set_xlabel("λ (sparse cache size, pairs)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.08)          # from zero, with room above the highest line
+        ax.set_title(f"{ylabel.split(' (')[0]}, ctx {int(ctx)} tokens", fontsize=10)
+        ax.grid(alpha=0.3)
+    handles = _legend_handles(plt, colors, [], False, False, has_full=(d["attn"] == "full").any(), lines=True)
+    if len(combos) > 1:
+        handles += [Line2D([], [], color="0.3", ls=dashes[i % len(dashes)],
+                           label=f"scorer {s}" + (f", φ={fm}" if len(fms) > 1 else "")) for i, (s, fm) in
+                    enumerate(combos)]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.suptitle(f"{title} — {model}")
+    fig.tight_layout()
+    return _save(fig, out, plt)
+
+
+def _plot_vs_ctx(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
+    """Accuracy vs ctx: one panel per scorer, one line per (eta, lambda); base and full in every panel."""
+    keys = [*VARIANT_KEYS, "ctx"]
+    d = mean_over_tasks(ok, keys, ["accuracy"])
+    ctxs = sorted(d["ctx"].dropna().unique())
+    if len(ctxs) < 2:
+        return None
+    import matplotlib
+
+    lola = d[d["attn"] != "full"]
+    scorers = sorted(lola.loc[lola["attn"] == "lola", "scorer"].dropna().unique()) or [None]
+    lams = sorted(lola["lambda"].dropna().unique())
+    etas = sorted(lola["window"].dropna().unique())
+    cmap = matplotlib.colormaps["viridis"]
+    lam_color = {lam: cmap(0.9 * i / max(1, len(lams) - 1)) for i, lam in enumerate(lams)}
+    dashes = ["-", "--", "-.", ":"]
+    fig, axes = _subplots(plt, len(scorers))
+    for ax, scorer in zip(axes, scorers):
+        for ei, eta in enumerate(etas):
+            for lam in lams:
+                sel = lola[(lola["window"] == eta) & (lola["lambda"] == lam) &
+                           ((lola["attn"] == "base") | (lola["scorer"] == scorer))]
+                sel = sel.groupby("ctx")["accuracy"].mean()
+                if len(sel):
+                    ax.plot([ctxs.index(c) for c in sel.index], sel.values, marker="o", ms=4,
+                            color=lam_color[lam], ls=dashes[ei % len(dashes)])
+        full = d[d["attn"] == "full"].groupby("ctx")["accuracy"].mean()
+        if len(full):
+            ax.plot([ctxs.index(c) for c in full.index], full.values, color="black", marker="*", ms=9, ls="--")
+        ax.set_xticks(range(len(ctxs)), [str(int(c)) for c in ctxs])
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("accuracy (%, mean over tasks)")
+        ax.set_ylim(-4, 104)
+        ax.set_title(f"scorer {scorer}" if scorer else "LoLA")
+        ax.grid(alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, marker="o", label=f"λ={int(lam)}" + (" (base)" if lam == 0 else ""))
+               for lam, c in lam_color.items()]
+    if len(etas) > 1:
+        handles += [Line2D([], [], color="0.3", ls=dashes[i % len(dashes)], label=f"η={int(e)}")
+                    for i, e in enumerate(etas)]
+    if (d["attn"] == "full").any():
+        handles.append(Line2D([], [], color="black", marker="*", ls="--", label=FULL_LABEL))
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.suptitle(f"Accuracy vs context length — {model}" + (f" (η={int(etas[0])})" if len(etas) == 1 else ""))
+    fig.tight_layout()
+    return _save(fig, out, plt)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_")
+
+
+def sweep_plots(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """PNG plots of the successful ruler rows, one set per model."""
+    ok = ok_rows(df)
+    ok = ok[ok["suite"] == "ruler"]
+    if ok.empty:
+        return []
+    plt = pyplot()
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    models = sorted(ok["model"].astype(str).unique())
+    for model in models:
+        m = ok[ok["model"].astype(str) == model]
+        sfx = f"_{_safe(model)}" if len(models) > 1 else ""
+        for path in (
+            _plot_pareto(m, model, out_dir / f"accuracy_vs_cache{sfx}.png", plt),
+            _plot_vs_lambda(m, model, [("ttft_s", "TTFT (s)")], "Time to first token vs λ",
+                            out_dir / f"ttft_vs_lambda{sfx}.png", plt),
+            _plot_vs_lambda(m, model, [("cache_mib", "attention cache (MiB)"),
+                                       ("peak_mem_mib", "peak memory growth (MiB)")], "Memory vs λ",
+                            out_dir / f"memory_vs_lambda{sfx}.png", plt),
+            _plot_vs_ctx(m, model, out_dir / f"accuracy_vs_ctx{sfx}.png", plt),
+        ):
+            if path is not None:
+                written.append(path)
+    return written

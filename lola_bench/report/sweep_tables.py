@@ -1,0 +1,169 @@
+"""sweep.md: the accuracy / TTFT / memory pivots (λ × η) of a sweep.csv, its notes and its failed cells."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ..attention.config import LolaConfig
+from ..records import frame_to_markdown
+from ..sweep.store import tidy
+from .ruler import exactness_note
+
+FULL_LABEL = "full attention"
+VARIANT_KEYS = ["attn", "window", "lambda", "scorer", "feature_map"]
+
+
+def _row_configs(df: pd.DataFrame) -> list:
+    """A LolaConfig (window, lambda, chunk) per result row; None for full-attention rows."""
+    out = []
+    for _, r in df.iterrows():
+        w, lam = pd.to_numeric(r.get("window"), errors="coerce"), pd.to_numeric(r.get("lambda"), errors="coerce")
+        chunk = pd.to_numeric(r.get("chunk"), errors="coerce")
+        sinks = pd.to_numeric(r.get("sinks"), errors="coerce")
+        ok = r.get("attn") != "full" and w == w and lam == lam
+        out.append(LolaConfig(window=int(w), sparse=int(lam), chunk=None if chunk != chunk else int(chunk),
+                              sinks=0 if sinks != sinks else int(sinks)) if ok else None)
+    return out
+
+
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    ok = df[df["status"] == "ok"].copy()
+    for col in ("window", "lambda", "ctx"):
+        ok[col] = pd.to_numeric(ok[col], errors="coerce")
+    return ok
+
+
+def _variant_label(row, scorers: int) -> str:
+    if row["attn"] == "full":
+        return FULL_LABEL
+    if row["attn"] == "base" or row["lambda"] == 0:
+        return "base (λ=0)"
+    return (f"{row['scorer']} " if scorers > 1 else "") + f"λ={int(row['lambda'])}"
+
+
+def _variant_sort(label: str) -> tuple:
+    if label == FULL_LABEL:
+        return (2, "", 0)
+    if label.startswith("base"):
+        return (0, "", 0)
+    scorer, _, lam = label.rpartition("λ=")
+    return (1, scorer, int(lam))
+
+
+def _pivot(g: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Rows: variants (base, scorer x lambda, full); columns: eta. Full attention fills every eta column."""
+    scorers = g.loc[g["attn"] == "lola", "scorer"].nunique()
+    g = g.assign(variant=[_variant_label(r, scorers) for _, r in g.iterrows()])
+    lola = g[g["attn"] != "full"]
+    etas = sorted(lola["window"].dropna().unique())
+    if etas:
+        table = lola.pivot_table(index="variant", columns="window", values=value, aggfunc="mean", dropna=False)
+        table = table.reindex(columns=etas)
+        table.columns = [f"η={int(e)}" for e in etas]
+    else:
+        table = pd.DataFrame(columns=[value], dtype=float)
+    full = g.loc[g["attn"] == "full", value].dropna()
+    if len(full):
+        table.loc[FULL_LABEL] = full.mean()
+    table = table.loc[sorted(table.index, key=_variant_sort)]
+    return table.rename_axis("variant").reset_index()
+
+
+def _groups(ok: pd.DataFrame, keys: list[str]):
+    """(key dict, rows) per combination of ``keys`` plus feature map; full rows join every feature map."""
+    for key, g in ok.groupby(keys, dropna=False, sort=True):
+        key = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        fmaps = sorted(g.loc[g["attn"] != "full", "feature_map"].dropna().unique()) or [None]
+        for fm in fmaps:
+            rows = g[(g["attn"] == "full") | (g["feature_map"] == fm)] if fm else g
+            yield {**key, "feature_map": fm, "_n_fm": len(fmaps)}, rows
+
+
+def _heading(key: dict, n_models: int) -> str:
+    parts = []
+    if n_models > 1:
+        parts.append(str(key["model"]))
+    if "task" in key:
+        parts.append(str(key["task"]))
+    if "ctx" in key and key["ctx"] == key["ctx"] and key["ctx"] is not None:
+        parts.append(f"ctx {int(key['ctx'])}")
+    if key.get("_n_fm", 1) > 1:
+        parts.append(f"φ={key['feature_map']}")
+    return ", ".join(parts)
+
+
+def _sweep_tables(df: pd.DataFrame) -> list[str]:
+    ok = ok_rows(df)
+    if ok.empty:
+        return ["No finished cell succeeded yet.\n"]
+    out: list[str] = []
+    n_models = ok["model"].nunique()
+    for suite, s in ok.groupby("suite", sort=True):
+        by = ["model", "ctx"] if suite == "ruler" else ["model"]
+        out.append(f"## {suite}: accuracy (%) by λ × η\n")
+        n_tasks = s["task"].nunique()
+        if n_tasks > 1:
+            for key, g in _groups(s, by):
+                heading = _heading(key, n_models)
+                out.append(f"### mean over {n_tasks} tasks{', ' + heading if heading else ''}\n")
+                out.append(frame_to_markdown(_pivot(mean_over_tasks(g, VARIANT_KEYS, ["accuracy"]), "accuracy"),
+                                             floatfmt=".1f"))
+        for key, g in _groups(s, [*by, "task"]):
+            out.append(f"### {_heading(key, n_models)}\n")
+            out.append(frame_to_markdown(_pivot(g, "accuracy"), floatfmt=".1f"))
+        if suite != "ruler":
+            continue
+        for value, title in (("ttft_s", "TTFT (s; median per cell, mean over tasks)"),
+                             ("decode_ms_per_token", "decode latency (ms/token)"),
+                             ("cache_mib", "attention cache after generation (MiB)"),
+                             ("peak_mem_mib", "peak memory growth during generation (MiB)")):
+            if s[value].notna().any():
+                out.append(f"## {suite}: {title} by λ × η\n")
+                for key, g in _groups(s, by):
+                    out.append(f"### {_heading(key, n_models) or 'all'}\n")
+                    out.append(frame_to_markdown(_pivot(mean_over_tasks(g, VARIANT_KEYS, [value]), value)))
+    return out
+
+def mean_over_tasks(ok: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:
+    return ok.groupby(keys, dropna=False)[values].mean().reset_index()
+
+
+def sweep_markdown(df: pd.DataFrame, plots: list[Path] = ()) -> str:
+    """sweep.md: summary line, notes, accuracy / TTFT / memory pivots (λ × η), failed cells, plot links."""
+    df = tidy(df)
+    ok = ok_rows(df)
+    n_cells = df["cell_id"].nunique()
+    n_failed = df.loc[df["status"] != "ok", "cell_id"].nunique()
+    devices = ", ".join(map(str, df["device"].dropna().unique())) or "n/a"
+    models = ", ".join(map(str, df["model"].dropna().unique()))
+    lines = ["# LoLA sweep\n",
+             f"{n_cells} finished cells ({n_cells - n_failed} ok, {n_failed} failed); models: {models}; devices: "
+             + f"{devices}.\n",
+             (f"> **Note.** {exactness_note(_row_configs(ok))} "
+              "η is the sliding window, λ the sparse cache size (pairs); base = λ=0 (window + linear state only). "
+              "Accuracy is in % (RULER: mean per-sample score; commonsense: lm-eval acc × 100).\n")]
+    lola_rows = ok[ok["attn"] != "full"]
+    horizon = pd.Series([c.exact_len if c else math.nan for c in _row_configs(lola_rows)], index=lola_rows.index,
+                        dtype=float)  # chunk = η unless the CSV has a chunk column
+    short = lola_rows[pd.to_numeric(lola_rows["mean_prompt_tokens"], errors="coerce") < horizon]
+    if len(short):
+        first = short.iloc[0]
+        lines.append(f"> **Warning.** {len(short)} row(s) have a mean prompt shorter than their exact span (e.g. "
+                     f"{first['task']} at ctx {first['ctx']:.0f}, η={first['window']:.0f}, λ={first['lambda']:.0f}: "
+                     f"{horizon[first.name]:.0f} tokens): their LoLA numbers mostly equal full attention's and say "
+                     "little about the sparse cache or the linear state.\n")
+    lines += _sweep_tables(df)
+    failed = df[df["status"] != "ok"]
+    if len(failed):
+        cols = ["cell_id", "attn", "window", "lambda", "scorer", "task", "ctx", "status", "error"]
+        lines += ["## Failed cells\n", frame_to_markdown(failed[cols]),
+                  "\nRerun with `--retry-failed` to try them again.\n"]
+    if plots:
+        lines.append("## Plots\n")
+        lines += [f"![{p.stem}]({p.name})\n" for p in plots]
+        if ok.loc[ok["suite"] == "ruler", "ctx"].nunique() < 2:
+            lines.append("(Accuracy vs context length needs at least two --ctx values.)\n")
+    return "\n".join(lines)

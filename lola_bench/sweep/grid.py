@@ -1,0 +1,392 @@
+"""The sweep grid: what to run (SweepSpec), each cell's hashed configuration (CellConfig, Cell), the canonical
+order, sharding and the default sweep directory.
+
+``cell_id`` is sha256 of the canonical JSON of the cell's configuration (CellConfig.to_dict) cut to
+16 hex digits. It holds everything that decides the result -- model spec, resolved device kind and dtype,
+attention variant, a content fingerprint of the LoLA checkpoint and of the haystack/QA data, task, ctx,
+samples, seed -- and no machine-local path, so shards on different machines agree on the ids. It holds
+no git commit: after changing the engine, start a new sweep directory.
+
+Sharding: ``--shard k/n`` takes the cells whose index in the canonical grid order satisfies
+``index % n == k - 1``. The canonical order does not depend on the order of the flags (every axis is
+sorted), so machines given the same grid flags split it into disjoint shards whose union is the grid.
+Changing the grid changes the split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from ..attention.config import FEATURE_MAPS, SCORERS, LolaConfig
+from ..errors import UserError
+from ..paths import data_dir, results_dir
+from ..records import to_jsonable
+from ..settings import AttentionSettings, ModelSettings
+
+SUITES = ("ruler", "commonsense")
+CELL_FORMAT = 1                      # bump when the meaning of a cell config changes
+
+
+def _ints(name: str, values, minimum: int) -> tuple[int, ...]:
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise UserError(f"--{name} values must be integers >= {minimum}, got {v!r}")
+        out.append(v)
+    return tuple(sorted(set(out)))
+
+
+def _ordered(name: str, values, known) -> tuple:
+    """Dedupe and sort by the position in ``known`` (so flag order never matters)."""
+    known = list(known)
+    for v in values:
+        if v not in known:
+            raise UserError(f"unknown {name} {v!r}: choose from {', '.join(str(k) for k in known if k)}")
+    return tuple(sorted(set(values), key=known.index))
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A grid of runs. Axes are deduplicated and sorted on construction (flag order is irrelevant).
+
+    Ruler cells: one per attention variant x task x ctx (``samples`` prompts each). Commonsense cells: one
+    per attention variant x task (``limit`` documents each); ``ctxs`` and ``samples`` are ignored there.
+    Variants: ``full`` adds one full-attention reference cell per task (x ctx); every (feature map, scorer,
+    window, lambda) adds a LoLA cell, where lambda = 0 is the "base" variant (window + linear state, no
+    sparse cache; the scorer is irrelevant, so there is one per window x feature map); ``base`` adds
+    lambda = 0 to the lambdas.
+    """
+
+    suite: str = "ruler"
+    model: str = "smollm2-135m"
+    device: str = "auto"
+    dtype: str = "auto"
+    lola_ckpt: str | None = None
+    lambdas: tuple[int, ...] = (0, 64, 512)
+    windows: tuple[int, ...] = (64,)
+    ctxs: tuple[int, ...] = (4096,)
+    tasks: tuple[str, ...] = ()                      # empty: niah_single_1 (ruler) / the five zero-shot suites
+    scorers: tuple[str, ...] = ("sre",)
+    feature_maps: tuple[str | None, ...] = (None,)   # None: the checkpoint's map (hedgehog), else hedgehog-identity
+    full: bool = True
+    base: bool = False
+    samples: int = 100
+    seed: int = 0
+    combine: str | None = None                       # None: the checkpoint's formula, else gated
+    sinks: int | None = None                         # None: the checkpoint's attention sinks, else 0
+    gqa: str = "grouped"
+    chunk: int | None = None
+    essay_path: str | None = None
+    qa_path: str | None = None
+    chat_template: bool | None = None
+    limit: int | None = None
+    num_fewshot: int | None = None
+    data_dir: str | None = None                      # commonsense data mirror (default: ../shared/data if present)
+    online: bool = False                             # commonsense: lm-eval's official (hub) tasks even with a mirror
+    batch_size: int = 1
+
+    def __post_init__(self):
+        if self.suite not in SUITES:
+            raise UserError(f"unknown --suite {self.suite!r}: choose ruler or commonsense")
+        lambdas = set(_ints("lambda", self.lambdas, 0)) | ({0} if self.base else set())
+        normal = {"lambdas": tuple(sorted(lambdas)), "windows": _ints("window", self.windows, 1),
+                  "ctxs": _ints("ctx", self.ctxs, 1), "scorers": _ordered("scorer", self.scorers, SCORERS),
+                  "feature_maps": _ordered("feature map", self.feature_maps, (None, *FEATURE_MAPS)),
+                  "tasks": self._expand_tasks(self.tasks)}
+        for name, value in normal.items():
+            object.__setattr__(self, name, value)       # frozen dataclass: normalise in place
+        if self.lambdas and not self.windows:
+            raise UserError("--window needs at least one value")
+        if self.lambdas and not (self.scorers and self.feature_maps):
+            raise UserError("--scorer and --feature-map need at least one value each")
+        if self.suite == "ruler" and not self.ctxs:
+            raise UserError("--ctx needs at least one value")
+        if not self.lambdas and not self.full:
+            raise UserError("empty grid: give --lambda values (or --base) or keep the full-attention reference")
+        for name, minimum in (("samples", 1), ("batch_size", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise UserError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {v!r}")
+        for name, minimum in (("limit", 1), ("num_fewshot", 0)):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < minimum):
+                raise UserError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {v!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"unknown --device {self.device!r}: choose auto, cpu or cuda")
+
+    def _expand_tasks(self, tasks) -> tuple[str, ...]:
+        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+        if self.suite == "ruler":
+            tasks = tasks or ["niah_single_1"]
+            from ..evals.ruler import TASKS
+            from ..evals.ruler_bench import expand_tasks
+
+            return _ordered("task", expand_tasks(tasks), TASKS)
+        from ..evals.commonsense import DEFAULT_TASKS, KNOWN_TASKS
+
+        names = list(DEFAULT_TASKS) if not tasks or "all" in tasks else [str(t).strip().lower() for t in tasks]
+        return _ordered("commonsense task", names, KNOWN_TASKS)
+
+    def to_dict(self) -> dict:
+        return to_jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """Everything that decides one cell's result; its canonical JSON is hashed into the cell id."""
+
+    suite: str
+    model: str
+    device: str                      # resolved kind: cpu | cuda
+    dtype: str                       # resolved: float32 | bfloat16 | ...
+    attention: AttentionSettings
+    checkpoint: str | None           # content fingerprint of the LoLA checkpoint (None: no checkpoint)
+    task: str
+    ctx: int | None = None           # ruler only
+    samples: int | None = None       # ruler only
+    seed: int | None = None
+    chat_template: bool | None = None
+    haystack: str | None = None      # fingerprint of the essay / QA data the task reads (None: synthetic)
+    limit: int | None = None         # commonsense only
+    num_fewshot: int | None = None
+    data: str | None = None          # commonsense: "local" (offline data dir) or "online"
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        att = self.attention.to_dict()
+        if att.get("lola") and not att["lola"].get("sinks"):
+            att["lola"].pop("sinks", None)  # cells hashed before sinks existed keep their ids
+        return {"format": CELL_FORMAT, **d, "attention": att}
+
+    @property
+    def cell_id(self) -> str:
+        return cell_hash(self.to_dict())
+
+
+def cell_hash(config: dict) -> str:
+    """sha256 of canonical JSON (sorted keys, no whitespace), first 16 hex digits."""
+    text = json.dumps(to_jsonable(config), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: its hashed config plus where to find its inputs on this machine (not hashed)."""
+
+    index: int                       # position in the canonical grid order (sharding uses it)
+    config: CellConfig
+    ckpt_path: str | None = None
+    essay_path: str | None = None
+    qa_path: str | None = None
+    data_dir: str | None = None      # commonsense: the offline data mirror (None: lm-eval's online tasks)
+    batch_size: int = 1
+
+    @property
+    def cell_id(self) -> str:
+        return self.config.cell_id
+
+    @property
+    def label(self) -> str:
+        c, a = self.config, self.config.attention
+        variant = "full" if a.mode == "full" else (
+            f"{a.mode} eta={a.lola.window} lambda={a.lola.sparse}"
+            + (f" {a.lola.scorer}" if a.mode == "lola" else "") + f" {a.lola.feature_map}"
+            + (f" sinks={a.lola.sinks}" if a.lola.sinks else ""))
+        return f"{variant} | {c.task}" + (f" ctx={c.ctx}" if c.ctx is not None else "")
+
+    def describe(self) -> dict:
+        """Flat description for tables (dry run)."""
+        c, a = self.config, self.config.attention
+        lola = a.lola
+        return {"index": self.index, "cell_id": self.cell_id, "suite": c.suite, "attn": a.mode,
+                "window": lola.window if lola else None, "lambda": lola.sparse if lola else None,
+                "sinks": lola.sinks if lola else None,
+                "scorer": lola.scorer if a.mode == "lola" else None,
+                "feature_map": lola.feature_map if lola else None, "task": c.task, "ctx": c.ctx,
+                "n": c.samples if c.suite == "ruler" else c.limit}
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def fingerprint(path: str | os.PathLike, exclude: tuple[str, ...] = ()) -> str:
+    """Content hash of a file or a directory tree (relative names + contents), independent of its location."""
+    p = Path(path).expanduser()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()
+                                           and f.relative_to(p).as_posix() not in exclude)
+    key = (str(p.resolve()), exclude, tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for f in files:
+            if f is not p:
+                h.update(f.relative_to(p).as_posix().encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            h.update(b"\0")
+        _FINGERPRINTS[key] = h.hexdigest()[:16]
+    return _FINGERPRINTS[key]
+
+
+def _resolved_device(spec: SweepSpec) -> tuple[str, str]:
+    """(device kind, dtype) as the model will load: 'auto' resolves here, an explicit device is kept as is."""
+    device = spec.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.dtype == "auto":
+        return device, "bfloat16" if device == "cuda" else "float32"
+    if spec.dtype not in ("float32", "bfloat16", "float16", "float64"):
+        raise UserError(f"unknown --dtype {spec.dtype!r}: choose auto, float32, bfloat16 or float16")
+    return device, spec.dtype
+
+
+def _essay_path(spec: SweepSpec) -> str | None:
+    """--essay-path, else $LOLA_BENCH_ESSAY, else the staged RULER essays in the data directory."""
+    from ..evals.ruler.haystack import resolve_essay_path
+
+    p = resolve_essay_path(spec.essay_path)
+    if p is not None:
+        return str(p)
+    d = data_dir()
+    default = d / "ruler_essay" / "PaulGrahamEssays.json" if d else None
+    return str(default) if default is not None and default.is_file() else None
+
+
+def _ruler_settings(spec: SweepSpec):
+    from ..evals.ruler_bench import RulerSettings
+
+    return RulerSettings(tasks=spec.tasks, ctxs=spec.ctxs, samples=spec.samples,
+                         seed=spec.seed, essay_path=_essay_path(spec), qa_path=spec.qa_path,
+                         chat_template=spec.chat_template)
+
+
+def _variants(spec: SweepSpec) -> list[tuple[AttentionSettings, str | None]]:
+    """Attention variants in canonical order, each with its resolved checkpoint path."""
+    from ..models.checkpoint import read_meta, resolve_checkpoint
+
+    out: list[tuple[AttentionSettings, str | None]] = []
+    if spec.full:
+        out.append((AttentionSettings("full"), None))
+    if not spec.lambdas:
+        return out
+    ms = ModelSettings(spec.model, spec.device, spec.dtype, spec.lola_ckpt)
+    resolved = list(dict.fromkeys(resolve_checkpoint(ms, fm) for fm in spec.feature_maps))
+    for ckpt, fmap in resolved:
+        meta = read_meta(ckpt) if ckpt else {}
+        combine = spec.combine or meta.get("combine") or "gated"
+        sinks = spec.sinks if spec.sinks is not None else int(meta.get("sinks") or 0)
+        for window in spec.windows:
+            base = LolaConfig(window=window, sparse=0, chunk=spec.chunk, feature_map=fmap, combine=combine,
+                              gqa=spec.gqa, seed=spec.seed, sinks=sinks)
+            if 0 in spec.lambdas:          # scorer-independent: one base cell, canonical (default) scorer
+                out.append((AttentionSettings("base", base), ckpt))
+            for scorer in spec.scorers:
+                for lam in spec.lambdas:
+                    if lam:
+                        out.append((AttentionSettings("lola", replace(base, sparse=lam, scorer=scorer)), ckpt))
+    return out
+
+
+def _commonsense_data_dir(spec: SweepSpec) -> str | None:
+    """The offline mirror the commonsense cells read (None: lm-eval's online tasks), as the commonsense command."""
+    d = None if spec.online else data_dir(spec.data_dir)
+    return str(d) if d else None
+
+
+def validate_spec(spec: SweepSpec) -> None:
+    """Every check possible before loading a model (UserError). The ctx limit is checked after loading."""
+    _resolved_device(spec)
+    if spec.suite == "ruler":
+        from ..evals.ruler_bench import validate
+
+        validate(_ruler_settings(spec), 0)
+    else:
+        from ..evals.commonsense import resolve_tasks
+
+        data = _commonsense_data_dir(spec)
+        if spec.data_dir and not spec.online and not Path(data).is_dir():
+            raise UserError(f"--data-dir {spec.data_dir} does not exist")
+        try:
+            resolve_tasks(list(spec.tasks), data)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    _variants(spec)
+
+
+def cells(spec: SweepSpec) -> list[Cell]:
+    """Expand the grid in canonical order: per task and ctx, full attention, then per feature map and window the
+    base cell (lambda = 0) and the LoLA cells per scorer and lambda. Validates the spec first (UserError)."""
+    validate_spec(spec)
+    device, dtype = _resolved_device(spec)
+    variants = [(attn, ckpt, fingerprint(ckpt, exclude=("lola.json",)) if ckpt else None)
+                for attn, ckpt in _variants(spec)]
+    out: list[Cell] = []
+    if spec.suite == "ruler":
+        from ..evals.ruler import TASKS
+        from ..evals.ruler.haystack import resolve_qa_path
+
+        essay = _essay_path(spec)
+        for task in spec.tasks:
+            t = TASKS[task]
+            data_path = essay if t.needs_essay else (resolve_qa_path(t.qa_dataset, spec.qa_path)[0]
+                                                     if t.kind == "qa" else None)
+            haystack = fingerprint(data_path) if data_path else None
+            for ctx in spec.ctxs:
+                for attn, ckpt, ck_id in variants:
+                    cfg = CellConfig("ruler", spec.model, device, dtype, attn, ck_id, task, ctx=ctx,
+                                     samples=spec.samples, seed=spec.seed, chat_template=spec.chat_template,
+                                     haystack=haystack)
+                    out.append(Cell(len(out), cfg, ckpt, essay_path=essay if t.needs_essay else None,
+                                    qa_path=spec.qa_path if t.kind == "qa" else None))
+    else:
+        data_dir = _commonsense_data_dir(spec)
+        for task in spec.tasks:
+            for attn, ckpt, ck_id in variants:
+                cfg = CellConfig("commonsense", spec.model, device, dtype, attn, ck_id, task, limit=spec.limit,
+                                 num_fewshot=spec.num_fewshot, data="local" if data_dir else "online")
+                out.append(Cell(len(out), cfg, ckpt, data_dir=data_dir, batch_size=spec.batch_size))
+    return out
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'k/n' (1 <= k <= n) -> (k, n); None -> None."""
+    if text is None or text == "":
+        return None
+    try:
+        k, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise UserError(f"--shard must look like k/n (e.g. 2/4), got {text!r}") from None
+    if not 1 <= k <= n:
+        raise UserError(f"--shard {text}: need 1 <= k <= n")
+    return k, n
+
+
+def as_shard(shard: tuple[int, int] | str | None) -> tuple[int, int] | None:
+    """A shard given as 'k/n' or (k, n), checked."""
+    if shard is None or isinstance(shard, str):
+        return parse_shard(shard)
+    return parse_shard(f"{shard[0]}/{shard[1]}")
+
+
+def shard_cells(all_cells: list[Cell], shard: tuple[int, int] | str | None) -> list[Cell]:
+    """The cells of shard k of n: grid index % n == k - 1."""
+    shard = as_shard(shard)
+    if shard is None:
+        return list(all_cells)
+    k, n = shard
+    return [c for c in all_cells if c.index % n == k - 1]
+
+
+def default_sweep_dir(spec: SweepSpec, grid: list[Cell] | None = None) -> Path:
+    """results/sweep/<model>-<suite>-<hash of the grid's cell ids>: the same grid maps to the same directory, so
+    rerunning a command resumes it (and shards of one grid meet in one directory)."""
+    ids = sorted(c.cell_id for c in (grid if grid is not None else cells(spec)))
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.model).strip("_")
+    return results_dir() / "sweep" / f"{safe}-{spec.suite}-{cell_hash({'cells': ids})[:8]}"

@@ -1,0 +1,205 @@
+"""The on-disk state of a sweep directory, and its one table, sweep.csv (SWEEP_COLUMNS: the store owns them).
+
+Layout of a sweep directory::
+
+    config.json              the SweepSpec + provenance of the latest invocation (and its shard)
+    sweep.csv                tidy results: one row per finished cell (x task x ctx), SWEEP_COLUMNS
+    sweep.md, *.png          report (lola_bench.report.render_sweep_report; rendered by the caller of run_sweep)
+    cells/<cell_id>/         one finished cell: summary.csv (its sweep.csv rows), predictions.jsonl (ruler),
+                             results.json (runner extras: lm-eval results, chat template flag),
+                             error.txt (traceback of a failed cell), done.json (status, wall time; written last)
+    cells/.staging/          cells being written; renamed to cells/<cell_id> only when finished
+
+Resume: a cell is done when ``cells/<cell_id>/done.json`` exists. Cells are staged and renamed into place,
+so a cell killed mid-way leaves nothing in ``cells/`` and is simply run again; ``sweep.csv`` is rebuilt
+(atomically, under a lock) from the finished cells after each one. Failed cells (status "oom" or
+"error") count as done.
+
+Shards may write to their own directories (then merge with ``merge_sweeps`` / ``lola-bench report DIR...``)
+or to one shared directory (cells are renamed atomically and sweep.csv is rebuilt under a file lock).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from ..errors import UserError
+from ..records import MARKER, atomic_write_json, atomic_write_text, check_output_dir, to_jsonable
+
+if TYPE_CHECKING:
+    from .grid import Cell
+
+# The RULER runner's summary columns (evals.ruler_bench.SUMMARY_COLUMNS, in its order) sit between the
+# bookkeeping columns and the commonsense extras; the sweep tests check that every runner column has its
+# place here.
+SWEEP_COLUMNS = ["cell_id", "suite", "status", "error",
+                 "model", "attn", "window", "lambda", "sinks", "scorer", "feature_map", "task", "ctx", "n",
+                 "accuracy",
+                 "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib", "full_kv_mib", "window_mib",
+                 "sparse_mib", "state_mib", "phi_k_mib", "mean_prompt_tokens", "device",
+                 "acc_norm", "accuracy_stderr", "num_fewshot", "wall_s"]
+STATUSES = ("ok", "oom", "error")
+_STATUS_RANK = {"ok": 0, "oom": 1, "error": 2}
+
+
+class SweepDir:
+    """The on-disk state of one sweep: finished cells, staging, sweep.csv."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.cells_dir = self.path / "cells"
+        self.staging = self.cells_dir / ".staging"
+        self.csv = self.path / "sweep.csv"
+
+    def check(self) -> None:
+        """Refuse a directory that is not (or cannot become) a sweep directory, before any work starts."""
+        if self.path.is_dir() and any(self.path.iterdir()):
+            check_output_dir(self.path, overwrite=True, what="sweep directory")   # resuming is not replacing
+        else:
+            check_output_dir(self.path, what="sweep directory")
+
+    def prepare(self) -> None:
+        self.check()
+        self.staging.mkdir(parents=True, exist_ok=True)
+        (self.path / MARKER).touch()
+        self._clean_stale_staging()
+
+    def _clean_stale_staging(self) -> None:
+        """Remove staged cells left by dead processes of this host (others may belong to live shards)."""
+        host = socket.gethostname()
+        for d in self.staging.iterdir() if self.staging.is_dir() else []:
+            parts = d.name.split(".")
+            if len(parts) >= 4 and parts[1] == host and parts[2].isdigit() and not _pid_alive(int(parts[2])):
+                shutil.rmtree(d, ignore_errors=True)
+
+    def done(self, cell_id: str) -> dict | None:
+        """done.json of a finished cell, else None (missing, or unreadable = not finished)."""
+        try:
+            return json.loads((self.cells_dir / cell_id / "done.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def finished(self) -> dict[str, dict]:
+        if not self.cells_dir.is_dir():
+            return {}
+        out = {}
+        for d in sorted(self.cells_dir.iterdir()):
+            if d.is_dir() and not d.name.startswith("."):
+                info = self.done(d.name)
+                if info is not None:
+                    out[d.name] = info
+        return out
+
+    def commit(self, cell: Cell, rows: pd.DataFrame, info: dict, predictions: list[dict] | None = None,
+               raw: dict | None = None, error_text: str | None = None) -> Path:
+        """Write a finished cell into staging and rename it into cells/<cell_id> (done.json last)."""
+        stage = Path(tempfile.mkdtemp(dir=self.staging,
+                                      prefix=f"{cell.cell_id}.{socket.gethostname()}.{os.getpid()}."))
+        try:
+            stage.chmod(0o755)
+            atomic_write_text(stage / "summary.csv", rows.to_csv(index=False))
+            if predictions:
+                with open(stage / "predictions.jsonl", "w", encoding="utf-8") as f:
+                    f.writelines(json.dumps(to_jsonable(p)) + "\n" for p in predictions)
+            if raw is not None:
+                atomic_write_json(stage / "results.json", raw)
+            if error_text:
+                atomic_write_text(stage / "error.txt", error_text)
+            atomic_write_json(stage / "done.json", info)
+            target = self.cells_dir / cell.cell_id
+            if target.exists():                      # a failed cell being retried, or a broken directory
+                trash = self.staging / f"{cell.cell_id}.old.{os.getpid()}.{time.time_ns()}"
+                os.replace(target, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            try:
+                os.replace(stage, target)
+            except OSError:                          # another process finished the same cell first
+                if self.done(cell.cell_id) is None:
+                    raise
+                shutil.rmtree(stage, ignore_errors=True)
+            return target
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+
+    def read_rows(self, order: dict[str, int] | None = None) -> pd.DataFrame:
+        """Rows of every finished cell (grid order first, then other cells by id)."""
+        frames = []
+        for cell_id in self.finished():
+            try:
+                frames.append(pd.read_csv(self.cells_dir / cell_id / "summary.csv"))
+            except (OSError, pd.errors.EmptyDataError):
+                continue
+        df = tidy(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
+        if order and not df.empty:
+            key = df["cell_id"].map(lambda c: (order.get(c, len(order)), c))
+            df = df.iloc[sorted(range(len(df)), key=lambda i: key.iloc[i])].reset_index(drop=True)
+        return df
+
+    def rebuild_csv(self, order: dict[str, int] | None = None) -> pd.DataFrame:
+        """Rewrite sweep.csv from the finished cells, atomically and under a lock (shards may share the dir)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".sweep.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            df = self.read_rows(order)
+            atomic_write_text(self.csv, df.to_csv(index=False))
+        return df
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def tidy(df: pd.DataFrame) -> pd.DataFrame:
+    """SWEEP_COLUMNS first (missing ones empty), any extra columns after."""
+    extra = [c for c in df.columns if c not in SWEEP_COLUMNS]
+    return df.reindex(columns=SWEEP_COLUMNS + extra)
+
+
+
+def read_sweep_csv(path: str | os.PathLike) -> pd.DataFrame:
+    try:
+        return tidy(pd.read_csv(path))
+    except pd.errors.EmptyDataError:
+        return tidy(pd.DataFrame())
+
+
+def merge_sweeps(sources) -> pd.DataFrame:
+    """Merge the sweep.csv of several sweep directories (or CSV files), one row per cell x task x ctx.
+
+    A cell present in several sources is kept once: a successful result beats a failed one, otherwise the
+    first source wins.
+    """
+    frames = []
+    for n, src in enumerate([sources] if isinstance(sources, (str, os.PathLike)) else sources):
+        p = Path(src)
+        csv = p / "sweep.csv" if p.is_dir() else p
+        if not csv.is_file():
+            raise UserError(f"no sweep results at {p} (expected {csv})")
+        df = read_sweep_csv(csv)
+        df["_source"] = n
+        frames.append(df)
+    if not frames:
+        raise UserError("no sweep directories given")
+    df = pd.concat(frames, ignore_index=True)
+    df["_rank"] = df["status"].map(_STATUS_RANK).fillna(3)
+    winner = df.sort_values(["_rank", "_source"], kind="stable").drop_duplicates("cell_id")[["cell_id", "_source"]]
+    df = df.merge(winner, on=["cell_id", "_source"], how="inner")
+    df = df.drop_duplicates(subset=["cell_id", "task", "ctx"], keep="first")
+    return tidy(df.drop(columns=["_source", "_rank"]).reset_index(drop=True))
