@@ -71,6 +71,14 @@ class AttentionSettings:
 FULL = AttentionSettings("full")
 
 
+def resolved_kernels(kernels: str, device_kind: str) -> str:
+    """The implementation ``kernels`` selects on a device kind: torch or triton (configurations without a kernel
+    still fall back to torch at run time, and the rows say so)."""
+    if kernels == "torch" or (kernels == "auto" and device_kind != "cuda"):
+        return "torch"
+    return "triton"
+
+
 # Named configurations. "paper" is the LoLA authors' method as their code computes it (lukemcdermotttt/LoLA,
 # branch new_eval, 679769f): their output formula, selection per query head, update cadence = window, no attention
 # sinks. The others add the window / sparse-cache sizes of their evaluation configs for those models.

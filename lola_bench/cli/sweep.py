@@ -9,7 +9,18 @@ import typer
 from ..errors import UserError
 from .app import app
 from .display import Bar, console, print_frame, user_errors
-from .options import ChunkOpt, CkptOpt, CombineOpt, DeviceOpt, DtypeOpt, GqaOpt, ModelOpt, SinksOpt
+from .options import (
+    ChunkOpt,
+    CkptOpt,
+    CombineOpt,
+    DeviceOpt,
+    DtypeOpt,
+    GqaOpt,
+    ModelOpt,
+    PresetOpt,
+    SinksOpt,
+    kernels_flag,
+)
 
 
 @app.command()
@@ -32,7 +43,8 @@ def sweep(
     seed: Annotated[int, typer.Option("--seed", help="Prompt seed.")] = 0,
     combine: CombineOpt = None,
     sinks: SinksOpt = None,
-    gqa: GqaOpt = "grouped",
+    gqa: GqaOpt = None,
+    preset: PresetOpt = None,
     chunk: ChunkOpt = None,
     model: ModelOpt = "smollm2-135m",
     device: DeviceOpt = "auto",
@@ -70,7 +82,8 @@ def sweep(
                      lambdas=ints("--lambda", lam), windows=ints("--window", window), ctxs=ints("--ctx", ctx),
                      tasks=strs(task), scorers=strs(scorer),
                      feature_maps=strs(feature_map) or (None,), full=full, samples=samples, seed=seed,
-                     combine=combine, sinks=sinks, gqa=gqa, chunk=chunk, essay_path=default_essay_path(essay_path),
+                     combine=combine, sinks=sinks, gqa=gqa, chunk=chunk, preset=preset, kernels=kernels_flag(),
+                     essay_path=default_essay_path(essay_path),
                      limit=limit,
                      data_dir=data_dir)
     out_dir = out or str(default_sweep_dir(spec))
@@ -83,6 +96,9 @@ def sweep(
         return
     with Bar("sweep", int(plan.attrs["pending"])) as step:
         res = run_sweep(spec, out_dir, shard=shard, retry_failed=retry_failed, progress=step)
+    from ..report import render_sweep_result
+
+    render_sweep_result(res)
     console.print(f"ran {len(res.ran)} cell(s) ({len(res.failed)} failed), {res.skipped} already done")
     if not res.frame.empty:
         cols = [c for c in ["attn", "window", "lambda", "scorer", "task", "ctx", "accuracy", "ttft_s", "cache_mib",

@@ -15,18 +15,25 @@ Changing the grid changes the split.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..attention.config import FEATURE_MAPS, SCORERS, LolaConfig
+from ..attention.config import FEATURE_MAPS, SCORERS
 from ..errors import UserError
 from ..paths import data_dir, results_dir
-from ..records import to_jsonable
-from ..settings import AttentionSettings, ModelSettings
+from ..records import cell_hash, fingerprint, to_jsonable
+from ..settings import (
+    FULL,
+    AttentionSettings,
+    LolaFlags,
+    ModelSettings,
+    check_kernels,
+    check_preset,
+    default_essay_path,
+    lola_config_and_sources,
+    resolved_kernels,
+)
 
 SUITES = ("ruler", "commonsense")
 CELL_FORMAT = 1                      # bump when the meaning of a cell config changes
@@ -77,10 +84,12 @@ class SweepSpec:
     base: bool = False
     samples: int = 100
     seed: int = 0
-    combine: str | None = None                       # None: the checkpoint's formula, else gated
-    sinks: int | None = None                         # None: the checkpoint's attention sinks, else 0
-    gqa: str = "grouped"
+    combine: str | None = None                       # None: the preset's, the checkpoint's, else lola
+    sinks: int | None = None                         # None: the preset's, the checkpoint's, else 0
+    gqa: str | None = None                           # None: the preset's, the checkpoint's, else expanded
     chunk: int | None = None
+    preset: str | None = None                        # settings.PRESETS (e.g. paper)
+    kernels: str = "auto"                            # auto | torch | triton (the implementation asked for)
     essay_path: str | None = None
     qa_path: str | None = None
     chat_template: bool | None = None
@@ -116,6 +125,8 @@ class SweepSpec:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < minimum):
                 raise UserError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {v!r}")
+        check_preset(self.preset)
+        check_kernels(self.kernels)
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"unknown --device {self.device!r}: choose auto, cpu or cuda")
 
@@ -159,6 +170,10 @@ class CellConfig:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         att = self.attention.to_dict()
+        att.pop("origin", None)             # where a setting came from does not change the result
+        impl = resolved_kernels(att.pop("kernels", "auto"), self.device)
+        if impl != "torch" and self.attention.mode != "full":
+            att["kernels"] = impl           # torch-path cells keep the ids they had before kernels were hashed
         if att.get("lola") and not att["lola"].get("sinks"):
             att["lola"].pop("sinks", None)  # cells hashed before sinks existed keep their ids
         return {"format": CELL_FORMAT, **d, "attention": att}
@@ -166,12 +181,6 @@ class CellConfig:
     @property
     def cell_id(self) -> str:
         return cell_hash(self.to_dict())
-
-
-def cell_hash(config: dict) -> str:
-    """sha256 of canonical JSON (sorted keys, no whitespace), first 16 hex digits."""
-    text = json.dumps(to_jsonable(config), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -211,28 +220,6 @@ class Cell:
                 "n": c.samples if c.suite == "ruler" else c.limit}
 
 
-_FINGERPRINTS: dict[tuple, str] = {}
-
-
-def fingerprint(path: str | os.PathLike, exclude: tuple[str, ...] = ()) -> str:
-    """Content hash of a file or a directory tree (relative names + contents), independent of its location."""
-    p = Path(path).expanduser()
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()
-                                           and f.relative_to(p).as_posix() not in exclude)
-    key = (str(p.resolve()), exclude, tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-    if key not in _FINGERPRINTS:
-        h = hashlib.sha256()
-        for f in files:
-            if f is not p:
-                h.update(f.relative_to(p).as_posix().encode() + b"\0")
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-            h.update(b"\0")
-        _FINGERPRINTS[key] = h.hexdigest()[:16]
-    return _FINGERPRINTS[key]
-
-
 def _resolved_device(spec: SweepSpec) -> tuple[str, str]:
     """(device kind, dtype) as the model will load: 'auto' resolves here, an explicit device is kept as is."""
     device = spec.device
@@ -248,15 +235,7 @@ def _resolved_device(spec: SweepSpec) -> tuple[str, str]:
 
 
 def _essay_path(spec: SweepSpec) -> str | None:
-    """--essay-path, else $LOLA_BENCH_ESSAY, else the staged RULER essays in the data directory."""
-    from ..evals.ruler.haystack import resolve_essay_path
-
-    p = resolve_essay_path(spec.essay_path)
-    if p is not None:
-        return str(p)
-    d = data_dir()
-    default = d / "ruler_essay" / "PaulGrahamEssays.json" if d else None
-    return str(default) if default is not None and default.is_file() else None
+    return default_essay_path(spec.essay_path)
 
 
 def _ruler_settings(spec: SweepSpec):
@@ -269,28 +248,28 @@ def _ruler_settings(spec: SweepSpec):
 
 def _variants(spec: SweepSpec) -> list[tuple[AttentionSettings, str | None]]:
     """Attention variants in canonical order, each with its resolved checkpoint path."""
-    from ..models.checkpoint import read_meta, resolve_checkpoint
+    from ..models.checkpoint import resolve_checkpoint
 
     out: list[tuple[AttentionSettings, str | None]] = []
     if spec.full:
-        out.append((AttentionSettings("full"), None))
+        out.append((FULL, None))
     if not spec.lambdas:
         return out
     ms = ModelSettings(spec.model, spec.device, spec.dtype, spec.lola_ckpt)
     resolved = list(dict.fromkeys(resolve_checkpoint(ms, fm) for fm in spec.feature_maps))
     for ckpt, fmap in resolved:
-        meta = read_meta(ckpt) if ckpt else {}
-        combine = spec.combine or meta.get("combine") or "gated"
-        sinks = spec.sinks if spec.sinks is not None else int(meta.get("sinks") or 0)
         for window in spec.windows:
-            base = LolaConfig(window=window, sparse=0, chunk=spec.chunk, feature_map=fmap, combine=combine,
-                              gqa=spec.gqa, seed=spec.seed, sinks=sinks)
+            flags = LolaFlags(window=window, combine=spec.combine, sinks=spec.sinks, gqa=spec.gqa, chunk=spec.chunk,
+                              seed=spec.seed, preset=spec.preset)
+            cfg, origin = lola_config_and_sources(flags, fmap, ckpt)
+            base = replace(cfg, sparse=0, scorer="sre")
             if 0 in spec.lambdas:          # scorer-independent: one base cell, canonical (default) scorer
-                out.append((AttentionSettings("base", base), ckpt))
+                out.append((AttentionSettings("base", base, spec.kernels, origin), ckpt))
             for scorer in spec.scorers:
                 for lam in spec.lambdas:
                     if lam:
-                        out.append((AttentionSettings("lola", replace(base, sparse=lam, scorer=scorer)), ckpt))
+                        out.append((AttentionSettings("lola", replace(base, sparse=lam, scorer=scorer), spec.kernels,
+                                                      origin), ckpt))
     return out
 
 

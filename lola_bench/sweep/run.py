@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..records import atomic_write_json
-from ..settings import AttentionSettings
+from ..settings import variant_columns
 from .grid import Cell, SweepSpec, _resolved_device, as_shard, cells, shard_cells
 from .store import SWEEP_COLUMNS, SweepDir, read_sweep_csv, tidy
 
@@ -52,8 +52,6 @@ def _device_label(loaded) -> str:
 
 def default_run_cell(loaded, cell: Cell, progress: Progress | None = None) -> CellOutput:
     """Run one cell with the ordinary runners: run_ruler (one variant) or run_commonsense (one task)."""
-    from ..models.variants import apply_attention
-
     c = cell.config
     if c.suite == "ruler":
         from ..evals.ruler_bench import RulerSettings, run_ruler
@@ -64,27 +62,13 @@ def default_run_cell(loaded, cell: Cell, progress: Progress | None = None) -> Ce
                         progress=progress)
         return CellOutput(out.summary, out.predictions, {"chat_template_applied": out.chat_template})
 
-    from ..evals.commonsense import run_commonsense
+    from ..evals.commonsense.run import CommonsenseSettings, run_commonsense_variants, sweep_row
 
-    apply_attention(loaded.model, c.attention, cell.ckpt_path)
-    try:
-        summary, raw = run_commonsense(loaded.model, loaded.tokenizer, [c.task], data_dir=cell.data_dir,
-                                       limit=c.limit, num_fewshot=c.num_fewshot, batch_size=cell.batch_size,
-                                       device=loaded.device)
-    finally:
-        apply_attention(loaded.model, AttentionSettings("full"))
-    by_metric = {r.metric: r for r in summary.itertuples(index=False)}
-    acc, norm = by_metric.get("acc"), by_metric.get("acc_norm")
-    row = {**_variant_columns(cell), "model": loaded.spec, "task": c.task, "ctx": None,
-           "n": acc.n if acc else None, "accuracy": 100 * acc.value if acc else None,
-           "acc_norm": 100 * norm.value if norm else None, "accuracy_stderr": 100 * acc.stderr if acc else None,
-           "num_fewshot": acc.num_fewshot if acc else c.num_fewshot, "device": _device_label(loaded)}
-    return CellOutput(pd.DataFrame([row]), [], raw)
-
-
-def _variant_columns(cell: Cell) -> dict:
-    d = cell.describe()
-    return {k: d[k] for k in ("attn", "window", "lambda", "sinks", "scorer", "feature_map")}
+    settings = CommonsenseSettings((c.task,), cell.data_dir, c.limit, c.num_fewshot, cell.batch_size)
+    out = run_commonsense_variants(loaded, [c.attention], settings, ckpt=cell.ckpt_path,
+                                   device_label=_device_label(loaded))
+    return CellOutput(sweep_row(out.summary, c.num_fewshot), [], {"lm_eval": out.raw[c.attention.mode],
+                                                                    "rows": out.summary.to_dict("records")})
 
 
 def _classify(exc: BaseException) -> str:
@@ -212,7 +196,7 @@ def _cell_rows(cell: Cell, out: CellOutput | None, status: str, error: str | Non
     if out is not None and not out.rows.empty:
         df = out.rows.copy()
     else:
-        df = pd.DataFrame([{**_variant_columns(cell), "model": c.model, "task": c.task, "ctx": c.ctx,
+        df = pd.DataFrame([{**variant_columns(c.attention), "model": c.model, "task": c.task, "ctx": c.ctx,
                             "device": _device_label(loaded) if loaded is not None else None}])
         if status == "ok":
             status, error = "error", "the cell produced no rows"

@@ -104,7 +104,15 @@ def test_cell_id_same_config_same_id_any_change_differs():
     # every hashed field is varied here: a field added to the cell config or LoLA config must be added above
     assert set(changes) == set(CellConfig.__dataclass_fields__)
     assert set(lola_changes) == set(LolaConfig.__dataclass_fields__)
-    assert set(AttentionSettings.__dataclass_fields__) == {"mode", "lola"}
+    assert set(AttentionSettings.__dataclass_fields__) == {"mode", "lola", "kernels", "origin"}
+    # the implementation is hashed as it resolves on the cell's device: a Triton cell never merges with a torch one
+    triton = replace(base, attention=AttentionSettings("lola", lola, kernels="triton"))
+    assert triton.cell_id != base.cell_id
+    assert replace(base, attention=AttentionSettings("lola", lola, kernels="torch")).cell_id == base.cell_id
+    cuda = replace(base, device="cuda")
+    assert replace(cuda, attention=AttentionSettings("lola", lola, kernels="torch")).cell_id != cuda.cell_id
+    # where a setting came from does not change the result, so not the id
+    assert replace(base, attention=AttentionSettings("lola", lola, origin="combine=flag")).cell_id == base.cell_id
     variants = [replace(base, **{field: value}) for field, value in changes.items()]
     variants += [replace(base, attention=AttentionSettings("lola", replace(lola, **{field: value})))
                  for field, value in lola_changes.items()]

@@ -97,3 +97,19 @@ def run_commonsense_variants(loaded, variants, settings: CommonsenseSettings, *,
     out.summary = pd.concat(frames, ignore_index=True)
     out.summary["device"] = device_label
     return out
+
+
+def sweep_row(summary: pd.DataFrame, num_fewshot: int | None = None) -> pd.DataFrame:
+    """One variant's long rows for one task (metric, value, stderr as fractions) as the sweep's single wide row:
+    accuracy, acc_norm and accuracy_stderr in percent, on RULER's 0-100 scale. The one place the two shapes of a
+    commonsense result meet."""
+    by_metric = {r["metric"]: r for r in summary.to_dict("records")}
+    acc, norm = by_metric.get("acc"), by_metric.get("acc_norm")
+    first = summary.iloc[0].to_dict()
+    keep = [k for k in ("model", "attn", "window", "lambda", "sinks", "scorer", "feature_map", "task", "combine",
+                        "gqa", "chunk", "settings_from", "implementation", "device") if k in first]
+    row = {**{k: first[k] for k in keep}, "ctx": None, "n": acc["n"] if acc else None,
+           "accuracy": 100 * acc["value"] if acc else None, "acc_norm": 100 * norm["value"] if norm else None,
+           "accuracy_stderr": 100 * acc["stderr"] if acc else None,
+           "num_fewshot": acc["num_fewshot"] if acc else num_fewshot}
+    return pd.DataFrame([row])
