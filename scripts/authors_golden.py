@@ -344,11 +344,13 @@ def load_fixtures(path: Path = FIXTURE_FILE) -> dict:
 
 
 def lola_bench_settings(fx: dict) -> dict:
-    """The lola-bench settings that reproduce each authors' module (today's names).
-    TODO(issue 15): becomes combine='lola' / preset='paper' (LoLA) and combine='lolcats' as is (LoLCATs)."""
+    """The lola-bench settings that reproduce each authors' module: ``--preset paper`` (combine='lola', expanded
+    GQA, chunk = window, no sinks) for LoLA, combine='lolcats' for LoLCATs' window + linear attention."""
     if fx["module"] == "lola":
-        return dict(window=fx["eta"], sparse=fx["lam"], chunk=fx["eta"], combine="calibrated", gqa="expanded",
-                    sinks=0, negate=True)
+        from lola_bench.settings import PRESETS
+
+        paper = {k: PRESETS["paper"][k] for k in ("combine", "gqa", "sinks")}
+        return dict(window=fx["eta"], sparse=fx["lam"], chunk=fx["eta"], negate=False, **paper)
     if fx["module"] == "lolcats_tk":
         return dict(window=fx["eta"], sparse=0, chunk=fx["eta"], combine="lolcats", gqa="expanded", sinks=0,
                     negate=False)
@@ -434,6 +436,10 @@ def compare_one(fx: dict) -> dict:
             a.shape == b.shape and bool((a == b).all()) for a, b in zip(ref, per_chunk))
         res["chunks"] = len(ref)
         res["max_sparse"] = max(int(p.shape[-1]) for p in ref)
+    if fx["module"] == "lola" and fx["k"].shape[1] < fx["q"].shape[1]:   # what lola-bench's grouped GQA changes
+        grouped, _ = run_lola_bench(fx, gqa="grouped")
+        err = (grouped - fx["out"]).norm(dim=-1) / fx["out"].norm(dim=-1)
+        res["grouped_gqa_rel_err_max"], res["grouped_gqa_rel_err_mean"] = float(err.max()), float(err.mean())
     L = fx["prefill_len"]  # the quadratic reference on the prompt
     r = run_lola_bench_reference({**fx, "q": fx["q"][:, :, :L], "k": fx["k"][:, :, :L], "v": fx["v"][:, :, :L]})
     res["reference_rel_err"] = row_rel_err(r.out.to(torch.float64), fx["out"][:, :, :L])
@@ -492,8 +498,8 @@ def measure(ns) -> dict:
                                                                    / l64.norm(dim=-1)).mean()),
                      "lola_bench_f64_vs_theirs_f64_rel_err": row_rel_err(l64, o64)})
     res["b_bf16_state"] = rows
-    # (c) epsilon placement: theirs (eps on the unshifted, gated denominator) vs lola-bench calibrated (eps on the
-    # max-shifted denominator): identical selections, so the whole difference is eps
+    # (c) what remains between theirs and lola-bench's combine='lola' (eps in the same place): before anything is
+    # folded lola-bench is exact softmax, theirs already mixes in an empty linear state, g*num/(g*Z + eps)
     rows = []
     for fshift, qscale in [(0.0, 1.0), (-6.0, 1.0), (-10.0, 1.0), (0.0, 0.1), (-10.0, 0.1)]:
         fx = make_inputs(13, 1, 2, 2, 16, 8, 96)
@@ -533,6 +539,7 @@ def main(argv=None):
     ap.add_argument("--compare", action="store_true", help="lola-bench vs the committed fixtures")
     ap.add_argument("--measure", action="store_true", help="the README 'differences' figures (needs --upstream)")
     ap.add_argument("--measure-out", type=Path, help="also write the --measure figures to this JSON file")
+    ap.add_argument("--compare-out", type=Path, help="also write the --compare rows to this JSON file")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     if a.generate or a.measure:
@@ -549,8 +556,14 @@ def main(argv=None):
             if a.measure_out:
                 a.measure_out.write_text(json.dumps(m, indent=1) + "\n")
     if a.compare:
-        for fx in load_fixtures(a.out / FIXTURE_FILE.name).values():
-            print(json.dumps(compare_one(fx)))
+        rows = [compare_one(fx) for fx in load_fixtures(a.out / FIXTURE_FILE.name).values()]
+        for row in rows:
+            print(json.dumps(row))
+        if a.compare_out:
+            a.compare_out.write_text(json.dumps({
+                "torch": torch.__version__, "date": _dt.date.today().isoformat(),
+                "command": "OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/authors_golden.py " + " ".join(argv),
+                "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
