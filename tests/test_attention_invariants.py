@@ -214,3 +214,10 @@ def test_exact_len_is_where_folding_starts(window, sparse, chunk, sinks):
     torch.testing.assert_close(out, softmax_attention(q[:, :, :n], k[:, :, :n], v[:, :, :n]), atol=1e-10, rtol=1e-9)
     lola_decode(q[:, :, n:], k[:, :, n:], v[:, :, n:], st, p)
     assert st.n_folded > 0
+
+
+@pytest.mark.parametrize("sparse,sinks,ws,n,want", [(5, 0, 40, 12, 5), (5, 3, 40, 12, 8), (5, 3, 2, 12, 7),
+                                                   (5, 3, 40, 6, 6), (0, 0, 40, 9, 0), (0, 4, 40, 9, 4)])
+def test_keep_rule(sparse, sinks, ws, n, want):
+    """LolaConfig.keep: lambda scored pairs plus the sinks that have left the window, at most the candidates."""
+    assert LolaConfig(window=8, sparse=sparse, sinks=sinks).keep(ws, n) == want

@@ -406,7 +406,7 @@ def test_kernels_pin_sinks_like_the_torch_path(monkeypatch, sparse, sinks, score
 
 def test_schedule_counts_match_torch_state():
     cfg = LolaConfig(window=8, sparse=5, chunk=3)
-    rows, n_folded, cap, needs = kprefill.build_schedule(0, 0, 0, 0, 50, cfg.window, cfg.chunk_size, cfg.sparse)
+    rows, n_folded, cap, needs = kprefill.build_schedule(0, 0, 0, 0, 50, cfg)
     p = make_params(cfg, hq=2, hkv=1)
     q, k, v = qkv(50, hq=2, hkv=1)
     st = LolaState()

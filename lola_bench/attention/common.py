@@ -107,7 +107,7 @@ def evict_before(state: LolaState, params: LolaParams, window_start: int) -> Non
         state.win_acc = state.win_acc[:, :, n_ev:]
     n = cand_k.shape[2]
     sinks = min(params.cfg.sinks, window_start)  # every position below window_start has left the window
-    keep = min(params.cfg.sparse + sinks, n)
+    keep = params.cfg.keep(window_start, n)
     if keep == n:  # everything fits in the sparse cache: nothing to score or fold
         state.sp_k, state.sp_v, state.sp_pos, state.sp_acc = cand_k, cand_v, cand_pos, cand_acc
         return

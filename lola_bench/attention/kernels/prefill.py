@@ -45,6 +45,7 @@ import triton
 import triton.language as tl
 
 from ..common import LolaParams, ensure_state, to_storage
+from ..config import LolaConfig
 from ..state import LolaState
 from .linear_prefix import fold_and_readout
 from .sre import (
@@ -151,15 +152,16 @@ def _attn_kernel(
 
 
 @functools.lru_cache(maxsize=256)
-def build_schedule(pos: int, ns0: int, nw0: int, n_folded0: int, L: int, window: int, chunk: int,
-                   sparse: int, sinks: int = 0) -> tuple[tuple[tuple[int, ...], ...], int, int, int]:
+def build_schedule(pos: int, ns0: int, nw0: int, n_folded0: int, L: int,
+                   cfg: LolaConfig) -> tuple[tuple[tuple[int, ...], ...], int, int, int]:
     """Host-side plan of a chunked prefill of L tokens continuing a state of ``pos`` tokens with ``ns0``
     sparse and ``nw0`` window pairs (unified index layout [sparse | window | new]).
 
     Returns (rows, n_folded_after, max candidates in one merge, needs_scores). Each row is
     (ns_before, leave_lo, n_leave, keep, q0, seg, w_lo, w_hi, has_lin), mirroring ``lola_chunked``:
-    evict the window pairs older than window_start(c), keep min(sparse + min(sinks, window_start(c)), n) of the
-    n candidates (the pinned sinks among them), append the segment, attend with its queries."""
+    evict the window pairs older than window_start(c), keep ``cfg.keep(window_start(c), n)`` of the n candidates
+    (the pinned sinks among them), append the segment, attend with its queries. Cached per (sizes, L, cfg)."""
+    chunk = cfg.chunk_size
     rows = []
     w_lo, w_hi = ns0, ns0 + nw0
     first_pos = pos - nw0                      # position of unified index ns0 (window is contiguous)
@@ -169,10 +171,10 @@ def build_schedule(pos: int, ns0: int, nw0: int, n_folded0: int, L: int, window:
         p = pos + i
         c = p // chunk
         seg = min(L - i, (c + 1) * chunk - p)
-        ws = max(0, c * chunk - window)
+        ws = cfg.window_start(c)
         n_ev = max(0, min(ws - (first_pos + w_lo - ns0), w_hi - w_lo))
         n = ns + n_ev
-        keep = min(sparse + min(sinks, ws), n) if n_ev else ns
+        keep = cfg.keep(ws, n) if n_ev else ns
         ev_lo = w_lo
         w_lo += n_ev
         w_hi += seg
@@ -223,8 +225,7 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
     b, hq, L, d = q.shape
     dev = q.device
     ns0, nw0 = state.sp_k.shape[2], state.win_k.shape[2]
-    rows, n_folded, cap, needs_scores = build_schedule(state.pos, ns0, nw0, state.n_folded, L, cfg.window,
-                                                       cfg.chunk_size, cfg.sparse, cfg.sinks)
+    rows, n_folded, cap, needs_scores = build_schedule(state.pos, ns0, nw0, state.n_folded, L, cfg)
     n_steps = len(rows)
     sched = _schedule_tensor(rows, str(dev))
     ks, vs = last_dim_contiguous(to_storage(k, params)), last_dim_contiguous(to_storage(v, params))

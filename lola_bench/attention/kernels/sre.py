@@ -482,7 +482,7 @@ def evict_before_triton(state: LolaState, params: LolaParams, window_start: int)
     ns = state.sp_k.shape[2]
     cand_k, cand_v, cand_pos = pop_candidates(state, n_ev)
     n = ns + n_ev
-    keep = min(params.cfg.sparse + min(params.cfg.sinks, window_start), n)
+    keep = params.cfg.keep(window_start, n)
     if keep == n:
         state.sp_k, state.sp_v, state.sp_pos = cand_k, cand_v, cand_pos
         return
