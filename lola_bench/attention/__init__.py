@@ -8,6 +8,7 @@ Modules:
   common        primitives shared by every path: eviction/merge, block attention, the combine formula
   reference     quadratic, mask-based specification (never calls a fast path)
   chunked       chunked prefill (any block of new tokens)
+  hybrid        dense window + linear attention (lambda = 0) for training, and its chunked form
   decode        one-token decode step
 """
 
