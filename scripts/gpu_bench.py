@@ -250,11 +250,11 @@ def selection_checks(cases: list, device: str) -> list[dict]:
     boundary per case (lambda, selection, num_warps), candidates = lambda + 64. rel_err = share of kept positions
     that differ."""
     from lola_bench.attention.common import leaving_count, split_topk
-    from lola_bench.attention.kernels import sre as ksre
+    from lola_bench.attention.kernels import merge as kmerge
 
     if not kernels_on(device):
         return []
-    out, saved = [], ksre.precomputed_scores
+    out, saved = [], kmerge.precomputed_scores
     gen = torch.Generator().manual_seed(3)
     vals = torch.tensor([float("-inf"), float("inf"), 0.0, -0.0, 1e-45, -1e-45, 1.0, 2.0, 3.0, float("nan")])
     try:
@@ -267,16 +267,16 @@ def selection_checks(cases: list, device: str) -> list[dict]:
             n = st.sp_k.shape[2] + n_ev
             cand = torch.cat([st.sp_pos, st.win_pos[:n_ev].view(1, 1, -1).expand(1, p.storage_heads, -1)], 2)
             sc = vals[torch.randint(0, len(vals), (1, p.storage_heads, n), generator=gen)].to(device)
-            ksre.precomputed_scores = lambda *a, sc=sc, **kw: sc
+            kmerge.precomputed_scores = lambda *a, sc=sc, **kw: sc
             with set_env({"LOLA_MERGE_SELECT": select, "LOLA_MERGE_TILES": f"num_warps={warps}"}):
-                ksre.evict_before_triton(st, p, ws)
+                kmerge.evict_before_triton(st, p, ws)
             want = cand.gather(2, split_topk(sc, min(lam, n))[0])
             bad = float((st.sp_pos != want).float().mean()) if st.sp_pos.shape == want.shape else 1.0
-            mode, npad = ksre.select_mode(n) if select == "threshold" else (0, 0)
+            mode, npad = kmerge.select_mode(n) if select == "threshold" else (0, 0)
             out.append({"check": f"merge_selection_{select}_n{n}_warps{warps}", "shape": "selection", "rel_err": bad,
                         "tol": 0.0, "ok": bad == 0.0, "register_vector": npad if mode else "rank counting"})
     finally:
-        ksre.precomputed_scores = saved
+        kmerge.precomputed_scores = saved
     return out
 
 
@@ -349,7 +349,7 @@ def section_decode_attention(cfgx: dict, device: str, clock: Clock) -> list[dict
 def decode_row(p: LolaParams, sh: dict, ctx: int, nl: int, dt, device: str) -> dict:
     """One context: LoLA (kernel eager / graph, full step, merge) and full attention over ``nl`` layers."""
     from lola_bench.attention.kernels.decode import decode_attention
-    from lola_bench.attention.kernels.sre import evict_before_triton
+    from lola_bench.attention.kernels.merge import evict_before_triton
 
     cfg = p.cfg
     r = {"ctx": ctx, "layers": nl, "lambda": cfg.sparse, "window": cfg.window}
@@ -428,7 +428,7 @@ def section_prefill_attention(cfgx: dict, device: str, clock: Clock) -> list[dic
 
 def section_merge_tiles(cfgx: dict, device: str, clock: Clock) -> list[dict]:
     """Phase A (merge kernel) of one layer's prefill at the smallest TTFT context, lambda max, grouped, per tile
-    setting (``$LOLA_MERGE_TILES``, see ``sre.block_sizes``): which tiles to ship is a GPU measurement. Each row also
+    setting (``$LOLA_MERGE_TILES``, see ``_host.block_sizes``): which tiles to ship is a GPU measurement. Each row also
     gives the largest output difference from the first setting: tiles change the summation order, hence rounding of
     H and the scores, which can flip near-tied selections at later chunks (so small, not zero, is expected)."""
     if not kernels_on(device):
@@ -712,14 +712,14 @@ def _signature(fn, args, kw) -> tuple[dict, dict, dict]:
 def _capture_case(dt, d: int, fm: str, gqa: str, lam: int) -> None:
     """Call every wrapper once (prefill, decode kernel, chunk-boundary merge) with kernels replaced by recorders."""
     from lola_bench.attention.kernels import decode as kdec
+    from lola_bench.attention.kernels import merge as kmerge
     from lola_bench.attention.kernels import prefill as kpre
-    from lola_bench.attention.kernels import sre as ksre
 
     p = make_params(LolaConfig(window=64, sparse=lam, feature_map=fm, gqa=gqa), 32, 8, d, "cpu")
     q, k, v = (torch.randn(1, h, 700, d).to(dt) for h in (32, 8, 8))
     for step in (lambda: kpre.prefill(q, k, v, LolaState(), p),
                  lambda: kdec.decode_attention(q[:, :, :1], synthetic_state(p, 700, dt, "cpu"), p),
-                 lambda: ksre.evict_before_triton(synthetic_state(p, 700, dt, "cpu"), p, 700 - 64)):
+                 lambda: kmerge.evict_before_triton(synthetic_state(p, 700, dt, "cpu"), p, 700 - 64)):
         try:
             step()
         except (RuntimeError, IndexError):  # nothing ran, so index buffers hold garbage afterwards
@@ -738,12 +738,12 @@ def compile_check(quick: bool) -> list[dict]:
     from triton.compiler import ASTSource
 
     from lola_bench.attention.kernels import decode as kdec
+    from lola_bench.attention.kernels import merge as kmerge
     from lola_bench.attention.kernels import prefill as kpre
-    from lola_bench.attention.kernels import sre as ksre
 
     launches: list = []
-    saved = (ksre._merge_kernel, kpre._attn_kernel, kdec._partial_kernel, kdec._decode_kernel)
-    (ksre._merge_kernel, kpre._attn_kernel, kdec._partial_kernel,
+    saved = (kmerge._merge_kernel, kpre._attn_kernel, kdec._partial_kernel, kdec._decode_kernel)
+    (kmerge._merge_kernel, kpre._attn_kernel, kdec._partial_kernel,
      kdec._decode_kernel) = (_Recorder(f, launches) for f in saved)
     try:
         for case in COMPILE_CASES[:1] if quick else COMPILE_CASES:
@@ -751,7 +751,7 @@ def compile_check(quick: bool) -> list[dict]:
         with set_env({"LOLA_MERGE_SELECT": "rank"}):  # the rank-counting selection (candidates beyond registers)
             _capture_case(*COMPILE_CASES[0])
     finally:
-        ksre._merge_kernel, kpre._attn_kernel, kdec._partial_kernel, kdec._decode_kernel = saved
+        kmerge._merge_kernel, kpre._attn_kernel, kdec._partial_kernel, kdec._decode_kernel = saved
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     rows, seen = [], set()
     for fn, args, kw in launches:
@@ -966,7 +966,7 @@ def main(argv=None) -> int:
     sections = {s.strip() for s in args.sections.split(",")}
     clock = Clock(args.budget_s)
     torch.manual_seed(0)
-    from lola_bench.attention.kernels.sre import fp32_dot_precision
+    from lola_bench.attention.kernels._host import fp32_dot_precision
 
     res = {"smoke": args.smoke, "device": device,
            "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",

@@ -30,12 +30,15 @@ try:
     INTERPRETED = isinstance(_tl_standard.zeros, InterpretedFunction)
 
     import lola_bench.attention.kernels as K
+    from lola_bench.attention.kernels import _host as khost
+    from lola_bench.attention.kernels import _jit as kjit
     from lola_bench.attention.kernels import decode as kdecode
+    from lola_bench.attention.kernels import merge as kmerge
     from lola_bench.attention.kernels import prefill as kprefill
-    from lola_bench.attention.kernels import sre as ksre
 
-    if INTERPRETED and not isinstance(ksre._merge_kernel, InterpretedFunction):  # compiled by an earlier import
-        ksre = importlib.reload(ksre)
+    if INTERPRETED and not isinstance(kmerge._merge_kernel, InterpretedFunction):  # compiled by an earlier import
+        kjit = importlib.reload(kjit)  # first: the kernels bind its helpers when they are (re)imported
+        kmerge = importlib.reload(kmerge)
         kdecode = importlib.reload(kdecode)
         kprefill = importlib.reload(kprefill)
 finally:
@@ -224,7 +227,7 @@ def test_prefill_without_sparse_cache_is_parallel_and_exact(monkeypatch, L, wind
     elif block is not None:
         monkeypatch.setattr(linear_prefix, "BLOCK_TOKENS", block)
     calls = []
-    monkeypatch.setattr(ksre, "launch_merge", lambda *a, **kw: calls.append(1))
+    monkeypatch.setattr(kmerge, "launch_merge", lambda *a, **kw: calls.append(1))
     monkeypatch.setattr(kprefill, "launch_merge", lambda *a, **kw: calls.append(1))
     cfg = LolaConfig(window=window, sparse=0, chunk=chunk, feature_map=fm, gqa=gqa, combine=combine)
     p = make_params(cfg)
@@ -295,7 +298,7 @@ def test_merge_matches_evict_before(scorer, dtype, sparse):
     p = make_params(cfg, dtype=dtype)
     st = _random_state(p, 1, 2, min(sparse, 16), 32, 2200, dtype, 5)  # recency in fp16: positions tie
     ref = _clone(st)
-    ksre.evict_before_triton(st, p, 2200 - 16)
+    kmerge.evict_before_triton(st, p, 2200 - 16)
     evict_before(ref, p, 2200 - 16)
     assert_state_close(st, ref)
 
@@ -325,8 +328,8 @@ def test_merge_selection_matches_split_topk(monkeypatch, select, case):
     n_ev = 16
     cand_pos = torch.cat([st.sp_pos, st.win_pos[:n_ev].view(1, 1, n_ev).expand(2, 2, n_ev)], dim=2)
     sc = _crafted_scores(case, (2, 2, 20 + n_ev))
-    monkeypatch.setattr(ksre, "precomputed_scores", lambda *a, **k: sc)
-    ksre.evict_before_triton(st, p, 2200 - 16)
+    monkeypatch.setattr(kmerge, "precomputed_scores", lambda *a, **k: sc)
+    kmerge.evict_before_triton(st, p, 2200 - 16)
     kept, _ = split_topk(sc, 20)
     assert torch.equal(st.sp_pos, cand_pos.gather(2, kept))
     assert st.n_folded == 5 + n_ev
@@ -334,25 +337,25 @@ def test_merge_selection_matches_split_topk(monkeypatch, select, case):
 
 def test_merge_tiles_env(monkeypatch):
     monkeypatch.delenv("LOLA_MERGE_TILES", raising=False)
-    base = ksre.block_sizes(64, torch.bfloat16)
+    base = khost.block_sizes(64, torch.bfloat16)
     assert base == dict(BLOCK_N=64, BLOCK_R=32, BLOCK_C=128, BLOCK_DV=32, num_warps=8)
     monkeypatch.setenv("LOLA_MERGE_TILES", "BLOCK_N=32, num_warps = 4")
-    assert ksre.block_sizes(64, torch.bfloat16) == {**base, "BLOCK_N": 32, "num_warps": 4}
+    assert khost.block_sizes(64, torch.bfloat16) == {**base, "BLOCK_N": 32, "num_warps": 4}
     for bad in ("BLOCK_N=48", "BLOCK_X=16", "num_warps", "BLOCK_DV=128", "BLOCK_DV=8", "BLOCK_N=8", "num_warps=64"):
         monkeypatch.setenv("LOLA_MERGE_TILES", bad)
         with pytest.raises(ValueError, match="LOLA_MERGE_TILES"):
-            ksre.block_sizes(64, torch.bfloat16)
+            khost.block_sizes(64, torch.bfloat16)
 
 
 def test_merge_select_mode_env(monkeypatch):
     monkeypatch.delenv("LOLA_MERGE_SELECT", raising=False)
-    assert ksre.select_mode(576) == (1, 1024)
-    assert ksre.select_mode(ksre.SELECT_MAX_NPAD + 1)[0] == 0  # too many candidates for registers
+    assert khost.select_mode(576) == (1, 1024)
+    assert khost.select_mode(khost.SELECT_MAX_NPAD + 1)[0] == 0  # too many candidates for registers
     monkeypatch.setenv("LOLA_MERGE_SELECT", "rank")
-    assert ksre.select_mode(576)[0] == 0
+    assert khost.select_mode(576)[0] == 0
     monkeypatch.setenv("LOLA_MERGE_SELECT", "bogus")
     with pytest.raises(ValueError, match="LOLA_MERGE_SELECT"):
-        ksre.select_mode(576)
+        khost.select_mode(576)
 
 
 def test_fallback_for_unsupported_configs():
@@ -497,3 +500,19 @@ def test_kernels_compile_for_sm90(tmp_path):
     rows = json.loads((tmp_path / "compile-check.json").read_text())
     assert {r["kernel"] for r in rows} == {"_merge_kernel", "_attn_kernel", "_partial_kernel", "_decode_kernel"}
     assert all(r.get("stack_bytes", 0) == 0 for r in rows), rows
+
+
+def test_kernel_env_reports_every_variable_the_attention_layer_reads(monkeypatch):
+    """kernel_env lists the overrides in force; KERNEL_ENV_VARS names every environment variable read under
+    lola_bench/attention (a new one must be added there, or results would not record it)."""
+    import re
+
+    src = "\n".join(f.read_text() for f in (REPO / "lola_bench" / "attention").rglob("*.py"))
+    read = set(re.findall(r"os\.environ(?:\.get)?[\[(]\s*\"([A-Z0-9_]+)\"", src))
+    assert read and read == set(K.KERNEL_ENV_VARS)
+    for name in K.KERNEL_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert K.kernel_env() == {}
+    monkeypatch.setenv("LOLA_MERGE_SELECT", "rank")
+    monkeypatch.setenv("LOLA_MERGE_TILES", "BLOCK_N=32")
+    assert K.kernel_env() == {"LOLA_MERGE_SELECT": "rank", "LOLA_MERGE_TILES": "BLOCK_N=32"}

@@ -7,7 +7,7 @@ chunk), which is launch-bound on a GPU. Here the same computation is split by de
                                    pairs leave the window, how many stay in the sparse cache, the window
                                    range, whether anything is folded yet. It only depends on sizes, so it
                                    is computed once per (state sizes, L, config) and cached across layers.
-  phase A: merge kernel (sre.py)   one program per (batch, storage head) walks the rows in order: score,
+  phase A: merge kernel (merge.py)  one program per (batch, storage head) walks the rows in order: score,
                                    select, fold, and read the linear part out for the segment's queries
                                    (phi(q)^T H, phi(q)^T s). Writes each step's sparse index list.
   phase B: attention kernel        one program per (segment, query block, batch * query head), all in
@@ -47,16 +47,9 @@ import triton.language as tl
 from ..common import LolaParams, ensure_state, to_storage
 from ..config import LolaConfig
 from ..state import LolaState
+from ._host import COMBINE_CODES, SCHED_FIELDS, alloc, ensure_contiguous_state, fp32_dot_precision, last_dim_contiguous
 from .linear_prefix import fold_and_readout
-from .sre import (
-    COMBINE_CODES,
-    SCHED_FIELDS,
-    alloc,
-    ensure_contiguous_state,
-    fp32_dot_precision,
-    last_dim_contiguous,
-    launch_merge,
-)
+from .merge import launch_merge
 
 
 @triton.jit(do_not_specialize=["spi_t", "LAM", "L", "base_new"])
