@@ -34,8 +34,8 @@ import os
 import torch
 
 from ..chunked import lola_chunked
-from ..common import LolaParams, append_window, ensure_state
-from ..decode import lola_decode
+from ..common import LolaParams
+from ..decode import decode_step, lola_decode
 from ..state import LolaState
 
 KERNEL_FEATURE_MAPS = ("hedgehog", "hedgehog-identity", "elu", "relu")
@@ -106,22 +106,20 @@ def lola_chunked_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state
 
 def lola_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
                        params: LolaParams) -> torch.Tensor:
-    """One-token decode with Triton: chunk-boundary merge kernel (when the token starts a chunk), torch append,
-    then the fused decode kernel; falls back to ``lola_decode`` for unsupported configurations."""
-    if q.shape[2] != 1:
-        raise ValueError(f"lola_decode takes one token at a time, got {q.shape[2]}")
+    """One-token decode with Triton: ``decode.decode_step``'s bookkeeping with the chunk-boundary merge kernel (when
+    the token starts a chunk) and the fused decode kernel; falls back to ``lola_decode`` for unsupported
+    configurations."""
     if unsupported_reason(q, params):
-        return lola_decode(q, k, v, state, params)
+        return lola_decode(q, k, v, state, params)  # raises for more than one token, like decode_step
     from ._host import ensure_contiguous_state
     from .decode import decode_attention
     from .merge import evict_before_triton
 
-    ensure_state(state, k, params)
-    ensure_contiguous_state(state)
-    p = state.pos
-    evict_before_triton(state, params, params.cfg.window_start(p // params.cfg.chunk_size))
-    append_window(state, params, k, v)
-    return decode_attention(q, state, params)
+    def evict(st: LolaState, pr: LolaParams, window_start: int) -> None:
+        ensure_contiguous_state(st)  # the decode kernel reads H and s as dense tensors, merge or not
+        evict_before_triton(st, pr, window_start)
+
+    return decode_step(q, k, v, state, params, evict, lambda q1, st, pr, _pos: decode_attention(q1, st, pr))
 
 
 __all__ = ["kernel_env", "kernels_available", "lola_chunked_triton", "lola_decode_triton", "unsupported_reason"]

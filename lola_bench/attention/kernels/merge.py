@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..common import LolaParams, leaving_count, pop_candidates
+from ..common import LolaParams, keep_selected, take_candidates
 from ..scorers import ScoreContext
 from ..state import LolaState
 from ._host import (
@@ -332,31 +332,24 @@ def _one_step_schedule(ns: int, n_ev: int, keep: int, device: str) -> torch.Tens
 
 
 def evict_before_triton(state: LolaState, params: LolaParams, window_start: int) -> None:
-    """``common.evict_before`` with the scoring and folding in the merge kernel (one schedule step).
+    """``common.evict_before`` with the scoring and folding in the merge kernel (one schedule step); the host
+    bookkeeping (``common.take_candidates`` / ``keep_selected``) is shared with it.
 
     The window is contiguous and ends at ``state.pos - 1``, so the number of leaving pairs is known on the
     host (no device sync)."""
-    n_ev = leaving_count(state, window_start)
-    if n_ev == 0:
+    cand = take_candidates(state, params, window_start)
+    if cand is None:
         return
-    b, hs = state.win_k.shape[:2]
-    ns = state.sp_k.shape[2]
-    cand_k, cand_v, cand_pos = pop_candidates(state, n_ev)
-    n = ns + n_ev
-    keep = params.cfg.keep(window_start, n)
-    if keep == n:
-        state.sp_k, state.sp_v, state.sp_pos = cand_k, cand_v, cand_pos
-        return
+    b, hs = cand.pos.shape[:2]
+    n, keep, n_ev = cand.n, cand.keep, cand.n_leaving
+    ns = n - n_ev
     ensure_contiguous_state(state)
-    dev = cand_k.device
+    dev = cand.k.device
     lam = max(params.cfg.sparse + params.cfg.sinks, 1)
     spi = alloc((2, b * hs, lam), torch.int32, dev)
     if ns:
         spi[0, :, :ns] = torch.arange(ns, dtype=torch.int32, device=dev)
     sched = _one_step_schedule(ns, n_ev, keep, str(dev))
-    launch_merge(params, state, cand_k, cand_v, cand_pos, sched, 1, spi, n, need_scores=keep > 0)
+    launch_merge(params, state, cand.k, cand.v, cand.pos, sched, 1, spi, n, need_scores=keep > 0)
     state.n_folded += n - keep
-    idx = spi[1, :, :keep].view(b, hs, keep).long()
-    gidx = idx.unsqueeze(-1).expand(-1, -1, -1, cand_k.shape[-1])
-    state.sp_k, state.sp_v = cand_k.gather(2, gidx), cand_v.gather(2, gidx)
-    state.sp_pos = cand_pos.gather(2, idx)
+    keep_selected(state, cand, spi[1, :, :keep].view(b, hs, keep).long())
