@@ -49,7 +49,6 @@ finally:
 
 from lola_bench.attention.chunked import lola_chunked  # noqa: E402
 from lola_bench.attention.common import (  # noqa: E402
-    LolaParams,
     append_window,
     attend,
     ensure_state,
@@ -58,13 +57,12 @@ from lola_bench.attention.common import (  # noqa: E402
 )
 from lola_bench.attention.config import LolaConfig  # noqa: E402
 from lola_bench.attention.decode import lola_decode  # noqa: E402
-from lola_bench.attention.feature_maps import make_feature_map  # noqa: E402
 from lola_bench.attention.reference import lola_reference  # noqa: E402
-from lola_bench.attention.scorers import make_scorer  # noqa: E402
 from lola_bench.attention.state import LolaState  # noqa: E402
+from lola_bench.attention.testing import clone_state, make_params, qkv, random_state  # noqa: E402
 
 pytestmark = pytest.mark.triton
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -83,19 +81,6 @@ def test_kernels_in_fresh_process():
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], env=env,
                        capture_output=True, text=True, timeout=900, cwd=REPO)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-
-
-def make_params(cfg, hq=4, hkv=2, d=16, dtype=torch.float32):
-    fq, fk = make_feature_map(cfg.feature_map, hq, d), make_feature_map(cfg.feature_map, hq, d)
-    if cfg.feature_map == "hedgehog":  # q and k maps differ and are not the identity
-        fq.layer.data += 0.3 * torch.randn_like(fq.layer)
-        fk.layer.data += 0.3 * torch.randn_like(fk.layer)
-    return LolaParams(cfg, fq.to(dtype), fk.to(dtype), torch.randn(hq), make_scorer(cfg.scorer), hq, hkv, d)
-
-
-def qkv(L, hq=4, hkv=2, b=1, d=16, dtype=torch.float32):
-    return (torch.randn(b, hq, L, d).to(dtype), torch.randn(b, hkv, L, d).to(dtype),
-            torch.randn(b, hkv, L, d).to(dtype))
 
 
 def assert_state_close(a: LolaState, b: LolaState, atol=1e-5, rtol=1e-5):
@@ -250,25 +235,6 @@ def test_prefill_without_sparse_cache_is_parallel_and_exact(monkeypatch, L, wind
 # ---------------------------------------------------------------------------------------------------------------
 # decode kernel on a given state, and the chunk-boundary merge on its own
 
-def _random_state(p, b, hs, ns, nw, pos, dtype, n_folded):
-    st = LolaState()
-    d, f, hq = p.head_dim, p.feature_dim, p.num_heads
-    st.init(b, hs, hq, d, f, dtype, "cpu", False)
-    st.sp_k, st.sp_v = torch.randn(b, hs, ns, d).to(dtype), torch.randn(b, hs, ns, d).to(dtype)
-    st.sp_pos = torch.sort(torch.randperm(pos - nw)[:ns]).values.view(1, 1, ns).expand(b, hs, ns).contiguous()
-    st.win_k, st.win_v = torch.randn(b, hs, nw, d).to(dtype), torch.randn(b, hs, nw, d).to(dtype)
-    st.win_pos = torch.arange(pos - nw, pos)
-    st.H, st.s = torch.rand(b, hq, f, d) * 4, torch.rand(b, hq, f) * 4 + 1
-    st.pos, st.n_folded = pos, n_folded
-    return st
-
-
-def _clone(st):
-    c = LolaState(**{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in vars(st).items()})
-    c.meta = dict(st.meta)
-    return c
-
-
 @pytest.mark.parametrize("d,dtype,fm,gqa,ns,nw,folded,combine", [
     (16, torch.float32, "hedgehog-identity", "grouped", 24, 13, 40, "gated"),
     (64, torch.float32, "hedgehog", "expanded", 7, 70, 3, "lolcats"),
@@ -281,7 +247,7 @@ def _clone(st):
 def test_decode_kernel_matches_attend(d, dtype, fm, gqa, ns, nw, folded, combine):
     cfg = LolaConfig(window=64, sparse=64, feature_map=fm, gqa=gqa, combine=combine)
     p = make_params(cfg, hq=4, hkv=2, d=d, dtype=dtype)
-    st = _random_state(p, 2, p.storage_heads, ns, nw, 300, dtype, folded)
+    st = random_state(p, 2, p.storage_heads, ns, nw, 300, dtype, folded)
     q = torch.randn(2, 4, 1, d).to(dtype)
     out = torch.full_like(q, float("nan"))
     got = kdecode.decode_attention(q, st, p, out=out)
@@ -296,8 +262,8 @@ def test_merge_matches_evict_before(scorer, dtype, sparse):
     """One chunk boundary: score (ties broken like split_topk), keep the best, fold the rest."""
     cfg = LolaConfig(window=16, sparse=sparse, scorer=scorer)
     p = make_params(cfg, dtype=dtype)
-    st = _random_state(p, 1, 2, min(sparse, 16), 32, 2200, dtype, 5)  # recency in fp16: positions tie
-    ref = _clone(st)
+    st = random_state(p, 1, 2, min(sparse, 16), 32, 2200, dtype, 5)  # recency in fp16: positions tie
+    ref = clone_state(st)
     kmerge.evict_before_triton(st, p, 2200 - 16)
     evict_before(ref, p, 2200 - 16)
     assert_state_close(st, ref)
@@ -324,7 +290,7 @@ def test_merge_selection_matches_split_topk(monkeypatch, select, case):
     """Both selections of the merge kernel keep exactly split_topk's pairs, whatever the scores look like."""
     monkeypatch.setenv("LOLA_MERGE_SELECT", select)
     p = make_params(LolaConfig(window=16, sparse=20, scorer="random"))
-    st = _random_state(p, 2, 2, 20, 32, 2200, torch.float32, 5)
+    st = random_state(p, 2, 2, 20, 32, 2200, torch.float32, 5)
     n_ev = 16
     cand_pos = torch.cat([st.sp_pos, st.win_pos[:n_ev].view(1, 1, n_ev).expand(2, 2, n_ev)], dim=2)
     sc = _crafted_scores(case, (2, 2, 20 + n_ev))
