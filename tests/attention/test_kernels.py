@@ -389,7 +389,7 @@ def test_schedule_counts_match_torch_state():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the GPU benchmark script runs end to end in --smoke mode
+# the GPU benchmark (benchmarks/gpu_bench, entry point scripts/gpu_bench.py) runs end to end in --smoke mode
 
 def test_gpu_bench_smoke(tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
@@ -400,6 +400,7 @@ def test_gpu_bench_smoke(tmp_path):
     assert len(files) == 1 and files[0].with_suffix(".md").is_file()
     data = json.loads(files[0].read_text())
     assert data["smoke"] is True and data["provenance"]["git"] and len(data["source_sha256"]) == 64
+    assert data["kernel_env"].get("TRITON_INTERPRET") == "1"  # recorded from the environment the bench ran in
     assert data["correctness"] and all(c["ok"] for c in data["correctness"]), data["correctness"]
     assert [c["check"] for c in data["correctness"] if c["shape"] == "selection"] == [
         "merge_selection_threshold_n72_warps4", "merge_selection_rank_n72_warps8"]
@@ -432,9 +433,7 @@ def test_perf_compare_pairs_rows_of_two_runs(tmp_path):
 
 
 def test_gpu_bench_judges_targets():
-    spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "scripts" / "gpu_bench.py")
-    gb = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gb)
+    from benchmarks.gpu_bench.report import targets
 
     def ttft(mode, lam, ctx, ms):
         return {"preset": "p", "mode": mode, "lambda": lam, "ctx": ctx, "ttft_ms": ms}
@@ -446,11 +445,11 @@ def test_gpu_bench_judges_targets():
                     ttft("full", None, 32768, 900.0), ttft("lola", 0, 32768, 800.0),
                     ttft("lola", 512, 32768, 950.0), {"preset": "p", "skipped": "time budget"}],
            "correctness": [{"ok": True}, {"ok": False}]}
-    ok = [t["ok"] for t in gb.targets(res)]
+    ok = [t["ok"] for t in targets(res)]
     # decode 35 and 42 us <= 50; flat 42/35 = 1.2; lambda ratio 1.09 / 1.19; 950 > 900 at 32K; one check failed
     assert ok == [True, True, False, False, False]
     res.update(decode_attention=[], ttft=[], correctness=[])
-    assert [t["ok"] for t in gb.targets(res)] == [None] * 5
+    assert [t["ok"] for t in targets(res)] == [None] * 5
 
 
 def test_kernels_compile_for_sm90(tmp_path):
