@@ -240,3 +240,9 @@ def test_clone_state_is_independent():
     c.H += 1
     c.sp_pos[0, 0, 0] = -1
     assert not torch.equal(c.H, st.H) and int(st.sp_pos[0, 0, 0]) >= 0 and c.pos == st.pos
+
+
+def test_empty_is_nan_poisoned_here():
+    """tests/attention/conftest.py: unwritten torch.empty / empty_like elements are NaN (integers: their max)."""
+    assert torch.empty(5).isnan().all() and torch.empty_like(torch.zeros(2, 3, dtype=torch.float16)).isnan().all()
+    assert (torch.empty(4, dtype=torch.int32) == torch.iinfo(torch.int32).max).all()

@@ -334,7 +334,25 @@ def test_fallback_for_unsupported_configs():
     p2 = make_params(LolaConfig(window=8, sparse=8, scorer="attention"))
     assert "scorer" in K.unsupported_reason(q, p2)
     assert K.unsupported_reason(q.double(), make_params(LolaConfig(window=8, sparse=8))) is not None
-    assert K.kernels_available()
+
+
+def test_kernels_available_only_with_a_device_or_the_interpreter(monkeypatch):
+    """Without CUDA the kernels run only under TRITON_INTERPRET (truthy spellings); otherwise every call is sent to the
+    torch path with the reason."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    p = make_params(LolaConfig(window=8, sparse=8))
+    q = torch.zeros(1, 4, 1, 16)
+    for off in (None, "0", "false", ""):
+        if off is None:
+            monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        else:
+            monkeypatch.setenv("TRITON_INTERPRET", off)
+        assert not K.interpreting() and not K.kernels_available(), off
+        assert "not available" in K.unsupported_reason(q, p)
+    for on in ("1", "true", "ON"):
+        monkeypatch.setenv("TRITON_INTERPRET", on)
+        assert K.interpreting() and K.kernels_available(), on
+        assert K.unsupported_reason(q, p) is None
 
 
 @pytest.mark.parametrize("sparse,sinks,scorer,fm,gqa,window,chunk", [
