@@ -8,7 +8,10 @@ Modules:
   common        primitives shared by every path: eviction/merge, block attention, the combine formula
   reference     quadratic, mask-based specification (never calls a fast path)
   chunked       chunked prefill (any block of new tokens)
-  decode        one-token decode step
+  hybrid        dense window + linear attention (lambda = 0) for training, and its chunked form
+  decode        one-token decode step (``decode_step``: the host bookkeeping shared with the Triton decode)
+  kernels/      Triton kernels with the torch paths as fallback: merge, prefill, decode, linear_prefix, _jit, _host
+  testing       helpers for tests and benchmarks: params, random inputs and states, relative-RMS assert_close
 """
 
 from .config import LolaConfig  # noqa: F401

@@ -95,22 +95,57 @@ def pop_candidates(state: LolaState, n_ev: int):
             torch.cat([state.sp_pos, ev_pos], dim=2))
 
 
-def evict_before(state: LolaState, params: LolaParams, window_start: int) -> None:
-    """Move window pairs older than ``window_start`` out: the best ``sparse`` of (cache + leaving) stay, rest fold."""
+@dataclass
+class Candidates:
+    """The pairs competing for the sparse cache at one chunk boundary, in position order: the cached pairs, then the
+    ``n_leaving`` pairs leaving the window. ``keep`` of them stay (``LolaConfig.keep``), the others are folded."""
+    k: torch.Tensor            # (B, Hs, n, d)
+    v: torch.Tensor            # (B, Hs, n, d)
+    pos: torch.Tensor          # (B, Hs, n)
+    acc: torch.Tensor | None   # (B, Hs, n) attention mass, when tracked
+    n_leaving: int
+    keep: int
+
+    @property
+    def n(self) -> int:
+        return self.k.shape[2]
+
+
+def take_candidates(state: LolaState, params: LolaParams, window_start: int) -> Candidates | None:
+    """The host bookkeeping of a chunk boundary, shared by ``evict_before`` and the Triton merge: pop the window pairs
+    older than ``window_start`` and put them behind the sparse cache. Returns None when there is nothing to choose
+    (no pair leaves, or every candidate fits in the cache, which then holds them all)."""
     n_ev = leaving_count(state, window_start)
     if n_ev == 0:
-        return
+        return None
     cand_k, cand_v, cand_pos = pop_candidates(state, n_ev)
     cand_acc = None
     if state.win_acc is not None:
         cand_acc = torch.cat([state.sp_acc, state.win_acc[:, :, :n_ev]], dim=2)
         state.win_acc = state.win_acc[:, :, n_ev:]
-    n = cand_k.shape[2]
-    sinks = min(params.cfg.sinks, window_start)  # every position below window_start has left the window
-    keep = min(params.cfg.sparse + sinks, n)
-    if keep == n:  # everything fits in the sparse cache: nothing to score or fold
+    keep = params.cfg.keep(window_start, cand_k.shape[2])
+    if keep == cand_k.shape[2]:  # everything fits in the sparse cache: nothing to score or fold
         state.sp_k, state.sp_v, state.sp_pos, state.sp_acc = cand_k, cand_v, cand_pos, cand_acc
+        return None
+    return Candidates(cand_k, cand_v, cand_pos, cand_acc, n_ev, keep)
+
+
+def keep_selected(state: LolaState, cand: Candidates, idx: torch.Tensor) -> None:
+    """The candidates at ``idx`` (B, Hs, keep), ascending, become the sparse cache."""
+    gidx = idx.unsqueeze(-1).expand(-1, -1, -1, cand.k.shape[-1])
+    state.sp_k, state.sp_v = cand.k.gather(2, gidx), cand.v.gather(2, gidx)
+    state.sp_pos = cand.pos.gather(2, idx)
+    if cand.acc is not None:
+        state.sp_acc = cand.acc.gather(2, idx)
+
+
+def evict_before(state: LolaState, params: LolaParams, window_start: int) -> None:
+    """Move window pairs older than ``window_start`` out: the best ``sparse`` of (cache + leaving) stay, rest fold."""
+    cand = take_candidates(state, params, window_start)
+    if cand is None:
         return
+    cand_k, cand_v, cand_pos, cand_acc, n, keep = cand.k, cand.v, cand.pos, cand.acc, cand.n, cand.keep
+    sinks = min(params.cfg.sinks, window_start)  # every position below window_start has left the window
     phi_k = params.feature_map_k(expand_heads(cand_k, params.group)).to(state.H.dtype)  # score/fold in fp32
     if keep == 0:
         fold(state, params, phi_k, cand_v)
@@ -128,11 +163,7 @@ def evict_before(state: LolaState, params: LolaParams, window_start: int) -> Non
     fold(state, params, phi_k.gather(2, out_q.expand(-1, -1, -1, phi_k.shape[-1])),
          cand_v.gather(2, out_idx.unsqueeze(-1).expand(-1, -1, -1, cand_v.shape[-1])))
     state.n_folded += n - keep
-    gidx = idx.unsqueeze(-1).expand(-1, -1, -1, cand_k.shape[-1])
-    state.sp_k, state.sp_v = cand_k.gather(2, gidx), cand_v.gather(2, gidx)
-    state.sp_pos = cand_pos.gather(2, idx)
-    if cand_acc is not None:
-        state.sp_acc = cand_acc.gather(2, idx)
+    keep_selected(state, cand, idx)
 
 
 def append_window(state: LolaState, params: LolaParams, k: torch.Tensor, v: torch.Tensor) -> None:

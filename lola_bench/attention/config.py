@@ -71,6 +71,12 @@ class LolaConfig:
         """First key position inside the local window for queries of chunk ``chunk_index``."""
         return max(0, chunk_index * self.chunk_size - self.window)
 
+    def keep(self, window_start: int, n: int) -> int:
+        """How many of ``n`` candidates stay in the sparse cache at the chunk boundary whose window starts at
+        ``window_start``: ``sparse`` scored pairs plus the pinned sinks that have left the window (every position
+        below ``window_start`` has), never more than there are candidates. Every path uses this rule."""
+        return min(self.sparse + min(self.sinks, window_start), n)
+
     @property
     def exact_len(self) -> int:
         """The longest sequence (prompt + generated) for which nothing is folded into the linear state, so LoLA

@@ -65,7 +65,7 @@ def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Lo
         if ws > evicted_upto:
             cand = sparse | ((pos >= evicted_upto) & (pos < ws)).view(1, 1, L)
             n = int(cand[0, 0].sum())
-            keep = min(cfg.sparse + min(cfg.sinks, ws), n)
+            keep = cfg.keep(ws, n)
             if keep == n:
                 sparse = cand
             else:

@@ -83,7 +83,7 @@ def analytic_bytes(cfg: LolaConfig, seq_len: int, *, batch: int, query_heads: in
     c = (seq_len - 1) // cfg.chunk_size
     ws = cfg.window_start(c)
     nw = seq_len - ws
-    ns = min(cfg.sparse + min(cfg.sinks, ws), ws)
+    ns = cfg.keep(ws, ws)  # every position below ws is a candidate
     track = cfg.scorer == "attention"
     out = {
         "window": 2 * batch * hs * nw * head_dim * elt,

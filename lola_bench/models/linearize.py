@@ -28,9 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..attention.common import mix
 from ..attention.config import LolaConfig
-from ..attention.hybrid import hybrid_attention
+from ..attention.hybrid import chunked_hybrid_attention, hybrid_attention
 from ..data.text_data import PackedData, load_packed
 from ..errors import UserError
 from ..records import atomic_write_json
@@ -167,50 +166,6 @@ class teacher_mode:
         for m in self.mods:
             del m.forward
         return False
-
-
-def chunked_hybrid_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params) -> torch.Tensor:
-    """``hybrid_attention`` computed one chunk at a time: the same output and gradients (up to float rounding).
-
-    Each chunk attends with softmax to its window keys only and reads the older keys from running sums
-    H = sum phi(k) v^T, s = sum phi(k), so the work is O(L (C + W) d + L F d) instead of O(L^2 F): at seq_len 1024
-    this makes the stage-1 loss cheap next to the frozen forward.
-    """
-    cfg = params.cfg
-    C, W = cfg.chunk_size, cfg.window
-    rep = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-    B, Hq, L, d = q.shape
-    phi_q, phi_k = params.feature_map_q(q), params.feature_map_k(k)
-    factor = params.window_factors.view(1, -1, 1, 1).to(q.dtype)
-    state = q.new_zeros(B, Hq, phi_k.shape[-1], d)
-    norm = q.new_zeros(B, Hq, phi_k.shape[-1], 1)
-    S = cfg.sinks
-    folded, outs = 0, []
-    for c0 in range(0, L, C):
-        c1 = min(c0 + C, L)
-        ws = max(0, c0 - W)
-        lo = max(folded, min(S, ws))  # sinks never join the linear sums
-        if ws > lo:  # keys leaving the window join the linear sums (never in place: autograd)
-            pk = phi_k[:, :, lo:ws].transpose(-1, -2)
-            state = state + pk @ v[:, :, lo:ws]
-            norm = norm + pk.sum(-1, keepdim=True)
-        folded = max(folded, ws)
-        keys = torch.arange(ws, c1, device=q.device)
-        if min(S, ws):  # the sinks that have left the window, attended exactly
-            keys = torch.cat([torch.arange(min(S, ws), device=q.device), keys])
-        causal = keys.view(1, -1) <= torch.arange(c0, c1, device=q.device).view(-1, 1)
-        s = ((q[:, :, c0:c1] @ k[:, :, keys].transpose(-1, -2)) * d ** -0.5).masked_fill(~causal, float("-inf"))
-        sm_max = s.amax(-1, keepdim=True)
-        e = torch.exp(s - sm_max)
-        sm_num, sm_den = e @ v[:, :, keys], e.sum(-1, keepdim=True)
-        if folded <= S:  # nothing folded yet
-            outs.append(sm_num / sm_den)
-            continue
-        pq = phi_q[:, :, c0:c1]
-        lin_num, lin_den = pq @ state, pq @ norm
-        outs.append(mix(cfg.combine, factor, sm_num, sm_den, lin_num, lin_den, cfg.eps, sm_max))
-    return torch.cat(outs, dim=2)
 
 
 def attention_transfer_losses(model, input_ids: torch.Tensor, backward: bool = True,

@@ -5,8 +5,12 @@
 
 Kernels (see each module):
   decode.py   one-token attention: sparse + window online softmax, linear readout, combine (one launch)
-  sre.py      chunk-boundary merge: SRE (or precomputed) scoring, top-lambda selection, fold into (H, s)
+  merge.py    chunk-boundary merge for every scorer: SRE (or precomputed) scoring, top-lambda selection, fold
+              into (H, s); ``evict_before_triton`` is its one-step wrapper for decode
   prefill.py  chunked prefill: the merge kernel walks every chunk in-kernel, then one attention launch
+  linear_prefix.py  phase A of the prefill without scoring (sparse = 0): step-parallel fold in torch
+  _jit.py     @triton.jit helpers shared by the kernels (feature maps, the selection's order key)
+  _host.py    host utilities shared by the wrappers (codes, allocation, weights, the tuning env-var readers)
 
 Supported: feature maps hedgehog, hedgehog-identity, elu, relu; scorers sre, random, key_norm, recency,
 sink; pinned attention sinks (``sinks`` > 0); every combine; grouped and expanded GQA; float32, float16,
@@ -18,7 +22,7 @@ TRITON_INTERPRET=1). With sparse = 0 the prefill skips the merge kernel (linear_
 
 No wrapper synchronizes with the device (sizes come from host-side bookkeeping), so decode steps and
 prefills queue asynchronously; ``decode.decode_attention`` alone (fixed-size state) can be captured in a
-CUDA graph. Tests run the kernels on CPU under TRITON_INTERPRET=1 (tests/test_kernels.py);
+CUDA graph. Tests run the kernels on CPU under TRITON_INTERPRET=1 (tests/attention/test_kernels.py);
 ``scripts/gpu_bench.py --compile-check`` compiles them for sm_90 without a GPU.
 """
 
@@ -30,12 +34,24 @@ import os
 import torch
 
 from ..chunked import lola_chunked
-from ..common import LolaParams, append_window, ensure_state
-from ..decode import lola_decode
+from ..common import LolaParams
+from ..decode import decode_step, lola_decode
 from ..state import LolaState
 
 KERNEL_FEATURE_MAPS = ("hedgehog", "hedgehog-identity", "elu", "relu")
 KERNEL_SCORERS = ("sre", "random", "key_norm", "recency", "sink")
+
+
+# Every environment variable the attention layer reads (tests/attention/test_kernels.py checks the list against the
+# source): Triton's interpreter switch and the kernel-tuning overrides read at launch time by _host.py.
+KERNEL_ENV_VARS = ("TRITON_INTERPRET", "LOLA_TRITON_FP32_DOT", "LOLA_TRITON_DEBUG_FILL", "LOLA_MERGE_TILES",
+                   "LOLA_MERGE_SELECT")
+
+
+def kernel_env() -> dict[str, str]:
+    """The kernel environment overrides in force now ({name: value} for each of KERNEL_ENV_VARS that is set), so a
+    caller can record in its results what the kernels ran with. Reading them stays where it was (at launch)."""
+    return {name: os.environ[name] for name in KERNEL_ENV_VARS if name in os.environ}
 
 
 def interpreting() -> bool:
@@ -90,21 +106,20 @@ def lola_chunked_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state
 
 def lola_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
                        params: LolaParams) -> torch.Tensor:
-    """One-token decode with Triton: chunk-boundary merge kernel (when the token starts a chunk), torch append,
-    then the fused decode kernel; falls back to ``lola_decode`` for unsupported configurations."""
-    if q.shape[2] != 1:
-        raise ValueError(f"lola_decode takes one token at a time, got {q.shape[2]}")
+    """One-token decode with Triton: ``decode.decode_step``'s bookkeeping with the chunk-boundary merge kernel (when
+    the token starts a chunk) and the fused decode kernel; falls back to ``lola_decode`` for unsupported
+    configurations."""
     if unsupported_reason(q, params):
-        return lola_decode(q, k, v, state, params)
+        return lola_decode(q, k, v, state, params)  # raises for more than one token, like decode_step
+    from ._host import ensure_contiguous_state
     from .decode import decode_attention
-    from .sre import ensure_contiguous_state, evict_before_triton
+    from .merge import evict_before_triton
 
-    ensure_state(state, k, params)
-    ensure_contiguous_state(state)
-    p = state.pos
-    evict_before_triton(state, params, params.cfg.window_start(p // params.cfg.chunk_size))
-    append_window(state, params, k, v)
-    return decode_attention(q, state, params)
+    def evict(st: LolaState, pr: LolaParams, window_start: int) -> None:
+        ensure_contiguous_state(st)  # the decode kernel reads H and s as dense tensors, merge or not
+        evict_before_triton(st, pr, window_start)
+
+    return decode_step(q, k, v, state, params, evict, lambda q1, st, pr, _pos: decode_attention(q1, st, pr))
 
 
-__all__ = ["kernels_available", "lola_chunked_triton", "lola_decode_triton", "unsupported_reason"]
+__all__ = ["kernel_env", "kernels_available", "lola_chunked_triton", "lola_decode_triton", "unsupported_reason"]

@@ -11,7 +11,7 @@ latency-bound (about 25 us per layer on an H200, results/perf).
 
 phi(q) is computed in-kernel for every supported feature map, learned hedgehog included (h = q W_q for the
 head, then the two-sided softmax). The chunk-boundary eviction that precedes the attention (every ``chunk``
-tokens) runs in the merge kernel (sre.py) with torch bookkeeping; appending the new pair is a torch ``cat``.
+tokens) runs in the merge kernel (merge.py) with torch bookkeeping; appending the new pair is a torch ``cat``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import triton.language as tl
 
 from ..common import LolaParams
 from ..state import LolaState
-from .sre import COMBINE_CODES, PHI_CODES, alloc, feature_eps, learned_weights, rounded_eps
+from ._host import COMBINE_CODES, PHI_CODES, alloc, feature_eps, learned_weights, rounded_eps
 
 SPLIT = 64  # keys per program of the partial kernel (split-K over [sparse | window], flash-decoding style)
 

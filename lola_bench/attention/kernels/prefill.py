@@ -7,7 +7,7 @@ chunk), which is launch-bound on a GPU. Here the same computation is split by de
                                    pairs leave the window, how many stay in the sparse cache, the window
                                    range, whether anything is folded yet. It only depends on sizes, so it
                                    is computed once per (state sizes, L, config) and cached across layers.
-  phase A: merge kernel (sre.py)   one program per (batch, storage head) walks the rows in order: score,
+  phase A: merge kernel (merge.py)  one program per (batch, storage head) walks the rows in order: score,
                                    select, fold, and read the linear part out for the segment's queries
                                    (phi(q)^T H, phi(q)^T s). Writes each step's sparse index list.
   phase B: attention kernel        one program per (segment, query block, batch * query head), all in
@@ -45,17 +45,11 @@ import triton
 import triton.language as tl
 
 from ..common import LolaParams, ensure_state, to_storage
+from ..config import LolaConfig
 from ..state import LolaState
+from ._host import COMBINE_CODES, SCHED_FIELDS, alloc, ensure_contiguous_state, fp32_dot_precision, last_dim_contiguous
 from .linear_prefix import fold_and_readout
-from .sre import (
-    COMBINE_CODES,
-    SCHED_FIELDS,
-    alloc,
-    ensure_contiguous_state,
-    fp32_dot_precision,
-    last_dim_contiguous,
-    launch_merge,
-)
+from .merge import launch_merge
 
 
 @triton.jit(do_not_specialize=["spi_t", "LAM", "L", "base_new"])
@@ -151,15 +145,16 @@ def _attn_kernel(
 
 
 @functools.lru_cache(maxsize=256)
-def build_schedule(pos: int, ns0: int, nw0: int, n_folded0: int, L: int, window: int, chunk: int,
-                   sparse: int, sinks: int = 0) -> tuple[tuple[tuple[int, ...], ...], int, int, int]:
+def build_schedule(pos: int, ns0: int, nw0: int, n_folded0: int, L: int,
+                   cfg: LolaConfig) -> tuple[tuple[tuple[int, ...], ...], int, int, int]:
     """Host-side plan of a chunked prefill of L tokens continuing a state of ``pos`` tokens with ``ns0``
     sparse and ``nw0`` window pairs (unified index layout [sparse | window | new]).
 
     Returns (rows, n_folded_after, max candidates in one merge, needs_scores). Each row is
     (ns_before, leave_lo, n_leave, keep, q0, seg, w_lo, w_hi, has_lin), mirroring ``lola_chunked``:
-    evict the window pairs older than window_start(c), keep min(sparse + min(sinks, window_start(c)), n) of the
-    n candidates (the pinned sinks among them), append the segment, attend with its queries."""
+    evict the window pairs older than window_start(c), keep ``cfg.keep(window_start(c), n)`` of the n candidates
+    (the pinned sinks among them), append the segment, attend with its queries. Cached per (sizes, L, cfg)."""
+    chunk = cfg.chunk_size
     rows = []
     w_lo, w_hi = ns0, ns0 + nw0
     first_pos = pos - nw0                      # position of unified index ns0 (window is contiguous)
@@ -169,10 +164,10 @@ def build_schedule(pos: int, ns0: int, nw0: int, n_folded0: int, L: int, window:
         p = pos + i
         c = p // chunk
         seg = min(L - i, (c + 1) * chunk - p)
-        ws = max(0, c * chunk - window)
+        ws = cfg.window_start(c)
         n_ev = max(0, min(ws - (first_pos + w_lo - ns0), w_hi - w_lo))
         n = ns + n_ev
-        keep = min(sparse + min(sinks, ws), n) if n_ev else ns
+        keep = cfg.keep(ws, n) if n_ev else ns
         ev_lo = w_lo
         w_lo += n_ev
         w_hi += seg
@@ -223,8 +218,7 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
     b, hq, L, d = q.shape
     dev = q.device
     ns0, nw0 = state.sp_k.shape[2], state.win_k.shape[2]
-    rows, n_folded, cap, needs_scores = build_schedule(state.pos, ns0, nw0, state.n_folded, L, cfg.window,
-                                                       cfg.chunk_size, cfg.sparse, cfg.sinks)
+    rows, n_folded, cap, needs_scores = build_schedule(state.pos, ns0, nw0, state.n_folded, L, cfg)
     n_steps = len(rows)
     sched = _schedule_tensor(rows, str(dev))
     ks, vs = last_dim_contiguous(to_storage(k, params)), last_dim_contiguous(to_storage(v, params))

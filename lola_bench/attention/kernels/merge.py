@@ -31,70 +31,27 @@ not supported here: ``kernels.unsupported_reason`` sends them to the torch path.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ..common import LolaParams, leaving_count, pop_candidates
+from ..common import LolaParams, keep_selected, take_candidates
 from ..scorers import ScoreContext
 from ..state import LolaState
+from ._host import (
+    PHI_CODES,
+    alloc,
+    block_sizes,
+    ensure_contiguous_state,
+    feature_eps,
+    fp32_dot_precision,
+    learned_weights,
+    rounded_eps,
+    select_mode,
+)
+from ._jit import feature_parts, order_key
 
-# One int32 schedule row per chunk step (see prefill.build_schedule): ns_before, leave_lo, n_leave, keep, q0, seg,
-# w_lo, w_hi, has_lin. The kernels read the fields at these offsets.
-SCHED_FIELDS = 9
-
-PHI_CODES = {"hedgehog": 0, "hedgehog-identity": 0, "elu": 1, "relu": 2}
-COMBINE_CODES = {"gated": 0, "lolcats": 1, "normalized": 2, "calibrated": 3}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# shared jit helpers (also used by decode.py and prefill.py)
-
-@triton.jit
-def feature_parts(x, w_ptr, offs_d, eps_r, PHI: tl.constexpr, LEARNED: tl.constexpr, D: tl.constexpr,
-                  PREC: tl.constexpr):
-    """Feature map of a (M, D) tile ``x`` (model dtype) -> (part0, part1), each (M, D) fp32.
-
-    LEARNED: h = x @ W (hedgehog, W (D, D) at w_ptr), else h = x. PHI 0: [softmax(h), softmax(-h)] clamped
-    at eps (F = 2D); 1: elu(h) + 1; 2: relu(h) (F = D; part1 = part0, unused). Intermediate values are
-    rounded to the model dtype where torch computes them in it, so phi matches ``feature_map(x).float()``.
-    """
-    DT: tl.constexpr = x.dtype
-    if LEARNED:
-        w = tl.load(w_ptr + offs_d[:, None] * D + offs_d[None, :])
-        h = tl.dot(x, w, input_precision=PREC).to(DT).to(tl.float32)
-    else:
-        h = x.to(tl.float32)
-    if PHI == 0:
-        m1 = tl.max(h, 1)
-        e1 = tl.exp(h - m1[:, None])
-        p1 = tl.maximum((e1 / tl.sum(e1, 1)[:, None]).to(DT).to(tl.float32), eps_r)
-        m2 = tl.max(-h, 1)
-        e2 = tl.exp(-h - m2[:, None])
-        p2 = tl.maximum((e2 / tl.sum(e2, 1)[:, None]).to(DT).to(tl.float32), eps_r)
-    elif PHI == 1:
-        p1 = (tl.where(h > 0, h, tl.exp(h) - 1.0).to(DT).to(tl.float32) + 1.0).to(DT).to(tl.float32)
-        p2 = p1
-    else:
-        p1 = tl.maximum(h, 0.0)
-        p2 = p1
-    return p1, p2
-
-
-@triton.jit
-def order_key(x):
-    """int32 keys that order fp32 scores as torch's sort does: -0.0 and +0.0 equal, every NaN above +inf (one
-    canonical NaN, whatever its sign bit: CPUs make negative NaNs), otherwise the float order."""
-    kb = x.to(tl.int32, bitcast=True)
-    kb = tl.where(kb == -2147483648, 0, kb)
-    kb = tl.where(x != x, 0x7FC00000, kb)
-    return tl.where(kb >= 0, kb, kb ^ 0x7FFFFFFF)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the merge kernel
 
 @triton.jit(do_not_specialize=["n_steps", "spi_t", "LAM", "cand_cap", "L", "sinks"])
 def _merge_kernel(
@@ -315,94 +272,6 @@ def _merge_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 # host side
 
-def fp32_dot_precision(dtype: torch.dtype) -> str:
-    """tl.dot precision for fp32 operands (phi @ H, phi^T @ v): $LOLA_TRITON_FP32_DOT, else ieee for float32
-    models and tf32 for 16-bit models (16-bit values are exact in tf32; only H is rounded to 10 mantissa bits)."""
-    env = os.environ.get("LOLA_TRITON_FP32_DOT")
-    if env in ("ieee", "tf32", "tf32x3"):
-        return env
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def alloc(shape, dtype: torch.dtype, device) -> torch.Tensor:
-    """torch.empty, or filled with NaN / -1 when $LOLA_TRITON_DEBUG_FILL=1 so that unwritten elements show up."""
-    if os.environ.get("LOLA_TRITON_DEBUG_FILL") == "1":
-        return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
-def rounded_eps(eps: float, dtype: torch.dtype) -> float:
-    """The feature-map clamp as torch applies it to a tensor of ``dtype`` (1e-12 is 0 in float16)."""
-    return float(torch.tensor(eps, dtype=dtype).float())
-
-
-def feature_eps(params: LolaParams) -> float:
-    return float(getattr(params.feature_map_k, "eps", 0.0))
-
-
-def _kernel_weight(fm, dtype: torch.dtype, device) -> torch.Tensor:
-    """fm.layer as a contiguous tensor of ``dtype`` on ``device``, converted once and kept on the feature map
-    until the weight changes (in place, or by moving the module): decode would otherwise copy it every token
-    when the checkpoint's weights are float32 and the model runs in 16 bits."""
-    w = fm.layer
-    key = (dtype, str(device), w._version, w.data_ptr())
-    cached = getattr(fm, "_kernel_weight", None)
-    if cached is None or cached[0] != key:
-        cached = (key, w.detach().to(device=device, dtype=dtype).contiguous())
-        fm._kernel_weight = cached
-    return cached[1]
-
-
-def learned_weights(params: LolaParams, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W_k, W_q) as (Hq, D, D) in the model dtype for hedgehog; 1-element dummies otherwise."""
-    if params.cfg.feature_map == "hedgehog":
-        return _kernel_weight(params.feature_map_k, dtype, device), _kernel_weight(params.feature_map_q, dtype, device)
-    dummy = torch.zeros(1, dtype=dtype, device=device)
-    return dummy, dummy
-
-
-TILE_KEYS = ("BLOCK_N", "BLOCK_R", "BLOCK_C", "BLOCK_DV", "num_warps")
-
-
-def block_sizes(d: int, dtype: torch.dtype, learned: bool = False) -> dict:
-    """Tiles and warps of the merge kernel (float32 models use ieee fp32 dots, and learned hedgehog keeps W tiles
-    live: both need more registers, so smaller tiles). The 16-bit tiles do not spill for sm_90 with Triton 3.6 or
-    3.9 (``gpu_bench.py --compile-check``; learned hedgehog at 64-row tiles spilled 8 bytes).
-    ``$LOLA_MERGE_TILES`` ("BLOCK_N=32,num_warps=4", powers of two) overrides any of them: gpu_bench's tile sweep
-    uses it to time alternatives on a GPU."""
-    big = d <= 64 and dtype != torch.float32 and not learned
-    tiles = dict(BLOCK_N=64 if big else 32, BLOCK_R=32, BLOCK_C=128, BLOCK_DV=min(d, 32), num_warps=8)
-    spec = os.environ.get("LOLA_MERGE_TILES", "").strip()
-    for item in filter(None, (x.strip() for x in spec.split(","))):
-        key, _, val = (x.strip() for x in item.partition("="))
-        if key not in TILE_KEYS or not val.isdigit() or int(val) < 1 or int(val) & (int(val) - 1):
-            raise ValueError(f"LOLA_MERGE_TILES: {item!r} is not KEY=power-of-two with KEY in {', '.join(TILE_KEYS)}")
-        tiles[key] = int(val)
-    if not (16 <= tiles["BLOCK_DV"] <= d and tiles["BLOCK_N"] >= 16 and tiles["num_warps"] <= 32):
-        raise ValueError(f"LOLA_MERGE_TILES: need 16 <= BLOCK_DV <= head_dim ({d}), BLOCK_N >= 16 (tl.dot) and "
-                         f"num_warps <= 32, got {tiles}")
-    return tiles
-
-
-SELECT_MAX_NPAD = 2048  # register-resident selection up to this many (padded) candidates; rank counting beyond
-
-
-def select_mode(cand_cap: int) -> tuple[int, int]:
-    """(SELECT, NPAD) for the merge kernel: 1 = selection in registers by threshold bisection (the default while the
-    candidates fit SELECT_MAX_NPAD), 0 = rank counting over global scratch (O(n^2) compares in serial tiles; the
-    selection the kernel had before). ``$LOLA_MERGE_SELECT=rank|threshold`` forces one (``threshold`` still falls
-    back to rank counting above the register limit). Both select exactly the same pairs."""
-    npad = triton.next_power_of_2(max(cand_cap, 16))
-    want = os.environ.get("LOLA_MERGE_SELECT", "threshold")
-    if want not in ("rank", "threshold"):
-        raise ValueError(f"LOLA_MERGE_SELECT must be 'rank' or 'threshold', got {want!r}")
-    return (1, npad) if want == "threshold" and npad <= SELECT_MAX_NPAD else (0, 16)
-
-
 def precomputed_scores(params: LolaParams, ku: torch.Tensor, vu: torch.Tensor, pu: torch.Tensor,
                        state: LolaState) -> torch.Tensor:
     """Scores of state-independent scorers for every unified candidate, (B, Hs, P) float32."""
@@ -456,14 +325,6 @@ def launch_merge(params: LolaParams, state: LolaState, ku: torch.Tensor, vu: tor
     )
 
 
-def ensure_contiguous_state(state: LolaState) -> None:
-    """The kernels address H and s as dense (B, Hq, F, D) / (B, Hq, F) tensors."""
-    if not state.H.is_contiguous():
-        state.H = state.H.contiguous()
-    if not state.s.is_contiguous():
-        state.s = state.s.contiguous()
-
-
 @functools.lru_cache(maxsize=64)
 def _one_step_schedule(ns: int, n_ev: int, keep: int, device: str) -> torch.Tensor:
     """Cached so that steady-state decode does no host-to-device copy (and no implicit sync) per boundary."""
@@ -471,32 +332,24 @@ def _one_step_schedule(ns: int, n_ev: int, keep: int, device: str) -> torch.Tens
 
 
 def evict_before_triton(state: LolaState, params: LolaParams, window_start: int) -> None:
-    """``common.evict_before`` with the scoring and folding in the merge kernel (one schedule step).
+    """``common.evict_before`` with the scoring and folding in the merge kernel (one schedule step); the host
+    bookkeeping (``common.take_candidates`` / ``keep_selected``) is shared with it.
 
     The window is contiguous and ends at ``state.pos - 1``, so the number of leaving pairs is known on the
     host (no device sync)."""
-    n_ev = leaving_count(state, window_start)
-    if n_ev == 0:
+    cand = take_candidates(state, params, window_start)
+    if cand is None:
         return
-    b, hs = state.win_k.shape[:2]
-    ns = state.sp_k.shape[2]
-    cand_k, cand_v, cand_pos = pop_candidates(state, n_ev)
-    n = ns + n_ev
-    keep = min(params.cfg.sparse + min(params.cfg.sinks, window_start), n)
-    if keep == n:
-        state.sp_k, state.sp_v, state.sp_pos = cand_k, cand_v, cand_pos
-        return
+    b, hs = cand.pos.shape[:2]
+    n, keep, n_ev = cand.n, cand.keep, cand.n_leaving
+    ns = n - n_ev
     ensure_contiguous_state(state)
-    dev = cand_k.device
+    dev = cand.k.device
     lam = max(params.cfg.sparse + params.cfg.sinks, 1)
     spi = alloc((2, b * hs, lam), torch.int32, dev)
     if ns:
         spi[0, :, :ns] = torch.arange(ns, dtype=torch.int32, device=dev)
     sched = _one_step_schedule(ns, n_ev, keep, str(dev))
-    launch_merge(params, state, cand_k, cand_v, cand_pos, sched, 1, spi, n, need_scores=keep > 0)
+    launch_merge(params, state, cand.k, cand.v, cand.pos, sched, 1, spi, n, need_scores=keep > 0)
     state.n_folded += n - keep
-    idx = spi[1, :, :keep].view(b, hs, keep).long()
-    gidx = idx.unsqueeze(-1).expand(-1, -1, -1, cand_k.shape[-1])
-    state.sp_k, state.sp_v = cand_k.gather(2, gidx), cand_v.gather(2, gidx)
-    state.sp_pos = cand_pos.gather(2, idx)
-
+    keep_selected(state, cand, spi[1, :, :keep].view(b, hs, keep).long())

@@ -30,12 +30,15 @@ try:
     INTERPRETED = isinstance(_tl_standard.zeros, InterpretedFunction)
 
     import lola_bench.attention.kernels as K
+    from lola_bench.attention.kernels import _host as khost
+    from lola_bench.attention.kernels import _jit as kjit
     from lola_bench.attention.kernels import decode as kdecode
+    from lola_bench.attention.kernels import merge as kmerge
     from lola_bench.attention.kernels import prefill as kprefill
-    from lola_bench.attention.kernels import sre as ksre
 
-    if INTERPRETED and not isinstance(ksre._merge_kernel, InterpretedFunction):  # compiled by an earlier import
-        ksre = importlib.reload(ksre)
+    if INTERPRETED and not isinstance(kmerge._merge_kernel, InterpretedFunction):  # compiled by an earlier import
+        kjit = importlib.reload(kjit)  # first: the kernels bind its helpers when they are (re)imported
+        kmerge = importlib.reload(kmerge)
         kdecode = importlib.reload(kdecode)
         kprefill = importlib.reload(kprefill)
 finally:
@@ -46,7 +49,6 @@ finally:
 
 from lola_bench.attention.chunked import lola_chunked  # noqa: E402
 from lola_bench.attention.common import (  # noqa: E402
-    LolaParams,
     append_window,
     attend,
     ensure_state,
@@ -55,13 +57,12 @@ from lola_bench.attention.common import (  # noqa: E402
 )
 from lola_bench.attention.config import LolaConfig  # noqa: E402
 from lola_bench.attention.decode import lola_decode  # noqa: E402
-from lola_bench.attention.feature_maps import make_feature_map  # noqa: E402
 from lola_bench.attention.reference import lola_reference  # noqa: E402
-from lola_bench.attention.scorers import make_scorer  # noqa: E402
 from lola_bench.attention.state import LolaState  # noqa: E402
+from lola_bench.attention.testing import clone_state, make_params, qkv, random_state  # noqa: E402
 
 pytestmark = pytest.mark.triton
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -80,19 +81,6 @@ def test_kernels_in_fresh_process():
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], env=env,
                        capture_output=True, text=True, timeout=900, cwd=REPO)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-
-
-def make_params(cfg, hq=4, hkv=2, d=16, dtype=torch.float32):
-    fq, fk = make_feature_map(cfg.feature_map, hq, d), make_feature_map(cfg.feature_map, hq, d)
-    if cfg.feature_map == "hedgehog":  # q and k maps differ and are not the identity
-        fq.layer.data += 0.3 * torch.randn_like(fq.layer)
-        fk.layer.data += 0.3 * torch.randn_like(fk.layer)
-    return LolaParams(cfg, fq.to(dtype), fk.to(dtype), torch.randn(hq), make_scorer(cfg.scorer), hq, hkv, d)
-
-
-def qkv(L, hq=4, hkv=2, b=1, d=16, dtype=torch.float32):
-    return (torch.randn(b, hq, L, d).to(dtype), torch.randn(b, hkv, L, d).to(dtype),
-            torch.randn(b, hkv, L, d).to(dtype))
 
 
 def assert_state_close(a: LolaState, b: LolaState, atol=1e-5, rtol=1e-5):
@@ -224,7 +212,7 @@ def test_prefill_without_sparse_cache_is_parallel_and_exact(monkeypatch, L, wind
     elif block is not None:
         monkeypatch.setattr(linear_prefix, "BLOCK_TOKENS", block)
     calls = []
-    monkeypatch.setattr(ksre, "launch_merge", lambda *a, **kw: calls.append(1))
+    monkeypatch.setattr(kmerge, "launch_merge", lambda *a, **kw: calls.append(1))
     monkeypatch.setattr(kprefill, "launch_merge", lambda *a, **kw: calls.append(1))
     cfg = LolaConfig(window=window, sparse=0, chunk=chunk, feature_map=fm, gqa=gqa, combine=combine)
     p = make_params(cfg)
@@ -247,25 +235,6 @@ def test_prefill_without_sparse_cache_is_parallel_and_exact(monkeypatch, L, wind
 # ---------------------------------------------------------------------------------------------------------------
 # decode kernel on a given state, and the chunk-boundary merge on its own
 
-def _random_state(p, b, hs, ns, nw, pos, dtype, n_folded):
-    st = LolaState()
-    d, f, hq = p.head_dim, p.feature_dim, p.num_heads
-    st.init(b, hs, hq, d, f, dtype, "cpu", False)
-    st.sp_k, st.sp_v = torch.randn(b, hs, ns, d).to(dtype), torch.randn(b, hs, ns, d).to(dtype)
-    st.sp_pos = torch.sort(torch.randperm(pos - nw)[:ns]).values.view(1, 1, ns).expand(b, hs, ns).contiguous()
-    st.win_k, st.win_v = torch.randn(b, hs, nw, d).to(dtype), torch.randn(b, hs, nw, d).to(dtype)
-    st.win_pos = torch.arange(pos - nw, pos)
-    st.H, st.s = torch.rand(b, hq, f, d) * 4, torch.rand(b, hq, f) * 4 + 1
-    st.pos, st.n_folded = pos, n_folded
-    return st
-
-
-def _clone(st):
-    c = LolaState(**{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in vars(st).items()})
-    c.meta = dict(st.meta)
-    return c
-
-
 @pytest.mark.parametrize("d,dtype,fm,gqa,ns,nw,folded,combine", [
     (16, torch.float32, "hedgehog-identity", "grouped", 24, 13, 40, "gated"),
     (64, torch.float32, "hedgehog", "expanded", 7, 70, 3, "lolcats"),
@@ -278,7 +247,7 @@ def _clone(st):
 def test_decode_kernel_matches_attend(d, dtype, fm, gqa, ns, nw, folded, combine):
     cfg = LolaConfig(window=64, sparse=64, feature_map=fm, gqa=gqa, combine=combine)
     p = make_params(cfg, hq=4, hkv=2, d=d, dtype=dtype)
-    st = _random_state(p, 2, p.storage_heads, ns, nw, 300, dtype, folded)
+    st = random_state(p, 2, p.storage_heads, ns, nw, 300, dtype, folded)
     q = torch.randn(2, 4, 1, d).to(dtype)
     out = torch.full_like(q, float("nan"))
     got = kdecode.decode_attention(q, st, p, out=out)
@@ -293,9 +262,9 @@ def test_merge_matches_evict_before(scorer, dtype, sparse):
     """One chunk boundary: score (ties broken like split_topk), keep the best, fold the rest."""
     cfg = LolaConfig(window=16, sparse=sparse, scorer=scorer)
     p = make_params(cfg, dtype=dtype)
-    st = _random_state(p, 1, 2, min(sparse, 16), 32, 2200, dtype, 5)  # recency in fp16: positions tie
-    ref = _clone(st)
-    ksre.evict_before_triton(st, p, 2200 - 16)
+    st = random_state(p, 1, 2, min(sparse, 16), 32, 2200, dtype, 5)  # recency in fp16: positions tie
+    ref = clone_state(st)
+    kmerge.evict_before_triton(st, p, 2200 - 16)
     evict_before(ref, p, 2200 - 16)
     assert_state_close(st, ref)
 
@@ -321,12 +290,12 @@ def test_merge_selection_matches_split_topk(monkeypatch, select, case):
     """Both selections of the merge kernel keep exactly split_topk's pairs, whatever the scores look like."""
     monkeypatch.setenv("LOLA_MERGE_SELECT", select)
     p = make_params(LolaConfig(window=16, sparse=20, scorer="random"))
-    st = _random_state(p, 2, 2, 20, 32, 2200, torch.float32, 5)
+    st = random_state(p, 2, 2, 20, 32, 2200, torch.float32, 5)
     n_ev = 16
     cand_pos = torch.cat([st.sp_pos, st.win_pos[:n_ev].view(1, 1, n_ev).expand(2, 2, n_ev)], dim=2)
     sc = _crafted_scores(case, (2, 2, 20 + n_ev))
-    monkeypatch.setattr(ksre, "precomputed_scores", lambda *a, **k: sc)
-    ksre.evict_before_triton(st, p, 2200 - 16)
+    monkeypatch.setattr(kmerge, "precomputed_scores", lambda *a, **k: sc)
+    kmerge.evict_before_triton(st, p, 2200 - 16)
     kept, _ = split_topk(sc, 20)
     assert torch.equal(st.sp_pos, cand_pos.gather(2, kept))
     assert st.n_folded == 5 + n_ev
@@ -334,25 +303,25 @@ def test_merge_selection_matches_split_topk(monkeypatch, select, case):
 
 def test_merge_tiles_env(monkeypatch):
     monkeypatch.delenv("LOLA_MERGE_TILES", raising=False)
-    base = ksre.block_sizes(64, torch.bfloat16)
+    base = khost.block_sizes(64, torch.bfloat16)
     assert base == dict(BLOCK_N=64, BLOCK_R=32, BLOCK_C=128, BLOCK_DV=32, num_warps=8)
     monkeypatch.setenv("LOLA_MERGE_TILES", "BLOCK_N=32, num_warps = 4")
-    assert ksre.block_sizes(64, torch.bfloat16) == {**base, "BLOCK_N": 32, "num_warps": 4}
+    assert khost.block_sizes(64, torch.bfloat16) == {**base, "BLOCK_N": 32, "num_warps": 4}
     for bad in ("BLOCK_N=48", "BLOCK_X=16", "num_warps", "BLOCK_DV=128", "BLOCK_DV=8", "BLOCK_N=8", "num_warps=64"):
         monkeypatch.setenv("LOLA_MERGE_TILES", bad)
         with pytest.raises(ValueError, match="LOLA_MERGE_TILES"):
-            ksre.block_sizes(64, torch.bfloat16)
+            khost.block_sizes(64, torch.bfloat16)
 
 
 def test_merge_select_mode_env(monkeypatch):
     monkeypatch.delenv("LOLA_MERGE_SELECT", raising=False)
-    assert ksre.select_mode(576) == (1, 1024)
-    assert ksre.select_mode(ksre.SELECT_MAX_NPAD + 1)[0] == 0  # too many candidates for registers
+    assert khost.select_mode(576) == (1, 1024)
+    assert khost.select_mode(khost.SELECT_MAX_NPAD + 1)[0] == 0  # too many candidates for registers
     monkeypatch.setenv("LOLA_MERGE_SELECT", "rank")
-    assert ksre.select_mode(576)[0] == 0
+    assert khost.select_mode(576)[0] == 0
     monkeypatch.setenv("LOLA_MERGE_SELECT", "bogus")
     with pytest.raises(ValueError, match="LOLA_MERGE_SELECT"):
-        ksre.select_mode(576)
+        khost.select_mode(576)
 
 
 def test_fallback_for_unsupported_configs():
@@ -365,7 +334,25 @@ def test_fallback_for_unsupported_configs():
     p2 = make_params(LolaConfig(window=8, sparse=8, scorer="attention"))
     assert "scorer" in K.unsupported_reason(q, p2)
     assert K.unsupported_reason(q.double(), make_params(LolaConfig(window=8, sparse=8))) is not None
-    assert K.kernels_available()
+
+
+def test_kernels_available_only_with_a_device_or_the_interpreter(monkeypatch):
+    """Without CUDA the kernels run only under TRITON_INTERPRET (truthy spellings); otherwise every call is sent to the
+    torch path with the reason."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    p = make_params(LolaConfig(window=8, sparse=8))
+    q = torch.zeros(1, 4, 1, 16)
+    for off in (None, "0", "false", ""):
+        if off is None:
+            monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        else:
+            monkeypatch.setenv("TRITON_INTERPRET", off)
+        assert not K.interpreting() and not K.kernels_available(), off
+        assert "not available" in K.unsupported_reason(q, p)
+    for on in ("1", "true", "ON"):
+        monkeypatch.setenv("TRITON_INTERPRET", on)
+        assert K.interpreting() and K.kernels_available(), on
+        assert K.unsupported_reason(q, p) is None
 
 
 @pytest.mark.parametrize("sparse,sinks,scorer,fm,gqa,window,chunk", [
@@ -406,7 +393,7 @@ def test_kernels_pin_sinks_like_the_torch_path(monkeypatch, sparse, sinks, score
 
 def test_schedule_counts_match_torch_state():
     cfg = LolaConfig(window=8, sparse=5, chunk=3)
-    rows, n_folded, cap, needs = kprefill.build_schedule(0, 0, 0, 0, 50, cfg.window, cfg.chunk_size, cfg.sparse)
+    rows, n_folded, cap, needs = kprefill.build_schedule(0, 0, 0, 0, 50, cfg)
     p = make_params(cfg, hq=2, hkv=1)
     q, k, v = qkv(50, hq=2, hkv=1)
     st = LolaState()
@@ -420,7 +407,7 @@ def test_schedule_counts_match_torch_state():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the GPU benchmark script runs end to end in --smoke mode
+# the GPU benchmark (benchmarks/gpu_bench, entry point scripts/gpu_bench.py) runs end to end in --smoke mode
 
 def test_gpu_bench_smoke(tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
@@ -431,6 +418,7 @@ def test_gpu_bench_smoke(tmp_path):
     assert len(files) == 1 and files[0].with_suffix(".md").is_file()
     data = json.loads(files[0].read_text())
     assert data["smoke"] is True and data["provenance"]["git"] and len(data["source_sha256"]) == 64
+    assert data["kernel_env"].get("TRITON_INTERPRET") == "1"  # recorded from the environment the bench ran in
     assert data["correctness"] and all(c["ok"] for c in data["correctness"]), data["correctness"]
     assert [c["check"] for c in data["correctness"] if c["shape"] == "selection"] == [
         "merge_selection_threshold_n72_warps4", "merge_selection_rank_n72_warps8"]
@@ -463,9 +451,7 @@ def test_perf_compare_pairs_rows_of_two_runs(tmp_path):
 
 
 def test_gpu_bench_judges_targets():
-    spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "scripts" / "gpu_bench.py")
-    gb = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gb)
+    from benchmarks.gpu_bench.report import targets
 
     def ttft(mode, lam, ctx, ms):
         return {"preset": "p", "mode": mode, "lambda": lam, "ctx": ctx, "ttft_ms": ms}
@@ -477,11 +463,11 @@ def test_gpu_bench_judges_targets():
                     ttft("full", None, 32768, 900.0), ttft("lola", 0, 32768, 800.0),
                     ttft("lola", 512, 32768, 950.0), {"preset": "p", "skipped": "time budget"}],
            "correctness": [{"ok": True}, {"ok": False}]}
-    ok = [t["ok"] for t in gb.targets(res)]
+    ok = [t["ok"] for t in targets(res)]
     # decode 35 and 42 us <= 50; flat 42/35 = 1.2; lambda ratio 1.09 / 1.19; 950 > 900 at 32K; one check failed
     assert ok == [True, True, False, False, False]
     res.update(decode_attention=[], ttft=[], correctness=[])
-    assert [t["ok"] for t in gb.targets(res)] == [None] * 5
+    assert [t["ok"] for t in targets(res)] == [None] * 5
 
 
 def test_kernels_compile_for_sm90(tmp_path):
@@ -497,3 +483,19 @@ def test_kernels_compile_for_sm90(tmp_path):
     rows = json.loads((tmp_path / "compile-check.json").read_text())
     assert {r["kernel"] for r in rows} == {"_merge_kernel", "_attn_kernel", "_partial_kernel", "_decode_kernel"}
     assert all(r.get("stack_bytes", 0) == 0 for r in rows), rows
+
+
+def test_kernel_env_reports_every_variable_the_attention_layer_reads(monkeypatch):
+    """kernel_env lists the overrides in force; KERNEL_ENV_VARS names every environment variable read under
+    lola_bench/attention (a new one must be added there, or results would not record it)."""
+    import re
+
+    src = "\n".join(f.read_text() for f in (REPO / "lola_bench" / "attention").rglob("*.py"))
+    read = set(re.findall(r"os\.environ(?:\.get)?[\[(]\s*\"([A-Z0-9_]+)\"", src))
+    assert read and read == set(K.KERNEL_ENV_VARS)
+    for name in K.KERNEL_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert K.kernel_env() == {}
+    monkeypatch.setenv("LOLA_MERGE_SELECT", "rank")
+    monkeypatch.setenv("LOLA_MERGE_TILES", "BLOCK_N=32")
+    assert K.kernel_env() == {"LOLA_MERGE_SELECT": "rank", "LOLA_MERGE_TILES": "BLOCK_N=32"}

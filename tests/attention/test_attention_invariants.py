@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from lola_bench.attention import testing
 from lola_bench.attention.chunked import lola_chunked
 from lola_bench.attention.common import LolaParams
 from lola_bench.attention.config import FEATURE_MAPS, SCORERS, LolaConfig
@@ -17,17 +18,12 @@ D = 16
 
 
 def make_params(cfg, hq=4, hkv=2, d=D, dtype=torch.float64):
-    fq, fk = make_feature_map(cfg.feature_map, hq, d), make_feature_map(cfg.feature_map, hq, d)
-    if cfg.feature_map == "hedgehog":  # move away from the identity init so q and k maps differ
-        fq.layer.data += 0.3 * torch.randn_like(fq.layer)
-        fk.layer.data += 0.3 * torch.randn_like(fk.layer)
-    return LolaParams(cfg, fq.to(dtype), fk.to(dtype), torch.randn(hq, dtype=dtype), make_scorer(cfg.scorer),
-                      hq, hkv, d)
+    """float64 by default here: the fast paths must match the specification to rounding."""
+    return testing.make_params(cfg, hq, hkv, d, dtype=dtype)
 
 
 def qkv(L, hq=4, hkv=2, b=2, d=D, dtype=torch.float64):
-    return (torch.randn(b, hq, L, d, dtype=dtype), torch.randn(b, hkv, L, d, dtype=dtype),
-            torch.randn(b, hkv, L, d, dtype=dtype))
+    return testing.qkv(L, hq, hkv, b, d, dtype)
 
 
 def softmax_attention(q, k, v):
@@ -196,6 +192,7 @@ def test_half_precision_paths_track_the_reference(dtype):
     assert out.dtype == dtype and st.H.dtype == torch.float32
     ref = lola_reference(q.float(), k.float(), v.float(), p).out
     assert (out.float() - ref).abs().max() < 0.05
+    testing.assert_close(out.float(), ref, 1e-2, f"{dtype} chunked vs float32 reference")  # measured 2e-4 / 1.6e-3
     step = lola_decode(q[:, :, -1:], k[:, :, -1:], v[:, :, -1:], st, p)
     assert torch.isfinite(step.float()).all()
 
@@ -214,3 +211,38 @@ def test_exact_len_is_where_folding_starts(window, sparse, chunk, sinks):
     torch.testing.assert_close(out, softmax_attention(q[:, :, :n], k[:, :, :n], v[:, :, :n]), atol=1e-10, rtol=1e-9)
     lola_decode(q[:, :, n:], k[:, :, n:], v[:, :, n:], st, p)
     assert st.n_folded > 0
+
+
+@pytest.mark.parametrize("sparse,sinks,ws,n,want", [(5, 0, 40, 12, 5), (5, 3, 40, 12, 8), (5, 3, 2, 12, 7),
+                                                   (5, 3, 40, 6, 6), (0, 0, 40, 9, 0), (0, 4, 40, 9, 4)])
+def test_keep_rule(sparse, sinks, ws, n, want):
+    """LolaConfig.keep: lambda scored pairs plus the sinks that have left the window, at most the candidates."""
+    assert LolaConfig(window=8, sparse=sparse, sinks=sinks).keep(ws, n) == want
+
+
+def test_assert_close_is_relative_rms_and_fails_on_nan():
+    want = torch.randn(4, 64, dtype=torch.float64)
+    testing.assert_close(want * (1 + 1e-4), want, 2e-4)
+    with pytest.raises(AssertionError, match="relative RMS error"):
+        testing.assert_close(want * (1 + 1e-3), want, 2e-4, "scaled")
+    bad = want.clone()
+    bad[2, 7] = float("nan")
+    with pytest.raises(AssertionError, match="nan"):
+        testing.assert_close(bad, want, 1.0)
+    with pytest.raises(AssertionError, match="shape"):
+        testing.assert_close(want[:, :1], want[:, :1].expand(4, 2), 1.0)
+
+
+def test_clone_state_is_independent():
+    p = make_params(LolaConfig(window=8, sparse=4))
+    st = testing.random_state(p, 1, 2, 4, 8, 40, torch.float32, 3)
+    c = testing.clone_state(st)
+    c.H += 1
+    c.sp_pos[0, 0, 0] = -1
+    assert not torch.equal(c.H, st.H) and int(st.sp_pos[0, 0, 0]) >= 0 and c.pos == st.pos
+
+
+def test_empty_is_nan_poisoned_here():
+    """tests/attention/conftest.py: unwritten torch.empty / empty_like elements are NaN (integers: their max)."""
+    assert torch.empty(5).isnan().all() and torch.empty_like(torch.zeros(2, 3, dtype=torch.float16)).isnan().all()
+    assert (torch.empty(4, dtype=torch.int32) == torch.iinfo(torch.int32).max).all()

@@ -1,0 +1,51 @@
+"""Shared @triton.jit helpers of the LoLA kernels (merge.py, prefill.py, decode.py).
+
+Triton decides between compiling and interpreting when a function is decorated, so this module must be imported
+(or reloaded) under the same ``TRITON_INTERPRET`` setting as the kernels that call it.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def feature_parts(x, w_ptr, offs_d, eps_r, PHI: tl.constexpr, LEARNED: tl.constexpr, D: tl.constexpr,
+                  PREC: tl.constexpr):
+    """Feature map of a (M, D) tile ``x`` (model dtype) -> (part0, part1), each (M, D) fp32.
+
+    LEARNED: h = x @ W (hedgehog, W (D, D) at w_ptr), else h = x. PHI 0: [softmax(h), softmax(-h)] clamped
+    at eps (F = 2D); 1: elu(h) + 1; 2: relu(h) (F = D; part1 = part0, unused). Intermediate values are
+    rounded to the model dtype where torch computes them in it, so phi matches ``feature_map(x).float()``.
+    """
+    DT: tl.constexpr = x.dtype
+    if LEARNED:
+        w = tl.load(w_ptr + offs_d[:, None] * D + offs_d[None, :])
+        h = tl.dot(x, w, input_precision=PREC).to(DT).to(tl.float32)
+    else:
+        h = x.to(tl.float32)
+    if PHI == 0:
+        m1 = tl.max(h, 1)
+        e1 = tl.exp(h - m1[:, None])
+        p1 = tl.maximum((e1 / tl.sum(e1, 1)[:, None]).to(DT).to(tl.float32), eps_r)
+        m2 = tl.max(-h, 1)
+        e2 = tl.exp(-h - m2[:, None])
+        p2 = tl.maximum((e2 / tl.sum(e2, 1)[:, None]).to(DT).to(tl.float32), eps_r)
+    elif PHI == 1:
+        p1 = (tl.where(h > 0, h, tl.exp(h) - 1.0).to(DT).to(tl.float32) + 1.0).to(DT).to(tl.float32)
+        p2 = p1
+    else:
+        p1 = tl.maximum(h, 0.0)
+        p2 = p1
+    return p1, p2
+
+
+@triton.jit
+def order_key(x):
+    """int32 keys that order fp32 scores as torch's sort does: -0.0 and +0.0 equal, every NaN above +inf (one
+    canonical NaN, whatever its sign bit: CPUs make negative NaNs), otherwise the float order."""
+    kb = x.to(tl.int32, bitcast=True)
+    kb = tl.where(kb == -2147483648, 0, kb)
+    kb = tl.where(x != x, 0x7FC00000, kb)
+    return tl.where(kb >= 0, kb, kb ^ 0x7FFFFFFF)
