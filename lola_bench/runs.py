@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import re
 from pathlib import Path
 
+from .attention.kernels import kernel_env
 from .paths import results_dir
 from .provenance import provenance
 from .records import RunDir
 from .settings import ModelSettings, resolve_variants
-
-KERNEL_ENV = ("LOLA_MERGE_SELECT", "LOLA_MERGE_TILES", "LOLA_TRITON_FP32_DOT", "TRITON_INTERPRET")
 
 
 def default_run_dir(command: str, model: str) -> Path:
@@ -35,7 +33,7 @@ def run_config(command: str, model: ModelSettings, loaded, variants, extra: dict
         "model": {**model.to_dict(), "source": loaded.source, "kind": loaded.kind, "resolved_device": loaded.device,
                   "resolved_dtype": loaded.dtype, "max_context": loaded.max_context},
         "attention": [v.to_dict() for v in variants],
-        "kernel_env": {k: os.environ[k] for k in KERNEL_ENV if k in os.environ},
+        "kernel_env": kernel_env(),
         **extra,
         "provenance": provenance(loaded.device),
     }

@@ -36,8 +36,8 @@ class LolaConfig:
     chunk: int | None = None         # update cadence; None = window (the public code's cadence)
     feature_map: str = "hedgehog-identity"
     scorer: str = "sre"
-    combine: str = "gated"           # gated, lolcats, normalized, calibrated (common.mix); ckpts record theirs
-    gqa: str = "grouped"             # grouped: K/V + selection once per KV head; expanded: per query head
+    combine: str = "lola"            # lola (the authors'), calibrated, lolcats, gated, normalized (common.mix)
+    gqa: str = "expanded"            # expanded: per query head (the authors'); grouped: once per KV head
     sinks: int = 0                   # first positions always kept exact (on top of lambda); ckpts record theirs
     factor_init: float = 3.0         # window factor logit (softmax weight sigmoid(factor)) when no checkpoint
     eps: float = 1e-6                # denominator epsilon

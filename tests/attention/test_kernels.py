@@ -124,6 +124,8 @@ def test_prefill_fp32_matches_torch_and_reference(L, window, sparse, fm, gqa):
     (63, "hedgehog", "expanded", "lolcats"),
     (200, "hedgehog", "grouped", "normalized"),
     (65, "hedgehog-identity", "expanded", "calibrated"),
+    (63, "hedgehog", "expanded", "lola"),
+    (130, "hedgehog-identity", "grouped", "lola"),
 ])
 def test_prefill_fp16_matches_reference(L, fm, gqa, combine):
     """The torch fast path cannot score SRE in 16-bit (mixed-dtype einsum), so fp16 is checked against the
@@ -201,6 +203,7 @@ def test_prefill_then_prefill_then_decode_matches_torch():
     (97, 12, 5, "hedgehog-identity", "expanded", "gated", 7),       # chunk < window; blocks of one step
     (150, 8, None, "elu", "grouped", "normalized", 20),            # several blocks, the last one short
     (90, 8, None, "relu", "expanded", "lolcats", 0),               # blocks bounded by the state-bytes budget
+    (110, 16, None, "hedgehog", "expanded", "lola", None),
 ])
 def test_prefill_without_sparse_cache_is_parallel_and_exact(monkeypatch, L, window, chunk, fm, gqa, combine, block):
     """sparse = 0 replaces the merge kernel by the step-parallel fold (linear_prefix): same outputs and state as
@@ -243,6 +246,8 @@ def test_prefill_without_sparse_cache_is_parallel_and_exact(monkeypatch, L, wind
     (128, torch.float16, "elu", "grouped", 40, 9, 10, "gated"),
     (32, torch.float16, "hedgehog", "grouped", 9, 17, 21, "calibrated"),  # learned phi(q) in-kernel, fp16
     (64, torch.float16, "relu", "grouped", 0, 65, 0, "lolcats"),          # nothing folded: exact softmax
+    (64, torch.float32, "hedgehog", "expanded", 7, 70, 30, "lola"),
+    (32, torch.float16, "hedgehog-identity", "grouped", 9, 17, 21, "lola"),
 ])
 def test_decode_kernel_matches_attend(d, dtype, fm, gqa, ns, nw, folded, combine):
     cfg = LolaConfig(window=64, sparse=64, feature_map=fm, gqa=gqa, combine=combine)
@@ -260,7 +265,7 @@ def test_decode_kernel_matches_attend(d, dtype, fm, gqa, ns, nw, folded, combine
                                                  ("sre", torch.float32, 0), ("key_norm", torch.float32, 20)])
 def test_merge_matches_evict_before(scorer, dtype, sparse):
     """One chunk boundary: score (ties broken like split_topk), keep the best, fold the rest."""
-    cfg = LolaConfig(window=16, sparse=sparse, scorer=scorer)
+    cfg = LolaConfig(window=16, sparse=sparse, scorer=scorer, gqa="grouped")
     p = make_params(cfg, dtype=dtype)
     st = random_state(p, 1, 2, min(sparse, 16), 32, 2200, dtype, 5)  # recency in fp16: positions tie
     ref = clone_state(st)

@@ -99,7 +99,8 @@ def test_cell_id_same_config_same_id_any_change_differs():
                "chat_template": True, "haystack": "def", "limit": 10, "num_fewshot": 5, "data": "local",
                "attention": AttentionSettings("full")}
     lola_changes = {"window": 32, "sparse": 32, "chunk": 8, "feature_map": "elu", "scorer": "random",
-                    "combine": "lolcats" if lola.combine == "gated" else "gated", "gqa": "expanded",
+                    "combine": "lolcats" if lola.combine == "gated" else "gated",
+                    "gqa": "grouped" if lola.gqa == "expanded" else "expanded",
                     "factor_init": 1.0, "eps": 1e-5, "seed": 3, "sinks": 4}
     # every hashed field is varied here: a field added to the cell config or LoLA config must be added above
     assert set(changes) == set(CellConfig.__dataclass_fields__)

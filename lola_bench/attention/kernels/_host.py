@@ -19,7 +19,7 @@ from ..state import LolaState
 SCHED_FIELDS = 9
 
 PHI_CODES = {"hedgehog": 0, "hedgehog-identity": 0, "elu": 1, "relu": 2}
-COMBINE_CODES = {"gated": 0, "lolcats": 1, "normalized": 2, "calibrated": 3}
+COMBINE_CODES = {"gated": 0, "lolcats": 1, "normalized": 2, "calibrated": 3, "lola": 4}
 
 
 def fp32_dot_precision(dtype: torch.dtype) -> str:
