@@ -168,6 +168,7 @@ def test_ft_lora_file_is_attached_and_changes_outputs(lm, tmp_path):
     info = load_lola_checkpoint(fresh(lm), f"{distill},{lora}")
     assert info["lora"]["rank"] == 8 and info["lora"]["alpha"] == 16 and "2r" in info["lora"]["alpha_rule"]
     assert info["lora"]["targets"] == ["k_proj", "o_proj", "q_proj", "v_proj"] and info["lora"]["layers"] == LAYERS
+    assert info["replaced_entries"] == 0
     with_lora = logits_and_state(lm)[0]
     assert (with_lora - plain).abs().max() > 1e-3
     # the adapter computes W x + (alpha / r) B A x with the file's A and B, on every target of every layer
@@ -214,6 +215,17 @@ def test_lora_keys_are_never_dropped(lm, tmp_path, mutate, match):
         load_lola_checkpoint(fresh(lm), f"{distill},{lora}")
     assert "\n" not in str(e.value)
     assert not has_lora(lm)
+
+
+def test_later_file_replaces_earlier_entries(lm, tmp_path):
+    """As LoLCATs' sequential load_state_dict: in ``a,b`` an entry of b replaces a's, and the count is recorded."""
+    a = save(tmp_path / "a.pt", wrapped(distill_state(seed=1)))
+    b_state = distill_state(prefix=LORA_PREFIX, seed=5)
+    b = save(tmp_path / "b.pt", b_state)
+    info = load_lola_checkpoint(fresh(lm), f"{a},{b}")
+    assert info["replaced_entries"] == 3 * LAYERS
+    want = b_state[f"{LORA_PREFIX}layers.1.self_attn.feature_map_k.mlp.layer"].float()
+    assert torch.equal(lola_modules(lm)[1].feature_map_k.layer, want)
 
 
 def test_lora_file_alone_is_refused(tmp_path):

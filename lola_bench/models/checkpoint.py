@@ -355,6 +355,7 @@ def read_meta(path: str | os.PathLike) -> dict:
     if "step" in p.wrapper:
         meta["step"] = p.wrapper["step"]
     meta["wrapped"] = bool(p.wrapper.get("wrapped"))
+    meta["replaced_entries"] = p.replaced  # entries of an earlier file that a later one in the list replaced
     _META_CACHE[key] = meta
     return dict(meta)
 
@@ -492,5 +493,5 @@ def load_lola_checkpoint(model, path: str | os.PathLike) -> dict:
 
             attach_lora(model, adapters[-1])
     keys = ("format", "files", "base_model", "feature_map", "trained_combine", "layers", "heads", "head_dim",
-            "feature_dim", "phi_dim", "tokens", "steps", "step", "wrapped", "lora")
+            "feature_dim", "phi_dim", "tokens", "steps", "step", "wrapped", "replaced_entries", "lora")
     return {"path": str(path), **{k: meta.get(k) for k in keys}}
