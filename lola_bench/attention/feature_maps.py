@@ -1,6 +1,8 @@
 """Feature maps phi for the linear-attention memory. Input (B, H, L, d) -> output (B, H, L, F).
 
-hedgehog           LoLCATs form: per-head learnable W (d x d), phi(x) = [softmax(xW), softmax(-xW)], F = 2d
+hedgehog           LoLCATs form: per-head learnable W (d x f), phi(x) = [softmax(xW), softmax(-xW)], F = 2f;
+                   f = d when built here (identity init), any f when loaded from a checkpoint (LoLCATs'
+                   Llama-3.1-8B files: d = 128, f = 64)
 hedgehog-identity  the same with W = I, training-free
 elu                elu(x) + 1, F = d
 relu               relu(x), F = d
@@ -32,19 +34,32 @@ class FeatureMap(nn.Module):
 
 
 class Hedgehog(FeatureMap):
-    """Per-head learnable projection followed by the two-sided softmax (LoLCATs ``softmax_dim``)."""
+    """Per-head learnable projection (H, d, f) followed by the two-sided softmax (LoLCATs ``softmax_dim`` with
+    ``fullspace``): phi dimension 2f. ``proj_dim`` f defaults to d with an identity init; any other f starts
+    from zeros and is meant to be loaded from a checkpoint."""
 
     name = "hedgehog"
 
-    def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-12, learnable: bool = True):
+    def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-12, learnable: bool = True,
+                 proj_dim: int | None = None):
         super().__init__(num_heads, head_dim)
-        eye = torch.eye(head_dim).unsqueeze(0).repeat(num_heads, 1, 1)
-        self.layer = nn.Parameter(eye, requires_grad=learnable)  # (H, d, d), identity init
+        f = head_dim if proj_dim is None else int(proj_dim)
+        if f <= 0:
+            raise UserError(f"hedgehog projection dim must be positive, got {f}")
+        if f == head_dim:
+            w = torch.eye(head_dim).unsqueeze(0).repeat(num_heads, 1, 1)
+        else:
+            w = torch.zeros(num_heads, head_dim, f)
+        self.layer = nn.Parameter(w, requires_grad=learnable)  # (H, d, f)
         self.eps = eps
 
     @property
+    def proj_dim(self) -> int:
+        return self.layer.shape[-1]
+
+    @property
     def feature_dim(self) -> int:
-        return 2 * self.head_dim
+        return 2 * self.proj_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.einsum("bhld,hdf->bhlf", x, self.layer.to(x.dtype))
@@ -99,7 +114,13 @@ class Taylor(FeatureMap):
 _MAPS = {"hedgehog": Hedgehog, "hedgehog-identity": HedgehogIdentity, "elu": Elu, "relu": Relu, "taylor": Taylor}
 
 
-def make_feature_map(name: str, num_heads: int, head_dim: int) -> FeatureMap:
+def make_feature_map(name: str, num_heads: int, head_dim: int, proj_dim: int | None = None) -> FeatureMap:
+    """``proj_dim``: the width f of a learned hedgehog projection (H, d, f), when it is not d (phi dim 2f)."""
     if name not in _MAPS:
         raise UserError(f"unknown feature map {name!r}: choose one of {', '.join(_MAPS)}")
-    return _MAPS[name](num_heads, head_dim)
+    if proj_dim is None or proj_dim == head_dim:
+        return _MAPS[name](num_heads, head_dim)
+    if name != "hedgehog":
+        raise UserError(f"feature map {name!r} has no projection: a projection dim {proj_dim} != head_dim "
+                        f"{head_dim} needs the learned hedgehog map")
+    return Hedgehog(num_heads, head_dim, proj_dim=proj_dim)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -51,6 +53,8 @@ def remove_lora(model) -> None:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, m.get_base_layer())
+    if "peft_config" in vars(model):  # set by inject_adapter_in_model; a later injection would warn about it
+        del model.peft_config
 
 
 def add_lora(model, config) -> None:
@@ -113,22 +117,41 @@ def _load_adapter_weights(d: Path) -> dict[str, torch.Tensor]:
     raise UserError(f"LoRA adapter directory {d} has no {ADAPTER_WEIGHTS}")
 
 
+def _read_adapter_config(f: Path):
+    from peft import LoraConfig
+
+    try:
+        raw = json.loads(f.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a JSON object, found a {type(raw).__name__}")
+        return LoraConfig(**{k: v for k, v in raw.items() if k in LoraConfig.__dataclass_fields__})
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
+        raise UserError(f"corrupt LoRA adapter config {f}: {str(e).splitlines()[0]}") from None
+
+
 def attach_lora(model, adapter_dir: str | os.PathLike):
     """Inject the peft adapter saved in ``adapter_dir`` into ``model`` (in place) and load its weights."""
-    from peft import LoraConfig, set_peft_model_state_dict
-
     d = Path(adapter_dir)
     if not (d / ADAPTER_CONFIG).is_file():
         raise UserError(f"not a LoRA adapter directory: {d} has no {ADAPTER_CONFIG}")
-    try:
-        raw = json.loads((d / ADAPTER_CONFIG).read_text())
-        config = LoraConfig(**{k: v for k, v in raw.items() if k in LoraConfig.__dataclass_fields__})
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise UserError(f"corrupt LoRA adapter config {d / ADAPTER_CONFIG}: {e}") from None
+    config = _read_adapter_config(d / ADAPTER_CONFIG)
     state = _load_adapter_weights(d)
     state = {k[len(PEFT_PREFIX):] if k.startswith(PEFT_PREFIX) else k: v for k, v in state.items()}
     state = {k.replace(".default.", "."): v for k, v in state.items()}
-    add_lora(model, config)
+    _inject_and_load(model, config, state, d)
+    return config
+
+
+def _inject_and_load(model, config, state: dict[str, torch.Tensor], d) -> None:
+    """Inject ``config`` and load ``state`` (keys ``model.layers.{i}.<module>.lora_{A,B}.weight``); every key must
+    find its parameter and every parameter its key, else the adapter is removed and a UserError names one."""
+    from peft import set_peft_model_state_dict
+
+    try:
+        add_lora(model, config)
+    except ValueError as e:  # peft: target modules not found in the model
+        remove_lora(model)
+        raise UserError(f"LoRA adapter {d} does not fit this model: {str(e).splitlines()[0]}") from None
     expected = {n.replace(".default.", ".") for n in lora_parameters(model)}
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
@@ -143,4 +166,58 @@ def attach_lora(model, adapter_dir: str | os.PathLike):
         raise UserError(f"LoRA adapter {d} does not fit this model: {str(e).splitlines()[0]}") from None
     for p in lora_parameters(model).values():
         p.requires_grad_(False)
-    return config
+
+
+# ---- LoRA weights inside a checkpoint file (LoLCATs' "ft-lora" files) ----------------------------------------------
+_LORA_KEY = re.compile(r"^model\.layers\.(\d+)\.(?:[A-Za-z0-9_]+\.)*?([A-Za-z0-9_]+)\.lora_(A|B)\.weight$")
+LOLCATS_ALPHA_RULE = "alpha = 2r (LoLCATs' choice; no adapter_config.json beside the file)"
+
+
+def describe_lora_state(state: dict[str, torch.Tensor], files: list[Path]) -> dict:
+    """Rank, alpha and targets of LoRA weights given as ``model.layers.{i}.<module>.lora_{A,B}.weight`` (what
+    ``checkpoint.parse_checkpoint`` produces from peft's names). Rank: from the lora_A shapes (r, in). Targets: the
+    module names in the keys. Alpha: from an adapter_config.json beside a file when there is one, else LoLCATs'
+    choice 2r; ``alpha_rule`` says which applied."""
+    ranks, targets, layers = Counter(), set(), set()
+    for k, t in state.items():
+        m = _LORA_KEY.match(k)
+        if m is None:  # pragma: no cover - parse_checkpoint only produces matching names
+            raise UserError(f"not a LoRA weight name: {k}")
+        layers.add(int(m.group(1)))
+        targets.add(m.group(2))
+        if m.group(3) == "A":
+            if t.dim() != 2:
+                raise UserError(f"LoRA weight {k} in {', '.join(map(str, files))} has shape {tuple(t.shape)}; "
+                                f"lora_A is (r, in)")
+            ranks[t.shape[0]] += 1
+        elif t.dim() != 2:
+            raise UserError(f"LoRA weight {k} in {', '.join(map(str, files))} has shape {tuple(t.shape)}; "
+                            f"lora_B is (out, r)")
+    if not ranks:
+        raise UserError(f"LoRA weights in {', '.join(map(str, files))} have lora_B but no lora_A entries")
+    sibling = next((f.parent / ADAPTER_CONFIG for f in files if (f.parent / ADAPTER_CONFIG).is_file()), None)
+    config = _read_adapter_config(sibling) if sibling is not None else None
+    if len(ranks) > 1 and not (config is not None and config.rank_pattern):
+        raise UserError(f"LoRA weights in {', '.join(map(str, files))} mix ranks {sorted(ranks)}: lola-bench needs "
+                        f"one rank (or an {ADAPTER_CONFIG} with rank_pattern beside the file)")
+    rank = ranks.most_common(1)[0][0]
+    if config is not None:
+        if not config.rank_pattern and config.r != rank:
+            raise UserError(f"{sibling} says r={config.r}, but the LoRA weights beside it have rank {rank}")
+        alpha, rule = config.lora_alpha, f"{ADAPTER_CONFIG} ({sibling})"
+    else:
+        alpha, rule = 2 * rank, LOLCATS_ALPHA_RULE
+    return {"rank": rank, "alpha": alpha, "alpha_rule": rule, "targets": sorted(targets), "layers": len(layers),
+            "files": [str(f) for f in files], "config": str(sibling) if sibling else None}
+
+
+def attach_lora_state(model, state: dict[str, torch.Tensor], files: list[Path]) -> dict:
+    """Attach LoRA weights found in checkpoint files (see ``describe_lora_state``) through peft. Every weight is
+    attached or this raises: a key with no matching module, or a module with no weights, is a UserError."""
+    info = describe_lora_state(state, files)
+    if info["config"]:
+        config = _read_adapter_config(Path(info["config"]))
+    else:
+        config = lora_config(info["rank"], info["alpha"], info["targets"])
+    _inject_and_load(model, config, state, ", ".join(info["files"]))
+    return info
