@@ -28,6 +28,13 @@ def plan_run(opts):
 
 
 def run_config(command: str, model: ModelSettings, loaded, variants, extra: dict) -> dict:
+    """config.json of a run: the command, the model as loaded, the variants, the task settings (``extra``, with
+    ``lola_checkpoint``: what --lola-ckpt resolved to), what that checkpoint says about itself, and provenance."""
+    ckpt = extra.get("lola_checkpoint")
+    if ckpt:
+        from .models.checkpoint import read_meta
+
+        extra = {**extra, "lola_checkpoint_meta": read_meta(ckpt)}
     return {
         "command": command,
         "model": {**model.to_dict(), "source": loaded.source, "kind": loaded.kind, "resolved_device": loaded.device,

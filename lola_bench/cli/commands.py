@@ -140,10 +140,11 @@ def commonsense(
     """
     from ..evals.commonsense import resolve_tasks
     from ..evals.commonsense.run import CommonsenseSettings, run_commonsense_variants
+    from ..models.checkpoint import checkpoint_fingerprint
     from ..models.loading import load_model
     from ..paths import data_dir as find_data
     from ..provenance import device_label
-    from ..records import ResumeStore, fingerprint
+    from ..records import ResumeStore
     from ..report import COMPARISON_NOTE, commonsense_comparison
     from ..runs import plan_run, run_config
 
@@ -166,7 +167,7 @@ def commonsense(
     if not resume:
         store.clear()
     key = {"model": opts.model.to_dict(), "resolved_dtype": str(loaded.dtype), "resolved_device": loaded.device,
-           "checkpoint": fingerprint(ckpt) if ckpt else None, "data_dir": settings.data_dir, "limit": limit,
+           "checkpoint": checkpoint_fingerprint(ckpt) if ckpt else None, "data_dir": settings.data_dir, "limit": limit,
            "num_fewshot": num_fewshot, "batch_size": batch_size}
     with Bar("commonsense", len(variants) * len(names)) as bar:
         res = run_commonsense_variants(loaded, variants, settings, ckpt=ckpt, store=store, resume_key=key,

@@ -43,7 +43,10 @@ PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Named settin
                                                  "contradict the preset are refused.")]
 ChunkOpt = Annotated[Optional[int], typer.Option("--chunk", help="Update cadence in tokens (default: = window).")]
 CkptOpt = Annotated[Optional[str], typer.Option("--lola-ckpt", help="Linearization checkpoint (feature maps + window "
-                                               "factors [+ LoRA]); 'none' disables the shipped default.")]
+                                               "factors [+ LoRA]): a lola-bench directory, a LoLCATs/LoLA file "
+                                               "(.pt/.bin/.safetensors, wrapped or flat), hf://ORG/NAME/FILE "
+                                               "(online), or A,B (a distill file and an ft-lora file); 'none' "
+                                               "disables the shipped default.")]
 
 _SHARED = [  # (name, annotation, default)
     ("attn", Annotated[list[str], typer.Option("--attn", help="Attention variant(s): full (softmax), base (window + "

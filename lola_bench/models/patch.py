@@ -40,19 +40,10 @@ def _paths(q: torch.Tensor, params: LolaParams, kernels: str):
 
     if kernels == "auto" and not kernels_available():
         return lola_chunked, lola_decode, "torch"
-    reason = unsupported_reason(q, params) or _projection_reason(params)
+    reason = unsupported_reason(q, params)
     if reason:
         return lola_chunked, lola_decode, f"torch (fallback: {reason})"
     return lola_chunked_triton, lola_decode_triton, "triton"
-
-
-def _projection_reason(params: LolaParams) -> str | None:
-    """The kernels take the hedgehog projection as (H, d, d); a loaded (H, d, f) one with f != d (LoLCATs' 8B
-    files: f = 64, d = 128) runs the torch path."""
-    layer = getattr(params.feature_map_k, "layer", None)
-    if layer is not None and layer.shape[-1] != params.head_dim:
-        return f"hedgehog projection ({params.head_dim}, {layer.shape[-1]}) is not square"
-    return None
 
 
 class LolaAttention(nn.Module):

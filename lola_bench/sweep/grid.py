@@ -304,7 +304,9 @@ def cells(spec: SweepSpec) -> list[Cell]:
     base cell (lambda = 0) and the LoLA cells per scorer and lambda. Validates the spec first (UserError)."""
     validate_spec(spec)
     device, dtype = _resolved_device(spec)
-    variants = [(attn, ckpt, fingerprint(ckpt, exclude=("lola.json",)) if ckpt else None)
+    from ..models.checkpoint import checkpoint_fingerprint
+
+    variants = [(attn, ckpt, checkpoint_fingerprint(ckpt, exclude=("lola.json",)) if ckpt else None)
                 for attn, ckpt in _variants(spec)]
     out: list[Cell] = []
     if spec.suite == "ruler":

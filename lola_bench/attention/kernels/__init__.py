@@ -86,6 +86,9 @@ def unsupported_reason(q: torch.Tensor, params: LolaParams) -> str | None:
         return f"dtype {q.dtype} has no kernel"
     if d < 16 or d & (d - 1):
         return f"head_dim {d} is not a power of two >= 16"
+    layer = getattr(params.feature_map_k, "layer", None)
+    if cfg.feature_map == "hedgehog" and layer is not None and layer.shape[-1] != d:
+        return f"hedgehog projection ({d}, {layer.shape[-1]}) is not square (the kernels take (H, d, d))"
     if not kernels_available():
         return "Triton kernels are not available on this machine"
     if q.device.type != "cuda" and not interpreting():
