@@ -372,13 +372,21 @@ def test_cli_ruler_runs_a_published_pair(model_dir, tmp_path):
     out = tmp_path / "run"
     r = CliRunner().invoke(app, ["ruler", "--model", str(model_dir), "--lola-ckpt", f"{distill},{lora}", "--ctx",
                                  "256", "--samples", "1", "--task", "passkey", "--attn", "lola", "--window", "32",
-                                 "--lambda", "16", "--out", str(out)])
+                                 "--lambda", "16", "--preset", "paper", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert json.loads((out / "config.json").read_text())["lola_checkpoint"] == f"{distill},{lora}"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["lola_checkpoint"] == f"{distill},{lora}"
+    meta = cfg["lola_checkpoint_meta"]
+    assert meta["trained_combine"] == "lolcats" and meta["feature_dim"] == F and meta["lora"]["rank"] == 8
     import pandas as pd
 
     df = pd.read_csv(out / "summary.csv")
     assert list(df["attn"]) == ["lola"] and list(df["n"]) == [1]
+    # the paper's formula runs on LoLCATs' files (as the LoLA authors evaluate them), and the row says so
+    row = df.iloc[0]
+    assert (row["combine"], row["gqa"], row["chunk"]) == ("lola", "expanded", 32)
+    assert row["settings_from"] == "combine=preset paper gqa=preset paper chunk=preset paper sinks=preset paper"
+    assert row["implementation"] == "torch"
     bad = save(tmp_path / "bad.pt", wrapped(distill_state(head_dim=64)))
     r = CliRunner().invoke(app, ["ruler", "--model", str(model_dir), "--lola-ckpt", str(bad), "--ctx", "256",
                                  "--samples", "1", "--task", "passkey", "--out", str(tmp_path / "run2")])
