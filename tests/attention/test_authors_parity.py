@@ -31,7 +31,7 @@ from lola_bench.attention.scorers import make_scorer
 from lola_bench.attention.state import LolaState
 from lola_bench.settings import LolaFlags, lola_config
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "authors"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "authors"
 TOL = 1e-5
 
 

@@ -29,7 +29,7 @@ from lola_bench.evals.ruler import (
 )
 from lola_bench.evals.ruler.haystack import ESSAY_ENV, QA_ENV, EssayHaystack, insert_at_depths
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = Path(os.environ.get("LOLA_BENCH_DATA") or REPO_ROOT.parent / "shared" / "data")
 
 # Largest allowed gap between prompt + max_new_tokens and ctx: about one haystack unit of each task

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 if importlib.util.find_spec("lola_bench") is None:  # running from a checkout without install
     sys.path.insert(0, str(REPO_ROOT))
 
