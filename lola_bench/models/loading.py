@@ -140,15 +140,20 @@ def _load_gguf_cached(gguf: Path, dtype: torch.dtype):
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         _drop_gguf_quantizer(model)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "SOURCE").write_text(f"{gguf.resolve()}\n")
         try:
+            tmp.mkdir(parents=True)
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "SOURCE").write_text(f"{gguf.resolve()}\n")
             tmp.rename(target)
-        except OSError:  # another process won the race
+        except OSError as e:  # another process won the race, or the cache is full / read-only: load anyway
             shutil.rmtree(tmp, ignore_errors=True)
+            if not (target / "config.json").is_file():
+                import warnings
+
+                warnings.warn(f"could not cache the dequantized model in {target}: {e.strerror or e}",
+                              stacklevel=2)
         if model.dtype != dtype:
             model = model.to(dtype)
         return model, tok
