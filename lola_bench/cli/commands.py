@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import UserError
 from .app import app
-from .display import Bar, console, print_frame, user_errors
+from .display import Bar, console, err_console, print_frame, user_errors
 from .options import DeviceOpt, ModelOpt, RunOptions, WindowOpt, run_options
 
 
@@ -162,7 +162,9 @@ def commonsense(
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Reuse the tasks an interrupted run with the "
                                          "same --out and settings finished, and the answered requests of the task "
                                          "it was in (kept in a hidden .<out>.resume folder beside it until the run "
-                                         "completes). --no-resume deletes that folder first.")] = True,
+                                         "completes; lm-eval's request cache there is unpickled, so it is reused "
+                                         "only if its sha256 matches the one recorded when it was written). "
+                                         "--no-resume deletes that folder first.")] = True,
 ):
     """Zero-shot commonsense suites through lm-eval for full, base and LoLA attention.
 
@@ -204,7 +206,8 @@ def commonsense(
     with Bar("commonsense", len(variants) * len(names)) as bar:
         res = run_commonsense_variants(loaded, variants, settings, ckpt=ckpt, store=store, resume_key=key,
                                        device_label=device_label(loaded.device),
-                                       progress=lambda done, total, d: bar.set(done, total, d))
+                                       progress=lambda done, total, d: bar.set(done, total, d),
+                                       notice=lambda m: err_console.print(f"[yellow]{m}[/]", highlight=False))
     for mode, reused in res.reused.items():
         console.print(f"{mode}: reused {', '.join(reused)} from the interrupted run in {store.path}")
     if res.lengths_error:
