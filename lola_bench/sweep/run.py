@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import shutil
 import socket
 import statistics
 import time
@@ -141,6 +142,16 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, shard: tuple[int, 
     order = {c.cell_id: c.index for c in grid}
     sweep = SweepDir(out_dir)
     sweep.check()
+    fresh = not sweep.path.exists()
+    try:
+        return _run_pending(spec, sweep, grid, mine, order, shard, retry_failed, load_model, run_cell, progress)
+    except UserError:
+        if fresh and not sweep.finished():       # a new directory that got no cell: leave nothing behind
+            shutil.rmtree(sweep.path, ignore_errors=True)
+        raise
+
+
+def _run_pending(spec, sweep, grid, mine, order, shard, retry_failed, load_model, run_cell, progress):
     pending = [c for c in mine if _pending(sweep.done(c.cell_id), retry_failed)]
     loaded = None
     if pending:
