@@ -102,3 +102,12 @@ def test_claims_of_live_workers_are_respected_and_dead_ones_taken_over(tmp_path)
     assert grid[2].cell_id not in runner_.ran                # another host's claim is trusted
     assert set(res.elsewhere) == {grid[0].cell_id, grid[2].cell_id}
     assert not (s.claims / f"{grid[1].cell_id}.lock").exists()
+
+
+def test_context_check_fails_before_anything_is_written(tmp_path):
+    """The model's maximum context is checked before the sweep directory gets config.json or cells/.staging."""
+    out = tmp_path / "sweep"
+    with pytest.raises(UserError, match="maximum context"):
+        run_sweep(replace(SPEC, ctxs=(100000,)), out, load_model=fake_loader([]), run_cell=FakeRunner())
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []

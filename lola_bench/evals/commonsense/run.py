@@ -137,10 +137,13 @@ def _cache_digest(prefix) -> dict[str, str]:
 
 
 def record_request_cache(store, prefix, key) -> None:
-    """Record the sha256 of the (closed) request cache files in the resume store."""
+    """Record the sha256 of the (closed) request cache files in the resume store (``<prefix>.sha256``, beside the
+    cache, with the settings key it belongs to)."""
     from pathlib import Path
 
-    store.save(f"cache-{Path(prefix).name}", key, {"sha256": _cache_digest(prefix)})
+    from ...records import atomic_write_json, to_jsonable
+
+    atomic_write_json(Path(f"{prefix}.sha256"), {"key": to_jsonable(key), "sha256": _cache_digest(prefix)})
 
 
 def checked_request_cache(store, prefix, key, notice=None) -> bool:
@@ -152,10 +155,18 @@ def checked_request_cache(store, prefix, key, notice=None) -> bool:
     files = _cache_files(prefix)
     if not files:
         return False
-    recorded = store.load(f"cache-{Path(prefix).name}", key)
-    if isinstance(recorded, dict) and recorded.get("sha256") == _cache_digest(prefix):
+    import json
+
+    from ...records import to_jsonable
+
+    try:
+        recorded = json.loads(Path(f"{prefix}.sha256").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = None
+    if (isinstance(recorded, dict) and recorded.get("key") == to_jsonable(key)
+            and recorded.get("sha256") == _cache_digest(prefix)):
         return True
-    for f in files:
+    for f in [*files, Path(f"{prefix}.sha256")]:
         f.unlink(missing_ok=True)
     msg = (f"request cache {Path(prefix).name} in {Path(prefix).parent} does not match the checksum recorded when "
            "it was written: deleted (lm-eval unpickles it), its requests are recomputed")
