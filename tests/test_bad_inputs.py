@@ -274,11 +274,27 @@ def _params():
         yield pytest.param(argv, match, id=cid, marks=marks)
 
 
+# Cases whose error can only show once the model is loaded (the checkpoint's weights are read into it).
+AFTER_LOAD = {"ruler-ckpt-truncated"}
+
+
 @pytest.mark.parametrize("argv,match", list(_params()))
-def test_wrong_invocation_is_one_line_and_changes_nothing(work, argv, match):
+def test_wrong_invocation_is_one_line_and_changes_nothing(work, argv, match, monkeypatch, request):
+    import lola_bench.models.loading as loading
+
+    loads = []
+    real = loading.load_model
+
+    def counting(*a, **kw):
+        loads.append(a)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(loading, "load_model", counting)
     before = snapshot(work)
     res = invoke(argv)
     assert_clean_refusal(res, before, work, match)
+    if request.node.callspec.id not in AFTER_LOAD:
+        assert not loads, "the bad input was reported only after loading the model"
 
 
 def test_matrix_covers_every_command():
@@ -382,3 +398,19 @@ def test_request_cache_with_a_foreign_checksum_is_deleted_not_unpickled(tmp_path
     assert not db.exists() and len(notes) == 1 and "checksum" in notes[0]
     db.write_bytes(b"a cache nobody recorded")
     assert not checked_request_cache(store, prefix, {"model": "other"}, notes.append) and not db.exists()
+
+
+@pytest.mark.parametrize("name", ["fake-magic.gguf", "noweights", "badcfg"])
+def test_model_load_errors_are_one_line_even_past_the_cheap_checks(work, name):
+    """What transformers raises on a bad model file becomes one UserError line (loading.py), and nothing is
+    written (the dequantized-GGUF cache included)."""
+    from lola_bench.errors import UserError
+    from lola_bench.models.loading import load_model
+
+    (work / "fake-magic.gguf").write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
+    before = snapshot(work.parent)
+    with pytest.raises(UserError) as e:
+        load_model(name, "cpu", "float32")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("cannot load") and "nothing was written" in msg, msg
+    assert snapshot(work.parent) == before

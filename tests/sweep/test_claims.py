@@ -111,3 +111,8 @@ def test_context_check_fails_before_anything_is_written(tmp_path):
         run_sweep(replace(SPEC, ctxs=(100000,)), out, load_model=fake_loader([]), run_cell=FakeRunner())
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+    run_sweep(SPEC, out, load_model=fake_loader([]), run_cell=FakeRunner())       # an existing sweep: resumed
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match="maximum context"):
+        run_sweep(replace(SPEC, ctxs=(100000,)), out, load_model=fake_loader([]), run_cell=FakeRunner())
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before   # config.json untouched
