@@ -139,14 +139,24 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False, what: str
 
 
 def probe_writable(directory: Path) -> None:
-    """Create ``directory`` (and parents) and write/remove a probe file in it, or raise a one-line UserError."""
+    """Check that ``directory`` can be created (if missing) and written, with a probe file in it or in its nearest
+    existing ancestor, leaving nothing behind; a one-line UserError otherwise."""
+    directory = Path(directory)
+    base = directory
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise UserError(f"cannot write to {directory}: {base} is a file, not a directory")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".lola-bench-probe-")
-        os.close(fd)
-        os.unlink(tmp)
+        fd, tmp = tempfile.mkstemp(dir=base, prefix=".lola-bench-probe-")
+        try:
+            os.write(fd, b"probe\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
     except OSError as e:
-        raise UserError(f"cannot write to {directory}: {e.strerror or e}") from None
+        raise UserError(f"cannot write to {directory}: {e.strerror or e} (nothing was written)") from None
 
 
 def fs_error(e: OSError, target: Path, kept: str) -> UserError:

@@ -5,11 +5,49 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
+
+try:                                       # typer >= 0.20 vendors its own copy of click
+    from typer._click import exceptions as _click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as _click_exc
 
 from ..settings import KERNEL_MODES
 from .display import err_console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (unknown option, missing or malformed value) as one line on stderr, exit code 2, like every
+    other bad input; typer's boxed rendering spans several lines. Asking for help with no arguments still shows
+    the help."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _one_line():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with _one_line():
+            return super().invoke(ctx)
+
+
+class _one_line:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        no_args_help = getattr(_click_exc, "NoArgsIsHelpError", ())
+        if exc is None or not isinstance(exc, _click_exc.ClickException) or isinstance(exc, no_args_help):
+            return False
+        where = ""
+        if isinstance(exc, _click_exc.UsageError) and exc.ctx is not None:
+            where = f"{exc.ctx.command_path}: "
+        msg = " ".join(exc.format_message().split())
+        err_console.print(f"[bold red]error:[/] {where}{msg} (see --help)", highlight=False, soft_wrap=True,
+                          markup=True)
+        raise typer.Exit(exc.exit_code if exc.exit_code else 2) from None
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark LoLA (sliding window + sparse cache + linear state) against full attention.")
 
 

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import UserError
 from .app import app
-from .display import Bar, console, print_frame, user_errors
+from .display import Bar, console, err_console, print_frame, user_errors
 from .options import DeviceOpt, ModelOpt, RunOptions, WindowOpt, run_options
 
 
@@ -51,6 +51,32 @@ def info(device: DeviceOpt = "auto"):
     console.print(t)
 
 
+def _check_model(model, max_ctx: tuple[str, list[int]] | None = None) -> None:
+    """The model flags, before anything is written or loaded: the spec names something loadable (a GGUF's magic
+    bytes, a local directory's config.json and weights), the device and dtype exist, and ``max_ctx`` = (flag,
+    values) fits the model's maximum context when its configuration tells it without loading weights."""
+    from ..models.loading import check_model_spec, model_config_max_context, resolve_device, resolve_dtype
+
+    resolve_dtype(model.dtype, resolve_device(model.device))
+    check_model_spec(model.spec)
+    limit = model_config_max_context(model.spec)
+    if max_ctx and limit:
+        flag, values = max_ctx
+        over = [c for c in values if c > limit]
+        if over:
+            raise UserError(f"{flag} {over[0]} exceeds the model's maximum context of {limit} tokens")
+
+
+def _at_least(**flags) -> None:
+    """``_at_least(samples=(value, minimum), ...)``: one-line UserError for the first flag below its minimum
+    (None values are skipped: the flag was not given)."""
+    for name, (value, minimum) in flags.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if v is not None and v < minimum:
+                raise UserError(f"--{name.replace('_', '-')} must be >= {minimum}, got {v}")
+
+
 def _exactness_note(variants) -> str:
     from ..report import exactness_note
 
@@ -86,10 +112,16 @@ def ruler(
     from ..runs import plan_run, run_config
     from ..settings import default_essay_path
 
-    ckpt, variants, run = plan_run(opts)
-    rs = RulerSettings(tasks=tuple(expand_tasks(task)), ctxs=tuple(ctx), samples=samples, seed=seed,
+    _at_least(seed=(seed, 0))
+    try:
+        tasks = tuple(expand_tasks(task))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    rs = RulerSettings(tasks=tasks, ctxs=tuple(ctx), samples=samples, seed=seed,
                        essay_path=default_essay_path(essay_path), qa_path=qa_path, chat_template=chat_template)
-    validate(rs, 0)
+    validate(rs, 0)                       # flags and haystack data (parsed), before anything is written
+    _check_model(opts.model, ("--ctx", list(ctx)))
+    ckpt, variants, run = plan_run(opts)
     loaded = load_model(opts.model.spec, opts.model.device, opts.model.dtype)
     validate(rs, loaded.max_context)
     with Bar("ruler", len(variants) * len(rs.tasks) * len(rs.ctxs) * samples) as step:
@@ -130,7 +162,9 @@ def commonsense(
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Reuse the tasks an interrupted run with the "
                                          "same --out and settings finished, and the answered requests of the task "
                                          "it was in (kept in a hidden .<out>.resume folder beside it until the run "
-                                         "completes). --no-resume deletes that folder first.")] = True,
+                                         "completes; lm-eval's request cache there is unpickled, so it is reused "
+                                         "only if its sha256 matches the one recorded when it was written). "
+                                         "--no-resume deletes that folder first.")] = True,
 ):
     """Zero-shot commonsense suites through lm-eval for full, base and LoLA attention.
 
@@ -160,6 +194,7 @@ def commonsense(
         resolve_tasks(names, str(ddir) if ddir else None)
     except ValueError as e:
         raise UserError(str(e)) from None
+    _check_model(opts.model)
     ckpt, variants, run = plan_run(opts)
     settings = CommonsenseSettings(tuple(names), str(ddir) if ddir else None, limit, num_fewshot, batch_size)
     loaded = load_model(opts.model.spec, opts.model.device, opts.model.dtype)
@@ -172,7 +207,8 @@ def commonsense(
     with Bar("commonsense", len(variants) * len(names)) as bar:
         res = run_commonsense_variants(loaded, variants, settings, ckpt=ckpt, store=store, resume_key=key,
                                        device_label=device_label(loaded.device),
-                                       progress=lambda done, total, d: bar.set(done, total, d))
+                                       progress=lambda done, total, d: bar.set(done, total, d),
+                                       notice=lambda m: err_console.print(f"[yellow]{m}[/]", highlight=False))
     for mode, reused in res.reused.items():
         console.print(f"{mode}: reused {', '.join(reused)} from the interrupted run in {store.path}")
     if res.lengths_error:
@@ -220,6 +256,7 @@ def speed(
     for c in ctx:
         if c < 1:
             raise UserError(f"--ctx must be >= 1, got {c}")
+    _check_model(opts.model, ("--ctx", list(ctx)))
     ckpt, variants, run = plan_run(opts)
     loaded = load_model(opts.model.spec, opts.model.device, opts.model.dtype)
     for c in ctx:
@@ -235,6 +272,19 @@ def speed(
     print_frame(df, f"Latency on {loaded.source} ({device_label(loaded.device)})",
                 ["attn", "ctx", "ttft_s", "ttft_vs_full", "decode_ms_per_token", "peak_mem_mib", "implementation"])
     console.print(f"results: {run.path}")
+
+
+def _check_text(path: str) -> None:
+    """A perplexity text: readable UTF-8 with some non-blank text."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            blank = not any(line.strip() for line in f)
+    except UnicodeDecodeError:
+        raise UserError(f"text file {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise UserError(f"cannot read text file {path}: {e.strerror or e}") from None
+    if blank:
+        raise UserError(f"text file {path} is empty (no text to score)")
 
 
 @app.command()
@@ -260,12 +310,12 @@ def perplexity(
         text = str(d / "text" / "wikitext-2-raw-wiki.test.raw") if d else None
     if not text or not os.path.isfile(text):
         raise UserError(f"text file not found: {text} (pass --text)")
-    if os.path.getsize(text) == 0:
-        raise UserError(f"text file {text} is empty")
     if seq_len < 2:
         raise UserError(f"--seq-len must be >= 2, got {seq_len}")
     if max_tokens is not None and max_tokens < 2:
         raise UserError(f"--max-tokens must be >= 2, got {max_tokens}")
+    _check_text(text)
+    _check_model(opts.model, ("--seq-len", [seq_len]))
     ckpt, variants, run = plan_run(opts)
     ps = PerplexitySettings(text, seq_len, max_tokens)
     loaded = load_model(opts.model.spec, opts.model.device, opts.model.dtype)
@@ -277,6 +327,41 @@ def perplexity(
         run.write_table("summary", df, title="Perplexity")
     print_frame(df, "Perplexity", ["attn", "window", "lambda", "feature_map", "perplexity", "implementation"])
     console.print(f"results: {run.path}")
+
+
+def _check_training_data(paths: list[str]) -> None:
+    """linearize --data: every file exists, parses, and the whole holds some text (hub ids are checked when
+    read)."""
+    from ..data.text_data import read_sources
+
+    try:
+        sources = read_sources(paths)
+    except UnicodeDecodeError as e:
+        raise UserError(f"training data is not UTF-8 text: {e.reason}") from None
+    except OSError as e:
+        raise UserError(f"cannot read training data {e.filename or ''}: {e.strerror or e}") from None
+    if not any(d.strip() for _, docs in sources for d in docs):
+        raise UserError(f"the training data ({', '.join(paths)}) holds no text")
+
+
+def _check_ckpt_out(out: str) -> None:
+    """linearize --out: a new directory, or one holding a (partial) checkpoint (it resumes there); never the
+    working directory, its parents, home, a git checkout, a file, or someone else's non-empty directory."""
+    from pathlib import Path
+
+    from ..records import MARKER, _is_protected, probe_writable
+
+    path = Path(out).expanduser()
+    why = _is_protected(path)
+    if why:
+        raise UserError(f"--out {out} {why}: give a new or checkpoint directory")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    if path.is_dir() and any(path.iterdir()) and not any(
+            (path / n).exists() for n in ("lola.json", "lola.safetensors", "train_state", MARKER)):
+        raise UserError(f"--out {out} is a non-empty directory that holds no lola-bench checkpoint: refusing "
+                        "to write into it")
+    probe_writable(path if path.is_dir() else path.parent)
 
 
 @app.command()
@@ -318,14 +403,27 @@ def linearize(
     """Make a linearized model (LoLCATs attention transfer [+ LoRA]): the base LoLA runs on."""
     import torch
 
+    from ..models.linearize import LinearizeSettings
     from ..models.linearize import linearize as run_linearize
     from ..models.loading import load_model
+    from ..settings import ModelSettings
 
+    _at_least(tokens=(tokens, 1), seq_len=(seq_len, 2), window=(window, 1), lora_rank=(lora_rank, 0),
+              sinks=(sinks, 0), lora_tokens=(lora_tokens, 1), seed=(seed, 0), checkpoint_every=(checkpoint_every, 1),
+              threads=(threads, 1))
+    if not lr > 0:
+        raise UserError(f"--lr must be > 0, got {lr}")
     if tokens < seq_len:
         raise UserError(f"--tokens must be at least --seq-len ({seq_len})")
+    paths = [p.strip() for p in data.split(",") if p.strip()]
+    LinearizeSettings(data_paths=tuple(paths), tokens=tokens, seq_len=seq_len, window=window,
+                      feature_map=feature_map, combine=combine, lr=lr, lora_rank=lora_rank, lora_tokens=lora_tokens,
+                      sinks=sinks, seed=seed, checkpoint_every=checkpoint_every)   # the library's own checks
+    _check_training_data(paths)
+    _check_ckpt_out(out)
+    _check_model(ModelSettings(model, device, "float32", None), ("--seq-len", [seq_len]))
     if threads:
         torch.set_num_threads(threads)
-    paths = [p.strip() for p in data.split(",") if p.strip()]
     loaded = load_model(model, device, "float32")
     with Bar("linearize", None) as bar:
         def step(i, total, seen, loss, tps):

@@ -38,9 +38,10 @@ class LogProgress:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        for tid in self.tasks:
-            self._emit(tid, force=True)
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:                  # an error is reported on its own line, without a progress line
+            for tid in self.tasks:
+                self._emit(tid, force=True)
         return False
 
     def add_task(self, description, total=None):

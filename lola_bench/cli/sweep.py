@@ -65,7 +65,7 @@ def sweep(
                                           "nothing.")] = False,
 ):
     """Resumable grids over eta / lambda / context / scorer: tables and Pareto plots of accuracy vs memory."""
-    from ..settings import default_essay_path
+    from ..settings import ModelSettings, default_essay_path
     from ..sweep import SweepSpec, default_sweep_dir, format_eta, plan_sweep, run_sweep
 
     def ints(flag, values):
@@ -86,6 +86,10 @@ def sweep(
                      essay_path=default_essay_path(essay_path),
                      limit=limit,
                      data_dir=data_dir)
+    from .commands import _check_model
+
+    _check_model(ModelSettings(model, device, dtype, lola_ckpt), ("--ctx", list(spec.ctxs)) if suite == "ruler"
+                 else None)
     out_dir = out or str(default_sweep_dir(spec))
     plan = plan_sweep(spec, out_dir, shard=shard, retry_failed=retry_failed)
     if dry_run:
@@ -98,7 +102,11 @@ def sweep(
         res = run_sweep(spec, out_dir, shard=shard, retry_failed=retry_failed, progress=step)
     from ..report import render_sweep_result
 
-    render_sweep_result(res)
+    try:
+        render_sweep_result(res)
+    except OSError as e:
+        raise UserError(f"could not write the sweep report in {res.out_dir}: {e.strerror or e} (kept: the finished "
+                        "cells and sweep.csv; `lola-bench report` renders it again)") from None
     console.print(f"ran {len(res.ran)} cell(s) ({len(res.failed)} failed), {res.skipped} already done")
     if not res.frame.empty:
         cols = [c for c in ["attn", "window", "lambda", "scorer", "task", "ctx", "accuracy", "ttft_s", "cache_mib",
@@ -120,5 +128,10 @@ def report(
     (comparison.csv/.md: one column per attention variant and its difference from full attention)."""
     from ..report import render_report
 
-    for p in render_report(dirs, out):
+    try:
+        paths = render_report(dirs, out)
+    except OSError as e:
+        raise UserError(f"could not write the report: {e.strerror or e}{f' ({e.filename})' if e.filename else ''}; "
+                        "the results it reads are untouched") from None
+    for p in paths:
         console.print(str(p))

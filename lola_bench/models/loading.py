@@ -140,15 +140,20 @@ def _load_gguf_cached(gguf: Path, dtype: torch.dtype):
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         _drop_gguf_quantizer(model)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "SOURCE").write_text(f"{gguf.resolve()}\n")
         try:
+            tmp.mkdir(parents=True)
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "SOURCE").write_text(f"{gguf.resolve()}\n")
             tmp.rename(target)
-        except OSError:  # another process won the race
+        except OSError as e:  # another process won the race, or the cache is full / read-only: load anyway
             shutil.rmtree(tmp, ignore_errors=True)
+            if not (target / "config.json").is_file():
+                import warnings
+
+                warnings.warn(f"could not cache the dequantized model in {target}: {e.strerror or e}",
+                              stacklevel=2)
         if model.dtype != dtype:
             model = model.to(dtype)
         return model, tok
@@ -195,6 +200,95 @@ def random_model(preset: str, dtype: torch.dtype = torch.float32, seed: int = 0,
     return model.to(dtype).eval()
 
 
+class _load_errors:
+    """Turn what transformers raises on a bad model file (no weights, invalid config.json, not a GGUF...) into one
+    line: ``with _load_errors("cannot load X"): ...``. Nothing is written before loading succeeds."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or isinstance(exc, (UserError, KeyboardInterrupt, SystemExit, MemoryError)):
+            return False
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return False
+        if isinstance(exc, Exception):
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            raise UserError(f"{self.what}: {text[:300]} (nothing was written)") from None
+        return False
+
+
+def model_config_max_context(spec: str) -> int | None:
+    """The model's maximum context from its configuration alone (no weights loaded): random presets and local
+    directories; None when it is only known after loading (GGUF, hub, the embedded model) or unreadable (the
+    load reports that)."""
+    import json
+
+    if spec.startswith("random:"):
+        preset = RANDOM_PRESETS.get(spec.split(":", 1)[1])
+        return int(preset["max_position_embeddings"]) if preset else None
+    if spec == EMBEDDED or spec.endswith(".gguf"):
+        return None
+    cfg = Path(spec).expanduser() / "config.json"
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = data.get("max_position_embeddings") if isinstance(data, dict) else None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def check_model_spec(spec: str) -> None:
+    """Cheap checks of a model spec before anything else (no weights read): a one-line UserError when the spec
+    names nothing loadable. A GGUF must start with the GGUF magic bytes; a local directory needs a readable
+    config.json object and weight files."""
+    import json
+
+    if spec == EMBEDDED:
+        embedded_gguf_path()
+        return
+    if spec.startswith("random:"):
+        preset = spec.split(":", 1)[1]
+        if preset not in RANDOM_PRESETS:
+            raise UserError(f"unknown random preset {preset!r}: choose one of {', '.join(RANDOM_PRESETS)}")
+        return
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise UserError(f"GGUF file not found: {spec}")
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(4)
+        except OSError as e:
+            raise UserError(f"cannot read GGUF file {spec}: {e.strerror or e}") from None
+        if magic != b"GGUF":
+            raise UserError(f"{spec} is not a GGUF file (it does not start with the GGUF magic bytes)")
+        return
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{spec} is neither a .gguf file nor a Hugging Face model directory")
+        cfg = path / "config.json"
+        if not cfg.is_file():
+            raise UserError(f"{spec} is not a Hugging Face model directory (no config.json)")
+        try:
+            data = json.loads(cfg.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{cfg} is not valid JSON: {' '.join(str(e).split())}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{cfg} must hold a JSON object")
+        weights = [f for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".pth")
+                   or f.name.endswith((".safetensors.index.json", ".bin.index.json"))]
+        if not weights:
+            raise UserError(f"{spec} holds no model weights (*.safetensors or *.bin)")
+        return
+    if not _looks_like_hub_id(spec):
+        raise UserError(f"unknown model spec {spec!r}: use {EMBEDDED}, random:<preset>, a .gguf path, a local "
+                        f"model directory, or a hub id like org/name")
+
+
 def _looks_like_hub_id(spec: str) -> bool:
     parts = spec.split("/")
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "~"))
@@ -224,14 +318,16 @@ def load_model(spec: str = EMBEDDED, device: str = "auto", dtype: str = "auto") 
         path = Path(spec).expanduser()
         if not path.is_file():
             raise UserError(f"GGUF file not found: {spec}")
-        model, tok = _load_gguf_cached(path, dt)
+        with _load_errors(f"cannot load GGUF file {spec}"):
+            model, tok = _load_gguf_cached(path, dt)
         kind, source = "gguf", str(path.resolve())
     elif Path(spec).expanduser().exists():
         path = Path(spec).expanduser()
         if not (path / "config.json").is_file():
             raise UserError(f"{spec} is not a Hugging Face model directory (no config.json)")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
-        tok = AutoTokenizer.from_pretrained(path)
+        with _load_errors(f"cannot load the model directory {spec}"):
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
+            tok = AutoTokenizer.from_pretrained(path)
         kind, source = "local", str(path.resolve())
     elif _looks_like_hub_id(spec):
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")

@@ -69,12 +69,15 @@ def render_commonsense_report(dirs, out: str | Path) -> list[Path]:
         csv = d / "summary.csv"
         if not csv.is_file():
             raise UserError(f"no commonsense results at {d} (expected {csv})")
-        frames.append(pd.read_csv(csv))
+        try:
+            frames.append(pd.read_csv(csv))
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise UserError(f"{csv} is not a readable results table: {' '.join(str(e).split())[:200]}") from None
         sources.append(str(d))
     try:
         table = commonsense_comparison(pd.concat(frames, ignore_index=True))
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    except (ValueError, KeyError) as e:
+        raise UserError(f"cannot compare {', '.join(sources)}: {' '.join(str(e).split())[:200]}") from None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "comparison.csv", table.to_csv(index=False))

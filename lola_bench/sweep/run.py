@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import shutil
 import socket
 import statistics
 import time
@@ -116,6 +117,7 @@ class SweepResult:
     ran: list[str] = field(default_factory=list)      # cell ids run by this call
     failed: list[str] = field(default_factory=list)   # ... of which failed (oom / error)
     skipped: int = 0                                  # cells of this shard already done
+    elsewhere: list[str] = field(default_factory=list)  # pending cells another worker finished or is running
 
 
 def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, shard: tuple[int, int] | str | None = None,
@@ -123,11 +125,15 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, shard: tuple[int, 
               progress: Progress | None = None) -> SweepResult:
     """Run the pending cells of ``spec`` (of one shard) into ``out_dir``; finished cells are skipped.
 
-    ``load_model(spec) -> loaded`` is called once, lazily, before the first pending cell (never when every
-    cell is done). ``run_cell(loaded, cell, progress) -> CellOutput`` runs one cell. A cell that raises
-    (anything but KeyboardInterrupt/SystemExit) is recorded with status "oom" or "error" and the sweep goes
-    on. ``progress(advance, description)``: one unit per pending cell. Writes no report: the caller renders
-    sweep.md and the plots from the result (``lola_bench.report.render_sweep_result``).
+    Nothing is written before every check passed: the grid and its data (``cells``), the directory
+    (``SweepDir.check``) and, when cells are pending, the model's maximum context, so ``load_model(spec) -> loaded``
+    is called once before the sweep directory is prepared (never when every cell is done). Each pending cell is
+    claimed (a lock file in cells/.claims) before it runs: workers sharing the directory split the cells instead of
+    repeating them. A filesystem error (disk full, read-only) stops the sweep with a one-line UserError; the
+    finished cells and the last sweep.csv are kept. ``run_cell(loaded, cell, progress) -> CellOutput`` runs one
+    cell. A cell that raises (anything but KeyboardInterrupt/SystemExit) is recorded with status "oom" or "error"
+    and the sweep goes on. ``progress(advance, description)``: one unit per pending cell. Writes no report: the
+    caller renders sweep.md and the plots from the result (``lola_bench.report.render_sweep_result``).
     """
     load_model = load_model or default_load_model
     run_cell = run_cell or default_run_cell
@@ -135,58 +141,105 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, shard: tuple[int, 
     mine = shard_cells(grid, shard)
     order = {c.cell_id: c.index for c in grid}
     sweep = SweepDir(out_dir)
-    sweep.prepare()
-    pending = [c for c in mine if _pending(sweep.done(c.cell_id), retry_failed)]
-    if pending or not (sweep.path / "config.json").exists():
-        from ..provenance import provenance
+    sweep.check()
+    fresh = not sweep.path.exists()
+    try:
+        return _run_pending(spec, sweep, grid, mine, order, shard, retry_failed, load_model, run_cell, progress)
+    except UserError:
+        if fresh and not sweep.finished():       # a new directory that got no cell: leave nothing behind
+            shutil.rmtree(sweep.path, ignore_errors=True)
+        raise
 
-        shard = as_shard(shard)
-        atomic_write_json(sweep.path / "config.json", {
-            "command": "sweep", "sweep": spec.to_dict(), "shard": f"{shard[0]}/{shard[1]}" if shard else None,
-            "cells": len(grid), "cells_in_shard": len(mine), "provenance": provenance(_resolved_device(spec)[0])})
-    result = SweepResult(sweep.path, pd.DataFrame(columns=SWEEP_COLUMNS), skipped=len(mine) - len(pending))
+
+def _run_pending(spec, sweep, grid, mine, order, shard, retry_failed, load_model, run_cell, progress):
+    pending = [c for c in mine if _pending(sweep.done(c.cell_id), retry_failed)]
     loaded = None
+    if pending:
+        loaded = load_model(spec)
+        _check_context(spec, loaded)
+    with _fs_errors(sweep, "prepare the sweep directory"):
+        sweep.prepare()
+        if pending or not (sweep.path / "config.json").exists():
+            from ..provenance import provenance
+
+            shard = as_shard(shard)
+            atomic_write_json(sweep.path / "config.json", {
+                "command": "sweep", "sweep": spec.to_dict(), "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+                "cells": len(grid), "cells_in_shard": len(mine), "provenance": provenance(_resolved_device(spec)[0])})
+    result = SweepResult(sweep.path, pd.DataFrame(columns=SWEEP_COLUMNS), skipped=len(mine) - len(pending))
     for i, cell in enumerate(pending, 1):
-        if not _pending(sweep.done(cell.cell_id), retry_failed):
-            if progress:                               # finished meanwhile by a process sharing the dir
+        with _fs_errors(sweep, f"claim cell {cell.cell_id}"):
+            mine_now = _pending(sweep.done(cell.cell_id), retry_failed) and sweep.claim(cell.cell_id)
+        if not mine_now:                               # finished or being run by a worker sharing the dir
+            result.elsewhere.append(cell.cell_id)
+            if progress:
                 progress(1, None)
             continue
-        if loaded is None:
-            loaded = load_model(spec)
-            _check_context(spec, loaded)
-        prefix = f"[{i}/{len(pending)}] {cell.label}"
-        if progress:
-            progress(0, prefix)
-
-        def sub(advance, desc, prefix=prefix):     # the runner's per-sample steps: description only
-            if progress and desc:
-                progress(0, f"{prefix}: {desc}")
-
-        t0 = time.perf_counter()
         try:
-            out, status, error, error_text = run_cell(loaded, cell, sub), "ok", None, None
-        except Exception as e:   # noqa: BLE001 -- a failing cell must not stop the sweep
-            out, status = None, _classify(e)
-            error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
-            error_text = traceback.format_exc()
-            _recover()
-        wall = time.perf_counter() - t0
-        rows = _cell_rows(cell, out, status, error, wall, loaded)
-        info = {"cell_id": cell.cell_id, "status": status, "error": error, "wall_s": round(wall, 3),
-                "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": socket.gethostname(),
-                "model_source": getattr(loaded, "source", None), "label": cell.label,
-                "config": cell.config.to_dict()}
-        sweep.commit(cell, rows, info, predictions=out.predictions if out else None,
-                     raw=out.raw if out else None, error_text=error_text)
-        result.frame = sweep.rebuild_csv(order)
-        result.ran.append(cell.cell_id)
-        if status != "ok":
-            result.failed.append(cell.cell_id)
-        if progress:
-            progress(1, f"{prefix}: {status}" if status != "ok" else None)
+            if not _pending(sweep.done(cell.cell_id), retry_failed):   # finished just before our claim
+                result.elsewhere.append(cell.cell_id)
+                if progress:
+                    progress(1, None)
+                continue
+            _run_one(sweep, cell, i, len(pending), loaded, run_cell, order, result, progress)
+        finally:
+            sweep.release(cell.cell_id)
     if not result.ran:
         result.frame = read_sweep_csv(sweep.csv) if sweep.csv.exists() else sweep.rebuild_csv(order)
     return result
+
+
+def _run_one(sweep: SweepDir, cell: Cell, i: int, n: int, loaded, run_cell, order, result: SweepResult,
+             progress: Progress | None) -> None:
+    prefix = f"[{i}/{n}] {cell.label}"
+    if progress:
+        progress(0, prefix)
+
+    def sub(advance, desc):     # the runner's per-sample steps: description only
+        if progress and desc:
+            progress(0, f"{prefix}: {desc}")
+
+    t0 = time.perf_counter()
+    try:
+        out, status, error, error_text = run_cell(loaded, cell, sub), "ok", None, None
+    except Exception as e:   # noqa: BLE001 -- a failing cell must not stop the sweep
+        out, status = None, _classify(e)
+        error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+        error_text = traceback.format_exc()
+        _recover()
+    wall = time.perf_counter() - t0
+    rows = _cell_rows(cell, out, status, error, wall, loaded)
+    info = {"cell_id": cell.cell_id, "status": status, "error": error, "wall_s": round(wall, 3),
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": socket.gethostname(),
+            "model_source": getattr(loaded, "source", None), "label": cell.label,
+            "config": cell.config.to_dict()}
+    with _fs_errors(sweep, f"write cell {cell.cell_id} ({cell.label})"):
+        sweep.commit(cell, rows, info, predictions=out.predictions if out else None,
+                     raw=out.raw if out else None, error_text=error_text)
+    result.ran.append(cell.cell_id)
+    if status != "ok":
+        result.failed.append(cell.cell_id)
+    with _fs_errors(sweep, "rebuild sweep.csv"):
+        result.frame = sweep.rebuild_csv(order)
+    if progress:
+        progress(1, f"{prefix}: {status}" if status != "ok" else None)
+
+
+class _fs_errors:
+    """An OSError while writing the sweep directory -> one line: what failed and what was kept."""
+
+    def __init__(self, sweep: SweepDir, what: str):
+        self.sweep, self.what = sweep, what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or not isinstance(exc, OSError):
+            return False
+        kept = len(self.sweep.finished())
+        raise UserError(f"could not {self.what} in {self.sweep.path}: {exc.strerror or exc} (kept: {kept} finished "
+                        f"cell(s) and sweep.csv as of the last one; nothing half-written; rerun to resume)") from None
 
 
 def _cell_rows(cell: Cell, out: CellOutput | None, status: str, error: str | None, wall: float,

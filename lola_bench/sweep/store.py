@@ -9,11 +9,16 @@ Layout of a sweep directory::
                              results.json (runner extras: lm-eval results, chat template flag),
                              error.txt (traceback of a failed cell), done.json (status, wall time; written last)
     cells/.staging/          cells being written; renamed to cells/<cell_id> only when finished
+    cells/.claims/<id>.lock  the worker running a cell (host, pid): created atomically, removed when it finishes
 
 Resume: a cell is done when ``cells/<cell_id>/done.json`` exists. Cells are staged and renamed into place,
 so a cell killed mid-way leaves nothing in ``cells/`` and is simply run again; ``sweep.csv`` is rebuilt
 (atomically, under a lock) from the finished cells after each one. Failed cells (status "oom" or
 "error") count as done.
+
+Claims: a worker runs a cell only after creating its lock file (hard link of a complete file: atomic, also
+over NFS), so several workers on one directory split the pending cells instead of repeating them. A lock
+whose owner is a dead process of this host is taken over; locks of other hosts are trusted.
 
 Shards may write to their own directories (then merge with ``merge_sweeps`` / ``lola-bench report DIR...``)
 or to one shared directory (cells are renamed atomically and sweep.csv is rebuilt under a file lock).
@@ -21,6 +26,7 @@ or to one shared directory (cells are renamed atomically and sweep.csv is rebuil
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -28,6 +34,7 @@ import shutil
 import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,7 +67,9 @@ class SweepDir:
         self.path = Path(path)
         self.cells_dir = self.path / "cells"
         self.staging = self.cells_dir / ".staging"
+        self.claims = self.cells_dir / ".claims"
         self.csv = self.path / "sweep.csv"
+        self._tokens: dict[str, str] = {}       # cell id -> token of the claims this object holds
 
     def check(self) -> None:
         """Refuse a directory that is not (or cannot become) a sweep directory, before any work starts."""
@@ -72,6 +81,7 @@ class SweepDir:
     def prepare(self) -> None:
         self.check()
         self.staging.mkdir(parents=True, exist_ok=True)
+        self.claims.mkdir(exist_ok=True)
         (self.path / MARKER).touch()
         self._clean_stale_staging()
 
@@ -82,6 +92,44 @@ class SweepDir:
             parts = d.name.split(".")
             if len(parts) >= 4 and parts[1] == host and parts[2].isdigit() and not _pid_alive(int(parts[2])):
                 shutil.rmtree(d, ignore_errors=True)
+
+    def claim(self, cell_id: str) -> bool:
+        """Claim a cell for this worker: True if it is ours now (a new lock, or one left by a dead process of this
+        host), False if another live worker holds it. Atomic: the lock is a hard link of a complete file."""
+        self.claims.mkdir(parents=True, exist_ok=True)
+        lock = self.claims / f"{cell_id}.lock"
+        token = uuid.uuid4().hex
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": token,
+                 "since_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        fd, tmp = tempfile.mkstemp(dir=self.claims, prefix=f".{cell_id}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(owner, f)
+            with open(self.path / ".sweep.lock", "a") as dirlock:   # serialises take-overs on this host
+                fcntl.flock(dirlock, fcntl.LOCK_EX)
+                if not _create_exclusive(tmp, lock):
+                    if not _stale_claim(lock):
+                        return False
+                    os.replace(tmp, lock)               # the dead owner's lock becomes ours
+        finally:
+            with _quiet():
+                os.unlink(tmp)
+        self._tokens[cell_id] = token
+        return True
+
+    def claim_owner(self, cell_id: str) -> dict | None:
+        try:
+            return json.loads((self.claims / f"{cell_id}.lock").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def release(self, cell_id: str) -> None:
+        """Remove this worker's claim on a cell (never another worker's)."""
+        token = self._tokens.pop(cell_id, None)
+        owner = self.claim_owner(cell_id)
+        if token is not None and owner is not None and owner.get("token") == token:
+            with _quiet():
+                (self.claims / f"{cell_id}.lock").unlink()
 
     def done(self, cell_id: str) -> dict | None:
         """done.json of a finished cell, else None (missing, or unreadable = not finished)."""
@@ -118,16 +166,21 @@ class SweepDir:
                 atomic_write_text(stage / "error.txt", error_text)
             atomic_write_json(stage / "done.json", info)
             target = self.cells_dir / cell.cell_id
+            trash = None
             if target.exists():                      # a failed cell being retried, or a broken directory
-                trash = self.staging / f"{cell.cell_id}.old.{os.getpid()}.{time.time_ns()}"
+                trash = self.staging / f"{cell.cell_id}.old.{socket.gethostname()}.{os.getpid()}.{time.time_ns()}"
                 os.replace(target, trash)
-                shutil.rmtree(trash, ignore_errors=True)
             try:
                 os.replace(stage, target)
-            except OSError:                          # another process finished the same cell first
-                if self.done(cell.cell_id) is None:
+            except OSError:
+                if trash is not None:                # keep the old result rather than neither
+                    os.replace(trash, target)
+                    trash = None
+                elif self.done(cell.cell_id) is None:
                     raise
                 shutil.rmtree(stage, ignore_errors=True)
+            if trash is not None:
+                shutil.rmtree(trash, ignore_errors=True)
             return target
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
@@ -157,6 +210,44 @@ class SweepDir:
         return df
 
 
+class _quiet:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        return exc_type is not None and issubclass(exc_type, OSError)
+
+
+def _create_exclusive(src: str, dest: Path) -> bool:
+    """Give ``dest`` the content of ``src`` unless ``dest`` exists (False then): a hard link, or an exclusive create
+    where the filesystem has no hard links."""
+    try:
+        os.link(src, dest)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+    try:
+        fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f, open(src, "rb") as g:
+        f.write(g.read())
+    return True
+
+
+def _stale_claim(lock: Path) -> bool:
+    """A claim left by a dead process of this host (unreadable or foreign-host claims are taken as live)."""
+    try:
+        owner = json.loads(lock.read_text())
+        host, pid = owner["host"], int(owner["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return host == socket.gethostname() and not _pid_alive(pid)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -175,10 +266,18 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_sweep_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """A sweep.csv as a frame in SWEEP_COLUMNS; a one-line UserError when it is unreadable or not a sweep table."""
     try:
-        return tidy(pd.read_csv(path))
+        df = pd.read_csv(path)
     except pd.errors.EmptyDataError:
         return tidy(pd.DataFrame())
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{path} is not a readable sweep table: {' '.join(str(e).split())[:200]}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    if "cell_id" not in df.columns or "status" not in df.columns:
+        raise UserError(f"{path} is not a lola-bench sweep.csv (no cell_id/status columns)")
+    return tidy(df)
 
 
 def merge_sweeps(sources) -> pd.DataFrame:

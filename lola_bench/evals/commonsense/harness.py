@@ -221,19 +221,21 @@ def run_commonsense(
             if progress is not None:
                 progress(canon, i, len(names))
             t0 = time.perf_counter()
-            res = simple_evaluate(
-                model=lm,
-                tasks=[name],
-                num_fewshot=shots if shots > 0 else None,  # None -> lm-eval's 0 default
-                limit=limit,
-                batch_size=batch_size,
-                device=device,
-                log_samples=log_samples,
-                task_manager=task_manager,
-                use_cache=str(request_cache) if request_cache is not None else None,
-            )
-            if request_cache is not None:
-                _close_request_cache(lm)
+            try:
+                res = simple_evaluate(
+                    model=lm,
+                    tasks=[name],
+                    num_fewshot=shots if shots > 0 else None,  # None -> lm-eval's 0 default
+                    limit=limit,
+                    batch_size=batch_size,
+                    device=device,
+                    log_samples=log_samples,
+                    task_manager=task_manager,
+                    use_cache=str(request_cache) if request_cache is not None else None,
+                )
+            finally:  # also when interrupted: the cache file is complete before its checksum is taken
+                if request_cache is not None:
+                    _close_request_cache(lm)
             seconds[canon] = round(time.perf_counter() - t0, 3)
             shots_used[canon] = shots
             task_rows = _summary_rows(name, shots, res)

@@ -46,10 +46,15 @@ def _shares(loaded, settings: CommonsenseSettings, variants):
 
 def run_commonsense_variants(loaded, variants, settings: CommonsenseSettings, *, ckpt: str | None = None,
                              store=None, resume_key: dict | None = None, device_label: str = "cpu",
-                             progress=None) -> CommonsenseOutput:
+                             progress=None, notice=None) -> CommonsenseOutput:
     """Evaluate every variant on ``settings.tasks``. ``store`` (a records.ResumeStore) keeps finished (variant,
     task) results and the request cache of the task in progress under ``resume_key`` (the settings that decide
-    the results); a rerun with the same key reuses them. ``progress(completed, total, description)``."""
+    the results); a rerun with the same key reuses them. ``progress(completed, total, description)``.
+
+    The request cache is lm-eval's sqlite file, whose values are unpickled when read: it is resumed only if its
+    sha256 equals the one this code recorded in the store when it last closed the file (a task finished or the run
+    was interrupted); otherwise it is deleted and its requests recomputed, with ``notice(message)`` (one line;
+    default: stderr)."""
     from ...records import cell_hash
 
     names = list(settings.tasks)
@@ -75,14 +80,26 @@ def run_commonsense_variants(loaded, variants, settings: CommonsenseSettings, *,
             if done:
                 out.reused[v.mode] = list(done)
         rcache = store.path / f"requests-{v.mode}-{cell_hash(key(''))}" if store is not None else None
+        if rcache is not None:
+            checked_request_cache(store, rcache, key(""), notice)
+
+        def saved(task_name, record, _save=save, _rcache=rcache, _key=key(""), _v=v):
+            _save(task_name, record)
+            if _rcache is not None:
+                record_request_cache(store, _rcache, _key)
+
         with attention_variant(loaded.model, v, ckpt) as used:
             try:
                 df, res = run_commonsense(loaded.model, loaded.tokenizer, names, data_dir=settings.data_dir,
                                           limit=settings.limit, num_fewshot=settings.num_fewshot,
                                           batch_size=settings.batch_size, device=loaded.device, progress=step,
-                                          finished=done, on_task_done=save, request_cache=rcache)
+                                          finished=done, on_task_done=saved, request_cache=rcache)
             except ValueError as e:
                 raise UserError(str(e)) from None
+            except BaseException:                   # interrupted: the cache (closed by now) may be resumed
+                if rcache is not None:
+                    record_request_cache(store, rcache, key(""))
+                raise
             impl = used() or ("reused" if done else None)
         df.insert(0, "attn", v.mode)
         for col, val in {**variant_columns(v), **implementation_columns(v, impl)}.items():
@@ -97,6 +114,64 @@ def run_commonsense_variants(loaded, variants, settings: CommonsenseSettings, *,
     out.summary = pd.concat(frames, ignore_index=True)
     out.summary["device"] = device_label
     return out
+
+
+def _cache_files(prefix) -> list:
+    from pathlib import Path
+
+    prefix = Path(prefix)
+    return sorted(prefix.parent.glob(prefix.name + "_rank*.db*")) if prefix.parent.is_dir() else []
+
+
+def _cache_digest(prefix) -> dict[str, str]:
+    import hashlib
+
+    out = {}
+    for f in _cache_files(prefix):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        out[f.name] = h.hexdigest()
+    return out
+
+
+def record_request_cache(store, prefix, key) -> None:
+    """Record the sha256 of the (closed) request cache files in the resume store (``<prefix>.sha256``, beside the
+    cache, with the settings key it belongs to)."""
+    from pathlib import Path
+
+    from ...records import atomic_write_json, to_jsonable
+
+    atomic_write_json(Path(f"{prefix}.sha256"), {"key": to_jsonable(key), "sha256": _cache_digest(prefix)})
+
+
+def checked_request_cache(store, prefix, key, notice=None) -> bool:
+    """Keep the request cache only if it is exactly what this code last closed (sha256 recorded in the store);
+    otherwise delete it (its requests are recomputed) and say so in one line. True if a cache is kept."""
+    import sys
+    from pathlib import Path
+
+    files = _cache_files(prefix)
+    if not files:
+        return False
+    import json
+
+    from ...records import to_jsonable
+
+    try:
+        recorded = json.loads(Path(f"{prefix}.sha256").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = None
+    if (isinstance(recorded, dict) and recorded.get("key") == to_jsonable(key)
+            and recorded.get("sha256") == _cache_digest(prefix)):
+        return True
+    for f in [*files, Path(f"{prefix}.sha256")]:
+        f.unlink(missing_ok=True)
+    msg = (f"request cache {Path(prefix).name} in {Path(prefix).parent} does not match the checksum recorded when "
+           "it was written: deleted (lm-eval unpickles it), its requests are recomputed")
+    (notice or (lambda m: print(m, file=sys.stderr)))(msg)
+    return False
 
 
 def sweep_row(summary: pd.DataFrame, num_fewshot: int | None = None) -> pd.DataFrame:

@@ -150,7 +150,26 @@ def resolve_essay_path(essay_path: str | os.PathLike | None = None) -> Path | No
 
 
 def essay_problem(path: Path | None) -> str | None:
-    """Why ``path`` cannot serve as an essay haystack (cheap checks only), or None if it looks usable."""
+    """Why ``path`` cannot serve as an essay haystack, or None if it is usable: missing, unreadable, not UTF-8,
+    malformed JSON, or no text. The file is parsed once here (cached), so a bad haystack is reported before any
+    model work."""
+    problem = _essay_path_problem(path)
+    if problem:
+        return problem
+    try:
+        resolved = path.resolve()
+        _load_essay_cached(str(resolved), resolved.stat().st_mtime)
+    except UnicodeDecodeError:
+        return f"essay data {path} is not UTF-8 text"
+    except OSError as e:
+        return f"cannot read essay data {path}: {e.strerror or e}"
+    except ValueError as e:
+        return " ".join(str(e).split())
+    return None
+
+
+def _essay_path_problem(path: Path | None) -> str | None:
+    """The cheap part of ``essay_problem``: the path exists (a directory holds .txt files)."""
     if path is None:
         return (f"essay data missing: pass --essay-path or set {ESSAY_ENV} (RULER's PaulGrahamEssays.json or a "
                 f"directory of .txt essays)")
@@ -164,7 +183,7 @@ def essay_problem(path: Path | None) -> str | None:
 def load_essay_text(path: str | os.PathLike) -> str:
     """Read RULER's essay JSON (``{"text": ...}``), a directory of ``.txt`` files (sorted names) or a .txt file."""
     p = Path(path).expanduser()
-    problem = essay_problem(p)
+    problem = _essay_path_problem(p)
     if problem:
         raise ValueError(problem)
     if p.is_dir():
@@ -216,13 +235,22 @@ def resolve_qa_path(dataset: str, qa_path: str | os.PathLike | None = None) -> t
     if not p.exists():
         return None, f"qa data not found at {p}: pass --qa-path or set {QA_ENV}"
     if p.is_dir():
-        for name in QA_FILE_NAMES[dataset]:
-            if (p / name).is_file():
-                return p / name, None
-        return None, f"qa directory {p} has none of {', '.join(QA_FILE_NAMES[dataset])} ({label})"
+        found = [p / name for name in QA_FILE_NAMES[dataset] if (p / name).is_file()]
+        if not found:
+            return None, f"qa directory {p} has none of {', '.join(QA_FILE_NAMES[dataset])} ({label})"
+        p = found[0]
     kind = _sniff_qa_kind(p)
     if kind is not None and kind != dataset:
         return None, f"qa file {p} looks like {kind} data, but this task needs {label}"
+    try:                                   # parsed once here (cached): a malformed file fails before model work
+        resolved = p.resolve()
+        _load_qa_cached(dataset, str(resolved), resolved.stat().st_mtime)
+    except UnicodeDecodeError:
+        return None, f"qa file {p} is not UTF-8 text"
+    except OSError as e:
+        return None, f"cannot read qa file {p}: {e.strerror or e}"
+    except ValueError as e:
+        return None, " ".join(str(e).split())
     return p, None
 
 
