@@ -10,7 +10,7 @@ DEMO_SAMPLES ?= 4
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lola-bench-installed
 
-.PHONY: setup test test-fast demo lint clean-venv
+.PHONY: setup test demo lint clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,7 @@ demo: setup
 		--attn full --attn base --attn lola --window 64 --lambda 512 --out results/demo --overwrite
 
 lint: setup
-	$(BIN)/ruff check lola_bench tests
+	$(BIN)/ruff check lola_bench tests benchmarks scripts
 
 clean-venv:
 	rm -rf $(VENV)

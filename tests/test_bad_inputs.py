@@ -263,15 +263,9 @@ CASES = [
     ("unknown-command", ["bogus"], "bogus"),
 ]
 
-CHECKPOINT_PENDING = {"ruler-ckpt-meta-list"}
-
-
 def _params():
     for cid, argv, match in CASES:
-        marks = []
-        if cid in CHECKPOINT_PENDING:
-            marks = [pytest.mark.xfail(strict=True, reason="checkpoint.py: pending ckpt-loading branch")]
-        yield pytest.param(argv, match, id=cid, marks=marks)
+        yield pytest.param(argv, match, id=cid)
 
 
 # Cases whose error can only show once the model is loaded (the checkpoint's weights are read into it).
