@@ -7,16 +7,31 @@ import re
 from pathlib import Path
 
 from .attention.kernels import kernel_env
+from .errors import UserError
 from .paths import results_dir
 from .provenance import provenance
 from .records import RunDir
-from .settings import ModelSettings, resolve_variants
+from .settings import ATTN_MODES, AttentionSettings, LolaFlags, ModelSettings, check_kernels, lola_config_and_sources
 
 
 def default_run_dir(command: str, model: str) -> Path:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model)
     return results_dir() / command / f"{safe}-{stamp}"
+
+
+def resolve_variants(modes, flags: LolaFlags, model: ModelSettings,
+                     kernels: str = "auto") -> tuple[str | None, list[AttentionSettings]]:
+    """(checkpoint or None, the attention variants to evaluate, deduplicated in the given order): the checkpoint
+    resolved for the model and feature map, then flags > preset > its metadata > defaults (settings.resolve_lola)."""
+    from .models.checkpoint import read_meta, resolve_checkpoint
+
+    for m in modes:
+        if m not in ATTN_MODES:
+            raise UserError(f"unknown --attn {m!r}: choose full, base or lola")
+    ckpt, fmap = resolve_checkpoint(model, flags.feature_map)
+    cfg, origin = lola_config_and_sources(flags, fmap, read_meta(ckpt) if ckpt else None, ckpt)
+    return ckpt, [AttentionSettings.build(m, cfg, check_kernels(kernels), origin) for m in dict.fromkeys(modes)]
 
 
 def plan_run(opts):

@@ -1,7 +1,8 @@
 """Frozen run configuration shared by every command, serialized into each run's config.json.
 
 Settings are resolved once, here: ``LolaFlags`` (what the user typed, ``None`` = not given) plus the
-checkpoint's metadata become the list of ``AttentionSettings`` that a run evaluates (``resolve_variants``),
+checkpoint's metadata become the LoLA configuration of a run (``lola_config_and_sources``; runs.resolve_variants
+adds the checkpoint resolution and builds the ``AttentionSettings`` a run evaluates),
 and ``variant_columns`` is the one description of a variant that every result row carries.
 """
 
@@ -118,13 +119,11 @@ def check_preset(name: str | None) -> dict:
     return PRESETS[name]
 
 
-def checkpoint_defaults(ckpt: str | None) -> dict:
-    """What a checkpoint says about how it must run: its formula, attention sinks and GQA layout; {} without one.
-    A file whose factors were trained for another formula (LoLCATs distillation) says nothing here: LoLA's
-    authors evaluate those files with their own formula, so the default applies."""
-    from .models.checkpoint import read_meta
-
-    meta = read_meta(ckpt) if ckpt else {}
+def checkpoint_defaults(meta: dict, ckpt: str | None = None) -> dict:
+    """What a checkpoint's metadata (``models.checkpoint.read_meta``) says about how it must run: its formula,
+    attention sinks and GQA layout; {} without one. A file whose factors were trained for another formula (LoLCATs
+    distillation) says nothing here: LoLA's authors evaluate those files with their own formula, so the default
+    applies."""
     out = {}
     sinks = meta.get("sinks")
     if sinks is not None:
@@ -142,11 +141,11 @@ def checkpoint_defaults(ckpt: str | None) -> dict:
     return out
 
 
-def resolve_lola(flags: LolaFlags, ckpt: str | None) -> tuple[dict, dict]:
+def resolve_lola(flags: LolaFlags, meta: dict | None = None, ckpt: str | None = None) -> tuple[dict, dict]:
     """(values, where each came from) for window, sparse, combine, gqa, chunk, sinks: a flag, else the preset,
-    else the checkpoint's metadata, else the default. A flag that contradicts the preset is an error."""
+    else the checkpoint's metadata (``meta``), else the default. A flag that contradicts the preset is an error."""
     preset = check_preset(flags.preset)
-    meta = checkpoint_defaults(ckpt)
+    meta = checkpoint_defaults(meta or {}, ckpt)
     values, source = {}, {}
     for key in RESOLVED:
         flag = getattr(flags, key)
@@ -164,30 +163,18 @@ def resolve_lola(flags: LolaFlags, ckpt: str | None) -> tuple[dict, dict]:
     return values, source
 
 
-def lola_config(flags: LolaFlags, feature_map: str, ckpt: str | None) -> LolaConfig:
+def lola_config(flags: LolaFlags, feature_map: str, meta: dict | None = None) -> LolaConfig:
     """LolaConfig from flags, preset, checkpoint metadata and defaults (see ``resolve_lola``)."""
-    return lola_config_and_sources(flags, feature_map, ckpt)[0]
+    return lola_config_and_sources(flags, feature_map, meta)[0]
 
 
-def lola_config_and_sources(flags: LolaFlags, feature_map: str, ckpt: str | None) -> tuple[LolaConfig, str]:
-    v, src = resolve_lola(flags, ckpt)
+def lola_config_and_sources(flags: LolaFlags, feature_map: str, meta: dict | None = None,
+                            ckpt: str | None = None) -> tuple[LolaConfig, str]:
+    v, src = resolve_lola(flags, meta, ckpt)
     cfg = LolaConfig(window=v["window"], sparse=v["sparse"], scorer=flags.scorer, feature_map=feature_map,
                      combine=v["combine"], gqa=v["gqa"], chunk=v["chunk"], seed=flags.seed, sinks=v["sinks"])
     origin = " ".join(f"{k}={src[k]}" for k in ("combine", "gqa", "chunk", "sinks"))
     return cfg, origin
-
-
-def resolve_variants(modes, flags: LolaFlags, model: ModelSettings,
-                     kernels: str = "auto") -> tuple[str | None, list[AttentionSettings]]:
-    """(checkpoint path or None, the attention variants to evaluate, deduplicated in the given order)."""
-    from .models.checkpoint import resolve_checkpoint
-
-    for m in modes:
-        if m not in ATTN_MODES:
-            raise UserError(f"unknown --attn {m!r}: choose full, base or lola")
-    ckpt, fmap = resolve_checkpoint(model, flags.feature_map)
-    cfg, origin = lola_config_and_sources(flags, fmap, ckpt)
-    return ckpt, [AttentionSettings.build(m, cfg, check_kernels(kernels), origin) for m in dict.fromkeys(modes)]
 
 
 VARIANT_COLUMNS = ("attn", "window", "lambda", "sinks", "scorer", "feature_map")
@@ -208,16 +195,3 @@ def implementation_columns(attn: AttentionSettings, used: str | None) -> dict:
     return {"combine": c.combine if c else None, "gqa": c.gqa if c else None, "chunk": c.chunk_size if c else None,
             "settings_from": attn.origin or None if c else None,
             "implementation": used if c else "torch (transformers attention)"}
-
-
-def default_essay_path(explicit: str | None = None) -> str | None:
-    """--essay-path, else $LOLA_BENCH_ESSAY, else the staged RULER essays in the data directory."""
-    from .evals.ruler.haystack import resolve_essay_path
-    from .paths import data_dir
-
-    p = resolve_essay_path(explicit)
-    if p is not None:
-        return str(p)
-    d = data_dir()
-    default = d / "ruler_essay" / "PaulGrahamEssays.json" if d else None
-    return str(default) if default is not None and default.is_file() else None

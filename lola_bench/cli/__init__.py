@@ -3,15 +3,17 @@
   app.py       the typer app and the root --kernels flag
   options.py   the flags every evaluation command shares (one RunOptions per invocation)
   display.py   one-line errors, progress with ETA, result tables
-  commands.py  info, ruler, commonsense, speed, perplexity, linearize
+  checks.py    validation shared by the commands (before any model loads or file is written)
+  commands.py  info, ruler, commonsense, speed
   sweep.py     sweep, report
+  text.py      perplexity, linearize
 """
 
 from __future__ import annotations
 
 import sys
 
-from . import commands, sweep  # noqa: F401  (registers the commands)
+from . import commands, sweep, text  # noqa: F401  (registers the commands)
 from .app import app
 
 __all__ = ["app", "main"]

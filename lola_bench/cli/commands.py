@@ -10,8 +10,9 @@ from rich.table import Table
 
 from ..errors import UserError
 from .app import app
+from .checks import at_least, check_model
 from .display import Bar, console, err_console, print_frame, user_errors
-from .options import DeviceOpt, ModelOpt, RunOptions, WindowOpt, run_options
+from .options import DeviceOpt, RunOptions, run_options
 
 
 @app.command()
@@ -51,32 +52,6 @@ def info(device: DeviceOpt = "auto"):
     console.print(t)
 
 
-def _check_model(model, max_ctx: tuple[str, list[int]] | None = None) -> None:
-    """The model flags, before anything is written or loaded: the spec names something loadable (a GGUF's magic
-    bytes, a local directory's config.json and weights), the device and dtype exist, and ``max_ctx`` = (flag,
-    values) fits the model's maximum context when its configuration tells it without loading weights."""
-    from ..models.loading import check_model_spec, model_config_max_context, resolve_device, resolve_dtype
-
-    resolve_dtype(model.dtype, resolve_device(model.device))
-    check_model_spec(model.spec)
-    limit = model_config_max_context(model.spec)
-    if max_ctx and limit:
-        flag, values = max_ctx
-        over = [c for c in values if c > limit]
-        if over:
-            raise UserError(f"{flag} {over[0]} exceeds the model's maximum context of {limit} tokens")
-
-
-def _at_least(**flags) -> None:
-    """``_at_least(samples=(value, minimum), ...)``: one-line UserError for the first flag below its minimum
-    (None values are skipped: the flag was not given)."""
-    for name, (value, minimum) in flags.items():
-        values = value if isinstance(value, (list, tuple)) else [value]
-        for v in values:
-            if v is not None and v < minimum:
-                raise UserError(f"--{name.replace('_', '-')} must be >= {minimum}, got {v}")
-
-
 def _exactness_note(variants) -> str:
     from ..report import exactness_note
 
@@ -106,13 +81,13 @@ def ruler(
                                                           "(default: on for instruct models).")] = None,
 ):
     """RULER needle-in-a-haystack accuracy with TTFT, decode latency and memory, per attention variant."""
+    from ..evals.ruler.haystack import default_essay_path
     from ..evals.ruler_bench import RulerSettings, expand_tasks, run_ruler, validate
     from ..models.loading import load_model
     from ..provenance import device_label
     from ..runs import plan_run, run_config
-    from ..settings import default_essay_path
 
-    _at_least(seed=(seed, 0))
+    at_least(seed=(seed, 0))
     try:
         tasks = tuple(expand_tasks(task))
     except ValueError as e:
@@ -120,7 +95,7 @@ def ruler(
     rs = RulerSettings(tasks=tasks, ctxs=tuple(ctx), samples=samples, seed=seed,
                        essay_path=default_essay_path(essay_path), qa_path=qa_path, chat_template=chat_template)
     validate(rs, 0)                       # flags and haystack data (parsed), before anything is written
-    _check_model(opts.model, ("--ctx", list(ctx)))
+    check_model(opts.model, ("--ctx", list(ctx)))
     ckpt, variants, run = plan_run(opts)
     loaded = load_model(opts.model.spec, opts.model.device, opts.model.dtype)
     validate(rs, loaded.max_context)
@@ -194,7 +169,7 @@ def commonsense(
         resolve_tasks(names, str(ddir) if ddir else None)
     except ValueError as e:
         raise UserError(str(e)) from None
-    _check_model(opts.model)
+    check_model(opts.model)
     ckpt, variants, run = plan_run(opts)
     settings = CommonsenseSettings(tuple(names), str(ddir) if ddir else None, limit, num_fewshot, batch_size)
     loaded = load_model(opts.model.spec, opts.model.device, opts.model.dtype)
@@ -256,7 +231,7 @@ def speed(
     for c in ctx:
         if c < 1:
             raise UserError(f"--ctx must be >= 1, got {c}")
-    _check_model(opts.model, ("--ctx", list(ctx)))
+    check_model(opts.model, ("--ctx", list(ctx)))
     ckpt, variants, run = plan_run(opts)
     loaded = load_model(opts.model.spec, opts.model.device, opts.model.dtype)
     for c in ctx:
@@ -272,171 +247,3 @@ def speed(
     print_frame(df, f"Latency on {loaded.source} ({device_label(loaded.device)})",
                 ["attn", "ctx", "ttft_s", "ttft_vs_full", "decode_ms_per_token", "peak_mem_mib", "implementation"])
     console.print(f"results: {run.path}")
-
-
-def _check_text(path: str) -> None:
-    """A perplexity text: readable UTF-8 with some non-blank text."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            blank = not any(line.strip() for line in f)
-    except UnicodeDecodeError:
-        raise UserError(f"text file {path} is not UTF-8 text") from None
-    except OSError as e:
-        raise UserError(f"cannot read text file {path}: {e.strerror or e}") from None
-    if blank:
-        raise UserError(f"text file {path} is empty (no text to score)")
-
-
-@app.command()
-@user_errors
-@run_options("perplexity")
-def perplexity(
-    opts: RunOptions,
-    text: Annotated[Optional[str], typer.Option("--text", help="Held-out text file (default: wikitext-2 test from "
-                                                "the data mirror).")] = None,
-    seq_len: Annotated[int, typer.Option("--seq-len", help="Window length (non-overlapping).")] = 1024,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Evaluate only the first N tokens.")]
-    = None,
-):
-    """Perplexity on held-out text for full, base and LoLA attention (is the linearization sound?)."""
-    from ..evals.perplexity import PerplexitySettings, run_perplexity
-    from ..models.loading import load_model
-    from ..paths import data_dir
-    from ..provenance import device_label
-    from ..runs import plan_run, run_config
-
-    if text is None:
-        d = data_dir()
-        text = str(d / "text" / "wikitext-2-raw-wiki.test.raw") if d else None
-    if not text or not os.path.isfile(text):
-        raise UserError(f"text file not found: {text} (pass --text)")
-    if seq_len < 2:
-        raise UserError(f"--seq-len must be >= 2, got {seq_len}")
-    if max_tokens is not None and max_tokens < 2:
-        raise UserError(f"--max-tokens must be >= 2, got {max_tokens}")
-    _check_text(text)
-    _check_model(opts.model, ("--seq-len", [seq_len]))
-    ckpt, variants, run = plan_run(opts)
-    ps = PerplexitySettings(text, seq_len, max_tokens)
-    loaded = load_model(opts.model.spec, opts.model.device, opts.model.dtype)
-    with Bar("perplexity", len(variants)) as step:
-        df = run_perplexity(loaded, variants, ps, ckpt=ckpt, device_label=device_label(loaded.device), progress=step)
-    with run:
-        run.write_json("config.json", run_config("perplexity", opts.model, loaded, variants, {
-            "perplexity": ps.to_dict(), "lola_checkpoint": ckpt}))
-        run.write_table("summary", df, title="Perplexity")
-    print_frame(df, "Perplexity", ["attn", "window", "lambda", "feature_map", "perplexity", "implementation"])
-    console.print(f"results: {run.path}")
-
-
-def _check_training_data(paths: list[str]) -> None:
-    """linearize --data: every file exists, parses, and the whole holds some text (hub ids are checked when
-    read)."""
-    from ..data.text_data import read_sources
-
-    try:
-        sources = read_sources(paths)
-    except UnicodeDecodeError as e:
-        raise UserError(f"training data is not UTF-8 text: {e.reason}") from None
-    except OSError as e:
-        raise UserError(f"cannot read training data {e.filename or ''}: {e.strerror or e}") from None
-    if not any(d.strip() for _, docs in sources for d in docs):
-        raise UserError(f"the training data ({', '.join(paths)}) holds no text")
-
-
-def _check_ckpt_out(out: str) -> None:
-    """linearize --out: a new directory, or one holding a (partial) checkpoint (it resumes there); never the
-    working directory, its parents, home, a git checkout, a file, or someone else's non-empty directory."""
-    from pathlib import Path
-
-    from ..records import MARKER, _is_protected, probe_writable
-
-    path = Path(out).expanduser()
-    why = _is_protected(path)
-    if why:
-        raise UserError(f"--out {out} {why}: give a new or checkpoint directory")
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory")
-    if path.is_dir() and any(path.iterdir()) and not any(
-            (path / n).exists() for n in ("lola.json", "lola.safetensors", "train_state", MARKER)):
-        raise UserError(f"--out {out} is a non-empty directory that holds no lola-bench checkpoint: refusing "
-                        "to write into it")
-    probe_writable(path if path.is_dir() else path.parent)
-
-
-@app.command()
-@user_errors
-def linearize(
-    data: Annotated[str, typer.Option("--data", help="Training text: comma-separated .txt/.raw/.jsonl/Alpaca .json "
-                                      "files or directories (or a hub dataset id when online). Never the RULER "
-                                      "essays.")],
-    out: Annotated[str, typer.Option("--out", help="Checkpoint directory (lola.safetensors + lola.json + loss.png; "
-                                     "train_state/ for resuming).")],
-    model: ModelOpt = "smollm2-135m",
-    tokens: Annotated[int, typer.Option("--tokens", help="Attention-transfer training tokens (stage 1).")] = 1_000_000,
-    seq_len: Annotated[int, typer.Option("--seq-len", help="Packed sequence length.")] = 1024,
-    window: WindowOpt = 64,
-    feature_map: Annotated[str, typer.Option("--feature-map", help="Feature map to train (hedgehog).")] = "hedgehog",
-    combine: Annotated[str, typer.Option("--combine", help="Formula trained for: calibrated | lolcats | gated | "
-                                         "normalized (see README).")] = "calibrated",
-    lr: Annotated[float, typer.Option("--lr", help="Stage-1 AdamW learning rate.")] = 1e-2,
-    lora_rank: Annotated[int, typer.Option("--lora-rank", help="Stage 2: LoRA rank on q/k/v/o (0 = skip).")] = 0,
-    sinks: Annotated[int, typer.Option("--sinks", help="Attention sinks: train with the first N positions in the "
-                                       "exact softmax part (never linear); inference then pins them in the "
-                                       "sparse cache. 0 = none.")] = 0,
-    lora_tokens: Annotated[Optional[int], typer.Option("--lora-tokens", help="Stage-2 tokens (default: --tokens)."
-                                                       )] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Data order seed.")] = 0,
-    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between resumable training "
-                                                  "checkpoints.")] = 20,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (1 is fastest on a busy "
-                                                   "2-core machine).")] = None,
-    no_resume: Annotated[bool, typer.Option("--no-resume", help="Start over even if OUT/train_state exists.")]
-    = False,
-    calibrate: Annotated[bool, typer.Option("--calibrate", help="After training, fit one global offset of the "
-                                            "window factors (the linear memory's weight) by next-token loss on the "
-                                            "last quarter of --seq-len training sequences run through LoLA "
-                                            "(lambda=512). Rerun a finished command with it to calibrate only.")]
-    = False,
-    device: DeviceOpt = "auto",
-):
-    """Make a linearized model (LoLCATs attention transfer [+ LoRA]): the base LoLA runs on."""
-    import torch
-
-    from ..models.linearize import LinearizeSettings
-    from ..models.linearize import linearize as run_linearize
-    from ..models.loading import load_model
-    from ..settings import ModelSettings
-
-    _at_least(tokens=(tokens, 1), seq_len=(seq_len, 2), window=(window, 1), lora_rank=(lora_rank, 0),
-              sinks=(sinks, 0), lora_tokens=(lora_tokens, 1), seed=(seed, 0), checkpoint_every=(checkpoint_every, 1),
-              threads=(threads, 1))
-    if not lr > 0:
-        raise UserError(f"--lr must be > 0, got {lr}")
-    if tokens < seq_len:
-        raise UserError(f"--tokens must be at least --seq-len ({seq_len})")
-    paths = [p.strip() for p in data.split(",") if p.strip()]
-    LinearizeSettings(data_paths=tuple(paths), tokens=tokens, seq_len=seq_len, window=window,
-                      feature_map=feature_map, combine=combine, lr=lr, lora_rank=lora_rank, lora_tokens=lora_tokens,
-                      sinks=sinks, seed=seed, checkpoint_every=checkpoint_every)   # the library's own checks
-    _check_training_data(paths)
-    _check_ckpt_out(out)
-    _check_model(ModelSettings(model, device, "float32", None), ("--seq-len", [seq_len]))
-    if threads:
-        torch.set_num_threads(threads)
-    loaded = load_model(model, device, "float32")
-    with Bar("linearize", None) as bar:
-        def step(i, total, seen, loss, tps):
-            bar.set(i, total, f"loss {loss:.1f}, {tps:.0f} tok/s, {seen} tok")
-
-        summary = run_linearize(loaded, paths, tokens=tokens, seq_len=seq_len, window=window, feature_map=feature_map,
-                                combine=combine, lr=lr, lora_rank=lora_rank, lora_tokens=lora_tokens, seed=seed,
-                                sinks=sinks,
-                                out=out, resume=not no_resume, progress=step, checkpoint_every=checkpoint_every,
-                                calibrate=calibrate,
-                                calibrate_progress=lambda i, n: bar.set(i, n, "calibrating"))
-    console.print(f"checkpoint: {out}  (complete: {summary.get('complete', True)})")
-    cal = summary.get("linear_weight_calibration")
-    if cal:
-        console.print(f"linear-weight offset {cal['offset']:g}; tail perplexity by offset: "
-                      + ", ".join(f"{g:g}: {v:.3f}" for g, v in zip(cal["grid"], cal["tail_perplexity"])))

@@ -65,7 +65,8 @@ def sweep(
                                           "nothing.")] = False,
 ):
     """Resumable grids over eta / lambda / context / scorer: tables and Pareto plots of accuracy vs memory."""
-    from ..settings import ModelSettings, default_essay_path
+    from ..evals.ruler.haystack import default_essay_path
+    from ..settings import ModelSettings
     from ..sweep import SweepSpec, default_sweep_dir, format_eta, plan_sweep, run_sweep
 
     def ints(flag, values):
@@ -86,9 +87,9 @@ def sweep(
                      essay_path=default_essay_path(essay_path),
                      limit=limit,
                      data_dir=data_dir)
-    from .commands import _check_model
+    from .commands import check_model
 
-    _check_model(ModelSettings(model, device, dtype, lola_ckpt), ("--ctx", list(spec.ctxs)) if suite == "ruler"
+    check_model(ModelSettings(model, device, dtype, lola_ckpt), ("--ctx", list(spec.ctxs)) if suite == "ruler"
                  else None)
     out_dir = out or str(default_sweep_dir(spec))
     plan = plan_sweep(spec, out_dir, shard=shard, retry_failed=retry_failed)

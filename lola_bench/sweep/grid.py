@@ -30,7 +30,6 @@ from ..settings import (
     ModelSettings,
     check_kernels,
     check_preset,
-    default_essay_path,
     lola_config_and_sources,
     resolved_kernels,
 )
@@ -235,6 +234,8 @@ def _resolved_device(spec: SweepSpec) -> tuple[str, str]:
 
 
 def _essay_path(spec: SweepSpec) -> str | None:
+    from ..evals.ruler.haystack import default_essay_path
+
     return default_essay_path(spec.essay_path)
 
 
@@ -248,7 +249,7 @@ def _ruler_settings(spec: SweepSpec):
 
 def _variants(spec: SweepSpec) -> list[tuple[AttentionSettings, str | None]]:
     """Attention variants in canonical order, each with its resolved checkpoint path."""
-    from ..models.checkpoint import resolve_checkpoint
+    from ..models.checkpoint import read_meta, resolve_checkpoint
 
     out: list[tuple[AttentionSettings, str | None]] = []
     if spec.full:
@@ -261,7 +262,7 @@ def _variants(spec: SweepSpec) -> list[tuple[AttentionSettings, str | None]]:
         for window in spec.windows:
             flags = LolaFlags(window=window, combine=spec.combine, sinks=spec.sinks, gqa=spec.gqa, chunk=spec.chunk,
                               seed=spec.seed, preset=spec.preset)
-            cfg, origin = lola_config_and_sources(flags, fmap, ckpt)
+            cfg, origin = lola_config_and_sources(flags, fmap, read_meta(ckpt) if ckpt else None, ckpt)
             base = replace(cfg, sparse=0, scorer="sre")
             if 0 in spec.lambdas:          # scorer-independent: one base cell, canonical (default) scorer
                 out.append((AttentionSettings("base", base, spec.kernels, origin), ckpt))

@@ -382,6 +382,7 @@ def test_perplexity_matches_a_direct_computation(tmp_path):
 
 def test_sinks_are_trained_recorded_and_used_by_default(tmp_path, corpus):
     """--sinks: distillation keeps the first positions exact, the checkpoint records it, and commands default to it."""
+    from lola_bench.models.checkpoint import read_meta
     from lola_bench.settings import LolaFlags, lola_config
 
     out = tmp_path / "ck"
@@ -390,9 +391,9 @@ def test_sinks_are_trained_recorded_and_used_by_default(tmp_path, corpus):
     meta = json.loads((out / "lola.json").read_text())
     assert meta["sinks"] == 3 and meta["lola_config"]["sinks"] == 3 and s["complete"]
     assert all(m.cfg.sinks == 3 for m in lola_modules(lm.model))
-    cfg = lola_config(LolaFlags(window=8, sparse=16), "hedgehog", str(out))
+    cfg = lola_config(LolaFlags(window=8, sparse=16), "hedgehog", read_meta(str(out)))
     assert cfg.sinks == 3 and cfg.exact_len == lola_config(LolaFlags(window=8, sparse=19), "hedgehog", None).exact_len
-    assert lola_config(LolaFlags(window=8, sparse=16, sinks=0), "hedgehog", str(out)).sinks == 0
+    assert lola_config(LolaFlags(window=8, sparse=16, sinks=0), "hedgehog", read_meta(str(out))).sinks == 0
     # a sink-trained checkpoint differs from one trained without sinks on the same data
     ref = tmp_path / "ck0"
     run(ref, corpus, tokens=2 * SEQ)

@@ -360,3 +360,15 @@ def key_word_parts() -> tuple[tuple[str, ...], tuple[str, ...]]:
 def common_words() -> tuple[str, ...]:
     """RULER's CWE vocabulary: the sorted set of wonderwords nouns, adjectives and verbs."""
     return tuple(sorted(set(_wordlist("noun")) | set(_wordlist("adjective")) | set(_wordlist("verb"))))
+
+
+def default_essay_path(explicit: str | None = None) -> str | None:
+    """--essay-path, else $LOLA_BENCH_ESSAY, else the staged RULER essays in the data directory."""
+    from ...paths import data_dir
+
+    p = resolve_essay_path(explicit)
+    if p is not None:
+        return str(p)
+    d = data_dir()
+    default = d / "ruler_essay" / "PaulGrahamEssays.json" if d else None
+    return str(default) if default is not None and default.is_file() else None
