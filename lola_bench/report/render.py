@@ -11,6 +11,7 @@ from ..errors import UserError
 from ..records import atomic_write_text
 from ..sweep.store import merge_sweeps, tidy
 from .commonsense import render_commonsense_report
+from .ruler_compare import is_ruler_summary, render_ruler_report
 from .sweep_plots import sweep_plots
 from .sweep_tables import sweep_markdown
 
@@ -37,6 +38,24 @@ def render_sweep_result(result: SweepResult) -> list[Path]:
     return render_sweep_report(result.frame, out_dir)
 
 
+def _run_kind(d: Path) -> str:
+    """ruler / commonsense / another command's name, from the run's config.json (else its summary's columns)."""
+    import json
+
+    try:
+        cmd = json.loads((d / "config.json").read_text(encoding="utf-8")).get("command")
+    except (OSError, ValueError, AttributeError):
+        cmd = None
+    if isinstance(cmd, str):
+        return cmd
+    try:
+        cols = set(pd.read_csv(d / "summary.csv", nrows=0).columns)
+    except (OSError, ValueError):
+        return "unknown"
+    return "commonsense" if "metric" in cols else ("ruler" if is_ruler_summary(pd.DataFrame(columns=list(cols)))
+                                                   else "unknown")
+
+
 def render_report(dirs, out_dir: str | Path | None = None) -> list[Path]:
     """Re-render sweep.md and the plots from sweep.csv file(s) alone (no model, no cells/).
 
@@ -46,8 +65,16 @@ def render_report(dirs, out_dir: str | Path | None = None) -> list[Path]:
     """
     dirs = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
     if dirs and all((d / "summary.csv").is_file() and not (d / "sweep.csv").is_file() for d in dirs):
+        kinds = {_run_kind(d) for d in dirs}
+        if len(kinds) > 1:
+            raise UserError(f"cannot compare runs of different kinds ({', '.join(sorted(kinds))}) side by side")
+        kind = kinds.pop()
         if out_dir is None and len(dirs) > 1:
-            raise UserError("several commonsense runs given: pass --out DIR for the comparison")
+            raise UserError(f"several {kind} runs given: pass --out DIR for the comparison")
+        if kind == "ruler":
+            return render_ruler_report(dirs, out_dir if out_dir is not None else dirs[0])
+        if kind != "commonsense":
+            raise UserError(f"report compares ruler, commonsense and sweep results; {dirs[0]} is a {kind} run")
         return render_commonsense_report(dirs, out_dir if out_dir is not None else dirs[0])
     df = merge_sweeps(dirs)
     if out_dir is None:
