@@ -88,13 +88,16 @@ def ruler(
     from ..runs import plan_run, run_config
 
     at_least(seed=(seed, 0))
+    essay, skipped = default_essay_path(essay_path), {}
     try:
-        tasks = tuple(expand_tasks(task))
+        tasks = tuple(expand_tasks(task, essay, qa_path, skipped))
     except ValueError as e:
         raise UserError(str(e)) from None
-    rs = RulerSettings(tasks=tasks, ctxs=tuple(ctx), samples=samples, seed=seed,
-                       essay_path=default_essay_path(essay_path), qa_path=qa_path, chat_template=chat_template)
+    rs = RulerSettings(tasks=tasks, ctxs=tuple(ctx), samples=samples, seed=seed, essay_path=essay, qa_path=qa_path,
+                       chat_template=chat_template)
     validate(rs, 0)                       # flags and haystack data (parsed), before anything is written
+    for t, reason in skipped.items():
+        err_console.print(f"[yellow]--task all: skipping {t} ({reason})[/]", highlight=False)
     check_model(opts.model, ("--ctx", list(ctx)))
     ckpt, variants, run = plan_run(opts)
     loaded = load_model(opts.model.spec, opts.model.device, opts.model.dtype)

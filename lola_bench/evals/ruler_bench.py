@@ -45,9 +45,22 @@ class RulerOutput:
     chat_template: bool = False
 
 
-def expand_tasks(tasks: list[str]) -> list[str]:
+def expand_tasks(tasks: list[str], essay_path: str | None = None, qa_path: str | None = None,
+                 skipped: dict | None = None) -> list[str]:
+    """Task names, checked; ``all`` is every RULER task whose data is present here (with ``skipped`` given, the
+    others go into it as task -> reason, for the caller to list)."""
     if "all" in tasks:
-        return list(RULER_TASKS)
+        out = []
+        for t in RULER_TASKS:
+            reason = task_unavailable_reason(t, essay_path=essay_path, qa_path=qa_path)
+            if reason is None:
+                out.append(t)
+            elif skipped is not None:
+                skipped[t] = reason
+        if not out:
+            raise UserError("--task all: no RULER task has its data here (" + "; ".join(
+                f"{t}: {r}" for t, r in (skipped or {}).items()) + ")")
+        return out
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise UserError(f"unknown task {unknown[0]!r}: choose from {', '.join(TASKS)} or all")
