@@ -73,7 +73,7 @@ def render_report(dirs, out_dir: str | Path | None = None) -> list[Path]:
             raise UserError(f"several {kind} runs given: pass --out DIR for the comparison")
         if kind == "ruler":
             return render_ruler_report(dirs, out_dir if out_dir is not None else dirs[0])
-        if kind != "commonsense":
+        if kind not in ("commonsense", "unknown"):       # unknown: the commonsense reader says what is wrong
             raise UserError(f"report compares ruler, commonsense and sweep results; {dirs[0]} is a {kind} run")
         return render_commonsense_report(dirs, out_dir if out_dir is not None else dirs[0])
     df = merge_sweeps(dirs)
