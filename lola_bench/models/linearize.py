@@ -33,7 +33,7 @@ from ..attention.hybrid import chunked_hybrid_attention, hybrid_attention
 from ..data.text_data import PackedData, load_packed
 from ..errors import UserError
 from ..records import atomic_write_json
-from .checkpoint import save_lola_checkpoint
+from .checkpoint_save import save_lola_checkpoint
 from .patch import lola_modules, patch_model
 
 # Window-factor init: LoLCATs' -2.1972 (sigmoid = 0.1: softmax part weighted 0.1 against the linear part's 1).
@@ -294,7 +294,7 @@ class _Run:
             "elapsed_s": round(self.elapsed, 1)})
 
     def _lola_state(self) -> dict:
-        from .checkpoint import lola_state_dict
+        from .checkpoint_save import lola_state_dict
 
         return lola_state_dict(self.model)
 

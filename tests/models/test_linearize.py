@@ -20,7 +20,8 @@ from lola_bench.attention.scorers import make_scorer
 from lola_bench.data import text_data
 from lola_bench.data.text_data import check_allowed, load_packed, read_sources
 from lola_bench.errors import UserError
-from lola_bench.models.checkpoint import load_lola_checkpoint, map_lolcats_names
+from lola_bench.models.checkpoint import map_lolcats_names
+from lola_bench.models.checkpoint_load import load_lola_checkpoint
 from lola_bench.models.linearize import LinearizeSettings, chunked_hybrid_attention, linearize, perplexity, teacher_mode
 from lola_bench.models.loading import LoadedModel, random_model
 from lola_bench.models.patch import lola_modules, patch_model, unpatch_model
