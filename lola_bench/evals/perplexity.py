@@ -2,14 +2,53 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
+import torch
+import torch.nn.functional as F
 
-from ..models.linearize import perplexity
+from ..errors import UserError
 from ..models.variants import attention_variant
 from ..settings import implementation_columns, variant_columns
+
+
+def perplexity(model, tokenizer, text_path, *, seq_len: int = 1024, max_tokens: int | None = None,
+               progress=None) -> float:
+    """Perplexity over non-overlapping ``seq_len`` windows of a text file (batch 1, no padding).
+
+    Works for the plain model and a LoLA-patched one (run in eval mode: the inference path with its sparse
+    cache). CRLF is normalized; the first token of every window is context only. ``progress(done, total)``.
+    """
+    path = Path(text_path)
+    if not path.is_file():
+        raise UserError(f"perplexity text not found: {text_path}")
+    text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if len(ids) < 2:
+        raise UserError(f"{text_path} has fewer than 2 tokens")
+    device = next(model.parameters()).device
+    starts = [i for i in range(0, len(ids), seq_len) if len(ids) - i >= 2]
+    was_training = model.training
+    model.eval()
+    nll, count = 0.0, 0
+    try:
+        with torch.no_grad():
+            for n, i in enumerate(starts, 1):
+                x = torch.tensor([ids[i:i + seq_len]], device=device)
+                logits = model(input_ids=x, use_cache=False).logits[0, :-1].float()
+                nll += F.cross_entropy(logits, x[0, 1:], reduction="sum").item()
+                count += x.shape[1] - 1
+                if progress is not None:
+                    progress(n, len(starts))
+    finally:
+        model.train(was_training)
+    return math.exp(nll / count)
 
 
 @dataclass(frozen=True)

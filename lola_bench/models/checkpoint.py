@@ -21,6 +21,9 @@ Entries are recognised by their tail, whatever prefix precedes ``layers.{i}.`` (
   layers.{i}.self_attn.window_factors                   (H,) or LoLCATs' (1, H, 1, 1), loaded unchanged
   layers.{i}.<module path>.lora_{A,B}[.<adapter>].weight  peft LoRA (r, in) / (out, r), attached with peft
 Any other entry is an error: nothing in a file is dropped silently.
+
+This module finds, reads and describes checkpoints (paths, hub files, metadata, fingerprint); loading one into
+a patched model is ``checkpoint_load.py``, writing lola-bench's own format ``checkpoint_save.py``.
 """
 
 from __future__ import annotations
@@ -377,35 +380,6 @@ def is_lolcats_format(state: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith("base_model.") or ".mlp.layer" in k or (k.endswith("window_factors") and t.dim() > 1)
                for k, t in state.items())
 
-
-def lola_state_dict(model) -> dict[str, torch.Tensor]:
-    from .patch import lola_modules
-
-    out = {}
-    for i, m in enumerate(lola_modules(model)):
-        pre = f"model.layers.{i}.self_attn."
-        out[pre + "window_factors"] = m.window_factors.detach().float().cpu().contiguous()
-        for name in ("feature_map_q", "feature_map_k"):
-            layer = getattr(getattr(m, name), "layer", None)
-            if layer is not None:
-                out[pre + name + ".layer"] = layer.detach().float().cpu().contiguous()
-    return out
-
-
-def save_lola_checkpoint(model, path: str | Path, meta: dict) -> Path:
-    from safetensors.torch import save_file
-
-    from ..records import atomic_write_json
-
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True)
-    tmp = p / (WEIGHTS + ".tmp")
-    save_file(lola_state_dict(model), str(tmp))
-    tmp.replace(p / WEIGHTS)
-    atomic_write_json(p / META, meta)
-    return p
-
-
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """All of a checkpoint's tensors under lola-bench's names (``map_lolcats_names``)."""
     p = parse_checkpoint(path)
@@ -413,85 +387,3 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     out.update({f"model.layers.{i}.self_attn.{w}.layer": t for (i, w), t in p.fmaps.items()})
     out.update(p.lora)
     return out
-
-
-# ---- loading into a model ---------------------------------------------------------------------------------------
-def _check_fits(p: Parsed, mods, spec) -> None:
-    """One line naming expected vs found when the checkpoint does not fit the patched model."""
-    m0 = mods[0]
-    n, h, d = len(mods), m0.num_heads, m0.head_dim
-    layers = sorted(set(p.factors) | {i for i, _ in p.fmaps})
-    if layers != list(range(n)):
-        found = f"{len(layers)} layers ({layers[0]}..{layers[-1]})" if layers else "no layers"
-        raise UserError(f"checkpoint {spec} does not fit the model: expected {n} layers (0..{n - 1}), found {found}")
-    for i in range(n):
-        got = {w: p.fmaps.get((i, w)) for w in ("feature_map_q", "feature_map_k")}
-        if (got["feature_map_q"] is None) != (got["feature_map_k"] is None):
-            missing = "feature_map_q" if got["feature_map_q"] is None else "feature_map_k"
-            raise UserError(f"checkpoint {spec} has no {missing} for layer {i} (it has the other one)")
-        for w, t in got.items():
-            if t is None:
-                continue
-            if t.dim() != 3 or t.shape[0] != h or t.shape[1] != d:
-                raise UserError(f"checkpoint {spec} does not fit the model: {w} of layer {i} is {tuple(t.shape)}, "
-                                f"expected ({h}, {d}, f) = (heads, head_dim, f)")
-        q, k = got["feature_map_q"], got["feature_map_k"]
-        if q is not None and q.shape != k.shape:
-            raise UserError(f"checkpoint {spec}: feature_map_q of layer {i} is {tuple(q.shape)} but feature_map_k is "
-                            f"{tuple(k.shape)} (the feature dim must match between q and k)")
-        wf = p.factors.get(i)
-        if wf is None:
-            raise UserError(f"checkpoint {spec} has no window_factors for layer {i} (model has {n} layers)")
-        if wf.numel() != h:
-            raise UserError(f"checkpoint {spec} does not fit the model: window_factors of layer {i} have "
-                            f"{wf.numel()} heads, expected {h} heads")
-
-
-def _set_feature_map(m, name: str, t: torch.Tensor) -> None:
-    """Copy a (H, d, f) hedgehog projection in, rebuilding the map when f differs from the one it was built with."""
-    from ..attention.feature_maps import make_feature_map
-
-    fm = getattr(m, name)
-    target = getattr(fm, "layer", None)
-    if target is None:
-        raise UserError(f"the checkpoint has learned hedgehog feature maps, but the model was patched with feature "
-                        f"map {m.cfg.feature_map!r}: use feature_map='hedgehog'")
-    if target.shape != t.shape:
-        new = make_feature_map(m.cfg.feature_map, t.shape[0], t.shape[1], proj_dim=t.shape[2])
-        new = new.to(device=target.device, dtype=target.dtype)
-        new.layer.requires_grad_(target.requires_grad)
-        setattr(m, name, new)
-        target = new.layer
-    target.data.copy_(t)
-
-
-def load_lola_checkpoint(model, path: str | os.PathLike) -> dict:
-    """Load feature maps / window factors, and LoRA if the checkpoint has any, into a patched model. Returns what
-    was loaded (the ``read_meta`` fields that describe the run)."""
-    from .patch import lola_modules
-
-    mods = lola_modules(model)
-    if not mods:
-        raise UserError("load a LoLA checkpoint into a patched model (attention lola/base)")
-    meta = read_meta(path)
-    p = parse_checkpoint(path)
-    _check_fits(p, mods, path)
-    for i, m in enumerate(mods):
-        m.window_factors.data.copy_(p.factors[i].to(m.window_factors.dtype))
-        for name in ("feature_map_q", "feature_map_k"):
-            t = p.fmaps.get((i, name))
-            if t is not None:
-                _set_feature_map(m, name, t)
-    if p.lora:
-        from .lora import attach_lora_state
-
-        meta["lora"] = attach_lora_state(model, p.lora, [Path(f) for f in p.lora_files])
-    else:
-        adapters = [d / "adapter" for d in p.dirs if (d / "adapter").is_dir()]
-        if adapters:
-            from .lora import attach_lora
-
-            attach_lora(model, adapters[-1])
-    keys = ("format", "files", "base_model", "feature_map", "trained_combine", "layers", "heads", "head_dim",
-            "feature_dim", "phi_dim", "tokens", "steps", "step", "wrapped", "replaced_entries", "lora")
-    return {"path": str(path), **{k: meta.get(k) for k in keys}}

@@ -17,7 +17,7 @@ def apply_attention(model, attn: AttentionSettings, ckpt: str | None = None) -> 
     patch_model(model, attn.lola, attn.kernels)
     info = {"mode": attn.mode, "checkpoint": None}
     if ckpt:
-        from .checkpoint import load_lola_checkpoint
+        from .checkpoint_load import load_lola_checkpoint
 
         info["checkpoint"] = load_lola_checkpoint(model, ckpt)
     return info

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from lola_bench.attention.config import LolaConfig
 from lola_bench.errors import UserError
-from lola_bench.models.checkpoint import checkpoint_fingerprint, load_lola_checkpoint, read_meta, resolve_checkpoint
+from lola_bench.models.checkpoint import checkpoint_fingerprint, read_meta, resolve_checkpoint
+from lola_bench.models.checkpoint_load import load_lola_checkpoint
 from lola_bench.models.lora import has_lora, remove_lora
 from lola_bench.models.patch import lola_modules, new_cache, patch_model
 from lola_bench.settings import ModelSettings

@@ -15,15 +15,18 @@ import torch.nn.functional as F
 from lola_bench.attention.common import LolaParams
 from lola_bench.attention.config import LolaConfig
 from lola_bench.attention.feature_maps import make_feature_map
-from lola_bench.attention.hybrid import hybrid_attention
+from lola_bench.attention.hybrid import chunked_hybrid_attention, hybrid_attention
 from lola_bench.attention.scorers import make_scorer
 from lola_bench.data import text_data
 from lola_bench.data.text_data import check_allowed, load_packed, read_sources
 from lola_bench.errors import UserError
-from lola_bench.models.checkpoint import load_lola_checkpoint, map_lolcats_names
-from lola_bench.models.linearize import LinearizeSettings, chunked_hybrid_attention, linearize, perplexity, teacher_mode
+from lola_bench.evals.perplexity import perplexity
+from lola_bench.models.checkpoint import map_lolcats_names
+from lola_bench.models.checkpoint_load import load_lola_checkpoint
+from lola_bench.models.linearize import LinearizeSettings, linearize
 from lola_bench.models.loading import LoadedModel, random_model
 from lola_bench.models.patch import lola_modules, patch_model, unpatch_model
+from lola_bench.models.transfer import teacher_mode
 
 SEQ = 64
 
@@ -405,7 +408,7 @@ def test_calibration_picks_the_offset_with_the_lowest_tail_loss(tmp_path, corpus
     """The stored factors are the trained ones minus the chosen offset; the offset is the argmin of the recorded
     tail perplexities, each of which matches a direct computation; the patched config is restored."""
     from lola_bench.data.text_data import load_packed
-    from lola_bench.models.linearize import calibrate_linear_weight
+    from lola_bench.models.calibration import calibrate_linear_weight
     from lola_bench.models.patch import new_cache
 
     lm = loaded()
