@@ -51,10 +51,17 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def threads_in_force() -> int:
+    """torch's CPU threads when the run started (``mark_threads``, after --threads), else now."""
+    return _START.get("threads") or torch.get_num_threads()
+
+
 def device_info(device: str = "cpu") -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
-        return {"kind": "cuda", "name": torch.cuda.get_device_name(), "count": torch.cuda.device_count()}
-    return {"kind": "cpu", "name": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+        return {"kind": "cuda", "name": torch.cuda.get_device_name(), "count": torch.cuda.device_count(),
+                "threads": threads_in_force()}
+    return {"kind": "cpu", "name": cpu_name(), "cores": os.cpu_count(), "torch_threads": threads_in_force(),
+            "threads": threads_in_force()}
 
 
 def device_label(device: str = "cpu") -> str:
@@ -69,6 +76,11 @@ def mark_start() -> None:
     """Record the git state and time when a command starts: results carry the code that produced them, even
     if the checkout changes while a long run is going."""
     _START.update(git=git_info(), utc_time=_now())
+
+
+def mark_threads() -> None:
+    """Record the torch thread count in force as a run starts (after --threads is applied)."""
+    _START["threads"] = torch.get_num_threads()
 
 
 def _now() -> str:

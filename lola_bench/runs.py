@@ -9,7 +9,7 @@ from pathlib import Path
 from .attention.kernels import kernel_env
 from .errors import UserError
 from .paths import results_dir
-from .provenance import provenance
+from .provenance import provenance, threads_in_force
 from .records import RunDir
 from .settings import ATTN_MODES, AttentionSettings, LolaFlags, ModelSettings, check_kernels, lola_config_and_sources
 
@@ -30,6 +30,10 @@ def resolve_variants(modes, flags: LolaFlags, model: ModelSettings,
         if m not in ATTN_MODES:
             raise UserError(f"unknown --attn {m!r}: choose full, base or lola")
     ckpt, fmap = resolve_checkpoint(model, flags.feature_map)
+    if any(m != "full" for m in modes):
+        from .models.compat import check_weights
+
+        check_weights(fmap, ckpt)
     cfg, origin = lola_config_and_sources(flags, fmap, read_meta(ckpt) if ckpt else None, ckpt)
     return ckpt, [AttentionSettings.build(m, cfg, check_kernels(kernels), origin) for m in dict.fromkeys(modes)]
 
@@ -56,6 +60,7 @@ def run_config(command: str, model: ModelSettings, loaded, variants, extra: dict
                   "resolved_dtype": loaded.dtype, "max_context": loaded.max_context},
         "attention": [v.to_dict() for v in variants],
         "kernel_env": kernel_env(),
+        "threads": threads_in_force(),
         **extra,
         "provenance": provenance(loaded.device),
     }

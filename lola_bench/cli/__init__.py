@@ -7,13 +7,14 @@
   commands.py  info, ruler, commonsense, speed
   sweep.py     sweep, report
   text.py      perplexity, linearize
+  reproduce.py reproduce (rerun a recorded run, compare)
 """
 
 from __future__ import annotations
 
 import sys
 
-from . import commands, sweep, text  # noqa: F401  (registers the commands)
+from . import commands, reproduce, sweep, text  # noqa: F401  (registers the commands)
 from .app import app
 
 __all__ = ["app", "main"]

@@ -2,7 +2,7 @@
 
 ``@run_options(command, attn_default=...)`` adds the model flags (--model, --device, --dtype, --lola-ckpt), the
 LoLA flags (--attn, --window, --lambda, --scorer, --feature-map, --combine, --sinks, --gqa, --chunk) and the
-output flags (--out, --overwrite) to a command and hands it one ``RunOptions`` as ``opts``.
+output flags (--threads, --out, --overwrite) to a command and hands it one ``RunOptions`` as ``opts``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Named settin
                                                  "(+ window 256, lambda 256): their eval configs. Flags that "
                                                  "contradict the preset are refused.")]
 ChunkOpt = Annotated[Optional[int], typer.Option("--chunk", help="Update cadence in tokens (default: = window).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads for this run (default: "
+                                                 "what torch picks; 1 is cheapest on a shared machine). Recorded "
+                                                 "in config.json.")]
 CkptOpt = Annotated[Optional[str], typer.Option("--lola-ckpt", help="Linearization checkpoint (feature maps + window "
                                                "factors [+ LoRA]): a lola-bench directory, a LoLCATs/LoLA file "
                                                "(.pt/.bin/.safetensors, wrapped or flat), hf://ORG/NAME/FILE "
@@ -68,6 +71,7 @@ _SHARED = [  # (name, annotation, default)
     ("device", DeviceOpt, "auto"),
     ("dtype", DtypeOpt, "auto"),
     ("lola_ckpt", CkptOpt, None),
+    ("threads", ThreadsOpt, None),
     ("out", Annotated[Optional[str], typer.Option("--out", help="Run directory (default results/<command>/<model>-"
                                                   "<time>).")], None),
     ("overwrite", Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory (only one "
@@ -84,12 +88,22 @@ class RunOptions:
     kernels: str
     out: str | None
     overwrite: bool
+    threads: int | None = None
 
 
 def kernels_flag() -> str:
     """The root ``--kernels`` flag (or $LOLA_BENCH_KERNELS) of this invocation; 'auto' outside the CLI."""
     ctx = click.get_current_context(silent=True)
     return (ctx.find_root().params.get("kernels") if ctx else None) or "auto"
+
+
+def apply_threads(threads: int | None) -> None:
+    """--threads: torch.set_num_threads before any work, and the value in force recorded for provenance."""
+    from ..api import set_threads
+    from ..provenance import mark_threads
+
+    set_threads(threads)
+    mark_threads()
 
 
 def run_options(command: str, attn_default: tuple[str, ...] = ("full", "base", "lola")):
@@ -112,7 +126,8 @@ def run_options(command: str, attn_default: tuple[str, ...] = ("full", "base", "
                 lola=LolaFlags(window=vals["window"], sparse=vals["lam"], scorer=vals["scorer"],
                                feature_map=vals["feature_map"], combine=vals["combine"], sinks=vals["sinks"],
                                gqa=vals["gqa"], chunk=vals["chunk"], seed=seed, preset=vals["preset"]),
-                kernels=kernels_flag(), out=vals["out"], overwrite=vals["overwrite"])
+                kernels=kernels_flag(), out=vals["out"], overwrite=vals["overwrite"], threads=vals["threads"])
+            apply_threads(opts.threads)
             return fn(opts=opts, **kw)
 
         del wrapper.__wrapped__

@@ -19,6 +19,8 @@ from .options import (
     ModelOpt,
     PresetOpt,
     SinksOpt,
+    ThreadsOpt,
+    apply_threads,
     kernels_flag,
 )
 
@@ -50,6 +52,7 @@ def sweep(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     lola_ckpt: CkptOpt = None,
+    threads: ThreadsOpt = None,
     essay_path: Annotated[Optional[str], typer.Option("--essay-path", envvar="LOLA_BENCH_ESSAY",
                                                       help="Essay haystack for essay tasks.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Items per commonsense task.")] = None,
@@ -91,6 +94,7 @@ def sweep(
 
     check_model(ModelSettings(model, device, dtype, lola_ckpt), ("--ctx", list(spec.ctxs)) if suite == "ruler"
                  else None)
+    apply_threads(threads)
     out_dir = out or str(default_sweep_dir(spec))
     plan = plan_sweep(spec, out_dir, shard=shard, retry_failed=retry_failed)
     if dry_run:

@@ -20,7 +20,7 @@ SUMMARY_COLUMNS = ["model", "attn", "window", "lambda", "sinks", "scorer", "feat
                    "accuracy",
                    "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib", "full_kv_mib", "window_mib",
                    "sparse_mib", "state_mib", "phi_k_mib", "mean_prompt_tokens", "combine", "gqa", "chunk",
-                   "settings_from", "implementation", "device"]
+                   "settings_from", "implementation", "device", "chat_template"]
 
 
 @dataclass(frozen=True)
@@ -101,12 +101,12 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
     rows, preds = [], []
     for attn in variants:
         with attention_variant(model, attn, ckpt) as used:
-            rows += _run_variant(loaded, attn, samples, settings, eos, device_label, preds, progress, used)
+            rows += _run_variant(loaded, attn, samples, settings, eos, device_label, preds, progress, used, chat)
     return RulerOutput(summary=pd.DataFrame(rows, columns=SUMMARY_COLUMNS), predictions=preds, chat_template=chat)
 
 
 def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: RulerSettings, eos, device_label: str,
-                 preds: list, progress, used) -> list[dict]:
+                 preds: list, progress, used, chat: bool = False) -> list[dict]:
     """Every sample of every (task, ctx) under one attention variant; returns the summary rows."""
     import torch
 
@@ -152,5 +152,5 @@ def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: Ruler
                      "cache_mib": cache, "full_kv_mib": full_kv / MIB, "window_mib": tier("window"),
                      "sparse_mib": tier("sparse"), "state_mib": tier("state"), "phi_k_mib": tier("phi_k"),
                      "mean_prompt_tokens": statistics.mean(s.n_prompt_tokens for s, _, _ in results),
-                     **implementation_columns(attn, used()), "device": device_label})
+                     **implementation_columns(attn, used()), "device": device_label, "chat_template": bool(chat)})
     return rows
