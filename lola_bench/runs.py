@@ -23,14 +23,19 @@ def default_run_dir(command: str, model: str) -> Path:
 def resolve_variants(modes, flags: LolaFlags, model: ModelSettings,
                      kernels: str = "auto") -> tuple[str | None, list[AttentionSettings]]:
     """(checkpoint or None, the attention variants to evaluate, deduplicated in the given order): the checkpoint
-    resolved for the model and feature map, then flags > preset > its metadata > defaults (settings.resolve_lola)."""
+    resolved for the model and feature map, then flags > preset > its metadata > defaults (settings.resolve_lola).
+    Runs of full / evict variants only resolve no checkpoint (eviction runs the unmodified model); next to base or
+    lola, an evict variant takes the same window / sinks / GQA settings but never the checkpoint's weights."""
     from .models.checkpoint import read_meta, resolve_checkpoint
 
     for m in modes:
         if m not in ATTN_MODES:
-            raise UserError(f"unknown --attn {m!r}: choose full, base or lola")
-    ckpt, fmap = resolve_checkpoint(model, flags.feature_map)
-    if any(m != "full" for m in modes):
+            raise UserError(f"unknown --attn {m!r}: choose {', '.join(ATTN_MODES)}")
+    if all(m in ("full", "evict") for m in modes):  # eviction has no feature map: no checkpoint to resolve
+        ckpt, fmap = None, flags.feature_map or "hedgehog-identity"
+    else:
+        ckpt, fmap = resolve_checkpoint(model, flags.feature_map)
+    if any(m in ("base", "lola") for m in modes):
         from .models.compat import check_weights
 
         check_weights(fmap, ckpt)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from .attention.config import LolaConfig
 from .errors import UserError
 
-ATTN_MODES = ("full", "base", "lola")
+ATTN_MODES = ("full", "base", "lola", "evict")
 KERNEL_MODES = ("auto", "torch", "triton")
 
 
@@ -36,7 +36,9 @@ def check_kernels(kernels: str) -> str:
 
 @dataclass(frozen=True)
 class AttentionSettings:
-    """One attention variant under test: full softmax, base (window + linear, lambda = 0), or LoLA.
+    """One attention variant under test: full softmax, base (window + linear, lambda = 0), LoLA, or evict (KV
+    eviction: LoLA's window and scored sparse cache on the unmodified model, pairs that leave are dropped; no feature
+    map, no checkpoint: ``LolaConfig.fold`` off).
 
     ``kernels`` is the LoLA implementation asked for: ``auto`` (Triton kernels on CUDA when available, the torch
     path elsewhere), ``torch``, or ``triton`` (wherever Triton runs, e.g. TRITON_INTERPRET=1 on CPU; configurations
@@ -51,7 +53,7 @@ class AttentionSettings:
 
     def __post_init__(self):
         if self.mode not in ATTN_MODES:
-            raise UserError(f"unknown --attn {self.mode!r}: choose full, base or lola")
+            raise UserError(f"unknown --attn {self.mode!r}: choose {', '.join(ATTN_MODES)}")
         if self.mode != "full" and self.lola is None:
             raise UserError(f"--attn {self.mode} needs a LoLA config")
         check_kernels(self.kernels)
@@ -62,6 +64,8 @@ class AttentionSettings:
             return cls("full", None, kernels)
         if mode == "base":
             return cls("base", replace(lola, sparse=0), kernels, origin)
+        if mode == "evict":
+            return cls("evict", replace(lola, fold=False), kernels, origin)
         return cls(mode, lola, kernels, origin)
 
     def to_dict(self) -> dict:
@@ -185,13 +189,14 @@ def variant_columns(attn: AttentionSettings) -> dict:
     c = attn.lola
     return {"attn": attn.mode, "window": c.window if c else None, "lambda": c.sparse if c else None,
             "sinks": c.sinks if c else None, "scorer": c.scorer if c else None,
-            "feature_map": c.feature_map if c else None}
+            "feature_map": c.feature_map if c and c.fold else None}
 
 
 def implementation_columns(attn: AttentionSettings, used: str | None) -> dict:
     """How the variant was computed: its formula, GQA layout and update cadence, and the implementation that
     actually ran (``used``: from the layer call counters; None when nothing ran)."""
     c = attn.lola
-    return {"combine": c.combine if c else None, "gqa": c.gqa if c else None, "chunk": c.chunk_size if c else None,
+    return {"combine": c.combine if c and c.fold else None, "gqa": c.gqa if c else None,
+            "chunk": c.chunk_size if c else None,
             "settings_from": attn.origin or None if c else None,
             "implementation": used if c else "torch (transformers attention)"}

@@ -59,8 +59,9 @@ def to_storage(x: torch.Tensor, params: LolaParams) -> torch.Tensor:
 
 def ensure_state(state: LolaState, k: torch.Tensor, params: LolaParams) -> None:
     if not state.initialized:
-        state.init(k.shape[0], params.storage_heads, params.num_heads, params.head_dim, params.feature_dim,
-                   k.dtype, k.device, params.scorer.needs_attention_mass)
+        # eviction (fold off) keeps no linear state: H and s are allocated with feature dim 0 (0 bytes)
+        state.init(k.shape[0], params.storage_heads, params.num_heads, params.head_dim,
+                   params.feature_dim if params.cfg.fold else 0, k.dtype, k.device, params.scorer.needs_attention_mass)
 
 
 def split_topk(scores: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,29 +141,42 @@ def keep_selected(state: LolaState, cand: Candidates, idx: torch.Tensor) -> None
 
 
 def evict_before(state: LolaState, params: LolaParams, window_start: int) -> None:
-    """Move window pairs older than ``window_start`` out: the best ``sparse`` of (cache + leaving) stay, rest fold."""
+    """Move window pairs older than ``window_start`` out: the best ``sparse`` of (cache + leaving) stay, the rest are
+    folded into the linear state, or dropped when ``cfg.fold`` is off (eviction)."""
+    boundary = leaving_count(state, window_start) > 0
     cand = take_candidates(state, params, window_start)
-    if cand is None:
-        return
+    if cand is not None:
+        _select(state, params, cand, window_start)
+    if boundary and params.scorer.mass_per_chunk:  # the next boundary scores the mass of the next chunk only
+        state.sp_acc, state.win_acc = torch.zeros_like(state.sp_acc), torch.zeros_like(state.win_acc)
+
+
+def _select(state: LolaState, params: LolaParams, cand: Candidates, window_start: int) -> None:
     cand_k, cand_v, cand_pos, cand_acc, n, keep = cand.k, cand.v, cand.pos, cand.acc, cand.n, cand.keep
+    fold_on = params.cfg.fold
     sinks = min(params.cfg.sinks, window_start)  # every position below window_start has left the window
-    phi_k = params.feature_map_k(expand_heads(cand_k, params.group)).to(state.H.dtype)  # score/fold in fp32
+    phi_k = None
+    if fold_on:
+        phi_k = params.feature_map_k(expand_heads(cand_k, params.group)).to(state.H.dtype)  # score/fold in fp32
     if keep == 0:
-        fold(state, params, phi_k, cand_v)
-        state.n_folded += n
+        if fold_on:
+            fold(state, params, phi_k, cand_v)
+            state.n_folded += n
         state.sp_k, state.sp_v, state.sp_pos = cand_k[:, :, :0], cand_v[:, :, :0], cand_pos[:, :, :0]
         state.sp_acc = None if cand_acc is None else cand_acc[:, :, :0]
         return
-    ctx = ScoreContext(k=cand_k, v=cand_v, pos=cand_pos, phi_k=phi_k, H=state.H, s=state.s, acc=cand_acc,
-                       group=params.group, eps=params.cfg.eps, seed=params.cfg.seed)
+    ctx = ScoreContext(k=cand_k, v=cand_v, pos=cand_pos, phi_k=phi_k, H=state.H if fold_on else None,
+                       s=state.s if fold_on else None, acc=cand_acc, group=params.group, eps=params.cfg.eps,
+                       seed=params.cfg.seed)
     scores = params.scorer.score(ctx)
     if sinks:
         scores = scores.masked_fill(cand_pos < sinks, float("inf"))
     idx, out_idx = split_topk(scores, keep)
-    out_q = expand_heads(out_idx, params.group).unsqueeze(-1)
-    fold(state, params, phi_k.gather(2, out_q.expand(-1, -1, -1, phi_k.shape[-1])),
-         cand_v.gather(2, out_idx.unsqueeze(-1).expand(-1, -1, -1, cand_v.shape[-1])))
-    state.n_folded += n - keep
+    if fold_on:
+        out_q = expand_heads(out_idx, params.group).unsqueeze(-1)
+        fold(state, params, phi_k.gather(2, out_q.expand(-1, -1, -1, phi_k.shape[-1])),
+             cand_v.gather(2, out_idx.unsqueeze(-1).expand(-1, -1, -1, cand_v.shape[-1])))
+        state.n_folded += n - keep
     keep_selected(state, cand, idx)
 
 

@@ -15,6 +15,10 @@ What "window eta" covers exactly (paper cadence, chunk = eta):
   best stay, the rest are folded into H, s for good. Decode runs the same update whenever a token
   starts a new chunk, so prefill-then-decode equals one long prefill.
   chunk = 1 gives a token-level sliding window of exactly ``window`` past tokens.
+With ``fold=False`` (KV eviction, ``--attn evict``) the same boundary update drops the non-kept pairs instead of
+folding them: there is no linear state (no feature map, no H, s, no linear readout), and every query is plain
+softmax over exactly the sparse cache, the sinks and its window. StreamingLLM = scorer sink with sinks and
+sparse 0; H2O = scorer attention; SnapKV-style = scorer snapkv. SRE needs a linear state and is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import asdict, dataclass
 from ..errors import UserError
 
 FEATURE_MAPS = ("hedgehog", "hedgehog-identity", "elu", "relu", "taylor")
-SCORERS = ("sre", "random", "key_norm", "attention", "recency", "sink")
+SCORERS = ("sre", "random", "key_norm", "attention", "recency", "sink", "snapkv")
 COMBINES = ("lola", "calibrated", "lolcats", "gated", "normalized")
 GQA_MODES = ("grouped", "expanded")
 
@@ -42,6 +46,7 @@ class LolaConfig:
     factor_init: float = 3.0         # window factor logit (softmax weight sigmoid(factor)) when no checkpoint
     eps: float = 1e-6                # denominator epsilon
     seed: int = 0                    # for the random scorer
+    fold: bool = True                # False: pairs that leave are dropped, not folded (KV eviction, --attn evict)
 
     def __post_init__(self):
         if not isinstance(self.window, int) or self.window <= 0:
@@ -60,6 +65,11 @@ class LolaConfig:
             raise UserError(f"unknown GQA mode {self.gqa!r}: choose one of {', '.join(GQA_MODES)}")
         if not isinstance(self.sinks, int) or self.sinks < 0:
             raise UserError(f"sinks must be an integer >= 0, got {self.sinks!r}")
+        if not isinstance(self.fold, bool):
+            raise UserError(f"fold must be True or False, got {self.fold!r}")
+        if not self.fold and self.scorer == "sre":
+            raise UserError("scorer 'sre' (self-recall error against the linear state) is meaningless for eviction, "
+                            "which has no linear state: choose random, key_norm, attention, recency, sink or snapkv")
         if self.eps <= 0:
             raise UserError(f"eps must be > 0, got {self.eps!r}")
 

@@ -6,6 +6,9 @@ every query's output from explicit (query x key) masks:
   softmax part: keys in the sparse set (the first ``sinks`` positions always among them) or in the window
                 [window_start(c), t]
   linear part:  keys in the linear set, weighted by phi_q(q_t) . phi_k(k_j)
+With ``cfg.fold`` off (eviction) the keys that are not kept join no linear set: they are dropped, the linear
+state stays empty (feature dim 0) and every output is softmax over the sparse set and the window alone.
+The scorer sees the candidates only, gathered in position order (as the fast paths hand them over).
 It shares only the feature maps, scorers and config with the fast paths; it never calls them.
 """
 
@@ -42,10 +45,13 @@ def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Lo
     vs = v if cfg.gqa == "grouped" else v.repeat_interleave(rep, dim=1)
     hs = ks.shape[1]
     kq, vq = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # per query head
-    phi_k = params.feature_map_k(kq).to(cd)          # (B, Hq, L, F)
-    phi_q = params.feature_map_q(q).to(cd)
+    if cfg.fold:
+        phi_k = params.feature_map_k(kq).to(cd)          # (B, Hq, L, F)
+        phi_q = params.feature_map_q(q).to(cd)
+        lin_scores = torch.matmul(phi_q, phi_k.transpose(-1, -2))                   # (B, Hq, L, L)
+    else:                                                # eviction: no feature map, no linear state
+        phi_k = q.new_zeros(b, hq, L, 0, dtype=cd)
     logits = torch.matmul(q.to(cd), kq.to(cd).transpose(-1, -2)) * d ** -0.5   # (B, Hq, L, L)
-    lin_scores = torch.matmul(phi_q, phi_k.transpose(-1, -2))                   # (B, Hq, L, L)
     vq = vq.to(cd)
     pos = torch.arange(L, device=q.device)
     sparse = torch.zeros(b, hs, L, dtype=torch.bool, device=q.device)
@@ -71,15 +77,21 @@ def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Lo
             else:
                 new_sparse = torch.zeros_like(sparse)
                 if keep > 0:
-                    H, s = linear_state()
-                    ctx = ScoreContext(k=ks, v=vs, pos=pos.view(1, 1, L).expand(b, hs, L), phi_k=phi_k, H=H, s=s,
-                                       acc=acc, group=gs, eps=cfg.eps, seed=cfg.seed)
-                    sc = params.scorer.score(ctx).to(cd).masked_fill(pos < cfg.sinks, float("inf"))
-                    sc = sc.masked_fill(~cand, float("-inf"))
+                    H, s = linear_state() if cfg.fold else (None, None)
+                    ci = torch.sort(torch.where(cand, pos.view(1, 1, L), L), dim=-1).values[..., :n]  # (B, Hs, n)
+                    gk = ci.unsqueeze(-1).expand(-1, -1, -1, d)
+                    ctx = ScoreContext(k=ks.gather(2, gk), v=vs.gather(2, gk), pos=ci,
+                                       phi_k=phi_k.gather(2, _expand(ci, gs).unsqueeze(-1).expand(
+                                           -1, -1, -1, phi_k.shape[-1])) if cfg.fold else None,
+                                       H=H, s=s, acc=acc.gather(2, ci), group=gs, eps=cfg.eps, seed=cfg.seed)
+                    sc = params.scorer.score(ctx).to(cd).masked_fill(ci < cfg.sinks, float("inf"))
                     top = torch.sort(sc, dim=-1, descending=True, stable=True).indices[..., :keep]
-                    new_sparse.scatter_(-1, top, True)
-                lin = lin | (cand & ~new_sparse)
+                    new_sparse.scatter_(-1, ci.gather(-1, top), True)
+                if cfg.fold:
+                    lin = lin | (cand & ~new_sparse)
                 sparse = new_sparse
+            if params.scorer.mass_per_chunk:  # snapkv: mass from the queries of the last chunk only
+                acc.zero_()
             evicted_upto = ws
         t0, t1 = c * C, min((c + 1) * C, L)
         tq = pos[t0:t1].view(-1, 1)
@@ -91,7 +103,7 @@ def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Lo
         sm_num, sm_den = torch.matmul(e, vq), e.sum(-1, keepdim=True)
         mass = (e / sm_den).sum(dim=2)                                              # (B, Hq, L)
         acc += mass.view(b, hs, gs, L).sum(dim=2) / gs
-        if lin.any():
+        if cfg.fold and lin.any():
             a = lin_scores[:, :, t0:t1] * _expand(lin.to(cd), gs).unsqueeze(2)
             lin_num, lin_den = torch.matmul(a, vq), a.sum(-1, keepdim=True)
             y = mix(cfg.combine, factor, sm_num, sm_den, lin_num, lin_den, cfg.eps, sm_max)

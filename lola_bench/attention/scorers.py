@@ -20,10 +20,10 @@ class ScoreContext:
     k: torch.Tensor          # (B, Hs, n, d) candidate keys (post-RoPE)
     v: torch.Tensor          # (B, Hs, n, d) candidate values
     pos: torch.Tensor        # (B, Hs, n) absolute positions
-    phi_k: torch.Tensor      # (B, Hq, n, F) feature-mapped keys (per query head)
-    H: torch.Tensor          # (B, Hq, F, d) linear state before folding anything of this merge
-    s: torch.Tensor          # (B, Hq, F)
-    acc: torch.Tensor | None  # (B, Hs, n) accumulated attention mass (attention scorer only)
+    phi_k: torch.Tensor | None  # (B, Hq, n, F) feature-mapped keys (per query head); None under eviction
+    H: torch.Tensor | None   # (B, Hq, F, d) linear state before folding anything of this merge; None under eviction
+    s: torch.Tensor | None   # (B, Hq, F)
+    acc: torch.Tensor | None  # (B, Hs, n) attention mass received (attention and snapkv scorers only)
     group: int               # query heads per storage head (1 in expanded mode)
     eps: float
     seed: int
@@ -44,7 +44,8 @@ def expand_heads(x: torch.Tensor, group: int) -> torch.Tensor:
 
 class Scorer:
     name = "base"
-    needs_attention_mass = False
+    needs_attention_mass = False   # the paths track the softmax mass each cached / window key receives (ctx.acc)
+    mass_per_chunk = False         # ... and reset it at every chunk boundary (mass from the last chunk's queries only)
 
     def score(self, ctx: ScoreContext) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -109,7 +110,32 @@ class Sink(Scorer):
         return -ctx.pos.to(ctx.k.dtype)
 
 
-_SCORERS = {c.name: c for c in (SelfRecallError, RandomScore, KeyNorm, AttentionMass, Recency, Sink)}
+class SnapKV(Scorer):
+    """SnapKV-style selection: the softmax mass each candidate received from the queries of the last chunk (the
+    observation window: with chunk = window, the last ``window`` queries), summed over those queries and averaged over
+    the query heads of a storage head, then max-pooled over ``kernel`` neighbouring candidates (in position order,
+    stride 1, padding kernel // 2) so that the neighbours of a hit stay too.
+
+    What it approximates: SnapKV (Li et al. 2024) compresses the prompt once, after prefill, by the attention of the
+    prompt's last window of queries onto all earlier keys (full softmax), pooled the same way. Here selection runs at
+    every chunk boundary (prefill and decode alike), so the observation window is the chunk just before the boundary
+    and its softmax covers only what those queries saw (sparse cache + window); a pair dropped earlier cannot come
+    back when the end of the prompt would have wanted it. At the last boundary of a prompt the observation window is
+    the prompt's last whole chunk, as in SnapKV."""
+
+    name = "snapkv"
+    needs_attention_mass = True
+    mass_per_chunk = True
+    kernel = 5
+
+    def score(self, ctx):
+        b, h, n = ctx.acc.shape
+        pooled = torch.nn.functional.max_pool1d(ctx.acc.reshape(b * h, 1, n), self.kernel, stride=1,
+                                                padding=self.kernel // 2)
+        return pooled.view(b, h, n)
+
+
+_SCORERS = {c.name: c for c in (SelfRecallError, RandomScore, KeyNorm, AttentionMass, Recency, Sink, SnapKV)}
 
 
 def make_scorer(name: str) -> Scorer:

@@ -6,7 +6,8 @@ Tensors (Hs = storage heads: KV heads in grouped GQA mode, query heads in expand
   H             (B, Hq, F, d)    linear state  sum phi(k) v^T   (float32, float64 for float64 inputs)
   s             (B, Hq, F)       normaliser    sum phi(k)
   win_acc, sp_acc (B, Hs, n)     accumulated attention mass (only for the ``attention`` scorer)
-Feature-mapped keys are recomputed when needed (never cached), so that tier is always 0 bytes.
+Feature-mapped keys are recomputed when needed (never cached), so that tier is always 0 bytes. Under eviction
+(``LolaConfig.fold`` off) H and s have feature dim 0: the state tier is 0 bytes.
 """
 
 from __future__ import annotations
@@ -84,11 +85,11 @@ def analytic_bytes(cfg: LolaConfig, seq_len: int, *, batch: int, query_heads: in
     ws = cfg.window_start(c)
     nw = seq_len - ws
     ns = cfg.keep(ws, ws)  # every position below ws is a candidate
-    track = cfg.scorer == "attention"
+    track = cfg.scorer in ("attention", "snapkv")   # the scorers that need attention mass
     out = {
         "window": 2 * batch * hs * nw * head_dim * elt,
         "sparse": 2 * batch * hs * ns * head_dim * elt,
-        "state": batch * query_heads * feature_dim * (head_dim + 1) * selt,
+        "state": batch * query_heads * feature_dim * (head_dim + 1) * selt if cfg.fold else 0,
         "phi_k": 0,
         "aux": nw * 8 + batch * hs * ns * 8 + (batch * hs * (nw + ns) * selt if track else 0),
     }

@@ -53,13 +53,15 @@ CkptOpt = Annotated[Optional[str], typer.Option("--lola-ckpt", help="Linearizati
 
 _SHARED = [  # (name, annotation, default)
     ("attn", Annotated[list[str], typer.Option("--attn", help="Attention variant(s): full (softmax), base (window + "
-                                               "linear, lambda=0), lola. Repeat to compare in one run.")], None),
+                                               "linear, lambda=0), lola, evict (KV eviction: window + scored "
+                                               "cache, the rest dropped). Repeat to compare in one run.")], None),
     ("preset", PresetOpt, None),
     ("window", WindowOpt, None),
     ("lam", Annotated[Optional[int], typer.Option("--lambda", help="lambda: sparse global cache size (pairs kept by "
                                                   "the scorer). Default: the preset's, else 512.")], None),
     ("scorer", Annotated[str, typer.Option("--scorer", help="Which evicted pairs stay cached: sre (self-recall "
-                                           "error, default), random, key_norm, attention, recency, sink.")], "sre"),
+                                           "error, default), random, key_norm, attention, recency, sink, "
+                                           "snapkv.")], "sre"),
     ("feature_map", Annotated[Optional[str], typer.Option("--feature-map", help="phi for the linear state: hedgehog "
                                                           "(learned; default when a checkpoint is available), "
                                                           "hedgehog-identity, elu, relu, taylor.")], None),

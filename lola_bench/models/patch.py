@@ -87,6 +87,8 @@ class LolaAttention(nn.Module):
         q, k, v = self.project(hidden_states, position_embeddings)
         state = cache.state(self.layer_idx) if isinstance(cache, LolaCache) else LolaState()
         if self.training and torch.is_grad_enabled():  # autograd cannot go through the in-place state updates
+            if not self.cfg.fold:
+                raise UserError("training through eviction attention is not supported (nothing to learn)")
             if self.cfg.sparse:
                 raise UserError("training through LoLA attention needs sparse=0 (the dense hybrid path has no "
                                 "sparse cache)")

@@ -1,4 +1,5 @@
-"""Put a loaded model into one attention variant (full / base / lola), loading a linearization checkpoint."""
+"""Put a loaded model into one attention variant (full / base / lola / evict), loading a linearization checkpoint
+(never for evict: eviction runs the unmodified model's projections and has no feature map)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ def apply_attention(model, attn: AttentionSettings, ckpt: str | None = None, all
         if is_patched(model):
             unpatch_model(model)
         return {"mode": "full", "checkpoint": None}
+    if not attn.lola.fold:  # eviction: nothing learned to load
+        patch_model(model, attn.lola, attn.kernels)
+        return {"mode": attn.mode, "checkpoint": None}
     check_weights(attn.lola.feature_map, ckpt)
     meta = None
     if ckpt:

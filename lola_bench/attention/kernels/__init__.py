@@ -15,9 +15,9 @@ Kernels (see each module):
 Supported: feature maps hedgehog, hedgehog-identity, elu, relu; scorers sre, random, key_norm, recency,
 sink; pinned attention sinks (``sinks`` > 0); every combine; grouped and expanded GQA; float32, float16,
 bfloat16 inputs; any window / chunk / sparse sizes; head_dim a power of two >= 16. Everything else runs the
-torch path unchanged: the taylor feature map (F = 1 + d + d^2), the attention scorer (needs attention mass
-from every call), float64, other head sizes, and tensors the kernels cannot reach (CPU tensors without
-TRITON_INTERPRET=1). With sparse = 0 the prefill skips the merge kernel (linear_prefix.py).
+torch path unchanged: eviction (``fold`` off), the taylor feature map (F = 1 + d + d^2), the attention and
+snapkv scorers (need attention mass from every call), float64, other head sizes, and tensors the kernels cannot
+reach (CPU tensors without TRITON_INTERPRET=1). With sparse = 0 the prefill skips the merge kernel (linear_prefix.py).
 ``unsupported_reason`` says which case applies.
 
 No wrapper synchronizes with the device (sizes come from host-side bookkeeping), so decode steps and
@@ -78,6 +78,8 @@ def unsupported_reason(q: torch.Tensor, params: LolaParams) -> str | None:
     """Why the kernels cannot run this call (None when they can)."""
     cfg = params.cfg
     d = params.head_dim
+    if not cfg.fold:
+        return "eviction has no kernel"
     if cfg.feature_map not in KERNEL_FEATURE_MAPS:
         return f"feature map {cfg.feature_map!r} has no kernel"
     if cfg.scorer not in KERNEL_SCORERS:
