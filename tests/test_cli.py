@@ -109,3 +109,36 @@ def test_sweep_bad_integer_list_names_the_flag(tmp_path, flag):
     assert r.exit_code == 2, r.output
     assert f"{flag}: expected integers" in r.output and "Traceback" not in r.output
     assert not out.exists()
+
+
+def test_ruler_evict_runs_as_streamingllm_and_refuses_sre(tmp_path):
+    """--attn evict --scorer sink --sinks 4 --lambda 0 (StreamingLLM): rows say evict, no feature map, no
+    checkpoint, the torch path; --attn evict with the SRE scorer is refused in one line before anything is written."""
+    out = tmp_path / "run"
+    r = run("ruler", "--model", "random:tiny", "--attn", "evict", "--scorer", "sink", "--sinks", "4", "--window", "64",
+            "--lambda", "0", "--ctx", "512", "--task", "passkey", "--samples", "1", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out / "summary.csv")
+    assert len(df) == 1 and df.attn[0] == "evict" and df.scorer[0] == "sink" and df["lambda"][0] == 0
+    assert df.sinks[0] == 4 and pd.isna(df.feature_map[0]) and df.cache_mib[0] > 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["attention"][0]["lola"]["fold"] is False and not cfg.get("lola_checkpoint")
+    bad = tmp_path / "bad"
+    r = run("ruler", "--model", "random:tiny", "--attn", "evict", "--ctx", "512", "--samples", "1", "--out", str(bad))
+    assert r.exit_code == 2 and "sre" in r.output and "Traceback" not in r.output and not bad.exists()
+
+
+def test_evict_never_resolves_or_applies_a_checkpoint():
+    from lola_bench.models.loading import random_model
+    from lola_bench.models.variants import apply_attention
+    from lola_bench.runs import resolve_variants
+    from lola_bench.settings import LolaFlags, ModelSettings
+
+    flags = LolaFlags(scorer="sink")
+    ckpt, variants = resolve_variants(("full", "evict"), flags, ModelSettings())  # the embedded model has one
+    assert ckpt is None and variants[1].mode == "evict" and variants[1].lola.fold is False
+    ckpt, variants = resolve_variants(("lola", "evict"), flags, ModelSettings())
+    assert ckpt is not None and variants[1].lola.fold is False
+    model = random_model("tiny")
+    info = apply_attention(model, variants[1], ckpt)  # would fail loading a checkpoint into the tiny model
+    assert info == {"mode": "evict", "checkpoint": None}
