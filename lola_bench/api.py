@@ -63,7 +63,7 @@ def set_threads(threads: int | None) -> None:
 def load(model: str = "smollm2-135m", attn: str = "lola", *, window: int | None = None, lam: int | None = None,
          lola_ckpt: str | None = None, preset: str | None = None, device: str = "auto", dtype: str = "auto",
          kernels: str = "auto", threads: int | None = None, **lola_flags) -> Loaded:
-    """Load ``model`` (a spec as for ``--model``) and patch it for ``attn`` (full, base or lola).
+    """Load ``model`` (a spec as for ``--model``) and patch it for ``attn`` (full, base, lola or evict).
 
     ``lola_ckpt``: None = the shipped checkpoint for the embedded model (if the feature map needs one), a path /
     hf:// spec, or "none" to run training-free without a warning. ``lola_flags``: the other LoLA settings
@@ -77,7 +77,7 @@ def load(model: str = "smollm2-135m", attn: str = "lola", *, window: int | None 
     settings = ModelSettings(model, device, dtype, lola_ckpt)
     flags = _flags(window, lam, preset, lola_flags)
     ckpt, (variant,) = resolve_variants((attn,), flags, settings, kernels)
-    if attn != "full" and ckpt is None and lola_ckpt is None and shipped_checkpoint(model) is not None:
+    if attn in ("base", "lola") and ckpt is None and lola_ckpt is None and shipped_checkpoint(model) is not None:
         log.warning(f"running {model} with the training-free feature map {variant.lola.feature_map!r}, without its "
                     f"shipped checkpoint; pass lola_ckpt='none' to say this is intended")
     lm = load_model(model, device, dtype)

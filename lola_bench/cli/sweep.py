@@ -36,11 +36,13 @@ def sweep(
     task: Annotated[list[str], typer.Option("--task", help="Task(s): RULER tasks or commonsense tasks "
                                             "(default: niah_single_1 / the five zero-shot suites).")] = [],
     scorer: Annotated[list[str], typer.Option("--scorer", help="Scorer(s) compared at equal lambda: sre, random, "
-                                              "key_norm, attention, recency, sink.")] = ["sre"],
+                                              "key_norm, attention, recency, sink, snapkv.")] = ["sre"],
     feature_map: Annotated[list[str], typer.Option("--feature-map", help="Feature map(s) (default: the "
                                                    "checkpoint's, else hedgehog-identity).")] = [],
     suite: Annotated[str, typer.Option("--suite", help="ruler | commonsense.")] = "ruler",
     full: Annotated[bool, typer.Option("--full/--no-full", help="Add full-attention reference rows.")] = True,
+    evict: Annotated[bool, typer.Option("--evict", help="Add KV-eviction cells (--attn evict) at the same windows, "
+                                        "lambdas and scorers (sre excepted); lambda 0 = sinks + window.")] = False,
     samples: Annotated[int, typer.Option("--samples", help="Samples per ruler cell.")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="Prompt seed.")] = 0,
     combine: CombineOpt = None,
@@ -85,7 +87,7 @@ def sweep(
     spec = SweepSpec(suite=suite, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
                      lambdas=ints("--lambda", lam), windows=ints("--window", window), ctxs=ints("--ctx", ctx),
                      tasks=strs(task), scorers=strs(scorer),
-                     feature_maps=strs(feature_map) or (None,), full=full, samples=samples, seed=seed,
+                     feature_maps=strs(feature_map) or (None,), full=full, evict=evict, samples=samples, seed=seed,
                      combine=combine, sinks=sinks, gqa=gqa, chunk=chunk, preset=preset, kernels=kernels_flag(),
                      essay_path=default_essay_path(essay_path),
                      limit=limit,

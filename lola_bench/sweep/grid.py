@@ -65,7 +65,9 @@ class SweepSpec:
     Variants: ``full`` adds one full-attention reference cell per task (x ctx); every (feature map, scorer,
     window, lambda) adds a LoLA cell, where lambda = 0 is the "base" variant (window + linear state, no
     sparse cache; the scorer is irrelevant, so there is one per window x feature map); ``base`` adds
-    lambda = 0 to the lambdas.
+    lambda = 0 to the lambdas. ``evict`` adds KV-eviction cells (``--attn evict``) at the same windows and lambdas,
+    one per scorer other than sre (lambda = 0: one per window, scorer sink: the sinks + window of StreamingLLM),
+    with no checkpoint; the other settings (sinks, GQA, cadence) as the LoLA cells resolve them.
     """
 
     suite: str = "ruler"
@@ -81,6 +83,7 @@ class SweepSpec:
     feature_maps: tuple[str | None, ...] = (None,)   # None: the checkpoint's map (hedgehog), else hedgehog-identity
     full: bool = True
     base: bool = False
+    evict: bool = False                              # add eviction cells (LoLA's window + cache, the rest dropped)
     samples: int = 100
     seed: int = 0
     combine: str | None = None                       # None: the preset's, the checkpoint's, else lola
@@ -114,6 +117,8 @@ class SweepSpec:
             raise UserError("--scorer and --feature-map need at least one value each")
         if self.suite == "ruler" and not self.ctxs:
             raise UserError("--ctx needs at least one value")
+        if self.evict and not [s for s in self.scorers if s != "sre"]:
+            raise UserError("eviction cells need a scorer other than sre (e.g. --scorer sink,attention,snapkv)")
         if not self.lambdas and not self.full:
             raise UserError("empty grid: give --lambda values (or --base) or keep the full-attention reference")
         for name, minimum in (("samples", 1), ("batch_size", 1)):
@@ -175,6 +180,8 @@ class CellConfig:
             att["kernels"] = impl           # torch-path cells keep the ids they had before kernels were hashed
         if att.get("lola") and not att["lola"].get("sinks"):
             att["lola"].pop("sinks", None)  # cells hashed before sinks existed keep their ids
+        if att.get("lola") and att["lola"].get("fold", True):
+            att["lola"].pop("fold", None)   # ... and before eviction existed
         return {"format": CELL_FORMAT, **d, "attention": att}
 
     @property
@@ -203,7 +210,8 @@ class Cell:
         c, a = self.config, self.config.attention
         variant = "full" if a.mode == "full" else (
             f"{a.mode} eta={a.lola.window} lambda={a.lola.sparse}"
-            + (f" {a.lola.scorer}" if a.mode == "lola" else "") + f" {a.lola.feature_map}"
+            + (f" {a.lola.scorer}" if a.mode in ("lola", "evict") else "")
+            + (f" {a.lola.feature_map}" if a.lola.fold else "")
             + (f" sinks={a.lola.sinks}" if a.lola.sinks else ""))
         return f"{variant} | {c.task}" + (f" ctx={c.ctx}" if c.ctx is not None else "")
 
@@ -214,8 +222,8 @@ class Cell:
         return {"index": self.index, "cell_id": self.cell_id, "suite": c.suite, "attn": a.mode,
                 "window": lola.window if lola else None, "lambda": lola.sparse if lola else None,
                 "sinks": lola.sinks if lola else None,
-                "scorer": lola.scorer if a.mode == "lola" else None,
-                "feature_map": lola.feature_map if lola else None, "task": c.task, "ctx": c.ctx,
+                "scorer": lola.scorer if a.mode in ("lola", "evict") else None,
+                "feature_map": lola.feature_map if lola and lola.fold else None, "task": c.task, "ctx": c.ctx,
                 "n": c.samples if c.suite == "ruler" else c.limit}
 
 
@@ -271,6 +279,17 @@ def _variants(spec: SweepSpec) -> list[tuple[AttentionSettings, str | None]]:
                     if lam:
                         out.append((AttentionSettings("lola", replace(base, sparse=lam, scorer=scorer), spec.kernels,
                                                       origin), ckpt))
+    if spec.evict:  # no checkpoint, no feature map: once per window, the settings the first LoLA cells resolved
+        ckpt, _ = resolved[0]
+        for window in spec.windows:
+            flags = LolaFlags(window=window, combine=spec.combine, sinks=spec.sinks, gqa=spec.gqa, chunk=spec.chunk,
+                              seed=spec.seed, preset=spec.preset)
+            cfg, origin = lola_config_and_sources(flags, "hedgehog-identity", read_meta(ckpt) if ckpt else None, ckpt)
+            keep = dict.fromkeys((0, "sink") if lam == 0 else (lam, s)
+                                 for s in spec.scorers if s != "sre" for lam in spec.lambdas)
+            for lam, scorer in keep:
+                out.append((AttentionSettings("evict", replace(cfg, sparse=lam, scorer=scorer, fold=False),
+                                              spec.kernels, origin), None))
     return out
 
 

@@ -82,6 +82,21 @@ def test_grid_is_canonical_and_complete():
     assert [c.cell_id for c in cells(replace(SPEC, lambdas=(16,), base=True))] == [c.cell_id for c in cells(SPEC)]
 
 
+def test_evict_cells():
+    """--evict adds eviction cells per window: lambda 0 once (scorer sink: sinks + window), then per non-sre scorer
+    and lambda; no checkpoint, no feature map; sre alone is refused."""
+    grid = cells(replace(SPEC, scorers=("sre", "snapkv", "attention"), evict=True, full=False))
+    ev = [c for c in grid if c.config.attention.mode == "evict"]
+    assert len(ev) == 2 * (1 + 2) and len(grid) == len(ev) + 2 * (1 + 3)
+    assert all(c.ckpt_path is None and c.config.checkpoint is None and not c.config.attention.lola.fold for c in ev)
+    rows = [c.describe() for c in ev]
+    assert sorted((r["window"], r["lambda"], r["scorer"]) for r in rows) == sorted(
+        (w, lam, s) for w in (16, 32) for lam, s in ((0, "sink"), (16, "snapkv"), (16, "attention")))
+    assert all(r["feature_map"] is None for r in rows)
+    with pytest.raises(UserError, match="other than sre"):
+        replace(SPEC, evict=True)
+
+
 def test_cell_id_same_config_same_id_any_change_differs():
     lola = LolaConfig(window=16, sparse=16, feature_map="hedgehog-identity")
     base = CellConfig("ruler", "random:tiny", "cpu", "float32", AttentionSettings("lola", lola), None,
@@ -90,7 +105,8 @@ def test_cell_id_same_config_same_id_any_change_differs():
     # the id is sha256 of the canonical JSON of to_dict(), which holds every field (the LoLA config in full)
     d = base.to_dict()
     assert set(d) == {"format", *CellConfig.__dataclass_fields__}
-    assert set(d["attention"]["lola"]) >= set(LolaConfig.__dataclass_fields__) - {"sinks"}   # sinks=0: left out
+    assert set(d["attention"]["lola"]) >= set(LolaConfig.__dataclass_fields__) - {"sinks", "fold"}  # 0/True: left out
+    assert "fold" not in d["attention"]["lola"]   # cells hashed before eviction existed keep their ids
     canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     assert base.cell_id == hashlib.sha256(canonical.encode()).hexdigest()[:16]
     assert cell_hash(d) == base.cell_id and cell_hash(dict(reversed(d.items()))) == base.cell_id   # key order
@@ -101,7 +117,7 @@ def test_cell_id_same_config_same_id_any_change_differs():
     lola_changes = {"window": 32, "sparse": 32, "chunk": 8, "feature_map": "elu", "scorer": "random",
                     "combine": "lolcats" if lola.combine == "gated" else "gated",
                     "gqa": "grouped" if lola.gqa == "expanded" else "expanded",
-                    "factor_init": 1.0, "eps": 1e-5, "seed": 3, "sinks": 4}
+                    "factor_init": 1.0, "eps": 1e-5, "seed": 3, "sinks": 4, "fold": False}
     # every hashed field is varied here: a field added to the cell config or LoLA config must be added above
     assert set(changes) == set(CellConfig.__dataclass_fields__)
     assert set(lola_changes) == set(LolaConfig.__dataclass_fields__)
@@ -115,7 +131,8 @@ def test_cell_id_same_config_same_id_any_change_differs():
     # where a setting came from does not change the result, so not the id
     assert replace(base, attention=AttentionSettings("lola", lola, origin="combine=flag")).cell_id == base.cell_id
     variants = [replace(base, **{field: value}) for field, value in changes.items()]
-    variants += [replace(base, attention=AttentionSettings("lola", replace(lola, **{field: value})))
+    variants += [replace(base, attention=AttentionSettings("lola", replace(
+        lola, **{field: value}, **({"scorer": "key_norm"} if field == "fold" else {}))))  # eviction refuses sre
                  for field, value in lola_changes.items()]
     variants.append(replace(base, attention=AttentionSettings("base", lola)))              # the mode alone
     ids = [v.cell_id for v in variants]
