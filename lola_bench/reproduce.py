@@ -163,10 +163,10 @@ def exact_columns_identical(cmp: pd.DataFrame) -> bool:
 
 
 def reproduce(run_dir: str | Path, out: str | Path | None = None, samples: int | None = None,
-              limit: int | None = None, runner=None) -> tuple[Path, pd.DataFrame, list[str]]:
+              limit: int | None = None, *, runner) -> tuple[Path, pd.DataFrame, list[str]]:
     """Rerun RUN_DIR's recorded command into ``out`` and compare. ``runner(args)`` runs a lola-bench command line
-    (default: the CLI in this process). Returns (new run dir, comparison, settings notes); writes
-    reproduce.csv / reproduce.md into the new run directory."""
+    (the CLI passes cli.reproduce.run_cli, which runs it in this process). Returns (new run dir, comparison,
+    settings notes); writes reproduce.csv / reproduce.md into the new run directory."""
     from .records import atomic_write_text, frame_to_markdown
 
     cfg = read_config(run_dir)
@@ -175,7 +175,7 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, samples: int |
         raise UserError(f"{run_dir} has no summary.csv to compare against")
     out = Path(out) if out else default_out(run_dir)
     args = rerun_args(cfg, out, samples, limit)
-    (runner or run_cli)(args)
+    runner(args)
     new_cfg = read_config(out)
     cmp = compare_summaries(pd.read_csv(orig_summary), pd.read_csv(out / "summary.csv"))
     notes = settings_differences(cfg, new_cfg)
@@ -188,19 +188,3 @@ def reproduce(run_dir: str | Path, out: str | Path | None = None, samples: int |
         head += ["Recorded settings that differ:", "", *[f"- {n}" for n in notes], ""]
     atomic_write_text(out / "reproduce.md", "\n".join(head) + "\n" + frame_to_markdown(cmp) + "\n")
     return out, cmp, notes
-
-
-def run_cli(args: list[str]) -> None:
-    """Run ``lola-bench ARGS`` in this process, with sys.argv set so that the new run records its own command."""
-    import sys
-
-    from .cli import app
-
-    saved = sys.argv
-    sys.argv = ["lola-bench", *args]
-    try:
-        rc = app(args=args, prog_name="lola-bench", standalone_mode=False)
-    finally:
-        sys.argv = saved
-    if rc not in (None, 0):
-        raise UserError(f"the rerun `lola-bench {shlex.join(args)}` failed (exit code {rc})")

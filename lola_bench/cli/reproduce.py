@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import UserError
 from .app import app
 from .display import console, err_console, print_frame, user_errors
 
@@ -28,7 +29,7 @@ def reproduce(
     for name, value in (("--samples", samples), ("--limit", limit)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be >= 1, got {value}")
-    new, cmp, notes = run_reproduce(run_dir, out, samples=samples, limit=limit)
+    new, cmp, notes = run_reproduce(run_dir, out, samples=samples, limit=limit, runner=run_cli)
     for n in notes:
         err_console.print(f"[yellow]settings differ: {n}[/]", highlight=False)
     shown = cmp[cmp["kind"].isin(["exact", "timing", "missing"])]
@@ -37,3 +38,20 @@ def reproduce(
                                                            "difference", "ratio"])
     same = exact_columns_identical(cmp)
     console.print(f"exact columns identical: {'yes' if same else 'no'}; comparison: {new / 'reproduce.md'}")
+
+
+def run_cli(args: list[str]) -> None:
+    """Run ``lola-bench ARGS`` in this process, with sys.argv set so that the new run records its own command."""
+    import shlex
+    import sys
+
+    from .app import app
+
+    saved = sys.argv
+    sys.argv = ["lola-bench", *args]
+    try:
+        rc = app(args=args, prog_name="lola-bench", standalone_mode=False)
+    finally:
+        sys.argv = saved
+    if rc not in (None, 0):
+        raise UserError(f"the rerun `lola-bench {shlex.join(args)}` failed (exit code {rc})")
