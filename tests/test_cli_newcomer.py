@@ -124,3 +124,51 @@ def test_commonsense_task_and_tasks_are_one_flag(tmp_path):
     for flag in ("--task", "--tasks"):
         r = run("commonsense", "--model", "random:tiny", flag, "piqa,nope", "--out", str(tmp_path / "x"))
         assert r.exit_code == 2 and "nope" in r.output, r.output
+
+
+def test_ruler_rows_carry_wilson_intervals_integers_and_the_checkpoint(tmp_path):
+    from lola_bench.stats import wilson_interval
+
+    out = tmp_path / "run"
+    r = run("ruler", *TINY, "--ctx", "256", "--attn", "full,lola", "--samples", "2", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out / "summary.csv")
+    for row in df.itertuples():
+        low, high = wilson_interval(row.accuracy / 100 * row.n, row.n)
+        assert row.accuracy_ci_low == pytest.approx(100 * low) and row.accuracy_ci_high == pytest.approx(100 * high)
+        assert row.accuracy_ci_low <= row.accuracy <= row.accuracy_ci_high
+    lines = (out / "summary.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    full = dict(zip(header, lines[1].split(",")))
+    lola = dict(zip(header, lines[2].split(",")))
+    assert (lola["window"], lola["lambda"], lola["sinks"], lola["chunk"], lola["n"], lola["ctx"]) == (
+        "16", "16", "0", "16", "2", "256"), "integers written as integers"
+    assert full["window"] == "" and full["checkpoint"] == "", "empty stays empty"
+    assert lola["checkpoint"] == "training-free"
+    assert "None" not in (out / "summary.md").read_text() and "nan" not in (out / "summary.md").read_text()
+
+
+def test_training_free_notice_once_per_run(tmp_path):
+    r = run("ruler", *TINY, "--ctx", "256", "--attn", "full,base,lola", "--samples", "1", "--out",
+            str(tmp_path / "a"))
+    assert r.exit_code == 0, r.output
+    assert r.output.count("TRAINING-FREE") == 1, r.output
+    r = run("ruler", *TINY, "--ctx", "256", "--attn", "full", "--samples", "1", "--out", str(tmp_path / "b"))
+    assert r.exit_code == 0 and "TRAINING-FREE" not in r.output
+
+
+def test_notice_when_settings_differ_from_the_checkpoint():
+    from lola_bench.cli.notices import checkpoint_notice
+    from lola_bench.models.checkpoint import shipped_checkpoint
+    from lola_bench.runs import resolve_variants
+    from lola_bench.settings import LolaFlags, ModelSettings
+
+    ckpt = shipped_checkpoint("smollm2-135m")
+    if ckpt is None:
+        pytest.skip("no shipped checkpoint")
+    model = ModelSettings("smollm2-135m")
+    ck, same = resolve_variants(("lola",), LolaFlags(), model)
+    assert ck and checkpoint_notice(ck, same) is None, "the checkpoint's own settings: no notice"
+    _, other = resolve_variants(("lola",), LolaFlags(window=128, combine="lola"), model)
+    line = checkpoint_notice(ck, other)
+    assert "window 128 (trained with 64)" in line and "combine lola (trained with calibrated)" in line

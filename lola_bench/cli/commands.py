@@ -12,6 +12,7 @@ from ..errors import UserError
 from .app import app
 from .checks import at_least, check_model
 from .display import Bar, console, err_console, print_frame, user_errors
+from .notices import add_checkpoint_column, print_checkpoint_notice
 from .options import INTS, NAMES, DeviceOpt, RunOptions, int_list, run_options, split_list
 
 
@@ -132,6 +133,7 @@ def ruler(
     key = {"model": opts.model.to_dict(), "resolved_dtype": str(loaded.dtype), "resolved_device": loaded.device,
            "checkpoint": checkpoint_fingerprint(ckpt) if ckpt else None, "essay_path": rs.essay_path,
            "qa_path": rs.qa_path}
+    print_checkpoint_notice(ckpt, variants)
     with Bar("ruler", len(variants) * len(rs.tasks) * len(rs.ctxs) * samples) as step:
         result = run_ruler(loaded, variants, rs, ckpt=ckpt, device_label=device_label(loaded.device), progress=step,
                            store=store, resume_key=key)
@@ -218,11 +220,13 @@ def commonsense(
     key = {"model": opts.model.to_dict(), "resolved_dtype": str(loaded.dtype), "resolved_device": loaded.device,
            "checkpoint": checkpoint_fingerprint(ckpt) if ckpt else None, "data_dir": settings.data_dir, "limit": limit,
            "num_fewshot": num_fewshot, "batch_size": batch_size}
+    print_checkpoint_notice(ckpt, variants)
     with Bar("commonsense", len(variants) * len(names)) as bar:
         res = run_commonsense_variants(loaded, variants, settings, ckpt=ckpt, store=store, resume_key=key,
                                        device_label=device_label(loaded.device),
                                        progress=lambda done, total, d: bar.set(done, total, d),
                                        notice=lambda m: err_console.print(f"[yellow]{m}[/]", highlight=False))
+    res.summary = add_checkpoint_column(res.summary, ckpt)
     for mode, reused in res.reused.items():
         console.print(f"{mode}: reused {', '.join(reused)} from the interrupted run in {store.path}")
     if res.lengths_error:
@@ -278,9 +282,11 @@ def speed(
     for c in ctx:
         if loaded.max_context and c > loaded.max_context:
             raise UserError(f"--ctx {c} outside 1..{loaded.max_context} (the model's maximum context)")
+    print_checkpoint_notice(ckpt, variants)
     with Bar("speed", len(variants) * len(ctx) * repeats) as step:
         df = run_speed(loaded, variants, list(ctx), repeats=repeats, decode_tokens=decode_tokens, ckpt=ckpt,
                        device_label=device_label(loaded.device), progress=step)
+    df = add_checkpoint_column(df, ckpt)
     with run:
         run.write_json("config.json", run_config("speed", opts.model, loaded, variants, {
             "speed": {"ctx": list(ctx), "repeats": repeats, "decode_tokens": decode_tokens}, "lola_checkpoint": ckpt}))

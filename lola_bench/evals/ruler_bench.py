@@ -9,19 +9,21 @@ import pandas as pd
 
 from ..attention.state import full_kv_bytes
 from ..errors import UserError
+from ..models.checkpoint import checkpoint_label
 from ..models.variants import attention_variant
 from ..records import to_jsonable
 from ..settings import AttentionSettings, implementation_columns, variant_columns
+from ..stats import wilson_interval
 from .ruler import RULER_TASKS, TASKS, generate_samples, score_sample, task_unavailable_reason
 from .timing import eos_token_ids, greedy_generate
 
 MIB = 1024 * 1024
 
 SUMMARY_COLUMNS = ["model", "attn", "window", "lambda", "sinks", "scorer", "feature_map", "task", "ctx", "n",
-                   "accuracy",
+                   "accuracy", "accuracy_ci_low", "accuracy_ci_high",
                    "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib", "full_kv_mib", "window_mib",
                    "sparse_mib", "state_mib", "phi_k_mib", "mean_prompt_tokens", "combine", "gqa", "chunk",
-                   "settings_from", "implementation", "device", "chat_template"]
+                   "settings_from", "implementation", "checkpoint", "device", "chat_template"]
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,8 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
         new = {}
         if todo:
             with attention_variant(model, attn, ckpt) as used:
-                new = _run_variant(loaded, attn, todo, settings, eos, device_label, progress, used, chat, finished)
+                new = _run_variant(loaded, attn, todo, settings, eos, device_label, progress, used, chat, finished,
+                                   ckpt)
         for cell in samples:                     # the cells in plan order, resumed or new
             rec = done.get(cell) or new[cell]
             rows.append(rec["row"])
@@ -142,7 +145,7 @@ def _cell_name(attn: AttentionSettings, task: str, ctx: int) -> str:
 
 
 def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: RulerSettings, eos, device_label: str,
-                 progress, used, chat: bool = False, finished=None) -> dict:
+                 progress, used, chat: bool = False, finished=None, ckpt: str | None = None) -> dict:
     """Every sample of every (task, ctx) under one attention variant: {(task, ctx): {"row", "predictions"}};
     ``finished(task, ctx, row, predictions)`` is called as each cell finishes."""
     import torch
@@ -181,15 +184,19 @@ def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: Ruler
             return statistics.mean(t.get(name, 0) for t in tiers) / MIB
 
         cache = statistics.mean(sum(t.values()) for t in tiers) / MIB
+        accuracy = statistics.mean(sc for _, _, sc in results)
+        low, high = wilson_interval(accuracy / 100 * len(results), len(results))
         row = to_jsonable({"model": loaded.spec, **variant_columns(attn), "task": task, "ctx": ctx, "n": len(results),
-                     "accuracy": statistics.mean(sc for _, _, sc in results),
+                     "accuracy": accuracy, "accuracy_ci_low": 100 * low, "accuracy_ci_high": 100 * high,
                      "ttft_s": statistics.median(r.ttft_s for _, r, _ in results),
                      "decode_ms_per_token": statistics.median(dec) * 1000 if dec else float("nan"),
                      "peak_mem_mib": max(r.peak_mem_bytes for _, r, _ in results) / MIB,
                      "cache_mib": cache, "full_kv_mib": full_kv / MIB, "window_mib": tier("window"),
                      "sparse_mib": tier("sparse"), "state_mib": tier("state"), "phi_k_mib": tier("phi_k"),
                      "mean_prompt_tokens": statistics.mean(s.n_prompt_tokens for s, _, _ in results),
-                     **implementation_columns(attn, used()), "device": device_label, "chat_template": bool(chat)})
+                     **implementation_columns(attn, used()),
+                     "checkpoint": checkpoint_label(ckpt) if attn.lola else None, "device": device_label,
+                     "chat_template": bool(chat)})
         preds = to_jsonable(preds)
         cells[task, ctx] = {"row": row, "predictions": preds}
         if finished:
