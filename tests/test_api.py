@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 import lola_bench
 from lola_bench.attention.config import LolaConfig
 from lola_bench.errors import UserError
-from lola_bench.models.checkpoint import read_meta, save_lola_checkpoint, shipped_checkpoint
+from lola_bench.models.checkpoint import read_meta, shipped_checkpoint
+from lola_bench.models.checkpoint_save import save_lola_checkpoint
 from lola_bench.models.compat import check_checkpoint
 from lola_bench.models.loading import embedded_available, load_model
 from lola_bench.models.patch import patch_model, unpatch_model

@@ -2,6 +2,9 @@
 scale with intervals, integers as integers, the training-free notice, --version, --kernels after the command."""
 
 
+import json
+import os
+
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -172,3 +175,37 @@ def test_notice_when_settings_differ_from_the_checkpoint():
     _, other = resolve_variants(("lola",), LolaFlags(window=128, combine="lola"), model)
     line = checkpoint_notice(ck, other)
     assert "window 128 (trained with 64)" in line and "combine lola (trained with calibrated)" in line
+
+
+def test_version():
+    from lola_bench import __version__
+
+    r = run("--version")
+    assert r.exit_code == 0 and r.output.strip() == f"lola-bench {__version__}"
+
+
+def test_kernels_after_the_command_overrides_the_root_flag(tmp_path):
+    out = tmp_path / "run"
+    r = run("--kernels", "triton", "ruler", *TINY, "--ctx", "256", "--attn", "lola", "--samples", "1", "--kernels",
+            "torch", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["attention"][0]["kernels"] == "torch"
+    r = run("ruler", *TINY, "--kernels", "bogus", "--dry-run")
+    assert r.exit_code == 2 and "--kernels 'bogus'" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_third_party_chatter_silenced_unless_verbose(tmp_path, monkeypatch, verbose):
+    import logging
+
+    for var in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE"):
+        monkeypatch.delenv(var, raising=False)
+    for name in ("lm_eval", "transformers"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+    r = run(*(["--verbose"] if verbose else []), "ruler", *TINY, "--ctx", "256", "--dry-run")
+    assert r.exit_code == 0, r.output
+    quiet = not verbose
+    assert (logging.getLogger("lm_eval").level == logging.ERROR) == quiet
+    assert (os.environ.get("TRANSFORMERS_VERBOSITY") == "error") == quiet
+    assert (os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1") == quiet

@@ -93,6 +93,9 @@ _SHARED = [  # (name, annotation, default)
     ("dtype", DtypeOpt, "auto"),
     ("lola_ckpt", CkptOpt, None),
     ("threads", ThreadsOpt, None),
+    ("kernels", Annotated[Optional[str], typer.Option("--kernels", help="LoLA implementation: auto, torch or "
+                                                      "triton (overrides the same flag given before the command).")],
+     None),
     ("out", Annotated[Optional[str], typer.Option("--out", help="Run directory (default results/<command>/<model>-"
                                                   "<time>).")], None),
     ("overwrite", Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory (only one "
@@ -116,6 +119,12 @@ def kernels_flag() -> str:
     """The root ``--kernels`` flag (or $LOLA_BENCH_KERNELS) of this invocation; 'auto' outside the CLI."""
     ctx = click.get_current_context(silent=True)
     return (ctx.find_root().params.get("kernels") if ctx else None) or "auto"
+
+
+def _kernels(value: str | None) -> str:
+    from ..settings import check_kernels
+
+    return check_kernels(value) if value is not None else kernels_flag()
 
 
 def apply_threads(threads: int | None) -> None:
@@ -147,7 +156,8 @@ def run_options(command: str, attn_default: tuple[str, ...] = ("full", "base", "
                 lola=LolaFlags(window=vals["window"], sparse=vals["lam"], scorer=vals["scorer"],
                                feature_map=vals["feature_map"], combine=vals["combine"], sinks=vals["sinks"],
                                gqa=vals["gqa"], chunk=vals["chunk"], seed=seed, preset=vals["preset"]),
-                kernels=kernels_flag(), out=vals["out"], overwrite=vals["overwrite"], threads=vals["threads"])
+                kernels=_kernels(vals["kernels"]), out=vals["out"], overwrite=vals["overwrite"],
+                threads=vals["threads"])
             apply_threads(opts.threads)
             return fn(opts=opts, **kw)
 
