@@ -140,14 +140,20 @@ def ruler(
     if result.reused:
         console.print(f"reused {len(result.reused)} finished cell(s) from the interrupted run in {store.path}: "
                       + ", ".join(f"{m} {t} ctx={c}" for m, t, c in result.reused), highlight=False)
-    with run:
-        run.write_json("config.json", run_config("ruler", opts.model, loaded, variants, {
-            "ruler": {**rs.to_dict(), "chat_template_applied": result.chat_template}, "lola_checkpoint": ckpt}))
-        run.append_jsonl("predictions.jsonl", result.predictions)
-        run.write_table("summary", result.summary, title="RULER", notes=_exactness_note(variants))
-        from ..report import depth_heatmaps
+    try:
+        with run:
+            run.write_json("config.json", run_config("ruler", opts.model, loaded, variants, {
+                "ruler": {**rs.to_dict(), "chat_template_applied": result.chat_template}, "lola_checkpoint": ckpt}))
+            run.append_jsonl("predictions.jsonl", result.predictions)
+            run.write_table("summary", result.summary, title="RULER", notes=_exactness_note(variants))
+            from ..report import depth_heatmaps
 
-        depth_heatmaps(result.predictions, run.stage)
+            depth_heatmaps(result.predictions, run.stage)
+    except UserError as e:              # e.g. disk full: the finished cells stay for a rerun
+        if store.path.is_dir():
+            raise UserError(f"{e}; the finished cells stay in {store.path}: rerun the same command to resume "
+                            "them") from None
+        raise
     store.clear()
     print_frame(result.summary, f"RULER on {loaded.source} ({device_label(loaded.device)})",
                 ["attn", "task", "ctx", "n", "accuracy", "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib",
