@@ -43,10 +43,10 @@ def print_plan(variants, rs, device: str, auto_samples: bool) -> None:
                   f"{len(variants) * len(rs.tasks) * len(rs.ctxs)} cell(s), {rs.samples} sample(s) each"
                   f"{' (CPU default; --samples to change)' if auto_samples and device == 'cpu' else ''}",
                   highlight=False)
-    for v in variants:
-        c = v.lola
-        desc = (f"window={c.window} lambda={c.sparse} sinks={c.sinks} combine={c.combine}" if c else "softmax")
-        console.print(f"  {v.mode}: {desc}", highlight=False)
+    from ..evals.ruler_bench import describe_variants
+
+    for line in describe_variants(variants):
+        console.print(f"  {line}", highlight=False)
     console.print(f"  tasks: {', '.join(rs.tasks)}", highlight=False)
     console.print(f"  contexts: {', '.join(str(c) for c in rs.ctxs)}", highlight=False)
     console.print(f"estimated run time on {device}: {_eta(estimate_seconds(variants, rs, device))} (an estimate: "

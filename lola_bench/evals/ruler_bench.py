@@ -140,6 +140,13 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
                        reused=reused)
 
 
+def describe_variants(variants: list[AttentionSettings]) -> list[str]:
+    """One line per variant for a run plan (ruler --dry-run): its mode and the settings that decide its result."""
+    return [f"{v.mode}: " + (f"window={v.lola.window} lambda={v.lola.sparse} sinks={v.lola.sinks} "
+                             f"combine={v.lola.combine} feature_map={v.lola.feature_map}" if v.lola else "softmax")
+            for v in variants]
+
+
 def _cell_name(attn: AttentionSettings, task: str, ctx: int) -> str:
     return f"ruler-{attn.mode}-{task}-{ctx}"
 
