@@ -70,9 +70,41 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
+INT_COLUMNS = ("window", "lambda", "sinks", "chunk", "n", "ctx", "num_fewshot", "index", "seed")
+
+
+def with_int_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """The integer columns (INT_COLUMNS present in ``df``) as pandas' nullable Int64, so that a table writes
+    ``64``, not ``64.0``, and an empty cell stays empty; a column holding anything but whole numbers is left alone."""
+    out = df
+    for c in INT_COLUMNS:
+        if c not in df.columns:
+            continue
+        try:
+            num = pd.to_numeric(df[c])
+            if not ((num.dropna() % 1) == 0).all():
+                continue
+            col = num.astype("Int64")
+        except (ValueError, TypeError):
+            continue
+        if out is df:
+            out = df.copy()
+        out[c] = col
+    return out
+
+
+def frame_to_csv(df: pd.DataFrame) -> str:
+    """A table as CSV text: integers as integers, empty cells empty (never 'None' or 'nan')."""
+    return with_int_columns(df).to_csv(index=False)
+
+
 def frame_to_markdown(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
-    """Markdown table without the optional tabulate dependency."""
+    """Markdown table without the optional tabulate dependency (integers as integers, empty cells empty)."""
+    df = with_int_columns(df)
+
     def fmt(x):
+        if x is None or x is pd.NA:
+            return ""
         if isinstance(x, float):
             return "" if x != x else format(x, floatfmt)
         return str(x)
@@ -198,7 +230,7 @@ class RunDir:
         atomic_write_text(self.file(name), text)
 
     def write_table(self, stem: str, df: pd.DataFrame, title: str | None = None, notes: str = "") -> None:
-        self.write_text(f"{stem}.csv", df.to_csv(index=False))
+        self.write_text(f"{stem}.csv", frame_to_csv(df))
         md = (f"# {title}\n\n" if title else "") + frame_to_markdown(df) + (f"\n{notes}\n" if notes else "")
         self.write_text(f"{stem}.md", md)
 

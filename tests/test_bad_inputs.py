@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -348,13 +349,17 @@ def test_read_only_output_is_refused_before_work(work, tmpfs, argv):
 
 
 @pytest.mark.parametrize("argv,what", [
-    pytest.param([*RULER, "--attn", "full", "--out", "mnt/run"], "nothing was kept", id="ruler"),
+    pytest.param([*RULER, "--attn", "full", "--out", "mnt/run"], "rerun the same command to resume", id="ruler"),
     pytest.param([*SWEEP, "--out", "mnt/sweep"], "kept: 0 finished", id="sweep"),
 ])
 def test_disk_full_is_one_line_and_leaves_nothing_half_written(work, tmpfs, argv, what):
     _fill(tmpfs, leave=4096)
     before = snapshot(work)
     res = invoke(argv)
+    resume = work / "mnt" / ".run.resume"      # ruler keeps its finished cells (whole files) for a rerun, and says so
+    if resume.is_dir():
+        assert all(f.name.startswith("ruler-") for f in resume.iterdir()) and "rerun the same command" in res.stderr
+        shutil.rmtree(resume)
     assert_clean_refusal(res, before, work, "No space left on device", after_work=True)
     assert what in res.stderr
 

@@ -51,14 +51,48 @@ app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
                   help="Benchmark LoLA (sliding window + sparse cache + linear state) against full attention.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"lola-bench {__version__}")
+        raise typer.Exit()
+
+
+def quiet_third_party(verbose: bool = False) -> None:
+    """Silence third-party chatter unless ``verbose``: transformers' "Loading weights" bars and advisory warnings
+    (environment variables read when transformers / huggingface_hub log), lm-eval's per-task logging and its
+    "Overwriting default num_fewshot" lines (logger levels). Only the CLI calls this; the library logs as usual."""
+    import logging
+    import os
+
+    if verbose:
+        return
+    for var, value in (("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                       ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"), ("TQDM_DISABLE", "1")):
+        os.environ.setdefault(var, value)
+    for name in ("lm_eval", "lm-eval", "transformers", "huggingface_hub", "datasets", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if "transformers" in __import__("sys").modules:       # already imported: its own switches
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+
+
 @app.callback()
 def _root(
     kernels: Annotated[str, typer.Option("--kernels", envvar="LOLA_BENCH_KERNELS",
                                          help="LoLA implementation: auto (Triton kernels on CUDA, torch elsewhere), "
-                                         "torch, or triton. Recorded in every result row with what actually ran."
-                                         )] = "auto",
+                                         "torch, or triton. Recorded in every result row with what actually ran. "
+                                         "Also accepted after the command (which then wins).")] = "auto",
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show third-party logging and progress bars "
+                                          "(transformers, lm-eval); silenced by default.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the lola-bench version and exit.")] = False,
 ):
     """lola-bench: what LoLA's sparse cache buys on your model (accuracy, TTFT, decode latency, memory)."""
+    quiet_third_party(verbose)
     if kernels not in KERNEL_MODES:
         err_console.print(f"[bold red]error:[/] --kernels {kernels!r}: choose auto, torch or triton")
         raise typer.Exit(2)

@@ -12,7 +12,8 @@ from ..errors import UserError
 from .app import app
 from .checks import at_least, check_model
 from .display import Bar, console, err_console, print_frame, user_errors
-from .options import DeviceOpt, RunOptions, run_options
+from .notices import add_checkpoint_column, print_checkpoint_notice
+from .options import INTS, NAMES, DeviceOpt, RunOptions, int_list, run_options, split_list
 
 
 @app.command()
@@ -63,13 +64,15 @@ def _exactness_note(variants) -> str:
 @run_options("ruler")
 def ruler(
     opts: RunOptions,
-    ctx: Annotated[list[int], typer.Option("--ctx", help="Context length(s) in tokens (prompt + generated). Repeat "
-                                           "for several.")] = [4096],
-    task: Annotated[list[str], typer.Option("--task", help="RULER task(s): niah_single_1..3, niah_multikey_1..3, "
+    ctx: Annotated[list[str], typer.Option("--ctx", metavar=INTS, help="Context length(s) in tokens (prompt + "
+                                           "generated). Repeat or comma-separate (--ctx 512,1024).")] = ["4096"],
+    task: Annotated[list[str], typer.Option("--task", metavar=NAMES, help="RULER task(s), repeated or "
+                                            "comma-separated: niah_single_1..3, niah_multikey_1..3, "
                                             "niah_multivalue, niah_multiquery, vt, cwe, fwe, passkey, "
                                             "niah_single_1_lmeval, qa_1, qa_2, or all.")] = ["niah_single_1"],
-    samples: Annotated[int, typer.Option("--samples", help="Samples per task and context (needle depths evenly "
-                                         "spaced).")] = 100,
+    samples: Annotated[Optional[int], typer.Option("--samples", show_default="auto: 10 on CPU, 100 on GPU",
+                                                   help="Samples per task and context (needle depths evenly "
+                                                   "spaced).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for prompts (same seed, byte-identical prompts).")] = 0,
     essay_path: Annotated[Optional[str], typer.Option("--essay-path", envvar="LOLA_BENCH_ESSAY",
                                                       help="RULER essay JSON or a directory of .txt essays "
@@ -79,15 +82,31 @@ def ruler(
     chat_template: Annotated[Optional[bool], typer.Option("--chat-template/--no-chat-template",
                                                           help="Force the tokenizer's chat template on or off "
                                                           "(default: on for instruct models).")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Reuse the (variant, task, ctx) cells an "
+                                         "interrupted run with the same --out and settings finished (kept in a "
+                                         "hidden .<out>.resume folder beside it until the run completes). "
+                                         "--no-resume deletes that folder first.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the variants x tasks x contexts plan, the "
+                                          "samples and an estimated run time; load nothing, run nothing.")] = False,
 ):
-    """RULER needle-in-a-haystack accuracy with TTFT, decode latency and memory, per attention variant."""
+    """RULER needle-in-a-haystack accuracy with TTFT, decode latency and memory, per attention variant.
+
+    Every finished (variant, task, ctx) cell is saved as it finishes: rerun the same command with the same --out
+    after an interruption and only the unfinished cells run.
+    """
     from ..evals.ruler.haystack import default_essay_path
     from ..evals.ruler_bench import RulerSettings, expand_tasks, run_ruler, validate
-    from ..models.loading import load_model
+    from ..models.checkpoint import checkpoint_fingerprint
+    from ..models.loading import load_model, resolve_device
     from ..provenance import device_label
-    from ..runs import plan_run, run_config
+    from ..records import ResumeStore
+    from ..runs import plan_run, resolve_variants, run_config
+    from .ruler_plan import default_samples, print_plan, samples_hint
 
+    ctx, task = int_list("--ctx", ctx), split_list(task)
     at_least(seed=(seed, 0))
+    device = resolve_device(opts.model.device)
+    samples, auto_samples = (samples, False) if samples is not None else (default_samples(device), True)
     essay, skipped = default_essay_path(essay_path), {}
     try:
         tasks = tuple(expand_tasks(task, essay, qa_path, skipped))
@@ -99,19 +118,43 @@ def ruler(
     for t, reason in skipped.items():
         err_console.print(f"[yellow]--task all: skipping {t} ({reason})[/]", highlight=False)
     check_model(opts.model, ("--ctx", list(ctx)))
+    if dry_run:
+        _, variants = resolve_variants(opts.attn, opts.lola, opts.model, opts.kernels)
+        print_plan(variants, rs, device, auto_samples)
+        return
     ckpt, variants, run = plan_run(opts)
+    if auto_samples:
+        samples_hint(variants, rs, device)
     loaded = load_model(opts.model.spec, opts.model.device, opts.model.dtype)
     validate(rs, loaded.max_context)
+    store = ResumeStore(run.path)
+    if not resume:
+        store.clear()
+    key = {"model": opts.model.to_dict(), "resolved_dtype": str(loaded.dtype), "resolved_device": loaded.device,
+           "checkpoint": checkpoint_fingerprint(ckpt) if ckpt else None, "essay_path": rs.essay_path,
+           "qa_path": rs.qa_path}
+    print_checkpoint_notice(ckpt, variants)
     with Bar("ruler", len(variants) * len(rs.tasks) * len(rs.ctxs) * samples) as step:
-        result = run_ruler(loaded, variants, rs, ckpt=ckpt, device_label=device_label(loaded.device), progress=step)
-    with run:
-        run.write_json("config.json", run_config("ruler", opts.model, loaded, variants, {
-            "ruler": {**rs.to_dict(), "chat_template_applied": result.chat_template}, "lola_checkpoint": ckpt}))
-        run.append_jsonl("predictions.jsonl", result.predictions)
-        run.write_table("summary", result.summary, title="RULER", notes=_exactness_note(variants))
-        from ..report import depth_heatmaps
+        result = run_ruler(loaded, variants, rs, ckpt=ckpt, device_label=device_label(loaded.device), progress=step,
+                           store=store, resume_key=key)
+    if result.reused:
+        console.print(f"reused {len(result.reused)} finished cell(s) from the interrupted run in {store.path}: "
+                      + ", ".join(f"{m} {t} ctx={c}" for m, t, c in result.reused), highlight=False)
+    try:
+        with run:
+            run.write_json("config.json", run_config("ruler", opts.model, loaded, variants, {
+                "ruler": {**rs.to_dict(), "chat_template_applied": result.chat_template}, "lola_checkpoint": ckpt}))
+            run.append_jsonl("predictions.jsonl", result.predictions)
+            run.write_table("summary", result.summary, title="RULER", notes=_exactness_note(variants))
+            from ..report import depth_heatmaps
 
-        depth_heatmaps(result.predictions, run.stage)
+            depth_heatmaps(result.predictions, run.stage)
+    except UserError as e:              # e.g. disk full: the finished cells stay for a rerun
+        if store.path.is_dir():
+            raise UserError(f"{e}; the finished cells stay in {store.path}: rerun the same command to resume "
+                            "them") from None
+        raise
+    store.clear()
     print_frame(result.summary, f"RULER on {loaded.source} ({device_label(loaded.device)})",
                 ["attn", "task", "ctx", "n", "accuracy", "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib",
                  "full_kv_mib", "implementation"])
@@ -123,9 +166,10 @@ def ruler(
 @run_options("commonsense")
 def commonsense(
     opts: RunOptions,
-    tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated: piqa, arc_easy, arc_challenge, hellaswag, "
-                                       "winogrande, mmlu (5-shot by default).")]
-    = "piqa,arc_easy,arc_challenge,hellaswag,winogrande",
+    tasks: Annotated[list[str], typer.Option("--task", "--tasks", metavar=NAMES, help="Task(s), repeated or "
+                                             "comma-separated: piqa, arc_easy, arc_challenge, hellaswag, winogrande, "
+                                             "mmlu (5-shot by default). --tasks is the same flag.")]
+    = ["piqa,arc_easy,arc_challenge,hellaswag,winogrande"],
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", envvar="LOLA_BENCH_DATA",
                                                     help="Offline mirror of the task data (switches to the local task "
                                                     "YAMLs in tasks/commonsense/). Default: ../shared/data beside the "
@@ -167,7 +211,7 @@ def commonsense(
     ddir = None if online else find_data(data_dir)
     if data_dir and not online and not ddir.is_dir():
         raise UserError(f"--data-dir {data_dir} does not exist")
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    names = list(dict.fromkeys(split_list(tasks)))
     try:
         resolve_tasks(names, str(ddir) if ddir else None)
     except ValueError as e:
@@ -182,11 +226,13 @@ def commonsense(
     key = {"model": opts.model.to_dict(), "resolved_dtype": str(loaded.dtype), "resolved_device": loaded.device,
            "checkpoint": checkpoint_fingerprint(ckpt) if ckpt else None, "data_dir": settings.data_dir, "limit": limit,
            "num_fewshot": num_fewshot, "batch_size": batch_size}
+    print_checkpoint_notice(ckpt, variants)
     with Bar("commonsense", len(variants) * len(names)) as bar:
         res = run_commonsense_variants(loaded, variants, settings, ckpt=ckpt, store=store, resume_key=key,
                                        device_label=device_label(loaded.device),
                                        progress=lambda done, total, d: bar.set(done, total, d),
                                        notice=lambda m: err_console.print(f"[yellow]{m}[/]", highlight=False))
+    res.summary = add_checkpoint_column(res.summary, ckpt)
     for mode, reused in res.reused.items():
         console.print(f"{mode}: reused {', '.join(reused)} from the interrupted run in {store.path}")
     if res.lengths_error:
@@ -216,7 +262,8 @@ def commonsense(
 @run_options("speed")
 def speed(
     opts: RunOptions,
-    ctx: Annotated[list[int], typer.Option("--ctx", help="Prompt length(s) in tokens.")] = [1024, 2048, 4096],
+    ctx: Annotated[list[str], typer.Option("--ctx", metavar=INTS, help="Prompt length(s) in tokens, repeated or "
+                                           "comma-separated.")] = ["1024,2048,4096"],
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per point (median reported, after one "
                                          "warm-up).")] = 3,
     decode_tokens: Annotated[int, typer.Option("--decode-tokens", help="Decode steps timed after each prefill.")] = 16,
@@ -227,6 +274,7 @@ def speed(
     from ..provenance import device_label
     from ..runs import plan_run, run_config
 
+    ctx = int_list("--ctx", ctx)
     if repeats < 1:
         raise UserError(f"--repeats must be >= 1, got {repeats}")
     if decode_tokens < 0:
@@ -240,9 +288,11 @@ def speed(
     for c in ctx:
         if loaded.max_context and c > loaded.max_context:
             raise UserError(f"--ctx {c} outside 1..{loaded.max_context} (the model's maximum context)")
+    print_checkpoint_notice(ckpt, variants)
     with Bar("speed", len(variants) * len(ctx) * repeats) as step:
         df = run_speed(loaded, variants, list(ctx), repeats=repeats, decode_tokens=decode_tokens, ckpt=ckpt,
                        device_label=device_label(loaded.device), progress=step)
+    df = add_checkpoint_column(df, ckpt)
     with run:
         run.write_json("config.json", run_config("speed", opts.model, loaded, variants, {
             "speed": {"ctx": list(ctx), "repeats": repeats, "decode_tokens": decode_tokens}, "lola_checkpoint": ckpt}))

@@ -15,7 +15,27 @@ from typing import Annotated, Optional
 import click
 import typer
 
+from ..errors import UserError
 from ..settings import LolaFlags, ModelSettings
+
+INTS = "INTEGER[,INTEGER...]"     # the --help metavar of an integer list flag (repeat it or comma-separate)
+NAMES = "TEXT[,TEXT...]"
+
+
+def split_list(values) -> tuple[str, ...]:
+    """A list flag's values, repeated and/or comma-separated (``--x a,b --x c``), in order, duplicates kept."""
+    if isinstance(values, str):
+        values = [values]
+    return tuple(x.strip() for v in values or () for x in str(v).split(",") if x.strip())
+
+
+def int_list(flag: str, values) -> tuple[int, ...]:
+    """An integer list flag (repeated and/or comma-separated); a one-line UserError naming the flag otherwise."""
+    try:
+        return tuple(int(x) for x in split_list(values))
+    except ValueError:
+        raise UserError(f"{flag}: expected integers (comma-separated or repeated), got "
+                        f"{', '.join(str(v) for v in values)}") from None
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Model spec: smollm2-135m (embedded default), random:<preset> "
                                        "(tiny, smollm2-135m, llama-3.2-1b, llama-3.1-8b), a .gguf path, a local model "
@@ -52,9 +72,10 @@ CkptOpt = Annotated[Optional[str], typer.Option("--lola-ckpt", help="Linearizati
                                                "disables the shipped default.")]
 
 _SHARED = [  # (name, annotation, default)
-    ("attn", Annotated[list[str], typer.Option("--attn", help="Attention variant(s): full (softmax), base (window + "
-                                               "linear, lambda=0), lola, evict (KV eviction: window + scored "
-                                               "cache, the rest dropped). Repeat to compare in one run.")], None),
+    ("attn", Annotated[list[str], typer.Option("--attn", metavar=NAMES, help="Attention variant(s): full "
+                                               "(softmax), base (window + linear, lambda=0), lola, evict (KV "
+                                               "eviction: window + scored cache, the rest dropped). Repeat or "
+                                               "comma-separate to compare in one run (--attn full,lola).")], None),
     ("preset", PresetOpt, None),
     ("window", WindowOpt, None),
     ("lam", Annotated[Optional[int], typer.Option("--lambda", help="lambda: sparse global cache size (pairs kept by "
@@ -74,6 +95,9 @@ _SHARED = [  # (name, annotation, default)
     ("dtype", DtypeOpt, "auto"),
     ("lola_ckpt", CkptOpt, None),
     ("threads", ThreadsOpt, None),
+    ("kernels", Annotated[Optional[str], typer.Option("--kernels", help="LoLA implementation: auto, torch or "
+                                                      "triton (overrides the same flag given before the command).")],
+     None),
     ("out", Annotated[Optional[str], typer.Option("--out", help="Run directory (default results/<command>/<model>-"
                                                   "<time>).")], None),
     ("overwrite", Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory (only one "
@@ -97,6 +121,12 @@ def kernels_flag() -> str:
     """The root ``--kernels`` flag (or $LOLA_BENCH_KERNELS) of this invocation; 'auto' outside the CLI."""
     ctx = click.get_current_context(silent=True)
     return (ctx.find_root().params.get("kernels") if ctx else None) or "auto"
+
+
+def _kernels(value: str | None) -> str:
+    from ..settings import check_kernels
+
+    return check_kernels(value) if value is not None else kernels_flag()
 
 
 def apply_threads(threads: int | None) -> None:
@@ -124,11 +154,12 @@ def run_options(command: str, attn_default: tuple[str, ...] = ("full", "base", "
             seed = kw.get("seed", 0)
             opts = RunOptions(
                 command=command, model=ModelSettings(vals["model"], vals["device"], vals["dtype"], vals["lola_ckpt"]),
-                attn=tuple(vals["attn"]),
+                attn=split_list(vals["attn"]),
                 lola=LolaFlags(window=vals["window"], sparse=vals["lam"], scorer=vals["scorer"],
                                feature_map=vals["feature_map"], combine=vals["combine"], sinks=vals["sinks"],
                                gqa=vals["gqa"], chunk=vals["chunk"], seed=seed, preset=vals["preset"]),
-                kernels=kernels_flag(), out=vals["out"], overwrite=vals["overwrite"], threads=vals["threads"])
+                kernels=_kernels(vals["kernels"]), out=vals["out"], overwrite=vals["overwrite"],
+                threads=vals["threads"])
             apply_threads(opts.threads)
             return fn(opts=opts, **kw)
 

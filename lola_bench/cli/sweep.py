@@ -10,6 +10,8 @@ from ..errors import UserError
 from .app import app
 from .display import Bar, console, print_frame, user_errors
 from .options import (
+    INTS,
+    NAMES,
     ChunkOpt,
     CkptOpt,
     CombineOpt,
@@ -21,23 +23,27 @@ from .options import (
     SinksOpt,
     ThreadsOpt,
     apply_threads,
+    int_list,
     kernels_flag,
+    split_list,
 )
 
 
 @app.command()
 @user_errors
 def sweep(
-    lam: Annotated[list[str], typer.Option("--lambda", help="lambda value(s); repeat or comma-separate "
+    lam: Annotated[list[str], typer.Option("--lambda", metavar=INTS, help="lambda value(s); repeat or comma-separate "
                                            "(e.g. --lambda 0,128,512). 0 = base (window + linear).")] = ["0,64,512"],
-    window: Annotated[list[str], typer.Option("--window", help="eta value(s), e.g. --window 32,64,128,256.")]
+    window: Annotated[list[str], typer.Option("--window", metavar=INTS, help="eta value(s), e.g. --window "
+                                              "32,64,128,256.")]
     = ["32,64,128,256"],
-    ctx: Annotated[list[str], typer.Option("--ctx", help="Context length(s) (ruler suite).")] = ["4096"],
-    task: Annotated[list[str], typer.Option("--task", help="Task(s): RULER tasks or commonsense tasks "
+    ctx: Annotated[list[str], typer.Option("--ctx", metavar=INTS, help="Context length(s) (ruler suite).")] = ["4096"],
+    task: Annotated[list[str], typer.Option("--task", metavar=NAMES, help="Task(s): RULER tasks or commonsense tasks "
                                             "(default: niah_single_1 / the five zero-shot suites).")] = [],
-    scorer: Annotated[list[str], typer.Option("--scorer", help="Scorer(s) compared at equal lambda: sre, random, "
-                                              "key_norm, attention, recency, sink, snapkv.")] = ["sre"],
-    feature_map: Annotated[list[str], typer.Option("--feature-map", help="Feature map(s) (default: the "
+    scorer: Annotated[list[str], typer.Option("--scorer", metavar=NAMES, help="Scorer(s) compared at equal "
+                                              "lambda: sre, random, key_norm, attention, recency, sink, snapkv.")]
+    = ["sre"],
+    feature_map: Annotated[list[str], typer.Option("--feature-map", metavar=NAMES, help="Feature map(s) (default: the "
                                                    "checkpoint's, else hedgehog-identity).")] = [],
     suite: Annotated[str, typer.Option("--suite", help="ruler | commonsense.")] = "ruler",
     full: Annotated[bool, typer.Option("--full/--no-full", help="Add full-attention reference rows.")] = True,
@@ -74,16 +80,7 @@ def sweep(
     from ..settings import ModelSettings
     from ..sweep import SweepSpec, default_sweep_dir, format_eta, plan_sweep, run_sweep
 
-    def ints(flag, values):
-        try:
-            return tuple(int(x) for v in values for x in str(v).split(",") if x.strip())
-        except ValueError:
-            raise UserError(f"{flag}: expected integers (comma-separated or repeated), got {', '.join(values)}"
-                            ) from None
-
-    def strs(values):
-        return tuple(x.strip() for v in values for x in v.split(",") if x.strip())
-
+    ints, strs = int_list, split_list
     spec = SweepSpec(suite=suite, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
                      lambdas=ints("--lambda", lam), windows=ints("--window", window), ctxs=ints("--ctx", ctx),
                      tasks=strs(task), scorers=strs(scorer),

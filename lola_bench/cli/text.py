@@ -46,8 +46,12 @@ def perplexity(
     ckpt, variants, run = plan_run(opts)
     ps = PerplexitySettings(text, seq_len, max_tokens)
     loaded = load_model(opts.model.spec, opts.model.device, opts.model.dtype)
+    from .notices import add_checkpoint_column, print_checkpoint_notice
+
+    print_checkpoint_notice(ckpt, variants)
     with Bar("perplexity", len(variants)) as step:
         df = run_perplexity(loaded, variants, ps, ckpt=ckpt, device_label=device_label(loaded.device), progress=step)
+    df = add_checkpoint_column(df, ckpt)
     with run:
         run.write_json("config.json", run_config("perplexity", opts.model, loaded, variants, {
             "perplexity": ps.to_dict(), "lola_checkpoint": ckpt}))

@@ -9,18 +9,21 @@ import pandas as pd
 
 from ..attention.state import full_kv_bytes
 from ..errors import UserError
+from ..models.checkpoint import checkpoint_label
 from ..models.variants import attention_variant
+from ..records import to_jsonable
 from ..settings import AttentionSettings, implementation_columns, variant_columns
+from ..stats import wilson_interval
 from .ruler import RULER_TASKS, TASKS, generate_samples, score_sample, task_unavailable_reason
 from .timing import eos_token_ids, greedy_generate
 
 MIB = 1024 * 1024
 
 SUMMARY_COLUMNS = ["model", "attn", "window", "lambda", "sinks", "scorer", "feature_map", "task", "ctx", "n",
-                   "accuracy",
+                   "accuracy", "accuracy_ci_low", "accuracy_ci_high",
                    "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib", "full_kv_mib", "window_mib",
                    "sparse_mib", "state_mib", "phi_k_mib", "mean_prompt_tokens", "combine", "gqa", "chunk",
-                   "settings_from", "implementation", "device", "chat_template"]
+                   "settings_from", "implementation", "checkpoint", "device", "chat_template"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class RulerOutput:
     summary: pd.DataFrame
     predictions: list[dict] = field(default_factory=list)
     chat_template: bool = False
+    reused: list[tuple[str, str, int]] = field(default_factory=list)   # (variant, task, ctx) cells resumed
 
 
 def expand_tasks(tasks: list[str], essay_path: str | None = None, qa_path: str | None = None,
@@ -83,8 +87,12 @@ def validate(settings: RulerSettings, max_context: int) -> None:
 
 
 def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings, *, ckpt: str | None = None,
-              device_label: str = "cpu", progress=None) -> RulerOutput:
-    """Generate the samples once, then run every variant over them. ``progress(advance, description)``."""
+              device_label: str = "cpu", progress=None, store=None, resume_key: dict | None = None) -> RulerOutput:
+    """Generate the samples once, then run every variant over them. ``progress(advance, description)``.
+
+    ``store`` (a records.ResumeStore): every finished (variant, task, ctx) cell (its summary row and predictions)
+    is saved there as soon as it finishes, under ``resume_key`` (the settings that decide the result) + the
+    variant, task, context, sample count and seed; a cell found there with the same key is reused, not rerun."""
     validate(settings, loaded.max_context)
     tok, model = loaded.tokenizer, loaded.model
     chat = loaded.is_instruct if settings.chat_template is None else settings.chat_template
@@ -98,26 +106,65 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
             except ValueError as e:
                 raise UserError(f"{task} at ctx {ctx}: {e}") from None
     eos = eos_token_ids(model, tok)
-    rows, preds = [], []
+    rows, preds, reused = [], [], []
     for attn in variants:
-        with attention_variant(model, attn, ckpt) as used:
-            rows += _run_variant(loaded, attn, samples, settings, eos, device_label, preds, progress, used, chat)
-    return RulerOutput(summary=pd.DataFrame(rows, columns=SUMMARY_COLUMNS), predictions=preds, chat_template=chat)
+        def key(task, ctx, _attn=attn):
+            return {**(resume_key or {}), "attention": _attn.to_dict(), "task": task, "ctx": ctx,
+                    "samples": settings.samples, "seed": settings.seed, "chat_template": chat}
+
+        done = {}
+        if store is not None:
+            for cell in samples:
+                rec = store.load(_cell_name(attn, *cell), key(*cell))
+                if rec is not None:
+                    done[cell] = rec
+        todo = {cell: items for cell, items in samples.items() if cell not in done}
+        reused += [(attn.mode, t, c) for t, c in done]
+        if progress and done:
+            progress(sum(len(samples[c]) for c in done), None)
+
+        def finished(task, ctx, row, cell_preds, _attn=attn, _key=key):
+            if store is not None:
+                store.save(_cell_name(_attn, task, ctx), _key(task, ctx), {"row": row, "predictions": cell_preds})
+
+        new = {}
+        if todo:
+            with attention_variant(model, attn, ckpt) as used:
+                new = _run_variant(loaded, attn, todo, settings, eos, device_label, progress, used, chat, finished,
+                                   ckpt)
+        for cell in samples:                     # the cells in plan order, resumed or new
+            rec = done.get(cell) or new[cell]
+            rows.append(rec["row"])
+            preds += rec["predictions"]
+    return RulerOutput(summary=pd.DataFrame(rows, columns=SUMMARY_COLUMNS), predictions=preds, chat_template=chat,
+                       reused=reused)
+
+
+def describe_variants(variants: list[AttentionSettings]) -> list[str]:
+    """One line per variant for a run plan (ruler --dry-run): its mode and the settings that decide its result."""
+    return [f"{v.mode}: " + (f"window={v.lola.window} lambda={v.lola.sparse} sinks={v.lola.sinks} "
+                             f"combine={v.lola.combine} feature_map={v.lola.feature_map}" if v.lola else "softmax")
+            for v in variants]
+
+
+def _cell_name(attn: AttentionSettings, task: str, ctx: int) -> str:
+    return f"ruler-{attn.mode}-{task}-{ctx}"
 
 
 def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: RulerSettings, eos, device_label: str,
-                 preds: list, progress, used, chat: bool = False) -> list[dict]:
-    """Every sample of every (task, ctx) under one attention variant; returns the summary rows."""
+                 progress, used, chat: bool = False, finished=None, ckpt: str | None = None) -> dict:
+    """Every sample of every (task, ctx) under one attention variant: {(task, ctx): {"row", "predictions"}};
+    ``finished(task, ctx, row, predictions)`` is called as each cell finishes."""
     import torch
 
     model, tok, cfg = loaded.model, loaded.tokenizer, loaded.model.config
-    rows = []
+    cells = {}
     if settings.warmup:  # one short untimed generation: allocator, threads, lazy init
         first = next(iter(samples.values()))[0]
         warm_len = min(len(first.input_ids), 2 * (attn.lola.chunk_size if attn.lola else 64) + 8)
         greedy_generate(model, torch.tensor([first.input_ids[:warm_len]]), 2, eos, loaded.device)
     for (task, ctx), items in samples.items():
-        results = []
+        results, preds = [], []
         for s in items:
             if progress:
                 progress(0, f"{attn.mode} {task} ctx={ctx} #{s.index + 1}/{len(items)}")
@@ -144,13 +191,21 @@ def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: Ruler
             return statistics.mean(t.get(name, 0) for t in tiers) / MIB
 
         cache = statistics.mean(sum(t.values()) for t in tiers) / MIB
-        rows.append({"model": loaded.spec, **variant_columns(attn), "task": task, "ctx": ctx, "n": len(results),
-                     "accuracy": statistics.mean(sc for _, _, sc in results),
+        accuracy = statistics.mean(sc for _, _, sc in results)
+        low, high = wilson_interval(accuracy / 100 * len(results), len(results))
+        row = to_jsonable({"model": loaded.spec, **variant_columns(attn), "task": task, "ctx": ctx, "n": len(results),
+                     "accuracy": accuracy, "accuracy_ci_low": 100 * low, "accuracy_ci_high": 100 * high,
                      "ttft_s": statistics.median(r.ttft_s for _, r, _ in results),
                      "decode_ms_per_token": statistics.median(dec) * 1000 if dec else float("nan"),
                      "peak_mem_mib": max(r.peak_mem_bytes for _, r, _ in results) / MIB,
                      "cache_mib": cache, "full_kv_mib": full_kv / MIB, "window_mib": tier("window"),
                      "sparse_mib": tier("sparse"), "state_mib": tier("state"), "phi_k_mib": tier("phi_k"),
                      "mean_prompt_tokens": statistics.mean(s.n_prompt_tokens for s, _, _ in results),
-                     **implementation_columns(attn, used()), "device": device_label, "chat_template": bool(chat)})
-    return rows
+                     **implementation_columns(attn, used()),
+                     "checkpoint": checkpoint_label(ckpt) if attn.lola else None, "device": device_label,
+                     "chat_template": bool(chat)})
+        preds = to_jsonable(preds)
+        cells[task, ctx] = {"row": row, "predictions": preds}
+        if finished:
+            finished(task, ctx, row, preds)
+    return cells

@@ -158,6 +158,18 @@ def checkpoint_fingerprint(spec: str | os.PathLike, exclude: tuple[str, ...] = (
     return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
+def checkpoint_label(spec: str | os.PathLike | None) -> str:
+    """What a result row says about the LoLA checkpoint: '<basename>@<first 8 hex of its fingerprint>', or
+    'training-free' without one."""
+    if not spec:
+        return "training-free"
+    name = ",".join(Path(str(p).rstrip("/")).name for p in str(spec).split(","))
+    try:
+        return f"{name}@{checkpoint_fingerprint(spec)[:8]}"
+    except (OSError, ValueError):
+        return name
+
+
 # ---- reading ----------------------------------------------------------------------------------------------------
 def _read_tensors(f: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(flat state dict, what the wrapper said besides the weights, e.g. {'step': 1200})."""

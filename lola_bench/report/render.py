@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from ..errors import UserError
-from ..records import atomic_write_text
+from ..records import atomic_write_text, frame_to_csv
 from ..sweep.store import merge_sweeps, tidy
 from .commonsense import render_commonsense_report
 from .ruler_compare import is_ruler_summary, render_ruler_report
@@ -88,5 +88,5 @@ def render_report(dirs, out_dir: str | Path | None = None) -> list[Path]:
         raise UserError(f"{out} is a sweep directory (its sweep.csv is rebuilt from its cells): write the merged "
                         "report elsewhere")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "sweep.csv", df.to_csv(index=False))
+    atomic_write_text(out / "sweep.csv", frame_to_csv(df))
     return [out / "sweep.csv", *render_sweep_report(df, out)]

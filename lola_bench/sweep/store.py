@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from ..errors import UserError
-from ..records import MARKER, atomic_write_json, atomic_write_text, check_output_dir, to_jsonable
+from ..records import MARKER, atomic_write_json, atomic_write_text, check_output_dir, frame_to_csv, to_jsonable
 
 if TYPE_CHECKING:
     from .grid import Cell
@@ -51,10 +51,10 @@ if TYPE_CHECKING:
 # place here.
 SWEEP_COLUMNS = ["cell_id", "suite", "status", "error",
                  "model", "attn", "window", "lambda", "sinks", "scorer", "feature_map", "task", "ctx", "n",
-                 "accuracy",
+                 "accuracy", "accuracy_ci_low", "accuracy_ci_high",
                  "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib", "full_kv_mib", "window_mib",
                  "sparse_mib", "state_mib", "phi_k_mib", "mean_prompt_tokens", "combine", "gqa", "chunk",
-                 "settings_from", "implementation", "device", "chat_template",
+                 "settings_from", "implementation", "checkpoint", "device", "chat_template",
                  "acc_norm", "accuracy_stderr", "num_fewshot", "wall_s"]
 STATUSES = ("ok", "oom", "error")
 _STATUS_RANK = {"ok": 0, "oom": 1, "error": 2}
@@ -156,7 +156,7 @@ class SweepDir:
                                       prefix=f"{cell.cell_id}.{socket.gethostname()}.{os.getpid()}."))
         try:
             stage.chmod(0o755)
-            atomic_write_text(stage / "summary.csv", rows.to_csv(index=False))
+            atomic_write_text(stage / "summary.csv", frame_to_csv(rows))
             if predictions:
                 with open(stage / "predictions.jsonl", "w", encoding="utf-8") as f:
                     f.writelines(json.dumps(to_jsonable(p)) + "\n" for p in predictions)
@@ -206,7 +206,7 @@ class SweepDir:
         with open(self.path / ".sweep.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             df = self.read_rows(order)
-            atomic_write_text(self.csv, df.to_csv(index=False))
+            atomic_write_text(self.csv, frame_to_csv(df))
         return df
 
 

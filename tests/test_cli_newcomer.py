@@ -1,0 +1,211 @@
+"""Issue #23 (a newcomer's first hour): resumable ruler, --dry-run, device-sized defaults, list syntax, one accuracy
+scale with intervals, integers as integers, the training-free notice, --version, --kernels after the command."""
+
+
+import json
+import os
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lola_bench.cli import app
+
+runner = CliRunner()
+TINY = ["--model", "random:tiny", "--window", "16", "--lambda", "16", "--task", "passkey"]
+
+
+def run(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_ruler_resumes_the_cells_a_killed_run_finished(tmp_path, monkeypatch):
+    import lola_bench.evals.ruler_bench as rb
+
+    real, calls = rb.greedy_generate, []
+
+    def dying(*a, **kw):                       # the warm-up and the first two cells' samples, then the run dies
+        calls.append(1)
+        if len(calls) > 4:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    out = tmp_path / "run"
+    args = ["ruler", *TINY, "--ctx", "256,320", "--attn", "full,lola", "--samples", "1", "--out", str(out)]
+    monkeypatch.setattr(rb, "greedy_generate", dying)
+    r = run(*args)
+    assert r.exit_code != 0 and not out.exists(), r.output
+    store = tmp_path / ".run.resume"
+    assert len(list(store.glob("ruler-*.json"))) == 2, "the finished (variant, task, ctx) cells are kept"
+    calls.clear()
+    monkeypatch.setattr(rb, "greedy_generate", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    assert "reused 2 finished cell(s)" in r.output
+    assert len(calls) == 1 + 2, "one warm-up and the two unfinished cells only"
+    df = pd.read_csv(out / "summary.csv")
+    assert list(zip(df.attn, df.ctx)) == [("full", 256), ("full", 320), ("lola", 256), ("lola", 320)]
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 4
+    assert not store.exists(), "the store is removed once the run directory is written"
+
+
+def test_ruler_no_resume_reruns_everything(tmp_path, monkeypatch):
+    import lola_bench.evals.ruler_bench as rb
+    from lola_bench.records import ResumeStore
+
+    out = tmp_path / "run"
+    store = ResumeStore(out)
+    store.save("ruler-full-passkey-256", {"stale": True}, {"row": {}, "predictions": []})
+    r = run("ruler", *TINY, "--ctx", "256", "--attn", "full", "--samples", "1", "--out", str(out), "--no-resume")
+    assert r.exit_code == 0, r.output and "reused" not in r.output
+    assert not store.path.exists()
+    del rb
+
+
+def test_ruler_dry_run_loads_no_weights(tmp_path, monkeypatch):
+    import lola_bench.models.loading as loading
+
+    def boom(*a, **kw):
+        raise AssertionError("dry run loaded a model")
+
+    monkeypatch.setattr(loading, "load_model", boom)
+    out = tmp_path / "run"
+    r = run("ruler", *TINY, "--ctx", "256", "--ctx", "512", "--attn", "full,lola", "--out", str(out), "--dry-run",
+            "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "2 variant(s) x 1 task(s) x 2 context(s) = 4 cell(s), 10 sample(s)" in r.output
+    assert "estimated run time" in r.output and "estimate" in r.output
+    assert not out.exists()
+
+
+def test_ruler_samples_default_is_device_sized_and_shown_in_help():
+    assert "auto: 10 on CPU, 100 on GPU" in help_text("ruler")
+
+
+def help_text(*cmd) -> str:
+    """--help of a command as one line of words (rich's box and wrapping removed)."""
+    r = runner.invoke(app, [*cmd, "--help"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    return " ".join(r.output.replace("│", " ").split())
+
+
+def test_list_flags_accept_commas_and_repeats_alike(tmp_path):
+    """The same plan from --ctx 256,512 --task passkey,vt --attn full,lola and from the repeated flags."""
+    def plan(*args):
+        r = run("ruler", "--model", "random:tiny", "--window", "16", "--lambda", "16", "--samples", "1", *args,
+                "--dry-run", "--out", str(tmp_path / "x"))
+        assert r.exit_code == 0, r.output
+        return r.output
+
+    commas = plan("--ctx", "256,512", "--task", "passkey,vt", "--attn", "full,lola")
+    repeats = plan("--ctx", "256", "--ctx", "512", "--task", "passkey", "--task", "vt", "--attn", "full", "--attn",
+                   "lola")
+    mixed = plan("--ctx", "256", "--ctx", "512", "--task", "passkey,vt", "--attn", "full,lola")
+    assert commas == repeats == mixed
+    assert "2 variant(s) x 2 task(s) x 2 context(s)" in commas and "contexts: 256, 512" in commas
+    assert "tasks: passkey, vt" in commas
+
+
+@pytest.mark.parametrize("cmd", ["ruler", "speed"])
+def test_bad_integer_list_names_the_flag(tmp_path, cmd):
+    r = run(cmd, "--model", "random:tiny", "--ctx", "256,abc", "--out", str(tmp_path / "x"))
+    assert r.exit_code == 2 and "--ctx: expected integers" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_helper_and_help_types():
+    from lola_bench.cli.options import int_list, split_list
+
+    assert split_list(["a,b", " c ", ""]) == ("a", "b", "c")
+    assert int_list("--ctx", ["512,1024", "2048"]) == (512, 1024, 2048)
+    for cmd in ("ruler", "speed", "sweep"):
+        assert "--ctx INTEGER[,INTEGER...]" in help_text(cmd), cmd
+    assert "--task,--tasks" in help_text("commonsense").replace(", ", ",")
+
+
+def test_commonsense_task_and_tasks_are_one_flag(tmp_path):
+    for flag in ("--task", "--tasks"):
+        r = run("commonsense", "--model", "random:tiny", flag, "piqa,nope", "--out", str(tmp_path / "x"))
+        assert r.exit_code == 2 and "nope" in r.output, r.output
+
+
+def test_ruler_rows_carry_wilson_intervals_integers_and_the_checkpoint(tmp_path):
+    from lola_bench.stats import wilson_interval
+
+    out = tmp_path / "run"
+    r = run("ruler", *TINY, "--ctx", "256", "--attn", "full,lola", "--samples", "2", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out / "summary.csv")
+    for row in df.itertuples():
+        low, high = wilson_interval(row.accuracy / 100 * row.n, row.n)
+        assert row.accuracy_ci_low == pytest.approx(100 * low) and row.accuracy_ci_high == pytest.approx(100 * high)
+        assert row.accuracy_ci_low <= row.accuracy <= row.accuracy_ci_high
+    lines = (out / "summary.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    full = dict(zip(header, lines[1].split(",")))
+    lola = dict(zip(header, lines[2].split(",")))
+    assert (lola["window"], lola["lambda"], lola["sinks"], lola["chunk"], lola["n"], lola["ctx"]) == (
+        "16", "16", "0", "16", "2", "256"), "integers written as integers"
+    assert full["window"] == "" and full["checkpoint"] == "", "empty stays empty"
+    assert lola["checkpoint"] == "training-free"
+    assert "None" not in (out / "summary.md").read_text() and "nan" not in (out / "summary.md").read_text()
+
+
+def test_training_free_notice_once_per_run(tmp_path):
+    r = run("ruler", *TINY, "--ctx", "256", "--attn", "full,base,lola", "--samples", "1", "--out",
+            str(tmp_path / "a"))
+    assert r.exit_code == 0, r.output
+    assert r.output.count("TRAINING-FREE") == 1, r.output
+    r = run("ruler", *TINY, "--ctx", "256", "--attn", "full", "--samples", "1", "--out", str(tmp_path / "b"))
+    assert r.exit_code == 0 and "TRAINING-FREE" not in r.output
+
+
+def test_notice_when_settings_differ_from_the_checkpoint():
+    from lola_bench.cli.notices import checkpoint_notice
+    from lola_bench.models.checkpoint import shipped_checkpoint
+    from lola_bench.runs import resolve_variants
+    from lola_bench.settings import LolaFlags, ModelSettings
+
+    ckpt = shipped_checkpoint("smollm2-135m")
+    if ckpt is None:
+        pytest.skip("no shipped checkpoint")
+    model = ModelSettings("smollm2-135m")
+    ck, same = resolve_variants(("lola",), LolaFlags(), model)
+    assert ck and checkpoint_notice(ck, same) is None, "the checkpoint's own settings: no notice"
+    _, other = resolve_variants(("lola",), LolaFlags(window=128, combine="lola"), model)
+    line = checkpoint_notice(ck, other)
+    assert "window 128 (trained with 64)" in line and "combine lola (trained with calibrated)" in line
+
+
+def test_version():
+    from lola_bench import __version__
+
+    r = run("--version")
+    assert r.exit_code == 0 and r.output.strip() == f"lola-bench {__version__}"
+
+
+def test_kernels_after_the_command_overrides_the_root_flag(tmp_path):
+    out = tmp_path / "run"
+    r = run("--kernels", "triton", "ruler", *TINY, "--ctx", "256", "--attn", "lola", "--samples", "1", "--kernels",
+            "torch", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["attention"][0]["kernels"] == "torch"
+    r = run("ruler", *TINY, "--kernels", "bogus", "--dry-run")
+    assert r.exit_code == 2 and "--kernels 'bogus'" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_third_party_chatter_silenced_unless_verbose(tmp_path, monkeypatch, verbose):
+    import logging
+
+    for var in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE"):
+        monkeypatch.delenv(var, raising=False)
+    for name in ("lm_eval", "transformers"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+    r = run(*(["--verbose"] if verbose else []), "ruler", *TINY, "--ctx", "256", "--dry-run")
+    assert r.exit_code == 0, r.output
+    quiet = not verbose
+    assert (logging.getLogger("lm_eval").level == logging.ERROR) == quiet
+    assert (os.environ.get("TRANSFORMERS_VERBOSITY") == "error") == quiet
+    assert (os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1") == quiet
