@@ -28,9 +28,14 @@ def test_help_lists_commands_and_explains_flags():
 
 
 def test_info_runs():
+    import torch
+
     r = run("info")
     assert r.exit_code == 0, r.output
-    assert "torch" in r.output
+    for row in ("lola-bench", "git", "device", "cache dir", "embedded model", "data dir", "triton kernels"):
+        assert row in r.output, row
+    assert torch.__version__ in r.output                 # the versions shown are the ones installed
+    assert "CPU" in r.output or "GPU" in r.output
 
 
 @pytest.mark.parametrize("args,match", [

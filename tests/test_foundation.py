@@ -128,8 +128,10 @@ class TestEmbeddedModel:
         t0 = time.perf_counter()
         again = load_model("smollm2-135m", device="cpu", dtype="float32")
         assert time.perf_counter() - t0 < 30
-        for (n, a), (_, b) in zip(embedded.model.state_dict().items(), again.model.state_dict().items()):
-            assert torch.equal(a, b), n
+        a_sd, b_sd = embedded.model.state_dict(), again.model.state_dict()
+        assert list(a_sd) == list(b_sd) and a_sd
+        for n in a_sd:
+            assert torch.equal(a_sd[n], b_sd[n]), n
 
     def test_lola_with_cache_covering_context_generates_like_full(self, embedded):
         """Invariant 4: greedy generate() with lambda >= context gives the same tokens as full attention."""

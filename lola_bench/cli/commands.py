@@ -172,8 +172,9 @@ def commonsense(
     = ["piqa,arc_easy,arc_challenge,hellaswag,winogrande"],
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", envvar="LOLA_BENCH_DATA",
                                                     help="Offline mirror of the task data (switches to the local task "
-                                                    "YAMLs in tasks/commonsense/). Default: ../shared/data beside the "
-                                                    "checkout if present, else lm-eval's official (online) tasks.")]
+                                                    "YAMLs shipped in lola_bench/evals/commonsense/task_yamls/). "
+                                                    "Default: ../shared/data beside the checkout if present, else "
+                                                    "lm-eval's official (online) tasks.")]
     = None,
     online: Annotated[bool, typer.Option("--online", help="Use lm-eval's official task names (hub data) even if a "
                                          "local mirror exists.")] = False,

@@ -266,7 +266,9 @@ def test_needle_position_follows_depth(task, tok, request):
 
 def test_essay_needles_sit_at_sentence_boundaries(tok, essay_path):
     for s in generate_samples("niah_multikey_1", tok, 2048, 4, seed=2, essay_path=essay_path):
-        for m in re.finditer(r"One of the special magic numbers for \S+ is: \d+\.", s.prompt):
+        needles = list(re.finditer(r"One of the special magic numbers for \S+ is: \d+\.", s.prompt))
+        assert len(needles) == 4, f"expected the task's 4 needles, found {len(needles)}"   # niah_multikey_1: 4 keys
+        for m in needles:
             before, after = s.prompt[: m.start()], s.prompt[m.end() :]
             at_end = after.startswith("\nWhat")  # depth 100: after the (possibly cut) last sentence, as RULER
             at_start = before.endswith("\n")

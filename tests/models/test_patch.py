@@ -7,7 +7,7 @@ from lola_bench.attention.config import LolaConfig
 from lola_bench.attention.state import analytic_bytes
 from lola_bench.errors import UserError
 from lola_bench.models.loading import random_model
-from lola_bench.models.patch import is_patched, lola_attention, new_cache, patch_model, unpatch_model
+from lola_bench.models.patch import is_patched, lola_attention, lola_modules, new_cache, patch_model, unpatch_model
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,13 @@ def test_patched_prefill_equals_full_when_cache_covers(tiny, L, gqa):
     want = tiny(ids).logits
     with lola_attention(tiny, LolaConfig(window=16, sparse=L, gqa=gqa)):
         got = tiny(ids).logits
+        calls = [sum(m.calls.values()) for m in lola_modules(tiny)]
+    assert calls and all(c == 1 for c in calls), calls        # every layer ran LoLA (one prefill call each)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert not is_patched(tiny)
+    with lola_attention(tiny, LolaConfig(window=8, sparse=4, gqa=gqa)):   # the same path with a short cache
+        short = tiny(ids).logits
+    assert not torch.allclose(short, want, atol=1e-3), "LoLA with a short cache must differ from full attention"
 
 
 def test_generate_equals_full_when_cache_covers(tiny):
@@ -33,6 +38,8 @@ def test_generate_equals_full_when_cache_covers(tiny):
     assert len(set(full[0, 70:].tolist())) > 3, "test model too degenerate to compare"
     with lola_attention(tiny, LolaConfig(window=16, sparse=200)):
         lola = tiny.generate(ids, max_new_tokens=30, do_sample=False)
+        phases = {phase for m in lola_modules(tiny) for (phase, _impl), n in m.calls.items() if n}
+    assert phases == {"prefill", "decode"}, phases        # generate() went through LoLA's prefill and decode
     assert torch.equal(full, lola)
 
 

@@ -13,9 +13,9 @@ Online vs offline
   unset): lm-eval's official task names are used unchanged and lm-eval fetches
   the Hugging Face datasets itself.
 * With a data directory: the local ``lola_<task>`` definitions in
-  ``<repo>/tasks/commonsense/`` are used instead. They read the staged files
+  ``lola_bench/evals/commonsense/task_yamls/`` are used instead. They read the staged files
   (see ``/work/shared/data/SOURCES.md`` for provenance) through
-  ``tasks/commonsense/utils.py`` and copy the official lm-eval 0.4.13 prompts,
+  ``task_yamls/utils.py`` and copy the official lm-eval 0.4.13 prompts,
   choices, targets and metrics. The data directory reaches the loaders as task
   metadata (``TaskManager(metadata={"data_dir": ...})``), so it works from any
   working directory, and ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` are forced on
@@ -30,7 +30,7 @@ Caveats of the offline data
   ActivityNet ``ctx_b`` capitalisation is restored by the loader, but WikiHow
   endings that lm-eval leaves with a leading space have none here), so scores
   are close to, but not identical with, official ``hellaswag`` numbers.
-  Details in ``tasks/commonsense/lola_hellaswag.yaml``.
+  Details in ``task_yamls/lola_hellaswag.yaml``.
 * Only evaluation splits are staged (plus MMLU's ``dev``), so with
   ``num_fewshot > 0`` the non-MMLU tasks draw their examples from the evaluation
   split itself (lm-eval skips the document being scored); upstream uses train.

@@ -16,7 +16,7 @@ METRICS: tuple[str, ...] = ("acc", "acc_norm")
 
 DATA_ENV_VAR = "LOLA_BENCH_DATA"
 FEWSHOT_SEED = 1234  # lm-eval's default few-shot sampler seed (simple_evaluate's fewshot_random_seed)
-LOCAL_TASKS_DIR = Path(__file__).resolve().parents[3] / "tasks" / "commonsense"
+LOCAL_TASKS_DIR = Path(__file__).resolve().parent / "task_yamls"   # shipped in the package (wheel too)
 LOCAL_PREFIX = "lola_"
 
 # Evaluation-split sizes of the official lm-eval tasks (the local copies match).
