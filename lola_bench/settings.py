@@ -193,10 +193,12 @@ def variant_columns(attn: AttentionSettings) -> dict:
 
 
 def implementation_columns(attn: AttentionSettings, used: str | None) -> dict:
-    """How the variant was computed: its formula, GQA layout and update cadence, and the implementation that
-    actually ran (``used``: from the layer call counters; None when nothing ran)."""
+    """How the variant was computed: its formula, GQA layout and update cadence, the implementation that actually
+    ran (``used``: from the layer call counters; None when nothing ran) and the CPU threads torch used."""
+    import torch
+
     c = attn.lola
     return {"combine": c.combine if c and c.fold else None, "gqa": c.gqa if c else None,
             "chunk": c.chunk_size if c else None,
             "settings_from": attn.origin or None if c else None,
-            "implementation": used if c else "torch (transformers attention)"}
+            "implementation": used if c else "torch (transformers attention)", "threads": torch.get_num_threads()}

@@ -150,5 +150,6 @@ def test_ruler_threads_recorded_and_reproduce_gives_identical_accuracy(tmp_path,
     assert (tmp_path / "b" / "reproduce.md").is_file()
     summary = pd.read_csv(tmp_path / "b" / "summary.csv")
     assert list(summary["chat_template"]) == [False, False]
+    assert list(pd.read_csv(tmp_path / "a" / "summary.csv")["threads"]) == [1, 1]     # --threads, in every row
     new = json.loads((tmp_path / "b" / "config.json").read_text())
     assert new["ruler"] == cfg["ruler"] and new["attention"] == cfg["attention"]

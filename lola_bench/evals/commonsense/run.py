@@ -182,7 +182,8 @@ def sweep_row(summary: pd.DataFrame, num_fewshot: int | None = None) -> pd.DataF
     acc, norm = by_metric.get("acc"), by_metric.get("acc_norm")
     first = summary.iloc[0].to_dict()
     keep = [k for k in ("model", "attn", "window", "lambda", "sinks", "scorer", "feature_map", "task", "combine",
-                        "gqa", "chunk", "settings_from", "implementation", "device") if k in first]
+                        "gqa", "chunk", "settings_from", "implementation", "threads", "checkpoint", "device")
+            if k in first]
     row = {**{k: first[k] for k in keep}, "ctx": None, "n": acc["n"] if acc else None,
            "accuracy": 100 * acc["value"] if acc else None, "acc_norm": 100 * norm["value"] if norm else None,
            "accuracy_stderr": 100 * acc["stderr"] if acc else None,
