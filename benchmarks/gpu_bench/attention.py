@@ -11,11 +11,19 @@ import torch
 from lola_bench.attention import kernels as K
 from lola_bench.attention.chunked import lola_chunked
 from lola_bench.attention.common import LolaParams, attend
-from lola_bench.attention.config import LolaConfig
 from lola_bench.attention.state import LolaState
 from lola_bench.attention.testing import clone_state
 
-from .common import kernels_on, make_params, preset_shape, random_qkv, set_env, synthetic_state, timed_prefills
+from .common import (
+    bench_config,
+    kernels_on,
+    make_params,
+    preset_shape,
+    random_qkv,
+    set_env,
+    synthetic_state,
+    timed_prefills,
+)
 from .model import SdpaSetting
 from .timing import MIB, Clock, bench_graph_us, bench_us, host_times, sync
 
@@ -23,7 +31,7 @@ from .timing import MIB, Clock, bench_graph_us, bench_us, host_times, sync
 def section_decode_attention(cfgx: dict, device: str, clock: Clock) -> list[dict]:
     """Attention-side decode per token for ``decode_layers`` layers of the decode preset's shape."""
     sh = preset_shape(cfgx["decode_preset"])
-    cfg = LolaConfig(window=cfgx["window"], sparse=max(cfgx["lambdas"]))
+    cfg = bench_config(window=cfgx["window"], sparse=max(cfgx["lambdas"]))
     p = make_params(cfg, sh["hq"], sh["hkv"], sh["d"], device)
     rows = []
     for ctx in cfgx["decode_ctx"]:
@@ -126,7 +134,7 @@ def section_merge_tiles(cfgx: dict, device: str, clock: Clock) -> list[dict]:
     sh = preset_shape(cfgx["decode_preset"])
     ctx = min(cfgx["ttft_ctx"])
     q, k, v = random_qkv(sh, ctx, cfgx["dtype"], device)
-    p = make_params(LolaConfig(window=cfgx["window"], sparse=max(cfgx["lambdas"])), sh["hq"], sh["hkv"], sh["d"],
+    p = make_params(bench_config(window=cfgx["window"], sparse=max(cfgx["lambdas"])), sh["hq"], sh["hkv"], sh["d"],
                     device)
     rows, ref = [], None
     for spec in cfgx["merge_tiles"]:
@@ -153,14 +161,16 @@ def prefill_rows(cfgx: dict, device: str, ctx: int) -> list[dict]:
     q, k, v = random_qkv(sh, ctx, dt, device)
     rows = []
     if kernels_on(device):
-        variants = [(lam, "grouped", {}, {}) for lam in cfgx["lambdas"]] + [(lmax, "expanded", {}, {})]
+        variants = [(lam, "grouped", {}, {}) for lam in cfgx["lambdas"]]
+        variants += [(lmax, "expanded", {}, {}), (lmax, "expanded", {"combine": "lola"}, {})]   # the paper's settings
         if ctx == min(cfgx["ttft_ctx"]):  # where the merge kernel's time goes (per-step costs do not depend on ctx)
             variants += [(lmax, "grouped", {}, {"LOLA_MERGE_SELECT": "rank"}),  # the selection before threshold
                          (lmax, "grouped", {"scorer": "recency"}, {}),         # precomputed scores: no SRE scoring
                          (lmax, "grouped", {"feature_map": "hedgehog"}, {}),   # learned phi (linearized checkpoints)
                          (lmax, "grouped", {"sinks": 4}, {}), (0, "grouped", {"sinks": 4}, {})]
         for lam, gqa, extra, env in variants:
-            p = make_params(LolaConfig(window=eta, sparse=lam, gqa=gqa, **extra), sh["hq"], sh["hkv"], sh["d"], device)
+            cfg = bench_config(window=eta, sparse=lam, gqa=gqa, **extra)
+            p = make_params(cfg, sh["hq"], sh["hkv"], sh["d"], device)
             with set_env(env):
                 _, runs = timed_prefills(q, k, v, p, cfgx["reps"])
             med = {n: statistics.median(r[n] for r in runs) for n in runs[0]}
@@ -168,7 +178,7 @@ def prefill_rows(cfgx: dict, device: str, ctx: int) -> list[dict]:
             rows.append({"ctx": ctx, "variant": label, **{f"{n}_ms": t for n, t in med.items()},
                          "total_ms": sum(med.values())})
     if dt != torch.bfloat16 or ctx <= 8192:  # the torch fast path scores SRE in float32 only; lambda 0 never scores
-        p = make_params(LolaConfig(window=eta, sparse=0), sh["hq"], sh["hkv"], sh["d"], device)
+        p = make_params(bench_config(window=eta, sparse=0), sh["hq"], sh["hkv"], sh["d"], device)
         t = host_times(lambda: lola_chunked(q, k, v, LolaState(), p), device, warmup=1, reps=1)
         rows.append({"ctx": ctx, "variant": "torch lola_chunked l=0", "total_ms": 1000 * t[0]})
     label, setting = "default", SdpaSetting(None, False)

@@ -15,6 +15,15 @@ from lola_bench.attention.config import LolaConfig
 from lola_bench.attention.state import LolaState
 from lola_bench.models.loading import RANDOM_PRESETS
 
+# The LoLA settings of the committed results/perf runs (the LolaConfig defaults before they became the authors'
+# lola / expanded): every bench row uses them unless it names what it varies, so runs compare like for like.
+BENCH_LOLA = {"combine": "gated", "gqa": "grouped"}
+
+
+def bench_config(**kw) -> LolaConfig:
+    """LolaConfig for a bench row: BENCH_LOLA, overridden by what the row varies."""
+    return LolaConfig(**{**BENCH_LOLA, **kw})
+
 FULL = dict(presets=["llama-3.2-1b", "llama-3.1-8b"], ttft_ctx=[4096, 8192, 16384, 32768], lambdas=[0, 512],
             window=64, decode_ctx=[4096, 32768, 131072], decode_preset="llama-3.2-1b", decode_layers=16,
             model_decode_ctx=[4096, 32768], model_decode_tokens=32, reps=3, corr_len=1000, corr_sparse=128,

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import torch
 
-from lola_bench.attention.config import LolaConfig
 from lola_bench.attention.state import LolaState
 from lola_bench.attention.testing import qkv
 
-from .common import make_params, set_env, synthetic_state
+from .common import bench_config, make_params, set_env, synthetic_state
 
 COMPILE_CASES = [  # (dtype, head_dim, feature map, gqa, lambda); the first is the benchmark's configuration
     (torch.bfloat16, 64, "hedgehog-identity", "grouped", 512),
@@ -56,7 +55,7 @@ def _capture_case(dt, d: int, fm: str, gqa: str, lam: int) -> None:
     from lola_bench.attention.kernels import merge as kmerge
     from lola_bench.attention.kernels import prefill as kpre
 
-    p = make_params(LolaConfig(window=64, sparse=lam, feature_map=fm, gqa=gqa), 32, 8, d, "cpu")
+    p = make_params(bench_config(window=64, sparse=lam, feature_map=fm, gqa=gqa), 32, 8, d, "cpu")
     q, k, v = qkv(700, 32, 8, 1, d, dt)
     for step in (lambda: kpre.prefill(q, k, v, LolaState(), p),
                  lambda: kdec.decode_attention(q[:, :, :1], synthetic_state(p, 700, dt, "cpu"), p),

@@ -8,13 +8,12 @@ import torch
 from lola_bench.attention import kernels as K
 from lola_bench.attention.chunked import lola_chunked
 from lola_bench.attention.common import append_window, attend
-from lola_bench.attention.config import LolaConfig
 from lola_bench.attention.decode import lola_decode
 from lola_bench.attention.reference import lola_reference
 from lola_bench.attention.state import LolaState
 from lola_bench.attention.testing import rel_err
 
-from .common import kernels_on, make_params, overlap, preset_shape, set_env, synthetic_state
+from .common import bench_config, kernels_on, make_params, overlap, preset_shape, set_env, synthetic_state
 
 
 def section_correctness(cfgx: dict, device: str) -> list[dict]:
@@ -42,7 +41,7 @@ def selection_checks(cases: list, device: str) -> list[dict]:
     vals = torch.tensor([float("-inf"), float("inf"), 0.0, -0.0, 1e-45, -1e-45, 1.0, 2.0, 3.0, float("nan")])
     try:
         for lam, select, warps in cases:
-            p = make_params(LolaConfig(window=64, sparse=lam, scorer="random"), 4, 2, 64, device)
+            p = make_params(bench_config(window=64, sparse=lam, scorer="random"), 4, 2, 64, device)
             ctx = 64 * (lam // 64 + 4)  # the sparse cache is full
             st = synthetic_state(p, ctx, torch.float32, device)
             ws = p.cfg.window_start(ctx // 64)
@@ -71,7 +70,7 @@ def correctness_checks(preset: str, cfgx: dict, device: str) -> list[dict]:
     dt, dname = cfgx["dtype"], str(cfgx["dtype"]).replace("torch.", "")
     sh = preset_shape(preset)
     hq, hkv, d, L = sh["hq"], sh["hkv"], sh["d"], cfgx["corr_len"]
-    p = make_params(LolaConfig(window=cfgx["window"], sparse=cfgx["corr_sparse"]), hq, hkv, d, device)
+    p = make_params(bench_config(window=cfgx["window"], sparse=cfgx["corr_sparse"]), hq, hkv, d, device)
     torch.manual_seed(1)
 
     def rand(h, n, dtype=torch.float32):

@@ -10,12 +10,11 @@ import torch
 
 from lola_bench.attention import kernels as K
 from lola_bench.attention.chunked import lola_chunked
-from lola_bench.attention.config import LolaConfig
 from lola_bench.attention.decode import lola_decode
 from lola_bench.models import patch as lola_patch
 from lola_bench.models.loading import random_model
 
-from .common import forward_kw, kernels_on
+from .common import bench_config, forward_kw, kernels_on
 from .timing import Clock, host_times, peak_mib, peak_reset, sync
 
 
@@ -101,7 +100,7 @@ def model_rows(preset: str, cfgx: dict, device: str, clock: Clock, results: dict
     backend_label, setting = pick_sdpa(model, device, kw)
     for mode, lam in [("full", None)] + [("lola", lam) for lam in cfgx["lambdas"]]:
         if mode == "lola":
-            lola_patch.patch_model(model, LolaConfig(window=cfgx["window"], sparse=lam))
+            lola_patch.patch_model(model, bench_config(window=cfgx["window"], sparse=lam))
         for ctx in cfgx["ttft_ctx"]:
             est = 6 * (ctx / 32768) * (4 if "8b" in preset else 1) * (cfgx["reps"] + 1)
             if device == "cuda" and clock.left() < 20 + est:
