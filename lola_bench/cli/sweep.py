@@ -49,6 +49,11 @@ def sweep(
     full: Annotated[bool, typer.Option("--full/--no-full", help="Add full-attention reference rows.")] = True,
     evict: Annotated[bool, typer.Option("--evict", help="Add KV-eviction cells (--attn evict) at the same windows, "
                                         "lambdas and scorers (sre excepted); lambda 0 = sinks + window.")] = False,
+    budget_mib: Annotated[list[str], typer.Option("--budget-mib", metavar="MIB[,MIB...]", help="Equal-memory "
+                                                  "comparison (ruler): per --ctx, each LoLA / eviction family gets the "
+                                                  "largest lambda whose cache bytes fit each budget (replaces the "
+                                                  "nonzero --lambda values; base and full keep their own cost).")]
+    = [],
     samples: Annotated[int, typer.Option("--samples", help="Samples per ruler cell.")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="Prompt seed.")] = 0,
     combine: CombineOpt = None,
@@ -85,6 +90,7 @@ def sweep(
                      lambdas=ints("--lambda", lam), windows=ints("--window", window), ctxs=ints("--ctx", ctx),
                      tasks=strs(task), scorers=strs(scorer),
                      feature_maps=strs(feature_map) or (None,), full=full, evict=evict, samples=samples, seed=seed,
+                     budgets_mib=strs(budget_mib),
                      combine=combine, sinks=sinks, gqa=gqa, chunk=chunk, preset=preset, kernels=kernels_flag(),
                      essay_path=default_essay_path(essay_path),
                      limit=limit,
@@ -98,7 +104,7 @@ def sweep(
     plan = plan_sweep(spec, out_dir, shard=shard, retry_failed=retry_failed)
     if dry_run:
         keep = [c for c in ["index", "cell_id", "attn", "window", "lambda", "scorer", "feature_map", "task", "ctx",
-                            "status", "eta_s"] if c in plan.columns]
+                            *(["budget_mib"] if spec.budgets_mib else []), "status", "eta_s"] if c in plan.columns]
         print_frame(plan, f"sweep {out_dir}: {plan.attrs['done']}/{plan.attrs['total']} done, "
                      f"ETA {format_eta(plan.attrs['eta_s'])}", keep)
         return

@@ -10,9 +10,10 @@ from pathlib import Path
 import pandas as pd
 
 from ._mpl import pyplot
-from .sweep_tables import FULL_LABEL, VARIANT_KEYS, mean_over_tasks, ok_rows
+from .sweep_tables import BASE_LABEL, FULL_LABEL, VARIANT_KEYS, family_label, mean_over_tasks, ok_rows
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+EVICT_MARKERS = ("x", "+", "1", "2", "3", "4", "|")   # line markers: eviction never looks like a LoLA point
 
 
 def pareto_frontier(x, y) -> list[bool]:
@@ -64,6 +65,8 @@ def _plot_pareto(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
     colors = _eta_colors(lola["window"].dropna().unique())
     styles = sorted(lola.loc[lola["attn"] == "lola", ["scorer", "feature_map"]].drop_duplicates()
                     .itertuples(index=False, name=None))
+    evictions = sorted({family_label("evict", r["scorer"], r["lambda"]) for _, r in lola[lola["attn"] == "evict"]
+                        .iterrows()})
     multi_fm = lola["feature_map"].nunique() > 1
     fig, axes = _subplots(plt, len(ctxs))
     for ax, ctx in zip(axes, ctxs):
@@ -73,10 +76,15 @@ def _plot_pareto(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
         for k, (_, r) in enumerate(pts.iterrows()):
             base = r["attn"] == "base"
             key = (r["scorer"], r["feature_map"])
-            marker = MARKERS[styles.index(key) % len(MARKERS)] if key in styles else "o"
             c = colors.get(r["window"], "gray")
-            ax.scatter(r["cache_mib"], r["accuracy"], s=46, marker=marker, zorder=3,
-                       facecolors="none" if base else c, edgecolors=c, linewidths=1.4)
+            if r["attn"] == "evict":
+                fam = family_label("evict", r["scorer"], r["lambda"])
+                ax.scatter(r["cache_mib"], r["accuracy"], s=60, marker=EVICT_MARKERS[evictions.index(fam) %
+                           len(EVICT_MARKERS)], zorder=3, color=c, linewidths=1.6)
+            else:
+                marker = MARKERS[styles.index(key) % len(MARKERS)] if key in styles else "o"
+                ax.scatter(r["cache_mib"], r["accuracy"], s=46, marker=marker, zorder=3,
+                           facecolors="none" if base else c, edgecolors=c, linewidths=1.4)
             ax.annotate(f"λ={int(r['lambda'])}", (r["cache_mib"], r["accuracy"]), fontsize=7, color="0.25",
                         xytext=(4, 4 if k % 2 == 0 else -11), textcoords="offset points")  # alternate: less overlap
         if len(pts):
@@ -102,7 +110,7 @@ def _plot_pareto(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
         ax.set_ylabel("accuracy (%, mean over tasks)")
         ax.grid(alpha=0.3)
     handles = _legend_handles(plt, colors, styles, multi_fm, has_base=(lola["attn"] == "base").any(),
-                              has_full=(d["attn"] == "full").any(), frontier=True)
+                              has_full=(d["attn"] == "full").any(), frontier=True, evictions=evictions)
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.suptitle(f"Accuracy vs cache memory — {model}")
     fig.tight_layout()
@@ -110,7 +118,7 @@ def _plot_pareto(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
 
 
 def _legend_handles(plt, colors: dict, styles: list, multi_fm: bool, has_base: bool, has_full: bool,
-                    frontier: bool = False, lines: bool = False) -> list:
+                    frontier: bool = False, lines: bool = False, evictions: list = ()) -> list:
     from matplotlib.lines import Line2D
 
     h = [Line2D([], [], color=c, marker="o" if not lines else None, ls="-" if lines else "", label=f"η={int(e)}")
@@ -118,12 +126,14 @@ def _legend_handles(plt, colors: dict, styles: list, multi_fm: bool, has_base: b
     if not lines:
         for i, (scorer, fm) in enumerate(styles):
             h.append(Line2D([], [], color="0.3", marker=MARKERS[i % len(MARKERS)], ls="",
-                            label=f"scorer {scorer}" + (f", φ={fm}" if multi_fm else "")))
+                            label=f"LoLA, scorer {scorer}" + (f", φ={fm}" if multi_fm else "")))
         if has_base:
-            h.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="none", ls="", label="base (λ=0)"))
+            h.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="none", ls="", label=BASE_LABEL))
+        for i, fam in enumerate(evictions):
+            h.append(Line2D([], [], color="0.3", marker=EVICT_MARKERS[i % len(EVICT_MARKERS)], ls="", label=fam))
     if frontier:
         h.append(Line2D([], [], color="0.35", lw=2.2, alpha=0.45, marker="o", markersize=12, markeredgewidth=0,
-                        label="Pareto frontier (LoLA/base)"))
+                        label="Pareto frontier (all but full)"))
     if has_full:
         h.append(Line2D([], [], color="black", marker="*" if frontier else None, markersize=11,
                         ls=":" if frontier else "--", label=FULL_LABEL))
@@ -147,8 +157,9 @@ def _plot_vs_lambda(ok: pd.DataFrame, model: str, values: list[tuple[str, str]],
     colors = _eta_colors(lola["window"].dropna().unique())
     scorers = sorted(lola.loc[lola["attn"] == "lola", "scorer"].dropna().unique())
     fms = sorted(lola["feature_map"].dropna().unique())
-    combos = [(s, fm) for s in (scorers or [None]) for fm in fms]
-    dashes = ["-", "--", "-.", ":"]
+    combos = [("lola", s, fm) for s in (scorers or [None]) for fm in fms]
+    combos += [("evict", s, None) for s in sorted(lola.loc[lola["attn"] == "evict", "scorer"].dropna().unique())]
+    dashes = ["-", "--", "-.", ":", (0, (1, 1)), (0, (5, 1, 1, 1, 1, 1))]
     from matplotlib.lines import Line2D
 
     if len(values) == 1:                       # one value: a row of panels, one per ctx
@@ -161,9 +172,12 @@ def _plot_vs_lambda(ok: pd.DataFrame, model: str, values: list[tuple[str, str]],
     for ax, ctx, (value, ylabel) in panels:
         g = d[d["ctx"] == ctx]
         for eta in sorted(colors):
-            for ci, (scorer, fm) in enumerate(combos):
+            for ci, (kind, scorer, fm) in enumerate(combos):
                 sel = g[(g["window"] == eta) & (g["feature_map"] == fm) &
-                        ((g["attn"] == "base") | (g["scorer"] == scorer))].sort_values("lambda")
+                        ((g["attn"] == "base") | ((g["attn"] == "lola") & (g["scorer"] == scorer)))] if kind == "lola" \
+                    else g[(g["window"] == eta) & (g["attn"] == "evict") & ((g["scorer"] == scorer) |
+                                                                            (g["lambda"] == 0))]
+                sel = sel.sort_values("lambda")
                 sel = sel.dropna(subset=[value])
                 if len(sel):
                     ax.plot([pos[x] for x in sel["lambda"]], sel[value], marker="o", ms=4, color=colors[eta],
@@ -180,12 +194,19 @@ def _plot_vs_lambda(ok: pd.DataFrame, model: str, values: list[tuple[str, str]],
     handles = _legend_handles(plt, colors, [], False, False, has_full=(d["attn"] == "full").any(), lines=True)
     if len(combos) > 1:
         handles += [Line2D([], [], color="0.3", ls=dashes[i % len(dashes)],
-                           label=f"scorer {s}" + (f", φ={fm}" if len(fms) > 1 else "")) for i, (s, fm) in
+                           label=_family_line_label(kind, s, fm, len(fms) > 1)) for i, (kind, s, fm) in
                     enumerate(combos)]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.suptitle(f"{title} — {model}")
     fig.tight_layout()
     return _save(fig, out, plt)
+
+
+def _family_line_label(kind: str, scorer, fm, multi_fm: bool) -> str:
+    """A line standing for a family across λ: LoLA with its scorer (λ=0: its base), eviction by name."""
+    if kind == "evict":
+        return family_label("evict", scorer, 1)   # the λ>0 name; its λ=0 point is StreamingLLM
+    return f"LoLA, scorer {scorer}" + (f", φ={fm}" if multi_fm else "")
 
 
 def _plot_vs_ctx(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
@@ -198,18 +219,21 @@ def _plot_vs_ctx(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
     import matplotlib
 
     lola = d[d["attn"] != "full"]
-    scorers = sorted(lola.loc[lola["attn"] == "lola", "scorer"].dropna().unique()) or [None]
+    panels = [("lola", s) for s in sorted(lola.loc[lola["attn"] == "lola", "scorer"].dropna().unique())]
+    panels += [("evict", s) for s in sorted(lola.loc[lola["attn"] == "evict", "scorer"].dropna().unique())]
+    panels = panels or [("lola", None)]
     lams = sorted(lola["lambda"].dropna().unique())
     etas = sorted(lola["window"].dropna().unique())
     cmap = matplotlib.colormaps["viridis"]
     lam_color = {lam: cmap(0.9 * i / max(1, len(lams) - 1)) for i, lam in enumerate(lams)}
     dashes = ["-", "--", "-.", ":"]
-    fig, axes = _subplots(plt, len(scorers))
-    for ax, scorer in zip(axes, scorers):
+    fig, axes = _subplots(plt, len(panels))
+    for ax, (kind, scorer) in zip(axes, panels):
         for ei, eta in enumerate(etas):
             for lam in lams:
-                sel = lola[(lola["window"] == eta) & (lola["lambda"] == lam) &
-                           ((lola["attn"] == "base") | (lola["scorer"] == scorer))]
+                fam = (lola["attn"] == "base") | ((lola["attn"] == "lola") & (lola["scorer"] == scorer)) \
+                    if kind == "lola" else (lola["attn"] == "evict") & ((lola["scorer"] == scorer) | (lam == 0))
+                sel = lola[(lola["window"] == eta) & (lola["lambda"] == lam) & fam]
                 sel = sel.groupby("ctx")["accuracy"].mean()
                 if len(sel):
                     ax.plot([ctxs.index(c) for c in sel.index], sel.values, marker="o", ms=4,
@@ -221,7 +245,7 @@ def _plot_vs_ctx(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel("accuracy (%, mean over tasks)")
         ax.set_ylim(-4, 104)
-        ax.set_title(f"scorer {scorer}" if scorer else "LoLA")
+        ax.set_title(_family_line_label(kind, scorer, None, False) if scorer else "LoLA")
         ax.grid(alpha=0.3)
     from matplotlib.lines import Line2D
 

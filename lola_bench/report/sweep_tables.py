@@ -36,27 +36,49 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     return ok
 
 
-def _variant_label(row, scorers: int) -> str:
-    if row["attn"] == "full":
+BASE_LABEL = "LoLA base (λ=0)"
+# KV eviction (--attn evict) by scorer: the baseline each one is known as
+EVICTION_NAMES = {"sink": "StreamingLLM", "attention": "H2O", "snapkv": "SnapKV", "key_norm": "key-norm",
+                  "random": "random", "recency": "recency"}
+
+
+def family_label(attn, scorer=None, lam=None) -> str:
+    """The variant family a reader can tell apart: full attention, LoLA base (λ=0), LoLA, or eviction with the
+    baseline its scorer makes (StreamingLLM = sinks + window, λ=0 or sink-scored; H2O; SnapKV; key-norm; random)."""
+    if attn == "full":
         return FULL_LABEL
-    if row["attn"] == "base" or row["lambda"] == 0:
-        return "base (λ=0)"
-    return (f"{row['scorer']} " if scorers > 1 else "") + f"λ={int(row['lambda'])}"
+    if attn == "evict":
+        name = "StreamingLLM" if lam == 0 else EVICTION_NAMES.get(scorer, str(scorer))
+        return f"eviction: {name}"
+    if attn == "base" or lam == 0:
+        return BASE_LABEL
+    return "LoLA"
 
 
-def _variant_sort(label: str) -> tuple:
-    if label == FULL_LABEL:
-        return (2, "", 0)
-    if label.startswith("base"):
-        return (0, "", 0)
-    scorer, _, lam = label.rpartition("λ=")
-    return (1, scorer, int(lam))
+def _family_rank(attn, lam) -> int:
+    return {"base": 0, "lola": 1, "evict": 2, "full": 3}.get("base" if attn == "lola" and lam == 0 else attn, 1)
+
+
+def _variant_label(row, scorers: int) -> str:
+    fam = family_label(row["attn"], row.get("scorer"), row["lambda"])
+    if row["attn"] == "full" or fam == BASE_LABEL:
+        return fam
+    if row["attn"] == "lola" and scorers > 1:
+        fam += f" {row['scorer']}"
+    return f"{fam} λ={int(row['lambda'])}"
+
+
+def _variant_sort(row, scorers: int) -> tuple:
+    lam = row["lambda"]
+    return (_family_rank(row["attn"], lam), _variant_label(row, scorers).rpartition(" λ=")[0],
+            0 if lam != lam or lam is None else int(lam))
 
 
 def _pivot(g: pd.DataFrame, value: str) -> pd.DataFrame:
     """Rows: variants (base, scorer x lambda, full); columns: eta. Full attention fills every eta column."""
     scorers = g.loc[g["attn"] == "lola", "scorer"].nunique()
     g = g.assign(variant=[_variant_label(r, scorers) for _, r in g.iterrows()])
+    order = {r["variant"]: _variant_sort(r, scorers) for _, r in g.iterrows()}
     lola = g[g["attn"] != "full"]
     etas = sorted(lola["window"].dropna().unique())
     if etas:
@@ -68,7 +90,7 @@ def _pivot(g: pd.DataFrame, value: str) -> pd.DataFrame:
     full = g.loc[g["attn"] == "full", value].dropna()
     if len(full):
         table.loc[FULL_LABEL] = full.mean()
-    table = table.loc[sorted(table.index, key=_variant_sort)]
+    table = table.loc[sorted(table.index, key=lambda v: order[v])]
     return table.rename_axis("variant").reset_index()
 
 
@@ -78,7 +100,7 @@ def _groups(ok: pd.DataFrame, keys: list[str]):
         key = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         fmaps = sorted(g.loc[g["attn"] != "full", "feature_map"].dropna().unique()) or [None]
         for fm in fmaps:
-            rows = g[(g["attn"] == "full") | (g["feature_map"] == fm)] if fm else g
+            rows = g[g["attn"].isin(["full", "evict"]) | (g["feature_map"] == fm)] if fm else g  # no φ: every table
             yield {**key, "feature_map": fm, "_n_fm": len(fmaps)}, rows
 
 
@@ -143,7 +165,9 @@ def sweep_markdown(df: pd.DataFrame, plots: list[Path] = ()) -> str:
              f"{n_cells} finished cells ({n_cells - n_failed} ok, {n_failed} failed); models: {models}; devices: "
              + f"{devices}.\n",
              (f"> **Note.** {exactness_note(_row_configs(ok))} "
-              "η is the sliding window, λ the sparse cache size (pairs); base = λ=0 (window + linear state only). "
+              "η is the sliding window, λ the sparse cache size (pairs); LoLA base = λ=0 (window + linear state only); "
+              "eviction keeps the same window and λ pairs and drops the rest (no linear state), named by its scorer: "
+              "StreamingLLM (sinks + window), H2O (attention mass), SnapKV, key-norm, random. "
               "Accuracy is in % (RULER: mean per-sample score; commonsense: lm-eval acc × 100).\n")]
     lola_rows = ok[ok["attn"] != "full"]
     horizon = pd.Series([c.exact_len if c else math.nan for c in _row_configs(lola_rows)], index=lola_rows.index,

@@ -16,7 +16,7 @@ Changing the grid changes the split.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..attention.config import FEATURE_MAPS, SCORERS
@@ -24,15 +24,13 @@ from ..errors import UserError
 from ..paths import data_dir, results_dir
 from ..records import cell_hash, fingerprint, to_jsonable
 from ..settings import (
-    FULL,
     AttentionSettings,
-    LolaFlags,
-    ModelSettings,
     check_kernels,
     check_preset,
-    lola_config_and_sources,
     resolved_kernels,
 )
+from .budget import parse_budgets
+from .variants import grid_variants
 
 SUITES = ("ruler", "commonsense")
 CELL_FORMAT = 1                      # bump when the meaning of a cell config changes
@@ -68,6 +66,11 @@ class SweepSpec:
     lambda = 0 to the lambdas. ``evict`` adds KV-eviction cells (``--attn evict``) at the same windows and lambdas,
     one per scorer other than sre (lambda = 0: one per window, scorer sink: the sinks + window of StreamingLLM),
     with no checkpoint; the other settings (sinks, GQA, cadence) as the LoLA cells resolve them.
+
+    ``budgets_mib`` (ruler only; equal-memory comparison): the nonzero lambdas are replaced, per ctx, by the largest
+    lambda whose analytic cache bytes at that ctx fit each budget (sweep/budget.py), for every LoLA (feature map,
+    window, scorer) and eviction (window, scorer) family; the base cell (lambda = 0 in ``lambdas``) and full
+    attention stay at their own cost. The budget is recorded in the cell (``budget_mib``) but not hashed.
     """
 
     suite: str = "ruler"
@@ -100,6 +103,7 @@ class SweepSpec:
     data_dir: str | None = None                      # commonsense data mirror (default: ../shared/data if present)
     online: bool = False                             # commonsense: lm-eval's official (hub) tasks even with a mirror
     batch_size: int = 1
+    budgets_mib: tuple[float, ...] = ()              # equal-memory: lambda per variant and ctx fitted to each budget
 
     def __post_init__(self):
         if self.suite not in SUITES:
@@ -108,9 +112,13 @@ class SweepSpec:
         normal = {"lambdas": tuple(sorted(lambdas)), "windows": _ints("window", self.windows, 1),
                   "ctxs": _ints("ctx", self.ctxs, 1), "scorers": _ordered("scorer", self.scorers, SCORERS),
                   "feature_maps": _ordered("feature map", self.feature_maps, (None, *FEATURE_MAPS)),
-                  "tasks": self._expand_tasks(self.tasks)}
+                  "tasks": self._expand_tasks(self.tasks), "budgets_mib": parse_budgets(self.budgets_mib)}
         for name, value in normal.items():
             object.__setattr__(self, name, value)       # frozen dataclass: normalise in place
+        if self.budgets_mib and self.suite != "ruler":
+            raise UserError("--budget-mib needs the ruler suite (the budget is met at each --ctx)")
+        if self.budgets_mib and not self.windows:
+            raise UserError("--window needs at least one value")
         if self.lambdas and not self.windows:
             raise UserError("--window needs at least one value")
         if self.lambdas and not (self.scorers and self.feature_maps):
@@ -200,10 +208,16 @@ class Cell:
     qa_path: str | None = None
     data_dir: str | None = None      # commonsense: the offline data mirror (None: lm-eval's online tasks)
     batch_size: int = 1
+    budgets_mib: tuple[float, ...] = ()  # equal-memory budgets this cell's lambda was chosen for (not hashed)
 
     @property
     def cell_id(self) -> str:
         return self.config.cell_id
+
+    @property
+    def budget_mib(self) -> float | None:
+        """The smallest budget the cell was chosen for (several budgets can pick the same lambda)."""
+        return min(self.budgets_mib) if self.budgets_mib else None
 
     @property
     def label(self) -> str:
@@ -213,7 +227,8 @@ class Cell:
             + (f" {a.lola.scorer}" if a.mode in ("lola", "evict") else "")
             + (f" {a.lola.feature_map}" if a.lola.fold else "")
             + (f" sinks={a.lola.sinks}" if a.lola.sinks else ""))
-        return f"{variant} | {c.task}" + (f" ctx={c.ctx}" if c.ctx is not None else "")
+        budget = f" budget={','.join(f'{b:g}' for b in self.budgets_mib)}MiB" if self.budgets_mib else ""
+        return f"{variant}{budget} | {c.task}" + (f" ctx={c.ctx}" if c.ctx is not None else "")
 
     def describe(self) -> dict:
         """Flat description for tables (dry run)."""
@@ -224,7 +239,7 @@ class Cell:
                 "sinks": lola.sinks if lola else None,
                 "scorer": lola.scorer if a.mode in ("lola", "evict") else None,
                 "feature_map": lola.feature_map if lola and lola.fold else None, "task": c.task, "ctx": c.ctx,
-                "n": c.samples if c.suite == "ruler" else c.limit}
+                "n": c.samples if c.suite == "ruler" else c.limit, "budget_mib": self.budget_mib}
 
 
 def _resolved_device(spec: SweepSpec) -> tuple[str, str]:
@@ -255,42 +270,9 @@ def _ruler_settings(spec: SweepSpec):
                          chat_template=spec.chat_template)
 
 
-def _variants(spec: SweepSpec) -> list[tuple[AttentionSettings, str | None]]:
-    """Attention variants in canonical order, each with its resolved checkpoint path."""
-    from ..models.checkpoint import read_meta, resolve_checkpoint
-
-    out: list[tuple[AttentionSettings, str | None]] = []
-    if spec.full:
-        out.append((FULL, None))
-    if not spec.lambdas:
-        return out
-    ms = ModelSettings(spec.model, spec.device, spec.dtype, spec.lola_ckpt)
-    resolved = list(dict.fromkeys(resolve_checkpoint(ms, fm) for fm in spec.feature_maps))
-    for ckpt, fmap in resolved:
-        for window in spec.windows:
-            flags = LolaFlags(window=window, combine=spec.combine, sinks=spec.sinks, gqa=spec.gqa, chunk=spec.chunk,
-                              seed=spec.seed, preset=spec.preset)
-            cfg, origin = lola_config_and_sources(flags, fmap, read_meta(ckpt) if ckpt else None, ckpt)
-            base = replace(cfg, sparse=0, scorer="sre")
-            if 0 in spec.lambdas:          # scorer-independent: one base cell, canonical (default) scorer
-                out.append((AttentionSettings("base", base, spec.kernels, origin), ckpt))
-            for scorer in spec.scorers:
-                for lam in spec.lambdas:
-                    if lam:
-                        out.append((AttentionSettings("lola", replace(base, sparse=lam, scorer=scorer), spec.kernels,
-                                                      origin), ckpt))
-    if spec.evict:  # no checkpoint, no feature map: once per window, the settings the first LoLA cells resolved
-        ckpt, _ = resolved[0]
-        for window in spec.windows:
-            flags = LolaFlags(window=window, combine=spec.combine, sinks=spec.sinks, gqa=spec.gqa, chunk=spec.chunk,
-                              seed=spec.seed, preset=spec.preset)
-            cfg, origin = lola_config_and_sources(flags, "hedgehog-identity", read_meta(ckpt) if ckpt else None, ckpt)
-            keep = dict.fromkeys((0, "sink") if lam == 0 else (lam, s)
-                                 for s in spec.scorers if s != "sre" for lam in spec.lambdas)
-            for lam, scorer in keep:
-                out.append((AttentionSettings("evict", replace(cfg, sparse=lam, scorer=scorer, fold=False),
-                                              spec.kernels, origin), None))
-    return out
+def _variants(spec: SweepSpec, ctx: int | None = None):
+    """Attention variants in canonical order: (settings, checkpoint path, budgets); see sweep/variants.py."""
+    return grid_variants(spec, ctx, _resolved_device(spec)[1])
 
 
 def _commonsense_data_dir(spec: SweepSpec) -> str | None:
@@ -316,18 +298,33 @@ def validate_spec(spec: SweepSpec) -> None:
             resolve_tasks(list(spec.tasks), data)
         except ValueError as e:
             raise UserError(str(e)) from None
-    _variants(spec)
+    if spec.budgets_mib:
+        for ctx in spec.ctxs:
+            if not _variants(spec, ctx):
+                raise UserError(f"no variant fits --budget-mib {', '.join(f'{b:g}' for b in spec.budgets_mib)} at "
+                                f"ctx {ctx}, and --no-full leaves nothing to run")
+    else:
+        _variants(spec)
 
 
 def cells(spec: SweepSpec) -> list[Cell]:
     """Expand the grid in canonical order: per task and ctx, full attention, then per feature map and window the
-    base cell (lambda = 0) and the LoLA cells per scorer and lambda. Validates the spec first (UserError)."""
+    base cell (lambda = 0) and the LoLA cells per scorer and lambda (with budgets: the lambda fitted to each budget
+    at that ctx), then the eviction cells. Validates the spec first (UserError)."""
     validate_spec(spec)
     device, dtype = _resolved_device(spec)
     from ..models.checkpoint import checkpoint_fingerprint
 
-    variants = [(attn, ckpt, checkpoint_fingerprint(ckpt, exclude=("lola.json",)) if ckpt else None)
-                for attn, ckpt in _variants(spec)]
+    fingerprints: dict = {}
+
+    def variants(ctx=None):
+        out = []
+        for attn, ckpt, budgets in _variants(spec, ctx):
+            if ckpt and ckpt not in fingerprints:
+                fingerprints[ckpt] = checkpoint_fingerprint(ckpt, exclude=("lola.json",))
+            out.append((attn, ckpt, fingerprints.get(ckpt), budgets))
+        return out
+
     out: list[Cell] = []
     if spec.suite == "ruler":
         from ..evals.ruler import TASKS
@@ -340,16 +337,16 @@ def cells(spec: SweepSpec) -> list[Cell]:
                                                      if t.kind == "qa" else None)
             haystack = fingerprint(data_path) if data_path else None
             for ctx in spec.ctxs:
-                for attn, ckpt, ck_id in variants:
+                for attn, ckpt, ck_id, budgets in variants(ctx):
                     cfg = CellConfig("ruler", spec.model, device, dtype, attn, ck_id, task, ctx=ctx,
                                      samples=spec.samples, seed=spec.seed, chat_template=spec.chat_template,
                                      haystack=haystack)
                     out.append(Cell(len(out), cfg, ckpt, essay_path=essay if t.needs_essay else None,
-                                    qa_path=spec.qa_path if t.kind == "qa" else None))
+                                    qa_path=spec.qa_path if t.kind == "qa" else None, budgets_mib=budgets))
     else:
         data_dir = _commonsense_data_dir(spec)
         for task in spec.tasks:
-            for attn, ckpt, ck_id in variants:
+            for attn, ckpt, ck_id, _ in variants():
                 cfg = CellConfig("commonsense", spec.model, device, dtype, attn, ck_id, task, limit=spec.limit,
                                  num_fewshot=spec.num_fewshot, data="local" if data_dir else "online")
                 out.append(Cell(len(out), cfg, ckpt, data_dir=data_dir, batch_size=spec.batch_size))

@@ -255,6 +255,8 @@ def _cell_rows(cell: Cell, out: CellOutput | None, status: str, error: str | Non
             status, error = "error", "the cell produced no rows"
     df["cell_id"], df["suite"], df["status"], df["error"] = cell.cell_id, c.suite, status, error
     df["wall_s"] = round(wall, 3)
+    if cell.budgets_mib:                               # equal-memory sweeps: the budget this lambda was fitted to
+        df["budget_mib"] = cell.budget_mib
     if c.attention.mode == "base":
         df["scorer"] = None                            # lambda = 0: no sparse cache, the scorer plays no part
     return tidy(df)

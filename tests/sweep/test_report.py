@@ -72,10 +72,10 @@ def test_render_sweep_report_writes_tables_and_plots(tmp_path):
     assert "### niah_single_1, ctx 512" in md and "### mean over 2 tasks, ctx 1024" in md
     assert "| variant | η=16 | η=32 |" in md
     # lambda x eta pivot: sre, lambda=64, eta=16 -> min(100, 64 * 1.5 * 16 / 32) = 48; full row; failures
-    line = next(ln for ln in md.splitlines() if ln.startswith("| sre λ=64 |"))
+    line = next(ln for ln in md.splitlines() if ln.startswith("| LoLA sre λ=64 |"))
     assert line.split("|")[2].strip() == "48.0"
     assert any(ln.startswith("| full attention | 100.0 | 100.0 |") for ln in md.splitlines())
-    assert any(ln.startswith("| base (λ=0) | 10.0 | 10.0 |") for ln in md.splitlines())
+    assert any(ln.startswith("| LoLA base (λ=0) | 10.0 | 10.0 |") for ln in md.splitlines())
     assert "## Failed cells" in md and "OutOfMemoryError" in md
     assert "TTFT" in md and "MiB" in md
 
@@ -116,7 +116,7 @@ def test_commonsense_rows_render_tables_without_plots(tmp_path):
     paths = render_sweep_report(pd.DataFrame(rows), tmp_path)
     assert [p.name for p in paths] == ["sweep.md"]
     md = paths[0].read_text()
-    assert "## commonsense: accuracy (%) by λ × η" in md and "| λ=512 | 65.0 |" in md
+    assert "## commonsense: accuracy (%) by λ × η" in md and "| LoLA λ=512 | 65.0 |" in md
 
 
 def _cs_summary(attn, values, n=100, window=None, lam=None, sinks=None):

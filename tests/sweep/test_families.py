@@ -1,0 +1,98 @@
+"""The report names every variant family -- full, LoLA base, LoLA, eviction by its baseline -- in sweep.md and in
+the plot legends, on a fake sweep frame (no model)."""
+
+from __future__ import annotations
+
+import importlib
+
+import pandas as pd
+
+from lola_bench.report import sweep_markdown
+from lola_bench.report.sweep_tables import family_label
+from lola_bench.sweep import SWEEP_COLUMNS
+
+sp = importlib.import_module("lola_bench.report.sweep_plots")   # the package re-exports a function of that name
+
+EVICTIONS = {"StreamingLLM": ("sink", 0), "H2O": ("attention", 64), "SnapKV": ("snapkv", 64),
+             "key-norm": ("key_norm", 64), "random": ("random", 64)}
+
+
+def family_frame() -> pd.DataFrame:
+    rows = []
+    for ctx in (512, 1024):
+        def add(attn, lam, scorer, acc, fm="hedgehog-identity", ctx=ctx, **kw):
+            rows.append({"cell_id": f"{len(rows):016x}", "suite": "ruler", "status": "ok", "model": "random:tiny",
+                         "attn": attn, "window": None if attn == "full" else 32, "lambda": lam, "scorer": scorer,
+                         "feature_map": fm, "task": "passkey", "ctx": ctx, "n": 2, "accuracy": acc,
+                         "ttft_s": 0.01, "cache_mib": 0.1 + (lam or 0) / 100 if attn != "full" else 4.0,
+                         "full_kv_mib": 4.0, "peak_mem_mib": 1.0, "mean_prompt_tokens": ctx - 10, **kw})
+        add("full", None, None, 100.0)
+        add("base", 0, None, 10.0)
+        add("lola", 64, "sre", 60.0)
+        for name, (scorer, lam) in EVICTIONS.items():
+            add("evict", lam, scorer, 20.0 + len(name), fm=None)
+    return pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS)
+
+
+def test_family_labels():
+    assert family_label("full") == "full attention"
+    assert family_label("base", None, 0) == family_label("lola", "sre", 0) == "LoLA base (λ=0)"
+    assert family_label("lola", "attention", 64) == "LoLA"
+    assert family_label("evict", "sink", 0) == family_label("evict", "attention", 0) == "eviction: StreamingLLM"
+    assert family_label("evict", "attention", 64) == "eviction: H2O"
+    assert family_label("evict", "snapkv", 64) == "eviction: SnapKV"
+
+
+def test_sweep_md_names_every_family():
+    md = sweep_markdown(family_frame())
+    variants = [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| ") and "η=32" not in ln]
+    expected = ["LoLA base (λ=0)", "LoLA λ=64", "eviction: StreamingLLM λ=0", "eviction: H2O λ=64",
+                "eviction: SnapKV λ=64", "eviction: key-norm λ=64", "eviction: random λ=64", "full attention"]
+    first = variants[:len(expected)]
+    assert sorted(first) == sorted(expected)
+    assert first[:2] == expected[:2] and first[-1] == "full attention"   # LoLA families first, full last
+    # the H2O row holds the evict/attention accuracy, not LoLA's
+    h2o = next(ln for ln in md.splitlines() if ln.startswith("| eviction: H2O λ=64 |"))
+    assert "23.0" in h2o
+
+
+def _legends(monkeypatch, tmp_path):
+    seen = {}
+
+    def save(fig, path, plt):
+        seen[path.name] = [t.get_text() for leg in fig.legends for t in leg.get_texts()] + \
+            [ax.get_title() for ax in fig.axes if ax.get_visible()]
+        plt.close(fig)
+        return path
+
+    monkeypatch.setattr(sp, "_save", save)
+    sp.sweep_plots(family_frame(), tmp_path)
+    return seen
+
+
+def test_plot_legends_name_every_family(monkeypatch, tmp_path):
+    seen = _legends(monkeypatch, tmp_path)
+    pareto = seen["accuracy_vs_cache.png"]
+    for label in ("full attention", "LoLA base (λ=0)", "LoLA, scorer sre", *(f"eviction: {n}" for n in EVICTIONS)):
+        assert label in pareto, (label, pareto)
+    ctx = seen["accuracy_vs_ctx.png"]       # one panel per family: eviction never drawn in a LoLA panel
+    assert {"LoLA, scorer sre", "eviction: H2O", "eviction: SnapKV"} <= set(ctx)
+    lam = seen["ttft_vs_lambda.png"]
+    assert {"LoLA, scorer sre", "eviction: H2O", "eviction: key-norm"} <= set(lam)
+
+
+def test_pareto_draws_eviction_with_its_own_markers(monkeypatch, tmp_path):
+    markers = {}
+
+    def save(fig, path, plt):
+        if path.name == "accuracy_vs_cache.png":
+            for h in fig.legends[0].legend_handles:
+                markers[h.get_label()] = h.get_marker()
+        plt.close(fig)
+        return path
+
+    monkeypatch.setattr(sp, "_save", save)
+    sp.sweep_plots(family_frame(), tmp_path)
+    lola = {markers["LoLA, scorer sre"], markers["LoLA base (λ=0)"]}
+    evict = [markers[f"eviction: {n}"] for n in EVICTIONS]
+    assert len(set(evict)) == len(evict) and not lola & set(evict)
