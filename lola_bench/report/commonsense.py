@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..records import atomic_write_json, atomic_write_text, frame_to_markdown
+from .labels import run_variant_label
 
 COMPARISON_NOTE = ("`X ±` is lm-eval's stderr; `X − full` is the difference in the same metric on the same items "
                    "(blank where n differs); `X beyond exact span`: share of requests longer than the variant's exact "
@@ -16,12 +17,8 @@ COMPARISON_NOTE = ("`X ±` is lm-eval's stderr; `X − full` is the difference i
 
 
 def _cs_variant(row) -> str:
-    if row["attn"] == "full":
-        return "full"
-    parts = [f"η={int(row['window'])}", f"λ={int(row['lambda'])}"]
-    if row.get("sinks") and row["sinks"] == row["sinks"] and int(row["sinks"]):
-        parts.append(f"sinks={int(row['sinks'])}")
-    return f"{row['attn']} ({', '.join(parts)})"
+    sinks = row.get("sinks")
+    return run_variant_label(row, [f"sinks={int(sinks)}"] if sinks and sinks == sinks and int(sinks) else [])
 
 
 def commonsense_comparison(summary: pd.DataFrame) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import pandas as pd
 from ..errors import UserError
 from ..records import atomic_write_json, atomic_write_text, frame_to_markdown
 from ..stats import wilson_interval
+from .labels import run_variant_label
 
 RULER_NOTE = ("Accuracy in percent over n samples, `[lo, hi]` its 95% Wilson interval (partial credit counted as "
               "fractional successes). comparison.csv has one row per run, variant, task and context, with "
@@ -17,11 +18,7 @@ RULER_NOTE = ("Accuracy in percent over n samples, `[lo, hi]` its 95% Wilson int
 
 
 def _variant(row) -> str:
-    if row["attn"] == "full":
-        return "full"
-    parts = [f"η={int(row['window'])}", f"λ={int(row['lambda'])}"]
-    parts += [row[c] for c in ("combine", "feature_map") if c in row and isinstance(row[c], str)]
-    return f"{row['attn']} ({', '.join(parts)})"
+    return run_variant_label(row, [row[c] for c in ("combine", "feature_map") if c in row and isinstance(row[c], str)])
 
 
 def is_ruler_summary(df: pd.DataFrame) -> bool:
