@@ -209,3 +209,42 @@ def test_third_party_chatter_silenced_unless_verbose(tmp_path, monkeypatch, verb
     assert (logging.getLogger("lm_eval").level == logging.ERROR) == quiet
     assert (os.environ.get("TRANSFORMERS_VERBOSITY") == "error") == quiet
     assert (os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1") == quiet
+
+
+@pytest.mark.parametrize("cmd", [["ruler", *TINY, "--ctx", "256"], ["speed", "--model", "random:tiny"],
+                                 ["info"]])
+def test_device_cuda_index_without_cuda_is_one_line(tmp_path, monkeypatch, cmd):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = run(*cmd, "--device", "cuda:0", *([] if cmd == ["info"] else ["--out", str(tmp_path / "o")]))
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "cuda:0" in lines[0] and "no CUDA device" in lines[0], r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_resolve_device_accepts_existing_cuda_indices_only(monkeypatch):
+    import torch
+
+    from lola_bench.errors import UserError
+    from lola_bench.models.loading import resolve_device, resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == "cuda:1"
+    assert resolve_dtype("auto", "cuda:1") == torch.bfloat16
+    with pytest.raises(UserError, match="no such CUDA device; this machine has 2"):
+        resolve_device("cuda:2")
+    for bad in ("cuda:x", "cuda:", "gpu:0"):
+        with pytest.raises(UserError, match="unknown --device"):
+            resolve_device(bad)
+
+
+def test_sweep_hashes_cuda_index_as_the_device_kind():
+    from lola_bench.sweep.grid import _resolved_device
+
+    class Spec:
+        device, dtype = "cuda:1", "auto"
+
+    assert _resolved_device(Spec()) == ("cuda", "bfloat16")

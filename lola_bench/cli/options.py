@@ -40,7 +40,7 @@ def int_list(flag: str, values) -> tuple[int, ...]:
 ModelOpt = Annotated[str, typer.Option("--model", help="Model spec: smollm2-135m (embedded default), random:<preset> "
                                        "(tiny, smollm2-135m, llama-3.2-1b, llama-3.1-8b), a .gguf path, a local model "
                                        "directory, or a Hugging Face hub id (online).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N (a CUDA device index).")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | "
                                        "float16.")]
 WindowOpt = Annotated[Optional[int], typer.Option("--window", help="eta: local sliding window (exact softmax). With "
