@@ -248,3 +248,40 @@ def test_sweep_hashes_cuda_index_as_the_device_kind():
         device, dtype = "cuda:1", "auto"
 
     assert _resolved_device(Spec()) == ("cuda", "bfloat16")
+
+
+def _help_choices():
+    from lola_bench.attention.config import COMBINES, FEATURE_MAPS, GQA_MODES, SCORERS
+    from lola_bench.settings import ATTN_MODES, KERNEL_MODES, PRESETS
+    from lola_bench.sweep.grid import SUITES
+
+    return {"--combine": COMBINES, "--gqa": GQA_MODES, "--scorer": SCORERS, "--feature-map": FEATURE_MAPS,
+            "--attn": ATTN_MODES, "--preset": tuple(PRESETS), "--device": ("auto", "cpu", "cuda", "cuda:N"),
+            "--dtype": ("auto", "float32", "bfloat16", "float16"), "--kernels": KERNEL_MODES, "--suite": SUITES}
+
+
+@pytest.mark.parametrize("cmd", ["ruler", "commonsense", "speed", "perplexity", "sweep"])
+def test_help_shows_the_choices_of_every_enumerated_flag(cmd):
+    """Each enumerated flag's own --help entry (its rows in the rendered table) names every choice."""
+    import re
+
+    r = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"}, terminal_width=400)
+    assert r.exit_code == 0, r.output
+    rows = [ln for ln in r.output.splitlines() if ln.startswith("│")]
+    entries, current = {}, None                   # flag -> its rendered text (name, metavar, help, continuation)
+    for ln in rows:
+        m = re.match(r"│\s+(--[a-z-]+)\b", ln)
+        if m:
+            current = m.group(1)
+            entries[current] = ln
+        elif current:
+            entries[current] += " " + ln.strip("│ ")
+    checked = 0
+    for flag, choices in _help_choices().items():
+        if flag not in entries:
+            continue
+        checked += 1
+        for choice in choices:
+            assert re.search(rf"(?<![\w-]){re.escape(choice)}(?![\w-])", entries[flag]), \
+                f"{cmd} --help: {flag} does not show the choice {choice!r}: {entries[flag]}"
+    assert checked >= 5, sorted(entries)
