@@ -285,3 +285,25 @@ def test_help_shows_the_choices_of_every_enumerated_flag(cmd):
             assert re.search(rf"(?<![\w-]){re.escape(choice)}(?![\w-])", entries[flag]), \
                 f"{cmd} --help: {flag} does not show the choice {choice!r}: {entries[flag]}"
     assert checked >= 5, sorted(entries)
+
+
+def test_linearize_defaults_are_the_shipped_checkpoints_recipe(tmp_path, monkeypatch):
+    """No flags: --seq-len 4096, --sinks 4, --combine calibrated, calibration on (as data/smollm2-135m-lola);
+    --no-calibrate skips it. The shipped lola.json is the reference."""
+    import lola_bench.models.linearize as lin
+    from lola_bench.paths import PACKAGE_DIR
+
+    shipped = json.loads((PACKAGE_DIR / "data" / "smollm2-135m-lola" / "lola.json").read_text())
+    seen = []
+    monkeypatch.setattr(lin, "linearize", lambda loaded, paths, **kw: seen.append(kw) or {})
+    (tmp_path / "train.txt").write_text("some training text " * 50)
+    base = ["linearize", "--model", "random:tiny", "--data", str(tmp_path / "train.txt"), "--tokens", "5000",
+            "--out", str(tmp_path / "ck")]
+    r = run(*base)
+    assert r.exit_code == 0, r.output
+    kw = seen[-1]
+    assert (kw["seq_len"], kw["sinks"], kw["combine"], kw["window"], kw["calibrate"]) == \
+        (shipped["seq_len"], shipped["sinks"], shipped["combine"], shipped["window"], True)
+    assert run(*base, "--no-calibrate").exit_code == 0 and seen[-1]["calibrate"] is False
+    h = runner.invoke(app, ["linearize", "--help"], terminal_width=300, env={"COLUMNS": "300"}).output
+    assert "--no-calibrate" in h and "recipe of the shipped checkpoint" in h
