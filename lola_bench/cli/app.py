@@ -41,7 +41,7 @@ class _one_line:
         where = ""
         if isinstance(exc, _click_exc.UsageError) and exc.ctx is not None:
             where = f"{exc.ctx.command_path}: "
-        msg = " ".join(exc.format_message().split())
+        msg = " ".join(exc.format_message().replace("Value error, ", "").split())
         err_console.print(f"[bold red]error:[/] {where}{msg} (see --help)", highlight=False, soft_wrap=True,
                           markup=True)
         raise typer.Exit(exc.exit_code if exc.exit_code else 2) from None

@@ -254,7 +254,7 @@ def commonsense(
                             title="Commonsense: variants side by side", notes=COMPARISON_NOTE + " " + notes)
     store.clear()
     print_frame(res.summary, f"lm-eval on {loaded.source} ({device_label(loaded.device)})",
-                ["attn", "task", "metric", "value", "stderr", "n", "implementation"])
+                ["attn", "task", "metric", "value_pct", "ci_low_pct", "ci_high_pct", "n", "implementation"])
     console.print(f"results: {run.path}")
 
 

@@ -10,13 +10,24 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import click
 import typer
 
+from ..attention.config import COMBINES, FEATURE_MAPS, GQA_MODES, SCORERS
 from ..errors import UserError
-from ..settings import LolaFlags, ModelSettings
+from ..settings import KERNEL_MODES, PRESETS, LolaFlags, ModelSettings
+
+# One-value enumerated flags are typed as Literal: typer turns them into click.Choice, so --help shows
+# <a|b|c> and a bad value is refused before any work. Lists name their choices in the help text instead.
+Combine = Literal[COMBINES]
+FeatureMap = Literal[FEATURE_MAPS]
+Gqa = Literal[GQA_MODES]
+Scorer = Literal[SCORERS]
+Preset = Literal[tuple(PRESETS)]
+Kernels = Literal[KERNEL_MODES]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 INTS = "INTEGER[,INTEGER...]"     # the --help metavar of an integer list flag (repeat it or comma-separate)
 NAMES = "TEXT[,TEXT...]"
@@ -40,24 +51,25 @@ def int_list(flag: str, values) -> tuple[int, ...]:
 ModelOpt = Annotated[str, typer.Option("--model", help="Model spec: smollm2-135m (embedded default), random:<preset> "
                                        "(tiny, smollm2-135m, llama-3.2-1b, llama-3.1-8b), a .gguf path, a local model "
                                        "directory, or a Hugging Face hub id (online).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | "
-                                       "float16.")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar="<auto|cpu|cuda|cuda:N>",
+                                        help="auto | cpu | cuda | cuda:N (a CUDA device index).")]
+DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="auto (bfloat16 on CUDA, float32 on CPU) | float32 | "
+                                         "bfloat16 | float16.")]
 WindowOpt = Annotated[Optional[int], typer.Option("--window", help="eta: local sliding window (exact softmax). With "
                                                   "the default cadence (chunk = eta) a query sees between eta+1 and "
                                                   "2*eta recent keys. Default: the preset's, else 64.")]
-CombineOpt = Annotated[Optional[str], typer.Option("--combine", help="How softmax and linear parts mix: lola (the LoLA "
-                                                  "authors' formula), calibrated (ours: unshifted exp vs exp(factor) "
-                                                  "phi.phi), lolcats (LoLCATs' window-factor form), gated, "
+CombineOpt = Annotated[Optional[Combine], typer.Option("--combine", help="How softmax and linear parts mix: lola "
+                                                  "(the LoLA authors' formula), calibrated (ours: unshifted exp vs "
+                                                  "exp(factor) phi.phi), lolcats (LoLCATs' window-factor form), gated, "
                                                   "normalized. Default: the checkpoint's formula, else lola.")]
 SinksOpt = Annotated[Optional[int], typer.Option("--sinks", help="Attention sinks: the first N positions always "
                                               "kept exact, on top of lambda (never folded into the linear state). "
                                               "Default: the checkpoint's value (what it was trained with), else 0.")]
-GqaOpt = Annotated[Optional[str], typer.Option("--gqa", help="grouped: K/V and selection once per KV head; expanded: "
+GqaOpt = Annotated[Optional[Gqa], typer.Option("--gqa", help="grouped: K/V and selection once per KV head; expanded: "
                                                "per query head (the authors' layout). Default: the checkpoint's, else "
                                                "expanded.")]
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Named settings: paper (the LoLA authors' formula, "
-                                                 "per-query-head selection, chunk = window, no sinks), "
+PresetOpt = Annotated[Optional[Preset], typer.Option("--preset", help="Named settings: paper (the LoLA authors' "
+                                                 "formula, per-query-head selection, chunk = window, no sinks), "
                                                  "paper-llama3.1-8b (+ window 64, lambda 64), paper-llama3.2-1b "
                                                  "(+ window 256, lambda 256): their eval configs. Flags that "
                                                  "contradict the preset are refused.")]
@@ -80,10 +92,11 @@ _SHARED = [  # (name, annotation, default)
     ("window", WindowOpt, None),
     ("lam", Annotated[Optional[int], typer.Option("--lambda", help="lambda: sparse global cache size (pairs kept by "
                                                   "the scorer). Default: the preset's, else 512.")], None),
-    ("scorer", Annotated[str, typer.Option("--scorer", help="Which evicted pairs stay cached: sre (self-recall "
+    ("scorer", Annotated[Scorer, typer.Option("--scorer", help="Which evicted pairs stay cached: sre (self-recall "
                                            "error, default), random, key_norm, attention, recency, sink, "
                                            "snapkv.")], "sre"),
-    ("feature_map", Annotated[Optional[str], typer.Option("--feature-map", help="phi for the linear state: hedgehog "
+    ("feature_map", Annotated[Optional[FeatureMap], typer.Option("--feature-map", help="phi for the linear state: "
+                                                          "hedgehog "
                                                           "(learned; default when a checkpoint is available), "
                                                           "hedgehog-identity, elu, relu, taylor.")], None),
     ("combine", CombineOpt, None),
@@ -95,7 +108,7 @@ _SHARED = [  # (name, annotation, default)
     ("dtype", DtypeOpt, "auto"),
     ("lola_ckpt", CkptOpt, None),
     ("threads", ThreadsOpt, None),
-    ("kernels", Annotated[Optional[str], typer.Option("--kernels", help="LoLA implementation: auto, torch or "
+    ("kernels", Annotated[Optional[Kernels], typer.Option("--kernels", help="LoLA implementation: auto, torch or "
                                                       "triton (overrides the same flag given before the command).")],
      None),
     ("out", Annotated[Optional[str], typer.Option("--out", help="Run directory (default results/<command>/<model>-"

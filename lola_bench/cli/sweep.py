@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
 from ..errors import UserError
+from ..sweep.grid import SUITES
 from .app import app
 from .display import Bar, console, print_frame, user_errors
 from .options import (
@@ -43,9 +44,10 @@ def sweep(
     scorer: Annotated[list[str], typer.Option("--scorer", metavar=NAMES, help="Scorer(s) compared at equal "
                                               "lambda: sre, random, key_norm, attention, recency, sink, snapkv.")]
     = ["sre"],
-    feature_map: Annotated[list[str], typer.Option("--feature-map", metavar=NAMES, help="Feature map(s) (default: the "
-                                                   "checkpoint's, else hedgehog-identity).")] = [],
-    suite: Annotated[str, typer.Option("--suite", help="ruler | commonsense.")] = "ruler",
+    feature_map: Annotated[list[str], typer.Option("--feature-map", metavar=NAMES, help="Feature map(s): hedgehog, "
+                                                   "hedgehog-identity, elu, relu, taylor (default: the checkpoint's, "
+                                                   "else hedgehog-identity).")] = [],
+    suite: Annotated[Literal[SUITES], typer.Option("--suite", help="ruler | commonsense.")] = "ruler",
     full: Annotated[bool, typer.Option("--full/--no-full", help="Add full-attention reference rows.")] = True,
     evict: Annotated[bool, typer.Option("--evict", help="Add KV-eviction cells (--attn evict) at the same windows, "
                                         "lambdas and scorers (sre excepted); lambda 0 = sinks + window.")] = False,

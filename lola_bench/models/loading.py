@@ -66,9 +66,26 @@ class LoadedModel:
         return has_template and ("instruct" in self.source.lower() or "chat" in self.source.lower())
 
 
+def device_kind(device: str) -> str:
+    """'cuda' for cuda and cuda:N, else the device as given (cpu, auto)."""
+    return "cuda" if device == "cuda" or device.startswith("cuda:") else device
+
+
 def resolve_device(device: str) -> str:
+    """auto, cpu, cuda or cuda:N (N an existing CUDA device index); a one-line UserError otherwise."""
+    if device.startswith("cuda:"):
+        index = device[len("cuda:"):]
+        if not index.isdigit():
+            raise UserError(f"unknown --device {device!r}: choose auto, cpu, cuda or cuda:N (N a device index)")
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device} asked for, but torch sees no CUDA device on this machine")
+        count = torch.cuda.device_count()
+        if int(index) >= count:
+            raise UserError(f"--device {device}: no such CUDA device; this machine has {count} "
+                            f"(cuda:0{f'..cuda:{count - 1}' if count > 1 else ''})")
+        return f"cuda:{int(index)}"
     if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"unknown --device {device!r}: choose auto, cpu or cuda")
+        raise UserError(f"unknown --device {device!r}: choose auto, cpu, cuda or cuda:N")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -81,7 +98,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
+        return torch.bfloat16 if device_kind(device) == "cuda" else torch.float32
     if dtype not in _DTYPES:
         raise UserError(f"unknown --dtype {dtype!r}: choose auto, float32, bfloat16 or float16")
     return _DTYPES[dtype]

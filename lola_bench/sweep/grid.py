@@ -249,6 +249,7 @@ def _resolved_device(spec: SweepSpec) -> tuple[str, str]:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = "cuda" if device.startswith("cuda:") else device      # cuda:N hashes as the device kind
     if spec.dtype == "auto":
         return device, "bfloat16" if device == "cuda" else "float32"
     if spec.dtype not in ("float32", "bfloat16", "float16", "float64"):

@@ -521,6 +521,30 @@ def test_cli_writes_side_by_side_comparison(tmp_path):
     summary = pd.read_csv(out / "summary.csv")
     full_acc = summary[(summary.attn == "full") & (summary.metric == "acc")]["value"].item()
     assert cmp[cmp.metric == "acc"]["full"].item() == full_acc
+    # the percent scale beside the fractions committed results use
+    cols = summary.columns.tolist()
+    assert cols[cols.index("value"):cols.index("value") + 5] == ["value", "stderr", "value_pct", "ci_low_pct",
+                                                                  "ci_high_pct"]
+    assert (summary["value_pct"] - 100 * summary["value"]).abs().max() < 1e-6
+    assert (summary["ci_low_pct"] <= summary["value_pct"]).all()
+    assert (summary["ci_high_pct"] >= summary["value_pct"]).all()
+
+
+def test_percent_columns_are_value_plus_minus_1_96_stderr_clipped():
+    import math
+
+    import pandas as pd
+
+    from lola_bench.evals.commonsense.run import percent_columns
+
+    df = pd.DataFrame({"task": ["a", "b", "c", "d"], "metric": ["acc"] * 4, "value": [0.5, 0.02, 0.99, 1.0],
+                       "stderr": [0.05, 0.05, 0.05, None], "n": [100, 100, 100, 1]})
+    out = percent_columns(df)
+    assert out["value"].tolist() == df["value"].tolist() and out["stderr"].tolist()[:3] == [0.05] * 3
+    assert out["value_pct"].tolist() == [50.0, 2.0, 99.0, 100.0]
+    assert out["ci_low_pct"].tolist()[:3] == [40.2, 0.0, 89.2]         # 50 - 9.8; clipped at 0
+    assert out["ci_high_pct"].tolist()[:3] == [59.8, 11.8, 100.0]      # clipped at 100
+    assert math.isnan(out["ci_low_pct"].iloc[3]) and math.isnan(out["ci_high_pct"].iloc[3])   # no stderr
 
 
 @needs_data

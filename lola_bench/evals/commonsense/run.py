@@ -111,7 +111,7 @@ def run_commonsense_variants(loaded, variants, settings: CommonsenseSettings, *,
         out.raw[v.mode] = res
     if progress:
         progress(total, total, "commonsense")
-    out.summary = pd.concat(frames, ignore_index=True)
+    out.summary = percent_columns(pd.concat(frames, ignore_index=True))
     out.summary["device"] = device_label
     return out
 
@@ -172,6 +172,22 @@ def checked_request_cache(store, prefix, key, notice=None) -> bool:
            "it was written: deleted (lm-eval unpickles it), its requests are recomputed")
     (notice or (lambda m: print(m, file=sys.stderr)))(msg)
     return False
+
+
+def percent_columns(summary: pd.DataFrame) -> pd.DataFrame:
+    """Add ``value_pct`` and its 95% interval ``ci_low_pct`` / ``ci_high_pct`` (value +- 1.96 lm-eval stderr,
+    clipped to [0, 100]) after ``stderr``: the percent scale of RULER's rows. The fraction columns (``value``,
+    ``stderr``) stay, as committed results use them. No stderr (lm-eval gives none for n = 1): no interval."""
+    out = summary.copy()
+    value = pd.to_numeric(out["value"], errors="coerce")
+    stderr = pd.to_numeric(out["stderr"], errors="coerce")
+    cols = {"value_pct": 100 * value,
+            "ci_low_pct": (100 * (value - 1.96 * stderr)).clip(0, 100),
+            "ci_high_pct": (100 * (value + 1.96 * stderr)).clip(0, 100)}
+    at = list(out.columns).index("stderr") + 1
+    for i, (name, col) in enumerate(cols.items()):
+        out.insert(at + i, name, col.round(4))
+    return out
 
 
 def sweep_row(summary: pd.DataFrame, num_fewshot: int | None = None) -> pd.DataFrame:
