@@ -160,7 +160,7 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False, what: str
         raise UserError(f"--out {path} {why}: give a new or lola-bench-made directory")
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path} is a file, not a directory")
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and any(not p.name.startswith(PROBE_PREFIX) for p in path.iterdir()):  # another's probe: empty
         if not made_by_lola_bench(path):
             raise UserError(f"--out {path} is a non-empty directory that lola-bench did not write: "
                             f"refusing to {'replace' if overwrite else 'use'} it")
@@ -168,6 +168,9 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False, what: str
             raise UserError(f"{what} {path} already exists: choose another --out or pass --overwrite")
     probe_writable(path.parent if not path.is_dir() else path)
     return path
+
+
+PROBE_PREFIX = ".lola-bench-probe-"
 
 
 def probe_writable(directory: Path) -> None:
@@ -180,7 +183,7 @@ def probe_writable(directory: Path) -> None:
     if not base.is_dir():
         raise UserError(f"cannot write to {directory}: {base} is a file, not a directory")
     try:
-        fd, tmp = tempfile.mkstemp(dir=base, prefix=".lola-bench-probe-")
+        fd, tmp = tempfile.mkstemp(dir=base, prefix=PROBE_PREFIX)
         try:
             os.write(fd, b"probe\n")
             os.fsync(fd)

@@ -72,17 +72,19 @@ class SweepDir:
         self._tokens: dict[str, str] = {}       # cell id -> token of the claims this object holds
 
     def check(self) -> None:
-        """Refuse a directory that is not (or cannot become) a sweep directory, before any work starts."""
-        if self.path.is_dir() and any(self.path.iterdir()):
-            check_output_dir(self.path, overwrite=True, what="sweep directory")   # resuming is not replacing
-        else:
-            check_output_dir(self.path, what="sweep directory")
+        """Refuse a directory that is not (or cannot become) a sweep directory, before any work starts. A sweep
+        directory is resumed, never replaced: an existing one must be lola-bench's (its marker), a new or empty one
+        is fine. (Validation only: nothing is removed.)"""
+        check_output_dir(self.path, overwrite=True, what="sweep directory")
 
     def prepare(self) -> None:
+        """Check, then create the directory with its marker first, so a second worker starting at the same moment
+        never sees a non-empty directory without the marker."""
         self.check()
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / MARKER).touch()
         self.staging.mkdir(parents=True, exist_ok=True)
         self.claims.mkdir(exist_ok=True)
-        (self.path / MARKER).touch()
         self._clean_stale_staging()
 
     def _clean_stale_staging(self) -> None:
