@@ -117,6 +117,15 @@ def _heading(key: dict, n_models: int) -> str:
     return ", ".join(parts)
 
 
+def _common_tasks(g: pd.DataFrame) -> tuple[pd.DataFrame, int, bool]:
+    """The rows of the tasks every variant in ``g`` has finished (a mean over different task sets would compare
+    unlike things), their count, and whether some tasks were left out."""
+    keys = [k for k in VARIANT_KEYS if k in g.columns]
+    sets = [set(t) for _, t in g.groupby(keys, dropna=False)["task"]]
+    common = set.intersection(*sets) if sets else set()
+    return g[g["task"].isin(common)], len(common), len(common) < g["task"].nunique()
+
+
 def _sweep_tables(df: pd.DataFrame) -> list[str]:
     ok = ok_rows(df)
     if ok.empty:
@@ -126,11 +135,14 @@ def _sweep_tables(df: pd.DataFrame) -> list[str]:
     for suite, s in ok.groupby("suite", sort=True):
         by = ["model", "ctx"] if suite == "ruler" else ["model"]
         out.append(f"## {suite}: accuracy (%) by λ × η\n")
-        n_tasks = s["task"].nunique()
-        if n_tasks > 1:
+        if s["task"].nunique() > 1:
             for key, g in _groups(s, by):
+                g, n_tasks, partial = _common_tasks(g)
+                if n_tasks < 2:
+                    continue
                 heading = _heading(key, n_models)
-                out.append(f"### mean over {n_tasks} tasks{', ' + heading if heading else ''}\n")
+                which = " (those every variant finished)" if partial else ""
+                out.append(f"### mean over {n_tasks} tasks{which}{', ' + heading if heading else ''}\n")
                 out.append(frame_to_markdown(_pivot(mean_over_tasks(g, VARIANT_KEYS, ["accuracy"]), "accuracy"),
                                              floatfmt=".1f"))
         for key, g in _groups(s, [*by, "task"]):

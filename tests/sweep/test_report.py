@@ -171,3 +171,20 @@ def test_commonsense_comparison_survives_missing_stderr_and_rows():
     assert t[["task", "metric"]].values.tolist() == [["piqa", "acc"], ["arc_easy", "acc"]]
     assert t["full ±"].isna().all() and t["base (η=8, λ=0) − full"].tolist()[0] == -1.0
     assert math.isnan(t["base (η=8, λ=0)"].tolist()[1]) and t["base (η=8, λ=0) beyond exact span"].tolist()[0] == 0.5
+
+
+def test_mean_over_tasks_uses_only_tasks_every_variant_finished():
+    """A sweep in progress: full attention has finished a task the others have not; the mean must not mix them."""
+    from lola_bench.report.sweep_tables import sweep_markdown
+
+    rows = []
+    for attn, lam, accs in (("full", None, {"a": 100.0, "b": 50.0, "c": 0.0}), ("lola", 512, {"a": 80.0, "b": 40.0})):
+        for task, acc in accs.items():
+            rows.append({"cell_id": f"{attn}{task}", "suite": "ruler", "status": "ok", "model": "m", "attn": attn,
+                         "window": 64 if lam else None, "lambda": lam, "scorer": "sre" if lam else None,
+                         "feature_map": "hedgehog" if lam else None, "task": task, "ctx": 1024, "n": 10,
+                         "accuracy": acc})
+    md = sweep_markdown(pd.DataFrame(rows))
+    assert "### mean over 2 tasks (those every variant finished), ctx 1024" in md
+    block = md.split("### mean over 2 tasks")[1].split("###")[0]
+    assert "| 75.0 |" in block and "| 60.0 |" in block      # full: (100 + 50) / 2, not (100 + 50 + 0) / 3
