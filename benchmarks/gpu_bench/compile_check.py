@@ -55,7 +55,7 @@ def _capture_case(dt, d: int, fm: str, gqa: str, lam: int) -> None:
     from lola_bench.attention.kernels import merge as kmerge
     from lola_bench.attention.kernels import prefill as kpre
 
-    p = make_params(bench_config(window=64, sparse=lam, feature_map=fm, gqa=gqa), 32, 8, d, "cpu")
+    p = make_params(bench_config(window=64, sparse=lam, feature_map=fm, gqa=gqa, combine="lola"), 32, 8, d, "cpu")
     q, k, v = qkv(700, 32, 8, 1, d, dt)
     for step in (lambda: kpre.prefill(q, k, v, LolaState(), p),
                  lambda: kdec.decode_attention(q[:, :, :1], synthetic_state(p, 700, dt, "cpu"), p),
