@@ -28,6 +28,7 @@ CUDA graph. Tests run the kernels on CPU under TRITON_INTERPRET=1 (tests/attenti
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -58,20 +59,30 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
-def kernels_available() -> bool:
-    """True when Triton kernels can run here: a CUDA device with Triton's driver, or TRITON_INTERPRET=1 (CPU)."""
-    if importlib.util.find_spec("triton") is None:
-        return False
-    if interpreting():
-        return True
-    if not torch.cuda.is_available():
-        return False
+@functools.lru_cache(maxsize=None)
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_backend() -> bool:
+    """Triton's active driver targets CUDA (probed once per process: it does not change)."""
     try:
         from triton.runtime import driver
 
         return driver.active.get_current_target().backend == "cuda"
     except Exception:  # noqa: BLE001 - any driver problem means "no kernels"
         return False
+
+
+def kernels_available() -> bool:
+    """True when Triton kernels can run here: a CUDA device with Triton's driver, or TRITON_INTERPRET=1 (CPU).
+    Called on every layer call, so the package and driver probes are cached; the environment is read each time."""
+    if not _triton_installed():
+        return False
+    if interpreting():
+        return True
+    return torch.cuda.is_available() and _cuda_backend()
 
 
 def unsupported_reason(q: torch.Tensor, params: LolaParams) -> str | None:
