@@ -308,3 +308,18 @@ def test_linearize_defaults_are_the_shipped_checkpoints_recipe(tmp_path, monkeyp
     assert run(*base, "--no-calibrate").exit_code == 0 and seen[-1]["calibrate"] is False
     h = runner.invoke(app, ["linearize", "--help"], terminal_width=300, env={"COLUMNS": "300"}).output
     assert "--no-calibrate" in h and "recipe of the shipped checkpoint" in h
+
+
+def test_no_notice_for_lolcats_factors_under_the_lola_formula(monkeypatch):
+    """The authors evaluate LoLCATs-distilled files with the LoLA formula: that pairing is not 'untrained settings'."""
+    from lola_bench.attention.config import LolaConfig
+    from lola_bench.cli import notices
+    from lola_bench.models import checkpoint
+    from lola_bench.settings import AttentionSettings
+
+    monkeypatch.setattr(checkpoint, "read_meta", lambda _: {"trained_combine": "lolcats"})
+    monkeypatch.setattr(checkpoint, "checkpoint_label", lambda c: c)
+    lola = AttentionSettings.build("lola", LolaConfig(window=64, sparse=64, combine="lola", feature_map="hedgehog"))
+    assert notices.checkpoint_notice("distill.pt", [lola]) is None
+    gated = AttentionSettings.build("lola", LolaConfig(window=64, sparse=64, combine="gated", feature_map="hedgehog"))
+    assert "combine gated (trained with lolcats)" in notices.checkpoint_notice("distill.pt", [gated])

@@ -7,7 +7,8 @@ from .display import err_console
 
 def checkpoint_notice(ckpt: str | None, variants) -> str | None:
     """One line when a LoLA variant (base or lola) runs without a checkpoint, or with a window or formula (combine)
-    other than the checkpoint was trained with (its lola.json 'window', its 'trained_combine'); None otherwise."""
+    other than the checkpoint was trained with (its lola.json 'window', its 'trained_combine'; the pairings
+    models.compat accepts, e.g. LoLCATs factors under the LoLA formula as the authors run them, are not flagged)."""
     lola = [v for v in variants if v.lola is not None]
     if not lola:
         return None
@@ -16,6 +17,7 @@ def checkpoint_notice(ckpt: str | None, variants) -> str | None:
         return (f"notice: LoLA runs TRAINING-FREE (no checkpoint: feature map {c.feature_map}, combine {c.combine}, "
                 f"{c.sinks} sinks); its accuracy is not that of a linearized model (pass --lola-ckpt)")
     from ..models.checkpoint import checkpoint_label, read_meta
+    from ..models.compat import COMPATIBLE_COMBINE
 
     meta = read_meta(ckpt)
     window, combine = meta.get("window"), meta.get("trained_combine")
@@ -23,7 +25,7 @@ def checkpoint_notice(ckpt: str | None, variants) -> str | None:
     for v in lola:
         if window is not None and v.lola.window != window:
             diffs.append(f"window {v.lola.window} (trained with {window})")
-        if combine and v.lola.combine != combine:
+        if combine and v.lola.combine != combine and (combine, v.lola.combine) not in COMPATIBLE_COMBINE:
             diffs.append(f"combine {v.lola.combine} (trained with {combine})")
     if not diffs:
         return None
