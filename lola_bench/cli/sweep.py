@@ -51,6 +51,10 @@ def sweep(
     full: Annotated[bool, typer.Option("--full/--no-full", help="Add full-attention reference rows.")] = True,
     evict: Annotated[bool, typer.Option("--evict", help="Add KV-eviction cells (--attn evict) at the same windows, "
                                         "lambdas and scorers (sre excepted); lambda 0 = sinks + window.")] = False,
+    evict_scorer: Annotated[list[str], typer.Option("--evict-scorer", metavar=NAMES, help="Scorer(s) of the "
+                                                    "eviction cells (implies --evict; default: --scorer's, sre "
+                                                    "excepted), e.g. --scorer sre --evict-scorer sink,attention,"
+                                                    "snapkv,key_norm.")] = [],
     budget_mib: Annotated[list[str], typer.Option("--budget-mib", metavar="MIB[,MIB...]", help="Equal-memory "
                                                   "comparison (ruler): per --ctx, each LoLA / eviction family gets the "
                                                   "largest lambda whose cache bytes fit each budget (replaces the "
@@ -91,7 +95,8 @@ def sweep(
     spec = SweepSpec(suite=suite, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
                      lambdas=ints("--lambda", lam), windows=ints("--window", window), ctxs=ints("--ctx", ctx),
                      tasks=strs(task), scorers=strs(scorer),
-                     feature_maps=strs(feature_map) or (None,), full=full, evict=evict, samples=samples, seed=seed,
+                     feature_maps=strs(feature_map) or (None,), full=full, evict=evict,
+                     evict_scorers=strs(evict_scorer), samples=samples, seed=seed,
                      budgets_mib=strs(budget_mib),
                      combine=combine, sinks=sinks, gqa=gqa, chunk=chunk, preset=preset, kernels=kernels_flag(),
                      essay_path=default_essay_path(essay_path),

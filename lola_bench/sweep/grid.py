@@ -64,7 +64,8 @@ class SweepSpec:
     window, lambda) adds a LoLA cell, where lambda = 0 is the "base" variant (window + linear state, no
     sparse cache; the scorer is irrelevant, so there is one per window x feature map); ``base`` adds
     lambda = 0 to the lambdas. ``evict`` adds KV-eviction cells (``--attn evict``) at the same windows and lambdas,
-    one per scorer other than sre (lambda = 0: one per window, scorer sink: the sinks + window of StreamingLLM),
+    one per scorer of ``evict_scorers`` (default: the scorers other than sre; lambda = 0: one per window, scorer
+    sink: the sinks + window of StreamingLLM),
     with no checkpoint; the other settings (sinks, GQA, cadence) as the LoLA cells resolve them.
 
     ``budgets_mib`` (ruler only; equal-memory comparison): the nonzero lambdas are replaced, per ctx, by the largest
@@ -87,6 +88,7 @@ class SweepSpec:
     full: bool = True
     base: bool = False
     evict: bool = False                              # add eviction cells (LoLA's window + cache, the rest dropped)
+    evict_scorers: tuple[str, ...] = ()              # eviction cells' scorers (empty: --scorer's, sre excepted)
     samples: int = 100
     seed: int = 0
     combine: str | None = None                       # None: the preset's, the checkpoint's, else lola
@@ -125,7 +127,12 @@ class SweepSpec:
             raise UserError("--scorer and --feature-map need at least one value each")
         if self.suite == "ruler" and not self.ctxs:
             raise UserError("--ctx needs at least one value")
-        if self.evict and not [s for s in self.scorers if s != "sre"]:
+        if "sre" in self.evict_scorers:
+            raise UserError("--evict-scorer sre: eviction has no linear state to score against (choose sink, "
+                            "attention, snapkv, key_norm, random or recency)")
+        if self.evict_scorers and not self.evict:
+            object.__setattr__(self, "evict", True)    # --evict-scorer implies --evict
+        if self.evict and not self.eviction_scorers():
             raise UserError("eviction cells need a scorer other than sre (e.g. --scorer sink,attention,snapkv)")
         if not self.lambdas and not self.full:
             raise UserError("empty grid: give --lambda values (or --base) or keep the full-attention reference")
@@ -154,6 +161,10 @@ class SweepSpec:
 
         names = list(DEFAULT_TASKS) if not tasks or "all" in tasks else [str(t).strip().lower() for t in tasks]
         return _ordered("commonsense task", names, KNOWN_TASKS)
+
+    def eviction_scorers(self) -> tuple[str, ...]:
+        """The scorers of the eviction cells: ``evict_scorers``, else ``scorers`` without sre."""
+        return self.evict_scorers or tuple(s for s in self.scorers if s != "sre")
 
     def to_dict(self) -> dict:
         return to_jsonable(asdict(self))

@@ -65,9 +65,7 @@ def grid_variants(spec, ctx: int | None, dtype: str) -> list[tuple[AttentionSett
             cfg, origin = lola_config_and_sources(flags, "hedgehog-identity", read_meta(ckpt) if ckpt else None, ckpt)
             cfg = replace(cfg, fold=False, scorer="sink")
             keep: dict = {}
-            for s in spec.scorers:
-                if s == "sre":
-                    continue
+            for s in spec.eviction_scorers():
                 pairs = ([(0, ())] if budgeted and 0 in spec.lambdas else []) + lambdas(replace(cfg, scorer=s))
                 for lam, budgets in pairs:  # lambda = 0: the scorer plays no part, sinks + window (StreamingLLM)
                     keep.setdefault((0, "sink") if lam == 0 else (lam, s), []).extend(budgets)

@@ -92,3 +92,15 @@ def test_budget_flags_are_checked():
     with pytest.raises(UserError, match="> 0"):
         SweepSpec(budgets_mib=(0,))
     assert SweepSpec(budgets_mib=("16", "8", 8.0)).budgets_mib == (8, 16)
+
+
+def test_evict_scorers_split_the_families():
+    """--scorer sre --evict-scorer sink,attention: LoLA cells only with sre, eviction cells only with the others
+    (and --evict-scorer implies --evict); sre is refused as an eviction scorer."""
+    spec = replace(SPEC, scorers=("sre",), evict=False, evict_scorers=("sink", "attention"))
+    grid = cells(spec)
+    families = {(c.config.attention.mode, c.config.attention.lola.scorer) for c in grid if c.budgets_mib}
+    assert families == {("lola", "sre"), ("evict", "sink"), ("evict", "attention")}
+    assert spec.evict
+    with pytest.raises(UserError, match="--evict-scorer sre"):
+        replace(SPEC, evict_scorers=("sre", "sink"))
