@@ -68,12 +68,16 @@ def load(model: str = "smollm2-135m", attn: str = "lola", *, window: int | None 
     ``lola_ckpt``: None = the shipped checkpoint for the embedded model (if the feature map needs one), a path /
     hf:// spec, or "none" to run training-free without a warning. ``lola_flags``: the other LoLA settings
     (scorer, feature_map, combine, sinks, gqa, chunk, seed), as the CLI flags of the same names."""
+    from .models.aliases import resolve_alias
     from .models.checkpoint import shipped_checkpoint
     from .models.loading import load_model
     from .models.variants import apply_attention
     from .runs import resolve_variants
 
     set_threads(threads)
+    model, note = resolve_alias(model)      # the embedded model's hub id, not cached: the shipped copy
+    if note:
+        log.warning(note)
     settings = ModelSettings(model, device, dtype, lola_ckpt)
     flags = _flags(window, lam, preset, lola_flags)
     ckpt, (variant,) = resolve_variants((attn,), flags, settings, kernels)

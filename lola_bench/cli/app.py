@@ -73,11 +73,31 @@ def quiet_third_party(verbose: bool = False) -> None:
         os.environ.setdefault(var, value)
     for name in ("lm_eval", "lm-eval", "transformers", "huggingface_hub", "datasets", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    _silence_tqdm()
     if "transformers" in __import__("sys").modules:       # already imported: its own switches
         from transformers.utils import logging as tlog
 
         tlog.set_verbosity_error()
         tlog.disable_progress_bar()
+
+
+def _silence_tqdm() -> None:
+    """tqdm reads TQDM_DISABLE when it is imported, which happens before the CLI runs, and lm-eval passes
+    ``disable=False`` explicitly: every tqdm bar (lm-eval's, datasets') is turned off at its constructor instead."""
+    import sys
+
+    std = sys.modules.get("tqdm.std")
+    if std is None or getattr(std.tqdm.__init__, "_lola_quiet", False):
+        return
+    init = std.tqdm.__init__
+
+    def quiet_init(self, *args, **kwargs):
+        if len(args) < 8:                           # disable is tqdm's 8th positional parameter
+            kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    quiet_init._lola_quiet = True
+    std.tqdm.__init__ = quiet_init
 
 
 @app.callback()

@@ -168,7 +168,9 @@ def commonsense(
     opts: RunOptions,
     tasks: Annotated[list[str], typer.Option("--task", "--tasks", metavar=NAMES, help="Task(s), repeated or "
                                              "comma-separated: piqa, arc_easy, arc_challenge, hellaswag, winogrande, "
-                                             "mmlu (5-shot by default). --tasks is the same flag.")]
+                                             "mmlu (5-shot by default); online (--online, or no mirror) any lm-eval "
+                                             "task name (checked against lm-eval's task list). --tasks is the same "
+                                             "flag.")]
     = ["piqa,arc_easy,arc_challenge,hellaswag,winogrande"],
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", envvar="LOLA_BENCH_DATA",
                                                     help="Offline mirror of the task data (switches to the local task "
@@ -182,6 +184,9 @@ def commonsense(
     num_fewshot: Annotated[Optional[int], typer.Option("--num-fewshot", help="Few-shot examples (default 0; mmlu "
                                                        "5).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="lm-eval batch size.")] = 1,
+    log_samples: Annotated[bool, typer.Option("--log-samples", help="Also write lm-eval's per-sample records "
+                                              "(its --log_samples): lm_eval/<variant>/samples_<task>.jsonl.")]
+    = False,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Reuse the tasks an interrupted run with the "
                                          "same --out and settings finished, and the answered requests of the task "
                                          "it was in (kept in a hidden .<out>.resume folder beside it until the run "
@@ -196,6 +201,7 @@ def commonsense(
     interruption and only the unfinished tasks are evaluated, the interrupted one from where it stopped.
     """
     from ..evals.commonsense import resolve_tasks
+    from ..evals.commonsense.lm_eval_format import write_lm_eval_files
     from ..evals.commonsense.run import CommonsenseSettings, run_commonsense_variants
     from ..models.checkpoint import checkpoint_fingerprint
     from ..models.loading import load_model
@@ -219,7 +225,8 @@ def commonsense(
         raise UserError(str(e)) from None
     check_model(opts.model)
     ckpt, variants, run = plan_run(opts)
-    settings = CommonsenseSettings(tuple(names), str(ddir) if ddir else None, limit, num_fewshot, batch_size)
+    settings = CommonsenseSettings(tuple(names), str(ddir) if ddir else None, limit, num_fewshot, batch_size,
+                                   log_samples)
     loaded = load_model(opts.model.spec, opts.model.device, opts.model.dtype)
     store = ResumeStore(run.path)
     if not resume:
@@ -248,6 +255,7 @@ def commonsense(
         run.write_json("config.json", run_config("commonsense", opts.model, loaded, variants, {
             "commonsense": settings.to_dict(), "lola_checkpoint": ckpt}))
         run.write_json("lm_eval_results.json", res.raw)
+        write_lm_eval_files(run, res.raw, res.samples, loaded.spec)
         run.write_table("summary", res.summary, title="Commonsense (lm-eval)", notes=notes)
         if len(variants) > 1:
             run.write_table("comparison", commonsense_comparison(res.summary),

@@ -69,7 +69,11 @@ class LogProgress:
         done, total, el = t["completed"], t["total"], now - t["start"]
         d0, t0 = t.get("first", (0, t["start"]))
         eta = f", ETA {(now - t0) / (done - d0) * (total - done):.0f}s" if done > d0 and total else ""
-        err_console.print(f"[{el:.0f}s] {t['description']}: {done}/{total}{eta}", highlight=False)
+        line = f"{t['description']}: {done}/{total}{eta}"
+        if force and t.get("printed") == line:         # the closing line once, not again after the same update
+            return
+        t["printed"] = line
+        err_console.print(f"[{el:.0f}s] {line}", highlight=False)
 
 
 def progress():

@@ -48,3 +48,14 @@ def add_checkpoint_column(df, ckpt: str | None):
         df = df.copy()
         df["checkpoint"] = [None if a == "full" else label for a in df["attn"]]
     return df
+
+
+def model_alias(spec: str) -> str:
+    """--model as it will load: the embedded model's hub id runs the shipped copy unless the hub weights are cached
+    (models.aliases), said in one notice line."""
+    from ..models.aliases import resolve_alias
+
+    spec, line = resolve_alias(spec)
+    if line:
+        err_console.print(f"[bold yellow]notice: {line}[/]", highlight=False, soft_wrap=True)
+    return spec

@@ -164,6 +164,9 @@ def run_options(command: str, attn_default: tuple[str, ...] = ("full", "base", "
         @functools.wraps(fn)
         def wrapper(**kw):
             vals = {n: kw.pop(n) for n, _, _ in _SHARED if n not in names}
+            from .notices import model_alias
+
+            vals["model"] = model_alias(vals["model"])
             seed = kw.get("seed", 0)
             opts = RunOptions(
                 command=command, model=ModelSettings(vals["model"], vals["device"], vals["dtype"], vals["lola_ckpt"]),

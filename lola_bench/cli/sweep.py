@@ -92,6 +92,9 @@ def sweep(
     from ..sweep import SweepSpec, default_sweep_dir, format_eta, plan_sweep, run_sweep
 
     ints, strs = int_list, split_list
+    from .notices import model_alias
+
+    model = model_alias(model)
     spec = SweepSpec(suite=suite, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
                      lambdas=ints("--lambda", lam), windows=ints("--window", window), ctxs=ints("--ctx", ctx),
                      tasks=strs(task), scorers=strs(scorer),

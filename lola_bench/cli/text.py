@@ -117,6 +117,9 @@ def linearize(
     if tokens < seq_len:
         raise UserError(f"--tokens must be at least --seq-len ({seq_len})")
     paths = [p.strip() for p in data.split(",") if p.strip()]
+    from .notices import model_alias
+
+    model = model_alias(model)
     LinearizeSettings(data_paths=tuple(paths), tokens=tokens, seq_len=seq_len, window=window,
                       feature_map=feature_map, combine=combine, lr=lr, lora_rank=lora_rank, lora_tokens=lora_tokens,
                       sinks=sinks, seed=seed, checkpoint_every=checkpoint_every)   # the library's own checks

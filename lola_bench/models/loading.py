@@ -315,6 +315,13 @@ def load_model(spec: str = EMBEDDED, device: str = "auto", dtype: str = "auto") 
     """Load a model spec (see module doc). Raises UserError with a one-line message on bad input."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .aliases import resolve_alias
+
+    spec, alias_note = resolve_alias(spec)          # the embedded model's hub id, not cached: the shipped copy
+    if alias_note:
+        import logging
+
+        logging.getLogger(__name__).warning(alias_note)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     t0 = time.perf_counter()

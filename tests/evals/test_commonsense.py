@@ -127,12 +127,28 @@ def test_resolve_tasks_online(monkeypatch):
     assert cs.KNOWN_TASKS == cs.DEFAULT_TASKS + ("mmlu",)
 
 
-@pytest.mark.parametrize("bad", [["boolq"], ["piqa", "lola_piqa"], []])
-def test_resolve_tasks_rejects_unknown(bad, monkeypatch):
+@pytest.fixture
+def lm_eval_names(monkeypatch):
+    """lm-eval's TaskManager index stood in by a few names (indexing the real one takes ~20 s)."""
+    import lola_bench.evals.commonsense.tasks as tasks_mod
+
+    monkeypatch.setattr(tasks_mod, "_LM_EVAL_NAMES", frozenset({"piqa", "boolq", "lambada_openai", "mmlu"}))
     monkeypatch.delenv(cs.DATA_ENV_VAR, raising=False)
+
+
+@pytest.mark.parametrize("bad", [["nope"], ["piqa", "lola_piqa"], []])
+def test_resolve_tasks_rejects_unknown(bad, lm_eval_names):
     with pytest.raises(ValueError) as err:
         cs.resolve_tasks(bad, None)
     assert "\n" not in str(err.value)
+
+
+def test_any_lm_eval_task_online_but_only_the_shipped_six_offline(lm_eval_names, tmp_path):
+    assert cs.resolve_tasks(["boolq", "piqa", "lambada_openai"], None) == ["boolq", "piqa", "lambada_openai"]
+    with pytest.raises(ValueError, match="any lm-eval task name works with --online"):
+        cs.resolve_tasks(["boolq"], str(tmp_path))
+    with pytest.raises(ValueError, match="unknown lm-eval task.*'nope'"):
+        cs.resolve_tasks(["boolq", "nope"], None)
 
 
 def test_resolve_tasks_missing_file_and_dir(tmp_path):
@@ -155,9 +171,8 @@ def test_run_commonsense_rejects_bad_numbers(kwargs):
         cs.run_commonsense(None, None, ["piqa"], data_dir=None, **kwargs)
 
 
-def test_run_commonsense_rejects_unknown_task(monkeypatch):
-    monkeypatch.delenv(cs.DATA_ENV_VAR, raising=False)
-    with pytest.raises(ValueError, match="unknown commonsense task"):
+def test_run_commonsense_rejects_unknown_task(lm_eval_names):
+    with pytest.raises(ValueError, match="unknown lm-eval task"):
         cs.run_commonsense(None, None, ["nope"], data_dir=None)
 
 
@@ -471,7 +486,7 @@ def test_cli_resumes_interrupted_run(tmp_path, monkeypatch):
     assert df["task"].tolist() == ["piqa", "piqa", "winogrande"] and (df["n"] == 3).all()
     raw = json.loads((out / "lm_eval_results.json").read_text())
     assert raw["lola"]["lola_bench"]["reused_from_interrupted_run"] == ["piqa"]
-    assert set(raw["lola"]["results"]) == {"lola_piqa", "lola_winogrande"}
+    assert set(raw["lola"]["results"]) == {"piqa", "winogrande"}  # lm-eval's official task names
     assert not store.path.exists()
 
     # other settings never pick up stale pieces

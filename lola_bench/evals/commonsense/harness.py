@@ -76,21 +76,12 @@ def _summary_rows(name: str, shots: int, res: dict) -> list[dict]:
     n_samples = res.get("n-samples", {})
     leaves = _leaf_tasks(name, res.get("group_subtasks", {}))
     n = sum(int(n_samples.get(t, {}).get("effective", 0)) for t in leaves)
-    rows = []
-    for metric in METRICS:
-        key = f"{metric},none"
-        if key in entry:
-            rows.append(
-                {
-                    "task": canonical_name(name),
-                    "metric": metric,
-                    "value": _as_float(entry[key]),
-                    "stderr": _as_float(entry.get(f"{metric}_stderr,none")),
-                    "n": n,
-                    "num_fewshot": int(shots),
-                }
-            )
-    return rows
+    keys = [(m, f"{m},none", f"{m}_stderr,none") for m in METRICS if f"{m},none" in entry]
+    if not keys:    # another lm-eval task (online): every metric it reports, "<metric>,<filter>" as lm-eval names it
+        keys = [(k.removesuffix(",none"), k, k.replace(",", "_stderr,", 1)) for k in entry
+                if "," in k and "_stderr," not in k and isinstance(entry[k], (int, float))]
+    return [{"task": canonical_name(name), "metric": metric, "value": _as_float(entry[key]),
+             "stderr": _as_float(entry.get(err)), "n": n, "num_fewshot": int(shots)} for metric, key, err in keys]
 
 
 def _check_int(name: str, value: Any, *, minimum: int, allow_none: bool) -> None:

@@ -12,6 +12,7 @@ from ...models.variants import attention_variant
 from ...settings import implementation_columns, variant_columns
 from .harness import run_commonsense
 from .lengths import beyond_exact_shares
+from .lm_eval_format import official_results
 
 
 @dataclass(frozen=True)
@@ -21,16 +22,19 @@ class CommonsenseSettings:
     limit: int | None = None
     num_fewshot: int | None = None
     batch_size: int = 1
+    log_samples: bool = False        # keep lm-eval's per-sample records (its --log_samples)
 
     def to_dict(self) -> dict:
         return {"tasks": list(self.tasks), "data_dir": self.data_dir, "offline": self.data_dir is not None,
-                "limit": self.limit, "num_fewshot": self.num_fewshot, "batch_size": self.batch_size}
+                "limit": self.limit, "num_fewshot": self.num_fewshot, "batch_size": self.batch_size,
+                "log_samples": self.log_samples}
 
 
 @dataclass
 class CommonsenseOutput:
     summary: pd.DataFrame                                 # one row per variant x task x metric (fractions)
-    raw: dict = field(default_factory=dict)               # lm-eval's results per variant
+    raw: dict = field(default_factory=dict)               # lm-eval's results per variant (official task names)
+    samples: dict = field(default_factory=dict)           # variant -> task -> lm-eval's per-sample records
     reused: dict = field(default_factory=dict)            # variant -> tasks taken from an interrupted run
     lengths_error: str | None = None                      # why the beyond-exact-span shares are missing
 
@@ -68,7 +72,8 @@ def run_commonsense_variants(loaded, variants, settings: CommonsenseSettings, *,
                 progress(_vi * len(names) + i - 1, total, f"{_v.mode}: {task_name} ({i}/{n})")
 
         def key(task_name, _v=v):
-            return {**(resume_key or {}), "attention": _v.to_dict(), "task": task_name}
+            return {**(resume_key or {}), "attention": _v.to_dict(), "task": task_name,
+                    **({"log_samples": True} if settings.log_samples else {})}
 
         def save(task_name, record, _v=v):
             if store is not None:
@@ -93,6 +98,7 @@ def run_commonsense_variants(loaded, variants, settings: CommonsenseSettings, *,
                 df, res = run_commonsense(loaded.model, loaded.tokenizer, names, data_dir=settings.data_dir,
                                           limit=settings.limit, num_fewshot=settings.num_fewshot,
                                           batch_size=settings.batch_size, device=loaded.device, progress=step,
+                                          log_samples=settings.log_samples,
                                           finished=done, on_task_done=saved, request_cache=rcache)
             except ValueError as e:
                 raise UserError(str(e)) from None
@@ -108,7 +114,7 @@ def run_commonsense_variants(loaded, variants, settings: CommonsenseSettings, *,
         df["beyond_exact_span"] = df["task"].map(spans.get(v.mode, {})) if v.lola else None
         df.insert(0, "model", loaded.spec)
         frames.append(df)
-        out.raw[v.mode] = res
+        out.raw[v.mode], out.samples[v.mode] = official_results(res)
     if progress:
         progress(total, total, "commonsense")
     out.summary = percent_columns(pd.concat(frames, ignore_index=True))
@@ -174,12 +180,17 @@ def checked_request_cache(store, prefix, key, notice=None) -> bool:
     return False
 
 
+FRACTION_METRICS = ("acc", "acc_norm", "exact_match", "f1", "em", "mc1", "mc2", "acc_mutual_info")
+
+
 def percent_columns(summary: pd.DataFrame) -> pd.DataFrame:
     """Add ``value_pct`` and its 95% interval ``ci_low_pct`` / ``ci_high_pct`` (value +- 1.96 lm-eval stderr,
     clipped to [0, 100]) after ``stderr``: the percent scale of RULER's rows. The fraction columns (``value``,
-    ``stderr``) stay, as committed results use them. No stderr (lm-eval gives none for n = 1): no interval."""
+    ``stderr``) stay, as committed results use them. No stderr (lm-eval gives none for n = 1): no interval. Only
+    metrics that are fractions (accuracy, exact match, F1) get percent columns; others (perplexity ...) stay empty."""
     out = summary.copy()
-    value = pd.to_numeric(out["value"], errors="coerce")
+    fraction = out["metric"].astype(str).str.split(",").str[0].isin(FRACTION_METRICS)
+    value = pd.to_numeric(out["value"], errors="coerce").where(fraction)
     stderr = pd.to_numeric(out["stderr"], errors="coerce")
     cols = {"value_pct": 100 * value,
             "ci_low_pct": (100 * (value - 1.96 * stderr)).clip(0, 100),

@@ -89,32 +89,60 @@ def canonical_name(lm_eval_name: str) -> str:
     return lm_eval_name
 
 
-def _normalise(tasks: list[str]) -> list[str]:
+def lm_eval_task_names() -> frozenset[str]:
+    """Every task, group and tag lm-eval's TaskManager knows (indexing its YAMLs takes seconds: called only for a
+    name outside ``KNOWN_TASKS``). Raises ValueError (one line) when lm-eval cannot be imported."""
+    global _LM_EVAL_NAMES
+    if _LM_EVAL_NAMES is None:
+        try:
+            from lm_eval.tasks import TaskManager
+        except ImportError as e:
+            raise ValueError(f"lm-eval is not importable ({e}); only {', '.join(KNOWN_TASKS)} can be checked") \
+                from None
+        _LM_EVAL_NAMES = frozenset(TaskManager().all_tasks)
+    return _LM_EVAL_NAMES
+
+
+_LM_EVAL_NAMES: frozenset[str] | None = None
+
+
+def _normalise(tasks: list[str], online: bool = False) -> list[str]:
+    """Canonical names, duplicates dropped. Offline only ``KNOWN_TASKS`` (the shipped YAMLs); online also any task
+    lm-eval's TaskManager knows (checked there)."""
     if isinstance(tasks, str):
         tasks = [tasks]
     names: list[str] = []
     for t in tasks or []:
-        name = str(t).strip().lower()
-        if name not in KNOWN_TASKS:
-            raise ValueError(f"unknown commonsense task {t!r}; known tasks: {', '.join(KNOWN_TASKS)}")
+        name = str(t).strip()
+        name = name.lower() if name.lower() in KNOWN_TASKS else name
         if name not in names:
             names.append(name)
     if not names:
         raise ValueError(f"no commonsense tasks given; known tasks: {', '.join(KNOWN_TASKS)}")
+    other = [n for n in names if n not in KNOWN_TASKS]
+    if other and not online:
+        raise ValueError(f"unknown commonsense task {other[0]!r}; offline (local mirror) tasks: "
+                         f"{', '.join(KNOWN_TASKS)}; any lm-eval task name works with --online")
+    if other:
+        unknown = [n for n in other if n not in lm_eval_task_names()]
+        if unknown:
+            raise ValueError(f"unknown lm-eval task(s) {', '.join(repr(n) for n in unknown)} (not in lm-eval's "
+                             "TaskManager; `lm_eval ls tasks` lists them)")
     return names
 
 
 def resolve_tasks(tasks: list[str], data_dir: str | None) -> list[str]:
     """Validate canonical task names and return the lm-eval task names to run.
 
+    Online (no data directory) any task lm-eval's TaskManager knows is accepted as well as ``KNOWN_TASKS``.
     Offline (``data_dir`` or ``$LOLA_BENCH_DATA`` set) the local ``lola_*`` names
     are returned after checking that every file they read exists; online the
     official names are returned. Raises ``ValueError`` with a one-line message
     for an unknown task, a missing data directory or a missing local file.
     Duplicates are dropped, order is kept.
     """
-    names = _normalise(tasks)
     root = local_data_dir(data_dir)
+    names = _normalise(tasks, online=root is None)
     if root is None:
         return names
     if not root.is_dir():
