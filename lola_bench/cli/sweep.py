@@ -139,13 +139,15 @@ def sweep(
 @user_errors
 def report(
     dirs: Annotated[list[str], typer.Argument(help="Sweep directories (with sweep.csv; several are merged), or "
-                                              "commonsense run directories (with summary.csv; their variants are "
-                                              "compared side by side).")],
+                                              "run directories of one kind: ruler, commonsense, speed or "
+                                              "perplexity (with summary.csv; their runs and variants are compared "
+                                              "side by side).")],
     out: Annotated[Optional[str], typer.Option("--out", help="Where to write the merged report (required for "
                                                "several directories).")] = None,
 ):
-    """Re-render sweep tables and plots from sweep.csv alone (merging shards), or compare commonsense runs
-    (comparison.csv/.md: one column per attention variant and its difference from full attention)."""
+    """Re-render sweep tables and plots from sweep.csv alone (merging shards), or compare ruler, commonsense, speed
+    or perplexity runs (comparison.csv/.md: one column per run and attention variant, and the difference from or
+    ratio to full attention of the same run)."""
     from ..report import render_report
 
     try:

@@ -11,6 +11,7 @@ from ..errors import UserError
 from ..records import atomic_write_text, frame_to_csv
 from ..sweep.store import merge_sweeps, tidy
 from .commonsense import render_commonsense_report
+from .metric_compare import KINDS, render_metric_report
 from .ruler_compare import is_ruler_summary, render_ruler_report
 from .sweep_plots import sweep_plots
 from .sweep_tables import sweep_markdown
@@ -52,16 +53,21 @@ def _run_kind(d: Path) -> str:
         cols = set(pd.read_csv(d / "summary.csv", nrows=0).columns)
     except (OSError, ValueError):
         return "unknown"
-    return "commonsense" if "metric" in cols else ("ruler" if is_ruler_summary(pd.DataFrame(columns=list(cols)))
-                                                   else "unknown")
+    if "metric" in cols:
+        return "commonsense"
+    if is_ruler_summary(pd.DataFrame(columns=list(cols))):
+        return "ruler"
+    if "perplexity" in cols:
+        return "perplexity"
+    return "speed" if {"ttft_s", "decode_ms_per_token"} <= cols else "unknown"
 
 
 def render_report(dirs, out_dir: str | Path | None = None) -> list[Path]:
     """Re-render sweep.md and the plots from sweep.csv file(s) alone (no model, no cells/).
 
     One directory: written into it. Several: merged (deduplicated by cell_id) into ``out_dir``, which then
-    also gets the merged sweep.csv. Commonsense run directories (summary.csv, no sweep.csv) get a side-by-side
-    comparison of their variants instead (``render_commonsense_report``).
+    also gets the merged sweep.csv. Run directories of one kind (summary.csv, no sweep.csv: ruler, commonsense,
+    speed, perplexity) get a side-by-side comparison of their runs and variants instead.
     """
     dirs = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
     if dirs and all((d / "summary.csv").is_file() and not (d / "sweep.csv").is_file() for d in dirs):
@@ -73,8 +79,11 @@ def render_report(dirs, out_dir: str | Path | None = None) -> list[Path]:
             raise UserError(f"several {kind} runs given: pass --out DIR for the comparison")
         if kind == "ruler":
             return render_ruler_report(dirs, out_dir if out_dir is not None else dirs[0])
+        if kind in KINDS:
+            return render_metric_report(kind, dirs, out_dir if out_dir is not None else dirs[0])
         if kind not in ("commonsense", "unknown"):       # unknown: the commonsense reader says what is wrong
-            raise UserError(f"report compares ruler, commonsense and sweep results; {dirs[0]} is a {kind} run")
+            raise UserError(f"report compares ruler, commonsense, speed, perplexity and sweep results; {dirs[0]} is "
+                            f"a {kind} run")
         return render_commonsense_report(dirs, out_dir if out_dir is not None else dirs[0])
     df = merge_sweeps(dirs)
     if out_dir is None:

@@ -1,0 +1,70 @@
+"""Issue #23: `report` handles speed and perplexity run directories too, several runs of one kind side by side."""
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lola_bench.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    r = runner.invoke(app, [str(a) for a in args])
+    return r
+
+
+@pytest.fixture(scope="module")
+def speed_runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("speed")
+    for name, ctx in (("a", "64,96"), ("b", "64")):
+        r = run("speed", "--model", "random:tiny", "--attn", "full,lola", "--window", "16", "--lambda", "16",
+                "--ctx", ctx, "--repeats", "1", "--decode-tokens", "1", "--out", base / name)
+        assert r.exit_code == 0, r.output
+    return base
+
+
+def test_report_on_one_speed_run(speed_runs):
+    r = run("report", speed_runs / "a")
+    assert r.exit_code == 0, r.output
+    long = pd.read_csv(speed_runs / "a" / "comparison.csv")
+    summary = pd.read_csv(speed_runs / "a" / "summary.csv")
+    assert len(long) == len(summary) and set(long["variant"]) == {"full", "lola (η=16, λ=16, hedgehog-identity, lola)"}
+    assert long["ttft_s"].tolist() == summary["ttft_s"].tolist()
+    md = (speed_runs / "a" / "comparison.md").read_text()
+    assert "## TTFT (s, median)" in md and "## decode (ms per token, median)" in md and "| 96 |" in md
+
+
+def test_report_compares_several_speed_runs(speed_runs, tmp_path):
+    r = run("report", speed_runs / "a", speed_runs / "b", "--out", tmp_path / "cmp")
+    assert r.exit_code == 0, r.output
+    long = pd.read_csv(tmp_path / "cmp" / "comparison.csv")
+    assert sorted(set(long["run"])) == ["a", "b"] and len(long) == 4 + 2
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "a: full" in md and "b: lola (η=16, λ=16, hedgehog-identity, lola)" in md
+
+
+def test_report_on_perplexity_runs(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join(f"word{i % 37}" for i in range(400)) + "\n")
+    for name in ("p1", "p2"):
+        r = run("perplexity", "--model", "random:tiny", "--attn", "full,lola", "--window", "8", "--lambda", "8",
+                "--text", text, "--seq-len", "32", "--max-tokens", "96", "--out", tmp_path / name)
+        assert r.exit_code == 0, r.output
+    r = run("report", tmp_path / "p1", tmp_path / "p2", "--out", tmp_path / "cmp")
+    assert r.exit_code == 0, r.output
+    long = pd.read_csv(tmp_path / "cmp" / "comparison.csv")
+    ppl = pd.read_csv(tmp_path / "p1" / "summary.csv")["perplexity"].tolist()
+    got = long[long["run"] == "p1"]
+    assert got["perplexity"].tolist() == ppl
+    assert got["vs_full"].tolist() == pytest.approx([1.0, ppl[1] / ppl[0]])
+    assert "p2: lola (η=8, λ=8, hedgehog-identity, lola)" in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+def test_report_refuses_mixed_kinds_in_one_line(speed_runs, tmp_path):
+    (tmp_path / "p").mkdir()
+    pd.DataFrame({"model": ["m"], "attn": ["full"], "text": ["t"], "seq_len": [32], "max_tokens": [64],
+                  "perplexity": [3.0]}).to_csv(tmp_path / "p" / "summary.csv", index=False)
+    r = run("report", speed_runs / "a", tmp_path / "p", "--out", tmp_path / "cmp")
+    assert r.exit_code != 0 and "different kinds (perplexity, speed)" in r.output
+    assert len(r.output.strip().splitlines()) == 1
