@@ -68,3 +68,51 @@ def test_report_refuses_mixed_kinds_in_one_line(speed_runs, tmp_path):
     r = run("report", speed_runs / "a", tmp_path / "p", "--out", tmp_path / "cmp")
     assert r.exit_code != 0 and "different kinds (perplexity, speed)" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_ruler_accuracy_plot_has_wilson_bars_and_n(monkeypatch, tmp_path):
+    """Issue #23: the ruler run's accuracy plot draws each point's 95% Wilson interval and names n."""
+    from matplotlib.axes import Axes
+
+    import lola_bench.report.ruler as rr
+    from lola_bench.stats import wilson_interval
+
+    calls, titles = [], []
+    real = Axes.errorbar
+
+    def spy(self, x, y, yerr=None, **kw):
+        calls.append((list(y), [list(e) for e in yerr]))
+        titles.append(self.get_title())
+        return real(self, x, y, yerr=yerr, **kw)
+
+    monkeypatch.setattr(Axes, "errorbar", spy)
+    lo, hi = wilson_interval(3, 4)
+    summary = pd.DataFrame({"attn": ["full", "lola"], "window": [None, 16], "lambda": [None, 16],
+                            "task": ["passkey", "passkey"], "ctx": [256, 256], "n": [4, 4],
+                            "accuracy": [100.0, 75.0]})
+    (path,) = rr.accuracy_plot(summary, tmp_path)
+    assert path.name == "accuracy.png" and path.stat().st_size > 0
+    errs = {y[0]: (e[0][0], e[1][0]) for y, e in calls}
+    assert errs[75.0] == pytest.approx((75 - 100 * lo, 100 * hi - 75))
+    assert errs[100.0][0] == pytest.approx(100 - 100 * wilson_interval(4, 4)[0])
+
+
+def test_ruler_run_writes_the_accuracy_plot(tmp_path):
+    out = tmp_path / "r"
+    r = run("ruler", "--model", "random:tiny", "--window", "16", "--lambda", "16", "--task", "passkey", "--ctx",
+            "256,320", "--attn", "full", "--samples", "2", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert (out / "accuracy.png").is_file() and (out / "heatmap_passkey_full.png").is_file()
+
+
+def test_depth_heatmap_cells_say_n(monkeypatch, tmp_path):
+    from matplotlib.axes import Axes
+
+    import lola_bench.report.ruler as rr
+
+    texts, real = [], Axes.text
+    monkeypatch.setattr(Axes, "text", lambda self, x, y, s, *a, **k: (texts.append(s), real(self, x, y, s, *a, **k))[1])
+    preds = [{"attn": "full", "task": "passkey", "ctx": c, "depth": d, "score": sc}
+             for c in (256, 512) for d, sc in ((0, 100), (0, 0), (50, 100))]
+    rr.depth_heatmaps(preds, tmp_path)
+    assert "50\nn=2" in texts and "100\nn=1" in texts

@@ -146,9 +146,10 @@ def ruler(
                 "ruler": {**rs.to_dict(), "chat_template_applied": result.chat_template}, "lola_checkpoint": ckpt}))
             run.append_jsonl("predictions.jsonl", result.predictions)
             run.write_table("summary", result.summary, title="RULER", notes=_exactness_note(variants))
-            from ..report import depth_heatmaps
+            from ..report import accuracy_plot, depth_heatmaps
 
             depth_heatmaps(result.predictions, run.stage)
+            accuracy_plot(result.summary, run.stage)
     except UserError as e:              # e.g. disk full: the finished cells stay for a rerun
         if store.path.is_dir():
             raise UserError(f"{e}; the finished cells stay in {store.path}: rerun the same command to resume "

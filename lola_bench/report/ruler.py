@@ -20,6 +20,7 @@ def depth_heatmaps(predictions: list[dict], out_dir: str | Path) -> list[Path]:
     df["depth_bin"] = (df["depth"] / 10).round().astype(int) * 10
     for (attn, task), g in df.groupby(["attn", "task"], dropna=False):
         pivot = g.pivot_table(index="depth_bin", columns="ctx", values="score", aggfunc="mean").sort_index()
+        counts = g.pivot_table(index="depth_bin", columns="ctx", values="score", aggfunc="count").reindex_like(pivot)
         fig, ax = plt.subplots(figsize=(1.2 + 0.9 * pivot.shape[1], 4.2))
         im = ax.imshow(pivot.values, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
         ax.set_xticks(range(pivot.shape[1]), [str(c) for c in pivot.columns])
@@ -28,10 +29,10 @@ def depth_heatmaps(predictions: list[dict], out_dir: str | Path) -> list[Path]:
             for j in range(pivot.shape[1]):
                 v = pivot.values[i, j]
                 if v == v:
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8)
+                    ax.text(j, i, f"{v:.0f}\nn={int(counts.values[i, j])}", ha="center", va="center", fontsize=7)
         ax.set_xlabel("context (tokens)")
         ax.set_ylabel("needle depth")
-        ax.set_title(f"{task} — {attn}")
+        ax.set_title(f"{task} — {attn}\n(mean score of the n samples per cell)", fontsize=10)
         fig.colorbar(im, ax=ax, label="score")
         fig.tight_layout()
         path = Path(out_dir) / f"heatmap_{task}_{attn}.png"
@@ -40,6 +41,50 @@ def depth_heatmaps(predictions: list[dict], out_dir: str | Path) -> list[Path]:
         written.append(path)
     return written
 
+
+
+def accuracy_plot(summary: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """accuracy.png: accuracy (%) vs context, one panel per task, one line per attention variant, each point with
+    its 95% Wilson interval as error bars and n in the panel title. Nothing for an empty summary."""
+    from ..stats import wilson_interval
+
+    df = summary.dropna(subset=["accuracy"]) if "accuracy" in summary.columns else summary.iloc[0:0]
+    if df.empty:
+        return []
+    df = df.copy()
+    if not {"accuracy_ci_low", "accuracy_ci_high"} <= set(df.columns):
+        lo_hi = [wilson_interval(a / 100 * n, int(n)) for a, n in zip(df["accuracy"], df["n"])]
+        df["accuracy_ci_low"], df["accuracy_ci_high"] = [100 * x[0] for x in lo_hi], [100 * x[1] for x in lo_hi]
+    label = df["attn"].astype(str)
+    if "window" in df.columns:
+        label = label + df.apply(lambda r: f" (η={int(r['window'])}, λ={int(r['lambda'])})"
+                                 if r["attn"] != "full" and r["window"] == r["window"] else "", axis=1)
+    df["variant"] = label
+    plt = pyplot()
+    tasks, ctxs = list(dict.fromkeys(df["task"])), sorted(df["ctx"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        g = df[df["task"] == task]
+        for variant, v in g.groupby("variant", sort=False):
+            v = v.sort_values("ctx")
+            xs = [ctxs.index(c) for c in v["ctx"]]
+            ax.errorbar(xs, v["accuracy"], yerr=[v["accuracy"] - v["accuracy_ci_low"],
+                                                 v["accuracy_ci_high"] - v["accuracy"]],
+                        marker="o", ms=4, capsize=3, label=variant)
+        ns = sorted({int(n) for n in g["n"]})
+        ax.set_title(f"{task} (n={ns[0]}{'–' + str(ns[-1]) if len(ns) > 1 else ''} per point)", fontsize=10)
+        ax.set_xticks(range(len(ctxs)), [str(int(c)) for c in ctxs])
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-4, 104)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle("RULER accuracy (bars: 95% Wilson interval)")
+    fig.tight_layout()
+    path = Path(out_dir) / "accuracy.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return [path]
 
 
 def exactness_note(configs) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..stats import wilson_interval
 from ._mpl import pyplot
 from .sweep_tables import BASE_LABEL, FULL_LABEL, VARIANT_KEYS, family_label, mean_over_tasks, ok_rows
 
@@ -30,6 +31,41 @@ def pareto_frontier(x, y) -> list[bool]:
                         for j, (qx, qy) in enumerate(pts) if j != i)
         mask.append(valid[i] and not dominated)
     return mask
+
+
+def accuracy_with_ci(ok: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:
+    """``mean_over_tasks`` plus ``n_total`` (samples behind the mean: the tasks' n summed) and its 95% Wilson
+    interval ``ci_low`` / ``ci_high`` in percent (the mean accuracy taken as a share of those samples; with equal n
+    per task that is the pooled interval). No n column: the interval columns are NaN."""
+    d = mean_over_tasks(ok, keys, values)
+    if "n" not in ok.columns:
+        return d.assign(n_total=math.nan, ci_low=math.nan, ci_high=math.nan)
+    n = ok.groupby(keys, dropna=False)["n"].sum(min_count=1).reset_index(drop=True)
+    d["n_total"] = n.values
+    lo_hi = [wilson_interval(a / 100 * t, int(t)) if a == a and t == t and t > 0 else (math.nan, math.nan)
+             for a, t in zip(d["accuracy"], d["n_total"])]
+    d["ci_low"] = [100 * lo for lo, _ in lo_hi]
+    d["ci_high"] = [100 * hi for _, hi in lo_hi]
+    return d
+
+
+def _error_bars(ax, x, y, lo, hi, color, **kw) -> None:
+    """Vertical 95% interval bars (nothing where the interval is unknown)."""
+    import numpy as np
+
+    x, y, lo, hi = (np.asarray(v, dtype=float) for v in (x, y, lo, hi))
+    ok = ~(np.isnan(lo) | np.isnan(hi) | np.isnan(y))
+    if ok.any():
+        ax.errorbar(x[ok], y[ok], yerr=[y[ok] - lo[ok], hi[ok] - y[ok]], fmt="none", ecolor=color, elinewidth=1,
+                    capsize=2.5, alpha=0.6, zorder=2.5, **kw)
+
+
+def _n_note(ax, n) -> None:
+    """``n=10 per point`` (or ``n=10–30``) in the panel's lower left corner: the samples behind each accuracy."""
+    vals = sorted({int(v) for v in pd.Series(n).dropna()})
+    if vals:
+        text = f"n={vals[0]}" if len(vals) == 1 else f"n={vals[0]}–{vals[-1]}"
+        ax.text(0.02, 0.02, f"{text} per point", transform=ax.transAxes, fontsize=8, color="0.3", va="bottom")
 
 
 def _save(fig, path: Path, plt) -> Path:
@@ -57,7 +93,7 @@ def _eta_colors(etas) -> dict:
 
 def _plot_pareto(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
     keys = [*VARIANT_KEYS, "ctx"]
-    d = mean_over_tasks(ok, keys, ["accuracy", "cache_mib", "full_kv_mib"])
+    d = accuracy_with_ci(ok, keys, ["accuracy", "cache_mib", "full_kv_mib"])
     if d["cache_mib"].isna().all():
         return None
     ctxs = sorted(d["ctx"].dropna().unique())
@@ -85,6 +121,7 @@ def _plot_pareto(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
                 marker = MARKERS[styles.index(key) % len(MARKERS)] if key in styles else "o"
                 ax.scatter(r["cache_mib"], r["accuracy"], s=46, marker=marker, zorder=3,
                            facecolors="none" if base else c, edgecolors=c, linewidths=1.4)
+            _error_bars(ax, [r["cache_mib"]], [r["accuracy"]], [r["ci_low"]], [r["ci_high"]], c)
             ax.annotate(f"λ={int(r['lambda'])}", (r["cache_mib"], r["accuracy"]), fontsize=7, color="0.25",
                         xytext=(4, 4 if k % 2 == 0 else -11), textcoords="offset points")  # alternate: less overlap
         if len(pts):
@@ -98,6 +135,8 @@ def _plot_pareto(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
         if len(full):
             fx = full["cache_mib"].fillna(full["full_kv_mib"]).mean()
             ax.scatter([fx], [full["accuracy"].mean()], marker="*", s=180, color="black", zorder=4)
+            _error_bars(ax, [fx], [full["accuracy"].mean()], [full["ci_low"].mean()], [full["ci_high"].mean()],
+                        "black")
             ax.axhline(full["accuracy"].mean(), color="black", ls=":", lw=1)
             xs.append(fx)
         xs = [x for x in xs if x > 0]               # (NaN > 0 is False)
@@ -106,13 +145,14 @@ def _plot_pareto(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
         ax.set_ylim(-4, 104)
         ax.margins(x=0.08)
         ax.set_title(f"ctx {int(ctx)} tokens")
+        _n_note(ax, g["n_total"])
         ax.set_xlabel("attention cache after generation (MiB)")
         ax.set_ylabel("accuracy (%, mean over tasks)")
         ax.grid(alpha=0.3)
     handles = _legend_handles(plt, colors, styles, multi_fm, has_base=(lola["attn"] == "base").any(),
                               has_full=(d["attn"] == "full").any(), frontier=True, evictions=evictions)
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    fig.suptitle(f"Accuracy vs cache memory — {model}")
+    fig.suptitle(f"Accuracy vs cache memory — {model}\n(bars: 95% Wilson interval over the n samples)")
     fig.tight_layout()
     return _save(fig, out, plt)
 
@@ -212,7 +252,7 @@ def _family_line_label(kind: str, scorer, fm, multi_fm: bool) -> str:
 def _plot_vs_ctx(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
     """Accuracy vs ctx: one panel per scorer, one line per (eta, lambda); base and full in every panel."""
     keys = [*VARIANT_KEYS, "ctx"]
-    d = mean_over_tasks(ok, keys, ["accuracy"])
+    d = accuracy_with_ci(ok, keys, ["accuracy"])
     ctxs = sorted(d["ctx"].dropna().unique())
     if len(ctxs) < 2:
         return None
@@ -234,18 +274,23 @@ def _plot_vs_ctx(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
                 fam = (lola["attn"] == "base") | ((lola["attn"] == "lola") & (lola["scorer"] == scorer)) \
                     if kind == "lola" else (lola["attn"] == "evict") & ((lola["scorer"] == scorer) | (lam == 0))
                 sel = lola[(lola["window"] == eta) & (lola["lambda"] == lam) & fam]
-                sel = sel.groupby("ctx")["accuracy"].mean()
+                sel = sel.groupby("ctx")[["accuracy", "ci_low", "ci_high"]].mean()
                 if len(sel):
-                    ax.plot([ctxs.index(c) for c in sel.index], sel.values, marker="o", ms=4,
-                            color=lam_color[lam], ls=dashes[ei % len(dashes)])
-        full = d[d["attn"] == "full"].groupby("ctx")["accuracy"].mean()
+                    xs = [ctxs.index(c) for c in sel.index]
+                    ax.plot(xs, sel["accuracy"].values, marker="o", ms=4, color=lam_color[lam],
+                            ls=dashes[ei % len(dashes)])
+                    _error_bars(ax, xs, sel["accuracy"], sel["ci_low"], sel["ci_high"], lam_color[lam])
+        full = d[d["attn"] == "full"].groupby("ctx")[["accuracy", "ci_low", "ci_high"]].mean()
         if len(full):
-            ax.plot([ctxs.index(c) for c in full.index], full.values, color="black", marker="*", ms=9, ls="--")
+            xs = [ctxs.index(c) for c in full.index]
+            ax.plot(xs, full["accuracy"].values, color="black", marker="*", ms=9, ls="--")
+            _error_bars(ax, xs, full["accuracy"], full["ci_low"], full["ci_high"], "black")
         ax.set_xticks(range(len(ctxs)), [str(int(c)) for c in ctxs])
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel("accuracy (%, mean over tasks)")
         ax.set_ylim(-4, 104)
         ax.set_title(_family_line_label(kind, scorer, None, False) if scorer else "LoLA")
+        _n_note(ax, d["n_total"])
         ax.grid(alpha=0.3)
     from matplotlib.lines import Line2D
 
@@ -257,7 +302,8 @@ def _plot_vs_ctx(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
     if (d["attn"] == "full").any():
         handles.append(Line2D([], [], color="black", marker="*", ls="--", label=FULL_LABEL))
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    fig.suptitle(f"Accuracy vs context length — {model}" + (f" (η={int(etas[0])})" if len(etas) == 1 else ""))
+    fig.suptitle(f"Accuracy vs context length — {model}" + (f" (η={int(etas[0])})" if len(etas) == 1 else "")
+                 + "\n(bars: 95% Wilson interval over the n samples)")
     fig.tight_layout()
     return _save(fig, out, plt)
 

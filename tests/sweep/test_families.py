@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 
 import pandas as pd
+import pytest
 
 from lola_bench.report import sweep_markdown
 from lola_bench.report.sweep_tables import family_label
@@ -96,3 +97,45 @@ def test_pareto_draws_eviction_with_its_own_markers(monkeypatch, tmp_path):
     lola = {markers["LoLA, scorer sre"], markers["LoLA base (λ=0)"]}
     evict = [markers[f"eviction: {n}"] for n in EVICTIONS]
     assert len(set(evict)) == len(evict) and not lola & set(evict)
+
+
+def test_accuracy_plots_draw_wilson_bars_and_say_n(monkeypatch, tmp_path):
+    """Issue #23: every accuracy point of the sweep plots carries its 95% Wilson interval, and each panel its n."""
+    from matplotlib.axes import Axes
+
+    from lola_bench.stats import wilson_interval
+
+    bars, texts = {}, {}
+    real = Axes.errorbar
+
+    def spy(self, x, y, yerr=None, **kw):
+        bars.setdefault(self.figure, []).append((list(x), list(y), [list(e) for e in yerr]))
+        return real(self, x, y, yerr=yerr, **kw)
+
+    def save(fig, path, plt):
+        texts[path.name] = [t.get_text() for ax in fig.axes for t in ax.texts]
+        bars[path.name] = bars.pop(fig, [])
+        plt.close(fig)
+        return path
+
+    monkeypatch.setattr(Axes, "errorbar", spy)
+    monkeypatch.setattr(sp, "_save", save)
+    sp.sweep_plots(family_frame(), tmp_path)
+    lo, hi = wilson_interval(2 * 0.6, 2)
+    for name in ("accuracy_vs_cache.png", "accuracy_vs_ctx.png"):
+        assert "n=2 per point" in texts[name], name
+        got = [(y, e) for _, ys, errs in bars[name] for y, e in zip(ys, zip(*errs))]
+        assert any(y == 60.0 and e == pytest.approx((60 - 100 * lo, 100 * hi - 60)) for y, e in got), name
+        full_lo, _ = wilson_interval(2, 2)
+        assert any(y == 100.0 and e[0] == pytest.approx(100 - 100 * full_lo) for y, e in got), name
+
+
+def test_accuracy_with_ci_pools_the_tasks_samples():
+    from lola_bench.stats import wilson_interval
+
+    ok = pd.DataFrame({"attn": ["lola", "lola"], "task": ["a", "b"], "ctx": [512, 512], "n": [10, 30],
+                       "accuracy": [50.0, 70.0]})
+    d = sp.accuracy_with_ci(ok, ["attn", "ctx"], ["accuracy"])
+    lo, hi = wilson_interval(0.6 * 40, 40)
+    assert d["n_total"].tolist() == [40] and d["accuracy"].tolist() == [60.0]
+    assert d["ci_low"].iloc[0] == pytest.approx(100 * lo) and d["ci_high"].iloc[0] == pytest.approx(100 * hi)
