@@ -323,3 +323,62 @@ def test_no_notice_for_lolcats_factors_under_the_lola_formula(monkeypatch):
     assert notices.checkpoint_notice("distill.pt", [lola]) is None
     gated = AttentionSettings.build("lola", LolaConfig(window=64, sparse=64, combine="gated", feature_map="hedgehog"))
     assert "combine gated (trained with lolcats)" in notices.checkpoint_notice("distill.pt", [gated])
+
+
+# ---------------------------------------------------------------------------------------------- issue #23, part 3
+
+
+def test_ruler_rejects_every_too_short_pair_in_one_line_before_loading(tmp_path, monkeypatch):
+    import lola_bench.models.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model loaded before the check"))
+    out = tmp_path / "run"
+    r = run("ruler", "--model", "random:tiny", "--task", "vt,cwe,passkey", "--ctx", "512,768", "--attn", "full",
+            "--samples", "1", "--out", str(out))
+    assert r.exit_code == 2, r.output
+    line = " ".join(r.output.split())
+    assert "3 (task, ctx) pair(s) cannot run: vt at 512 (" in line and "cwe at 512 (" in line
+    assert "cwe at 768 (" in line and "passkey at" not in line and "vt at 768" not in line
+    assert len(r.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_ruler_data_dir_is_where_the_essays_come_from(tmp_path):
+    empty = tmp_path / "mirror"
+    empty.mkdir()
+    args = ["ruler", "--model", "random:tiny", "--task", "niah_single_2", "--ctx", "512", "--attn", "full",
+            "--samples", "1", "--dry-run", "--out", str(tmp_path / "x")]
+    r = run(*args, "--data-dir", str(empty))
+    assert r.exit_code == 2 and "niah_single_2 unavailable" in r.output, r.output   # no fallback to another mirror
+    essays = next(p for p in (os.environ.get("LOLA_BENCH_DATA"), "../shared/data") if p and os.path.isfile(
+        os.path.join(p, "ruler_essay", "PaulGrahamEssays.json")))
+    (empty / "ruler_essay").mkdir()
+    (empty / "ruler_essay" / "PaulGrahamEssays.json").symlink_to(
+        os.path.abspath(os.path.join(essays, "ruler_essay", "PaulGrahamEssays.json")))
+    r = run(*args, "--data-dir", str(empty))
+    assert r.exit_code == 0, r.output
+    r = run(*args, "--data-dir", str(tmp_path / "nope"))
+    assert r.exit_code == 2 and "--data-dir" in r.output and "does not exist" in r.output
+
+
+@pytest.mark.parametrize("cmd", ["ruler", "commonsense", "sweep", "linearize"])
+def test_resume_flags_are_the_same_everywhere(cmd):
+    assert "--resume --no-resume" in help_text(cmd), cmd
+
+
+def test_perplexity_seq_len_is_not_called_a_window():
+    h = help_text("perplexity")
+    seq = h[h.index("--seq-len"):h.index("--seq-len") + 200]
+    assert "window length" not in seq.lower() and "non-overlapping" in seq
+
+
+def test_sweep_no_resume_refuses_finished_cells(tmp_path):
+    out = tmp_path / "sw"
+    args = ["sweep", "--model", "random:tiny", "--lambda", "16", "--window", "16", "--ctx", "256", "--task",
+            "passkey", "--samples", "1", "--no-full", "--out", str(out)]
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    r = run(*args, "--no-resume")
+    assert r.exit_code == 2 and "--no-resume" in r.output and "1 finished cell(s)" in r.output, r.output
+    r = run(*args)
+    assert r.exit_code == 0 and "1 already done" in r.output, r.output

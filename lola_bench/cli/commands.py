@@ -79,6 +79,12 @@ def ruler(
                                                       "(essay-haystack tasks).")] = None,
     qa_path: Annotated[Optional[str], typer.Option("--qa-path", envvar="LOLA_BENCH_QA",
                                                    help="SQuAD/HotpotQA file for qa_1/qa_2.")] = None,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Data mirror to read the essay haystack "
+                                                    "(<dir>/ruler_essay/PaulGrahamEssays.json) and the QA files "
+                                                    "(<dir>/ruler_qa/) from, unless --essay-path / --qa-path (or "
+                                                    "their environment variables) say otherwise. Default: "
+                                                    "$LOLA_BENCH_DATA, else ../shared/data beside the checkout.")]
+    = None,
     chat_template: Annotated[Optional[bool], typer.Option("--chat-template/--no-chat-template",
                                                           help="Force the tokenizer's chat template on or off "
                                                           "(default: on for instruct models).")] = None,
@@ -95,9 +101,9 @@ def ruler(
     after an interruption and only the unfinished cells run.
     """
     from ..evals.ruler.haystack import default_essay_path
-    from ..evals.ruler_bench import RulerSettings, expand_tasks, run_ruler, validate
+    from ..evals.ruler_bench import RulerSettings, check_pairs, expand_tasks, run_ruler, validate
     from ..models.checkpoint import checkpoint_fingerprint
-    from ..models.loading import load_model, resolve_device
+    from ..models.loading import load_model, load_tokenizer, resolve_device
     from ..provenance import device_label
     from ..records import ResumeStore
     from ..runs import plan_run, resolve_variants, run_config
@@ -107,7 +113,9 @@ def ruler(
     at_least(seed=(seed, 0))
     device = resolve_device(opts.model.device)
     samples, auto_samples = (samples, False) if samples is not None else (default_samples(device), True)
-    essay, skipped = default_essay_path(essay_path), {}
+    if data_dir is not None:
+        essay_path, qa_path = _ruler_data(data_dir, essay_path, qa_path)
+    essay, skipped = (default_essay_path(essay_path) if data_dir is None or essay_path else None), {}
     try:
         tasks = tuple(expand_tasks(task, essay, qa_path, skipped))
     except ValueError as e:
@@ -123,6 +131,9 @@ def ruler(
         print_plan(variants, rs, device, auto_samples)
         return
     ckpt, variants, run = plan_run(opts)
+    tok = load_tokenizer(opts.model.spec)   # every (task, ctx) pair's prompt fits, before the model loads
+    if tok is not None:
+        check_pairs(rs, tok[0], tok[1] if chat_template is None else chat_template)
     if auto_samples:
         samples_hint(variants, rs, device)
     loaded = load_model(opts.model.spec, opts.model.device, opts.model.dtype)
@@ -160,6 +171,18 @@ def ruler(
                 ["attn", "task", "ctx", "n", "accuracy", "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib",
                  "full_kv_mib", "implementation"])
     console.print(f"results: {run.path}")
+
+
+def _ruler_data(data_dir: str, essay_path: str | None, qa_path: str | None) -> tuple[str | None, str | None]:
+    """ruler --data-dir: the essay file and QA directory inside the mirror, unless given on their own."""
+    from pathlib import Path
+
+    d = Path(data_dir).expanduser()
+    if not d.is_dir():
+        raise UserError(f"--data-dir {data_dir} does not exist")
+    essay = d / "ruler_essay" / "PaulGrahamEssays.json"
+    qa = d / "ruler_qa"
+    return (essay_path or (str(essay) if essay.is_file() else None)), (qa_path or (str(qa) if qa.is_dir() else None))
 
 
 @app.command()

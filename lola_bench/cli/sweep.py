@@ -85,6 +85,10 @@ def sweep(
                                                )] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid, what is done, and an ETA; run "
                                           "nothing.")] = False,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Reuse the cells already finished in --out "
+                                         "(default: the same command continues an interrupted sweep). --no-resume "
+                                         "refuses a directory that holds finished cells (a sweep never deletes "
+                                         "them): give a new --out to start over.")] = True,
 ):
     """Resumable grids over eta / lambda / context / scorer: tables and Pareto plots of accuracy vs memory."""
     from ..evals.ruler.haystack import default_essay_path
@@ -112,6 +116,9 @@ def sweep(
     apply_threads(threads)
     out_dir = out or str(default_sweep_dir(spec))
     plan = plan_sweep(spec, out_dir, shard=shard, retry_failed=retry_failed)
+    if not resume and not dry_run and plan.attrs["done"]:
+        raise UserError(f"--no-resume: {out_dir} already holds {plan.attrs['done']} finished cell(s) of this grid "
+                        "and a sweep never deletes them; pass a new --out to start over (or drop --no-resume)")
     if dry_run:
         keep = [c for c in ["index", "cell_id", "attn", "window", "lambda", "scorer", "feature_map", "task", "ctx",
                             *(["budget_mib"] if spec.budgets_mib else []), "status", "eta_s"] if c in plan.columns]

@@ -21,7 +21,9 @@ def perplexity(
     opts: RunOptions,
     text: Annotated[Optional[str], typer.Option("--text", help="Held-out text file (default: wikitext-2 test from "
                                                 "the data mirror).")] = None,
-    seq_len: Annotated[int, typer.Option("--seq-len", help="Window length (non-overlapping).")] = 1024,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per evaluated sequence: the text is cut into "
+                                         "non-overlapping sequences of this length, each scored on its own (not "
+                                         "LoLA's --window, eta).")] = 1024,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Evaluate only the first N tokens.")]
     = None,
 ):
@@ -88,8 +90,8 @@ def linearize(
                                                   "checkpoints.")] = 20,
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (1 is fastest on a busy "
                                                    "2-core machine).")] = None,
-    no_resume: Annotated[bool, typer.Option("--no-resume", help="Start over even if OUT/train_state exists.")]
-    = False,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from OUT/train_state when an "
+                                         "interrupted run left it (default); --no-resume starts over.")] = True,
     calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="After training, fit one global "
                                             "offset of the window factors (the linear memory's weight) by next-token "
                                             "loss on the last quarter of --seq-len training sequences run through "
@@ -136,7 +138,7 @@ def linearize(
         summary = run_linearize(loaded, paths, tokens=tokens, seq_len=seq_len, window=window, feature_map=feature_map,
                                 combine=combine, lr=lr, lora_rank=lora_rank, lora_tokens=lora_tokens, seed=seed,
                                 sinks=sinks,
-                                out=out, resume=not no_resume, progress=step, checkpoint_every=checkpoint_every,
+                                out=out, resume=resume, progress=step, checkpoint_every=checkpoint_every,
                                 calibrate=calibrate,
                                 calibrate_progress=lambda i, n: bar.set(i, n, "calibrating"))
     console.print(f"checkpoint: {out}  (complete: {summary.get('complete', True)})")

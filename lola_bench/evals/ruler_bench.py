@@ -86,6 +86,27 @@ def validate(settings: RulerSettings, max_context: int) -> None:
             raise UserError(f"task {task} unavailable: {reason}")
 
 
+def _raise_bad_pairs(bad: list[tuple[str, int, str]]) -> None:
+    """One line naming every (task, ctx) pair whose prompt cannot be built (too short a context, mostly)."""
+    if bad:
+        listed = "; ".join(f"{t} at {c} ({e.split(': ', 1)[-1] if 'too small' in e else e})" for t, c, e in bad)
+        raise UserError(f"{len(bad)} (task, ctx) pair(s) cannot run: {listed}; raise --ctx or drop those tasks")
+
+
+def check_pairs(settings: RulerSettings, tokenizer, chat_template: bool) -> None:
+    """Every (task, ctx) pair builds a prompt (one sample each, tokenizer only), before the model loads: a
+    UserError listing all the pairs that do not."""
+    bad = []
+    for task in settings.tasks:
+        for ctx in settings.ctxs:
+            try:
+                generate_samples(task, tokenizer, ctx, 1, settings.seed, essay_path=settings.essay_path,
+                                 qa_path=settings.qa_path, chat_template=chat_template)
+            except ValueError as e:
+                bad.append((task, ctx, str(e)))
+    _raise_bad_pairs(bad)
+
+
 def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings, *, ckpt: str | None = None,
               device_label: str = "cpu", progress=None, store=None, resume_key: dict | None = None) -> RulerOutput:
     """Generate the samples once, then run every variant over them. ``progress(advance, description)``.
@@ -96,7 +117,7 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
     validate(settings, loaded.max_context)
     tok, model = loaded.tokenizer, loaded.model
     chat = loaded.is_instruct if settings.chat_template is None else settings.chat_template
-    samples = {}
+    samples, bad = {}, []
     for task in settings.tasks:
         for ctx in settings.ctxs:
             try:
@@ -104,7 +125,8 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
                                                       essay_path=settings.essay_path, qa_path=settings.qa_path,
                                                       chat_template=chat)
             except ValueError as e:
-                raise UserError(f"{task} at ctx {ctx}: {e}") from None
+                bad.append((task, ctx, str(e)))
+    _raise_bad_pairs(bad)
     eos = eos_token_ids(model, tok)
     rows, preds, reused = [], [], []
     for attn in variants:

@@ -190,6 +190,32 @@ def embedded_tokenizer():
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
+def load_tokenizer(spec: str):
+    """(tokenizer, instruct) of a model spec without its weights, for checks before the model loads (RULER prompt
+    lengths); None when it cannot be had cheaply (a hub id not in the local cache, an unreadable file)."""
+    from transformers import AutoTokenizer
+
+    from .aliases import resolve_alias
+
+    spec = resolve_alias(spec)[0]
+    try:
+        if spec == EMBEDDED:
+            tok, source = embedded_tokenizer(), "SmolLM2-135M-Instruct"
+        elif spec.startswith("random:"):
+            tok, source = embedded_tokenizer(), "random"
+        elif spec.endswith(".gguf"):
+            path = Path(spec).expanduser()
+            tok, source = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name), str(path)
+        else:
+            tok, source = AutoTokenizer.from_pretrained(spec, local_files_only=True), spec
+    except (OSError, ValueError, UserError):
+        return None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    instruct = bool(getattr(tok, "chat_template", None)) and any(w in source.lower() for w in ("instruct", "chat"))
+    return tok, instruct
+
+
 def random_model(preset: str, dtype: torch.dtype = torch.float32, seed: int = 0, device: str = "cpu", **overrides):
     """A Llama model of a preset shape with random weights (deterministic by seed and device).
 
