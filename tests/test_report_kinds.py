@@ -116,3 +116,18 @@ def test_depth_heatmap_cells_say_n(monkeypatch, tmp_path):
              for c in (256, 512) for d, sc in ((0, 100), (0, 0), (50, 100))]
     rr.depth_heatmaps(preds, tmp_path)
     assert "50\nn=2" in texts and "100\nn=1" in texts
+
+
+def test_readme_names_the_new_flags_and_its_report_examples_exist():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    for word in ("HF_HUB_OFFLINE=1", "--log-samples", "HuggingFaceTB/SmolLM2-135M-Instruct", "ruler --data-dir",
+                 "lm_eval/<variant>/results.json", "--resume/--no-resume"):
+        assert word in readme, word
+    for line in readme.splitlines():
+        if line.startswith("lola-bench report results/") and "{" not in line:
+            for arg in line.split("#")[0].split()[2:]:
+                if arg.startswith("results/"):
+                    assert (root / arg / "summary.csv").is_file() or (root / arg / "sweep.csv").is_file(), arg
