@@ -127,7 +127,7 @@ def test_readme_names_the_new_flags_and_its_report_examples_exist():
                  "lm_eval/<variant>/results.json", "--resume/--no-resume"):
         assert word in readme, word
     for line in readme.splitlines():
-        if line.startswith("lola-bench report results/") and "{" not in line:
+        if line.startswith(("lola-bench report results/speed", "lola-bench report results/perplexity")):
             for arg in line.split("#")[0].split()[2:]:
                 if arg.startswith("results/"):
                     assert (root / arg / "summary.csv").is_file() or (root / arg / "sweep.csv").is_file(), arg
