@@ -154,7 +154,8 @@ def check_launcher(launcher: str) -> None:
     try:
         import submitit  # noqa: F401
     except ImportError:
-        raise UserError("--launcher needs the submitit package: pip install submitit (make setup installs it)") from None
+        raise UserError("--launcher needs the submitit package: pip install submitit (make setup installs it)"
+                        ) from None
     if launcher == "slurm" and shutil.which("sbatch") is None:
         raise UserError("--launcher slurm: no sbatch on this machine (run the sweep from a Slurm login node; "
                         "--launcher local runs the same jobs here)")

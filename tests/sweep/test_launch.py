@@ -63,13 +63,14 @@ def test_local_launcher_survives_a_killed_job_and_matches_a_plain_sweep(tmp_path
     assert len(grid) == 4
     victim = grid[2].cell_id
     out = tmp_path / "launched"
-    res = launch_sweep(SPEC, out, launcher="local", jobs=4, run_cell=Runner(victim, str(tmp_path / "killed")),
-                       load_model=fake_load)
-    assert res.waited and len(res.submitted) == 4
+    res = launch_sweep(SPEC, out, launcher="local", jobs=2, run_cell=Runner(victim, str(tmp_path / "killed")),
+                       load_model=fake_load)                     # tasks: cells [0, 2] and [1, 3]
+    assert res.waited and [r["cells"] for r in res.submitted] == [[grid[0].cell_id, victim],
+                                                                  [grid[1].cell_id, grid[3].cell_id]]
     assert sorted(res.sweep.ran) == sorted(c.cell_id for c in grid if c.cell_id != victim)
-    # the killed job is recorded with its id, state and log paths; its cell is open
+    # the killed job is recorded with its id, state and log paths; only the cell it was in is open
     [dead] = res.failed_jobs
-    assert dead["cells"] == [victim] and dead["open_cells"] == [victim] and dead["state"] == "KILLED"
+    assert dead["open_cells"] == [victim] and dead["state"] == "KILLED"
     assert os.path.isfile(dead["stderr"]) and str(dead["job_id"]) in dead["stderr"]
     on_disk = {r["job_id"]: r for r in read_jobs(SimpleNamespace(path=out))}
     assert on_disk[dead["job_id"]]["state"] == "KILLED" and on_disk[dead["job_id"]]["closed"]
@@ -119,3 +120,42 @@ def test_slurm_options_parse_and_reach_submitit():
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-task=1", "#SBATCH --account=abc",
                  "#SBATCH --time=60", "#SBATCH --array=0-19%8"):
         assert line in script
+
+
+def test_cli_launcher_local_gives_the_plain_sweep_csv(tmp_path):
+    """The real command on random:tiny: 4 cells through one local job, the same sweep.csv as a plain sweep."""
+    from typer.testing import CliRunner
+
+    from lola_bench.cli import app
+
+    args = ["sweep", "--model", "random:tiny", "--device", "cpu", "--lambda", "0,16,32", "--window", "16",
+            "--ctx", "256", "--samples", "1"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "launched"), "--launcher", "local", "--jobs", "1"])
+    assert r.exit_code == 0, r.output
+    assert "submitted 1 local job(s) for 4 cell(s)" in r.output
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "plain")])
+    assert r.exit_code == 0, r.output
+    launched, plain = (_table(tmp_path / d / "sweep.csv") for d in ("launched", "plain"))
+    assert len(launched) == 4 and set(launched["status"]) == {"ok"}
+    pd.testing.assert_frame_equal(launched, plain)
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "launched"), "--launcher", "local"])
+    assert r.exit_code == 0 and "nothing to submit" in r.output
+
+
+def test_cli_launcher_flags_are_checked_before_anything_is_written(tmp_path):
+    from typer.testing import CliRunner
+
+    from lola_bench.cli import app
+
+    base = ["sweep", "--model", "random:tiny", "--device", "cpu", "--lambda", "0", "--window", "16", "--ctx", "256",
+            "--out", str(tmp_path / "s")]
+    for extra, msg in ((["--slurm-partition", "gpu"], "go with --launcher"),
+                       (["--launcher", "local", "--jobs", "0"], "--jobs must be >= 1"),
+                       (["--launcher", "slurm", "--slurm-time", "soon"], "--slurm-time"),
+                       (["--launcher", "local", "--slurm-param", "account"], "KEY=VALUE")):
+        r = CliRunner().invoke(app, [*base, *extra])
+        assert r.exit_code == 2 and msg in r.output, (extra, r.output)
+    if __import__("shutil").which("sbatch") is None:
+        r = CliRunner().invoke(app, [*base, "--launcher", "slurm"])
+        assert r.exit_code == 2 and "no sbatch" in r.output
+    assert not (tmp_path / "s").exists()
