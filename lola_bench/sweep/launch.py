@@ -137,12 +137,19 @@ class SweepTask:
         os.environ[JOB_ENV] = str(submitit.JobEnvironment().job_id)
         res = run_sweep(spec, out_dir, shard=shard, only=cell_ids, retry_failed=retry_failed, run_cell=run_cell,
                         load_model=load_model)
-        return {"ran": res.ran, "failed": res.failed, "elsewhere": res.elsewhere}
+        out = {"ran": res.ran, "failed": res.failed, "elsewhere": res.elsewhere}
+        _record_event(out_dir, "ended", out)
+        return out
 
-    def checkpoint(self, *args, **kwargs):
+    def checkpoint(self, spec, out_dir, *args, **kwargs):
+        """Called by submitit when Slurm pre-empts the task or its time runs out: note it, then requeue."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+        try:
+            _record_event(out_dir, "requeued", {})
+        except OSError:
+            pass
+        return submitit.helpers.DelayedSubmission(self, spec, out_dir, *args, **kwargs)
 
 
 def check_launcher(launcher: str) -> None:
@@ -189,49 +196,70 @@ def read_jobs(sweep: SweepDir) -> list[dict]:
 
 
 def _write_job(sweep: SweepDir, record: dict) -> None:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(record["job_id"]))
-    atomic_write_json(_jobs_dir(sweep) / f"{safe}.json", record)
+    atomic_write_json(_jobs_dir(sweep) / f"{_safe(record['job_id'])}.json", record)
 
 
 def _write_jobs_table(sweep: SweepDir) -> None:
-    cols = ["job_id", "launcher", "state", "cells", "open_cells", "submitted_utc", "checked_utc", "error", "stdout",
-            "stderr"]
-    rows = [{**r, "cells": " ".join(r.get("cells", [])), "open_cells": " ".join(r.get("open_cells", []))}
+    cols = ["job_id", "launcher", "state", "requeued", "cells", "open_cells", "submitted_utc", "checked_utc", "error",
+            "stdout", "stderr"]
+    events = _jobs_dir(sweep) / "events"
+    rows = [{**r, "cells": " ".join(r.get("cells", [])), "open_cells": " ".join(r.get("open_cells", [])),
+             "requeued": len(list(events.glob(f"{_safe(r['job_id'])}-*.json"))) if events.is_dir() else 0}
             for r in read_jobs(sweep)]
     atomic_write_text(_jobs_dir(sweep) / "jobs.csv", frame_to_csv(pd.DataFrame(rows).reindex(columns=cols)))
 
 
-def _job_state(record: dict) -> tuple[str, str | None]:
-    """(state, error) of a recorded job: Slurm's state from sacct; for a local job, RUNNING while its process
-    lives, else FINISHED / FAILED (by its result file) or KILLED (no result: the process died)."""
-    import pickle
-
-    folder = Path(record["folder"])
-    job_id = str(record["job_id"])
-    result = folder / f"{job_id}_0_result.pkl"
+def _job_state(sweep: SweepDir, record: dict) -> tuple[str, str | None]:
+    """(state, error) of a recorded job: FINISHED once the task wrote its end record (jobs/ended/<id>.json);
+    else Slurm's state from sacct, or for a local job RUNNING while its process lives and KILLED after. The error is
+    the last line of the job's stderr log. (submitit's result pickles are never read here.)"""
+    if (_jobs_dir(sweep) / "ended" / f"{_safe(record['job_id'])}.json").is_file():
+        return "FINISHED", None
     if record["launcher"] == "local":
         from .store import _pid_alive
 
-        if _pid_alive(int(job_id)) and not result.exists():
+        if _pid_alive(int(record["job_id"])):
             return "RUNNING", None
+        state = "FAILED" if Path(record.get("result", "")).is_file() else "KILLED"   # raised / died
     else:
         import submitit
 
-        state = str(submitit.SlurmJob(folder=str(folder.parent / "%j"), job_id=job_id).state).upper()
-        state = state.split()[0] if state else "UNKNOWN"      # "CANCELLED by 123" -> CANCELLED
+        folder = Path(record["folder"]).parent / "%j"
+        state = str(submitit.SlurmJob(folder=str(folder), job_id=str(record["job_id"])).state).upper()
+        state = state.split()[0] if state.strip() else "UNKNOWN"     # "CANCELLED by 123" -> CANCELLED
         if state in ACTIVE_STATES:
             return state, None
-        if state != "COMPLETED":
-            return state, None
+    return state, _last_line(record.get("stderr"))
+
+
+def _last_line(path: str | None) -> str | None:
     try:
-        with open(result, "rb") as f:
-            outcome, value = pickle.load(f)
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError):
-        return ("KILLED" if record["launcher"] == "local" else "FAILED"), "no result file: the job process died"
-    if outcome == "success":
-        return "FINISHED", None
-    lines = [x for x in str(value).strip().splitlines() if x.strip()]
-    return "FAILED", (lines[-1] if lines else "error")[:500]
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            lines = [x.strip() for x in f.read().decode("utf-8", "replace").splitlines() if x.strip()]
+    except (OSError, TypeError):
+        return None
+    return lines[-1][:500] if lines else None
+
+
+def _safe(job_id) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(job_id))
+
+
+def _record_event(out_dir: str, kind: str, info: dict) -> None:
+    """Written by a job about itself: jobs/ended/<id>.json when it returns, jobs/events/<id>-<ns>.json when Slurm
+    pre-empts it or its time runs out (it is then requeued)."""
+    import socket
+
+    import submitit
+
+    env = submitit.JobEnvironment()
+    rec = {"job_id": str(env.job_id), "host": socket.gethostname(), "utc": _now(), "event": kind,
+           "stdout": str(env.paths.stdout).replace("%t", "0"), "stderr": str(env.paths.stderr).replace("%t", "0"),
+           **info}
+    name = f"{_safe(env.job_id)}.json" if kind == "ended" else f"{_safe(env.job_id)}-{time.time_ns()}.json"
+    atomic_write_json(Path(out_dir) / "jobs" / ("ended" if kind == "ended" else "events") / name, rec)
 
 
 def reconcile(sweep: SweepDir, retry_failed: bool = False) -> tuple[list[dict], list[dict]]:
@@ -242,7 +270,7 @@ def reconcile(sweep: SweepDir, retry_failed: bool = False) -> tuple[list[dict], 
         if rec.get("closed"):
             continue
         open_cells = [c for c in rec.get("cells", []) if _pending(sweep.done(c), retry_failed)]
-        state, error = _job_state(rec)
+        state, error = _job_state(sweep, rec)
         rec.update(state=state, checked_utc=_now(), open_cells=open_cells)
         if error:
             rec["error"] = error
@@ -292,7 +320,8 @@ def launch_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, launcher: str, 
         for job, ids in zip(handles, slices):
             rec = {"job_id": str(job.job_id), "launcher": launcher, "state": "SUBMITTED", "cells": ids,
                    "open_cells": ids, "submitted_utc": _now(), "folder": str(Path(job.paths.folder)),
-                   "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
+                   "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
+                   "result": str(job.paths.result_pickle)}
             _write_job(sweep, rec)
             result.submitted.append(rec)
         if wait:

@@ -104,6 +104,18 @@ def test_jobs_split_the_pending_cells_and_a_live_job_keeps_its_cells(tmp_path):
     assert again.submitted == [] and [r["job_id"] for r in again.running] == [str(os.getpid())]
 
 
+def broken_load(spec):
+    raise RuntimeError("no such model on this node")
+
+
+def test_a_job_that_raises_is_recorded_failed_with_its_error_and_log(tmp_path):
+    res = launch_sweep(SPEC, tmp_path / "s", launcher="local", jobs=1, run_cell=Runner(), load_model=broken_load)
+    [job] = res.failed_jobs
+    assert job["state"] == "FAILED" and "no such model on this node" in job["error"]
+    assert "no such model on this node" in open(job["stderr"]).read()
+    assert sorted(job["open_cells"]) == sorted(c.cell_id for c in cells(SPEC)) and res.sweep.ran == []
+
+
 def test_slurm_options_parse_and_reach_submitit():
     assert parse_slurm_time("90") == 90 and parse_slurm_time("4:00:00") == 240 and parse_slurm_time("1-00:30") == 1470
     with pytest.raises(UserError, match="--slurm-time"):
@@ -159,3 +171,33 @@ def test_cli_launcher_flags_are_checked_before_anything_is_written(tmp_path):
         r = CliRunner().invoke(app, [*base, "--launcher", "slurm"])
         assert r.exit_code == 2 and "no sbatch" in r.output
     assert not (tmp_path / "s").exists()
+
+
+def test_a_requeued_job_takes_back_its_own_claims_and_dead_jobs_claims_are_dropped(tmp_path, monkeypatch):
+    from lola_bench.sweep import SweepDir
+    from lola_bench.sweep.store import JOB_ENV
+
+    sweep = SweepDir(tmp_path / "s")
+    sweep.prepare()
+    live_other_pid = os.getppid()                 # a live process of this host: its claims are normally trusted
+    for cell, job in (("a", "77_1"), ("b", "77_2")):
+        (sweep.claims / f"{cell}.lock").write_text(json.dumps(
+            {"host": __import__("socket").gethostname(), "pid": live_other_pid, "token": "t", "job": job}))
+    monkeypatch.delenv(JOB_ENV, raising=False)
+    assert not sweep.claim("a")
+    monkeypatch.setenv(JOB_ENV, "77_1")           # the same array task, requeued after pre-emption
+    assert sweep.claim("a") and not sweep.claim("b")
+    assert sweep.drop_claims_of(["77_2"]) == ["b"] and sweep.claim("b")
+
+
+def test_preemption_is_noted_and_the_task_requeued(tmp_path, monkeypatch):
+    import submitit
+
+    from lola_bench.sweep.launch import SweepTask
+
+    env = SimpleNamespace(job_id="88_3", paths=SimpleNamespace(stdout=tmp_path / "o", stderr=tmp_path / "e"))
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: env)
+    delayed = SweepTask().checkpoint(SPEC, str(tmp_path), None, ["x"], False)
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission) and delayed.args[3] == ["x"]
+    [event] = (tmp_path / "jobs" / "events").glob("88_3-*.json")
+    assert json.loads(event.read_text())["event"] == "requeued"
