@@ -78,6 +78,7 @@ def run_commonsense_variants(loaded, variants, settings: CommonsenseSettings, *,
         done = {}
         if store is not None:
             done = {t: r for t in names if (r := store.load(f"{v.mode}-{t}", key(t))) is not None}
+            done = world().broadcast(done)      # data-parallel: every rank resumes what rank 0 found
             if done:
                 out.reused[v.mode] = list(done)
         rcache = store.path / f"requests-{v.mode}-{cell_hash(key(''))}" if store is not None else None
