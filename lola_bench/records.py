@@ -205,6 +205,9 @@ class RunDir:
     The run is written into a hidden sibling staging directory; on success an existing run directory (one
     lola-bench wrote, replaced only with ``overwrite``) is first moved aside, the new one renamed into place,
     and only then the old one removed, so a crash at any moment leaves either the old or the new run.
+
+    Under a multi-process launch (distributed.world()) only rank 0 writes the run directory: the other ranks
+    stage into a private temporary directory that is discarded, so the same code runs on every rank.
     """
 
     def __init__(self, path: str | os.PathLike, overwrite: bool = False):
@@ -213,6 +216,11 @@ class RunDir:
         self.stage: Path | None = None
 
     def __enter__(self) -> RunDir:
+        from .distributed import world
+
+        if not world().is_main:                  # a data-parallel helper rank: write nowhere
+            self.stage = Path(tempfile.mkdtemp(prefix="lola-bench-rank-"))
+            return self
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.stage = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-"))
@@ -243,6 +251,11 @@ class RunDir:
                 f.write(json.dumps(to_jsonable(r)) + "\n")
 
     def __exit__(self, exc_type, exc, tb):
+        from .distributed import world
+
+        if not world().is_main:
+            shutil.rmtree(self.stage, ignore_errors=True)
+            return False
         if exc_type is not None:
             shutil.rmtree(self.stage, ignore_errors=True)
             if isinstance(exc, OSError):
@@ -305,10 +318,17 @@ class ResumeStore:
         return data.get("record")
 
     def save(self, part: str, key, record) -> None:
+        from .distributed import world
+
+        if not world().is_main:                  # data-parallel runs: rank 0 keeps the store
+            return
         atomic_write_json(self.path / self._name(part), {"key": key, "record": record})
 
     def clear(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        from .distributed import world
+
+        if world().is_main:
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def cell_hash(config: dict) -> str:

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from .attention.kernels import kernel_env
+from .distributed import world
 from .errors import UserError
 from .paths import results_dir
 from .provenance import provenance, threads_in_force
@@ -46,8 +47,12 @@ def resolve_variants(modes, flags: LolaFlags, model: ModelSettings,
 def plan_run(opts):
     """Resolve the variants (flags + checkpoint metadata) and claim the run directory, before any model work.
     ``opts``: a cli.options.RunOptions. Returns (checkpoint or None, variants, RunDir)."""
+    from .models.loading import resolve_device
+
     ckpt, variants = resolve_variants(opts.attn, opts.lola, opts.model, opts.kernels)
-    run = RunDir(opts.out or default_run_dir(opts.command, opts.model.spec), overwrite=opts.overwrite)
+    resolve_device(opts.model.device)    # under a launcher: each rank's device, before the first collective call
+    path = world().broadcast(opts.out or default_run_dir(opts.command, opts.model.spec))  # rank 0's timestamp
+    run = RunDir(path, overwrite=opts.overwrite)
     return ckpt, variants, run
 
 
@@ -66,6 +71,7 @@ def run_config(command: str, model: ModelSettings, loaded, variants, extra: dict
         "attention": [v.to_dict() for v in variants],
         "kernel_env": kernel_env(),
         "threads": threads_in_force(),
+        "processes": world().describe(),
         **extra,
         "provenance": provenance(loaded.device),
     }

@@ -6,6 +6,7 @@
   checks.py    validation shared by the commands (before any model loads or file is written)
   commands.py  info, ruler, commonsense, speed
   sweep.py     sweep, report
+  sweep_launch.py  sweep --launcher slurm|local (submit, print the jobs)
   text.py      perplexity, linearize
   reproduce.py reproduce (rerun a recorded run, compare)
   cache.py     cache list | clear (dequantized model copies)

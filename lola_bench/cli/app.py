@@ -102,6 +102,7 @@ def _silence_tqdm() -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     kernels: Annotated[str, typer.Option("--kernels", envvar="LOLA_BENCH_KERNELS",
                                          help="LoLA implementation: auto (Triton kernels on CUDA, torch elsewhere), "
                                          "torch, or triton. Recorded in every result row with what actually ran. "
@@ -119,3 +120,24 @@ def _root(
     from ..provenance import mark_start
 
     mark_start()
+    _data_parallel_launch(ctx.invoked_subcommand)
+
+
+def _data_parallel_launch(command: str | None) -> None:
+    """Under accelerate launch: refuse the commands that do not split their work; ranks other than 0 print only
+    errors (rank 0 prints the progress and the results)."""
+    from ..distributed import check_command, single_cpu_launch_notice, world
+    from ..errors import UserError
+    from .display import console
+
+    try:
+        check_command(command)
+    except UserError as e:
+        if world().is_main:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if not world().is_main:
+        console.quiet = err_console.quiet = True     # user_errors still prints this rank's own errors
+    notice = single_cpu_launch_notice()
+    if notice:
+        err_console.print(f"[yellow]{notice}[/]", highlight=False, soft_wrap=True)

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from ..distributed import write_rank_timing
 from ..errors import UserError
 from .app import app
 from .checks import at_least, check_model
@@ -157,6 +158,7 @@ def ruler(
                 "ruler": {**rs.to_dict(), "chat_template_applied": result.chat_template}, "lola_checkpoint": ckpt}))
             run.append_jsonl("predictions.jsonl", result.predictions)
             run.write_table("summary", result.summary, title="RULER", notes=_exactness_note(variants))
+            write_rank_timing(run, result.predictions)
             from ..report import accuracy_plot, depth_heatmaps
 
             depth_heatmaps(result.predictions, run.stage)

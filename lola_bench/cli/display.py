@@ -24,7 +24,12 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            if err_console.quiet:                # a data-parallel helper rank: its error, plainly, with its rank
+                from ..distributed import world
+
+                print(f"error (rank {world().rank}): {e}", file=sys.stderr)
+            else:
+                err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
 
@@ -32,8 +37,9 @@ def user_errors(fn):
 class LogProgress:
     """Progress for non-terminal stderr (CI logs, nohup, Slurm): a plain line at most every ``every`` seconds."""
 
-    def __init__(self, every: float = 15.0):
+    def __init__(self, every: float = 15.0, silent: bool = False):
         self._time, self.every, self.tasks, self.last = time.monotonic, every, {}, 0.0
+        self.silent = silent
 
     def __enter__(self):
         return self
@@ -61,6 +67,8 @@ class LogProgress:
         self._emit(tid)
 
     def _emit(self, tid, force=False):
+        if self.silent:
+            return
         now = self._time()
         if not force and now - self.last < self.every:
             return
@@ -77,6 +85,10 @@ class LogProgress:
 
 
 def progress():
+    from ..distributed import world
+
+    if not world().is_main:                  # data-parallel helper ranks: rank 0 shows the progress
+        return LogProgress(every=float("inf"), silent=True)
     if not sys.stderr.isatty():
         return LogProgress()
     from rich.progress import (

@@ -29,6 +29,8 @@ from .options import (
     split_list,
 )
 
+Launcher = Literal["slurm", "local"]
+
 
 @app.command()
 @user_errors
@@ -89,6 +91,31 @@ def sweep(
                                          "(default: the same command continues an interrupted sweep). --no-resume "
                                          "refuses a directory that holds finished cells (a sweep never deletes "
                                          "them): give a new --out to start over.")] = True,
+    launcher: Annotated[Optional[Launcher], typer.Option("--launcher", help="Run the pending cells as one submitit "
+                                                         "array job: slurm (sbatch; from a login node) or local "
+                                                         "(processes on this machine). Rerun the same command to "
+                                                         "merge what finished and resubmit what did not. Default: "
+                                                         "run the cells here, one after another.")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", help="Array tasks the pending cells are split into "
+                                                "(--launcher; default: one per cell).")] = None,
+    wait: Annotated[Optional[bool], typer.Option("--wait/--no-wait", show_default="wait for local, not for slurm",
+                                                 help="Wait for the jobs, then write sweep.csv and the report "
+                                                 "(--launcher).")] = None,
+    slurm_partition: Annotated[Optional[str], typer.Option("--slurm-partition", help="Slurm partition.")] = None,
+    slurm_gpus_per_task: Annotated[Optional[int], typer.Option("--slurm-gpus-per-task", help="GPUs per array "
+                                                               "task (one model replica each).")] = None,
+    slurm_time: Annotated[Optional[str], typer.Option("--slurm-time", help="Time limit per array task: minutes "
+                                                      "(90) or [D-]HH:MM[:SS]. A task that reaches it is requeued "
+                                                      "and finishes its remaining cells.")] = None,
+    slurm_array_parallelism: Annotated[Optional[int], typer.Option("--slurm-array-parallelism", help="At most "
+                                                                   "this many array tasks run at once.")] = None,
+    slurm_cpus_per_task: Annotated[Optional[int], typer.Option("--slurm-cpus-per-task", help="CPUs per array "
+                                                               "task.")] = None,
+    slurm_mem_gb: Annotated[Optional[int], typer.Option("--slurm-mem-gb", help="Memory per array task, GB."
+                                                        )] = None,
+    slurm_param: Annotated[list[str], typer.Option("--slurm-param", metavar="KEY=VALUE", help="Any other sbatch "
+                                                   "option, passed through as --KEY=VALUE (repeat: "
+                                                   "--slurm-param account=proj --slurm-param qos=high).")] = [],
 ):
     """Resumable grids over eta / lambda / context / scorer: tables and Pareto plots of accuracy vs memory."""
     from ..evals.ruler.haystack import default_essay_path
@@ -115,6 +142,17 @@ def sweep(
                  else None)
     apply_threads(threads)
     out_dir = out or str(default_sweep_dir(spec))
+    if launcher is None and any(v is not None for v in (jobs, wait, slurm_partition, slurm_gpus_per_task, slurm_time,
+                                                        slurm_array_parallelism, slurm_cpus_per_task, slurm_mem_gb)):
+        raise UserError("--jobs, --wait and the --slurm-* flags go with --launcher slurm|local")
+    if launcher is not None:
+        from .sweep_launch import launched_sweep
+
+        return launched_sweep(spec, out_dir, launcher, shard=shard, jobs=jobs, wait=wait, retry_failed=retry_failed,
+                              dry_run=dry_run, slurm_flags=dict(
+                                  partition=slurm_partition, gpus_per_task=slurm_gpus_per_task, time=slurm_time,
+                                  array_parallelism=slurm_array_parallelism, cpus_per_task=slurm_cpus_per_task,
+                                  mem_gb=slurm_mem_gb, params=slurm_param))
     plan = plan_sweep(spec, out_dir, shard=shard, retry_failed=retry_failed)
     if not resume and not dry_run and plan.attrs["done"]:
         raise UserError(f"--no-resume: {out_dir} already holds {plan.attrs['done']} finished cell(s) of this grid "

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..distributed import world
 from ..errors import UserError
 from ..models.variants import attention_variant
 from ..settings import implementation_columns, variant_columns
@@ -34,20 +35,24 @@ def perplexity(model, tokenizer, text_path, *, seq_len: int = 1024, max_tokens: 
         raise UserError(f"{text_path} has fewer than 2 tokens")
     device = next(model.parameters()).device
     starts = [i for i in range(0, len(ids), seq_len) if len(ids) - i >= 2]
+    w = world()                  # under accelerate launch: each process its share of the windows
     was_training = model.training
     model.eval()
-    nll, count = 0.0, 0
+    local = []
     try:
         with torch.no_grad():
-            for n, i in enumerate(starts, 1):
+            for n, i in enumerate(w.shard(starts), 1):
                 x = torch.tensor([ids[i:i + seq_len]], device=device)
                 logits = model(input_ids=x, use_cache=False).logits[0, :-1].float()
-                nll += F.cross_entropy(logits, x[0, 1:], reduction="sum").item()
-                count += x.shape[1] - 1
+                local.append((F.cross_entropy(logits, x[0, 1:], reduction="sum").item(), x.shape[1] - 1))
                 if progress is not None:
-                    progress(n, len(starts))
+                    progress(n, len(starts) if not w.parallel else len(w.shard(starts)))
     finally:
         model.train(was_training)
+    nll, count = 0.0, 0
+    for window_nll, tokens in w.gather_shards(local):   # window order: the same sum as one process
+        nll += window_nll
+        count += tokens
     return math.exp(nll / count)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..attention.state import full_kv_bytes
+from ..distributed import world
 from ..errors import UserError
 from ..models.checkpoint import checkpoint_label
 from ..models.variants import attention_variant
@@ -113,7 +114,11 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
 
     ``store`` (a records.ResumeStore): every finished (variant, task, ctx) cell (its summary row and predictions)
     is saved there as soon as it finishes, under ``resume_key`` (the settings that decide the result) + the
-    variant, task, context, sample count and seed; a cell found there with the same key is reused, not rerun."""
+    variant, task, context, sample count and seed; a cell found there with the same key is reused, not rerun.
+
+    Under ``accelerate launch`` (distributed.world()), every process runs its share of each cell's samples and
+    the per-sample results are gathered on every rank before the cell's row is computed, so every rank returns
+    the same output (predictions carry the ``rank`` that ran them) and only rank 0 saves to ``store``."""
     validate(settings, loaded.max_context)
     tok, model = loaded.tokenizer, loaded.model
     chat = loaded.is_instruct if settings.chat_template is None else settings.chat_template
@@ -140,13 +145,14 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
                 rec = store.load(_cell_name(attn, *cell), key(*cell))
                 if rec is not None:
                     done[cell] = rec
+        done = world().broadcast(done)          # every rank resumes the cells rank 0 found
         todo = {cell: items for cell, items in samples.items() if cell not in done}
         reused += [(attn.mode, t, c) for t, c in done]
         if progress and done:
             progress(sum(len(samples[c]) for c in done), None)
 
         def finished(task, ctx, row, cell_preds, _attn=attn, _key=key):
-            if store is not None:
+            if store is not None and world().is_main:
                 store.save(_cell_name(_attn, task, ctx), _key(task, ctx), {"row": row, "predictions": cell_preds})
 
         new = {}
@@ -180,26 +186,35 @@ def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: Ruler
     import torch
 
     model, tok, cfg = loaded.model, loaded.tokenizer, loaded.model.config
+    w = world()
     cells = {}
     if settings.warmup:  # one short untimed generation: allocator, threads, lazy init
         first = next(iter(samples.values()))[0]
         warm_len = min(len(first.input_ids), 2 * (attn.lola.chunk_size if attn.lola else 64) + 8)
         greedy_generate(model, torch.tensor([first.input_ids[:warm_len]]), 2, eos, loaded.device)
     for (task, ctx), items in samples.items():
-        results, preds = [], []
-        for s in items:
+        local = []
+        for s in w.shard(items):                # all of them in a single process
             if progress:
                 progress(0, f"{attn.mode} {task} ctx={ctx} #{s.index + 1}/{len(items)}")
             r = greedy_generate(model, torch.tensor([s.input_ids]), s.max_new_tokens, eos, loaded.device)
             text = tok.decode(r.tokens, skip_special_tokens=True)
             score = score_sample(task, text, s.answers)
-            results.append((s, r, score))
-            preds.append({**variant_columns(attn), "task": task, "ctx": ctx, "index": s.index, "depth": s.depth,
-                          "seed": s.seed, "n_prompt_tokens": s.n_prompt_tokens, "n_generated": len(r.tokens),
-                          "answer": list(s.answers), "prediction": text, "score": score,
-                          "ttft_s": r.ttft_s, "decode_s_per_token": r.decode_s_per_token})
-            if progress:
+            pred = {**variant_columns(attn), "task": task, "ctx": ctx, "index": s.index, "depth": s.depth,
+                    "seed": s.seed, "n_prompt_tokens": s.n_prompt_tokens, "n_generated": len(r.tokens),
+                    "answer": list(s.answers), "prediction": text, "score": score,
+                    "ttft_s": r.ttft_s, "decode_s_per_token": r.decode_s_per_token}
+            if w.parallel:
+                pred["rank"] = w.rank
+            local.append((s.index, r, score, pred))
+            if progress and not w.parallel:
                 progress(1, None)
+        by_index = {s.index: s for s in items}
+        gathered = w.gather_shards(local)       # every sample of the cell, in sample order
+        if progress and w.parallel:
+            progress(len(items), None)
+        results = [(by_index[i], r, score) for i, r, score, _ in gathered]
+        preds = [pred for *_, pred in gathered]
         tiers = [r.cache_bytes for _, r, _ in results]
         total_len = [s.n_prompt_tokens + len(r.tokens) for s, r, _ in results]
         dec = [r.decode_s_per_token for _, r, _ in results if r.decode_s_per_token is not None]

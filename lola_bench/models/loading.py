@@ -74,6 +74,9 @@ def device_kind(device: str) -> str:
 def resolve_device(device: str) -> str:
     """auto, cpu, cuda or cuda:N (N an existing CUDA device index); a one-line UserError otherwise."""
     if device.startswith("cuda:"):
+        from ..distributed import rank_device
+
+        rank_device(device)                  # refused under a multi-process launch
         index = device[len("cuda:"):]
         if not index.isdigit():
             raise UserError(f"unknown --device {device!r}: choose auto, cpu, cuda or cuda:N (N a device index)")
@@ -86,11 +89,13 @@ def resolve_device(device: str) -> str:
         return f"cuda:{int(index)}"
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"unknown --device {device!r}: choose auto, cpu, cuda or cuda:N")
+    from ..distributed import rank_device  # under accelerate launch: each process its own GPU
+
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return rank_device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no CUDA device on this machine")
-    return device
+    return rank_device(device)
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}

@@ -4,6 +4,8 @@ Modules (each imports only the ones above it; none imports lola_bench.report):
   grid   SweepSpec, CellConfig, Cell: the grid in canonical order, cell ids (hash), sharding, validation
   store  SweepDir and sweep.csv: SWEEP_COLUMNS, tidy, read_sweep_csv, merge_sweeps
   run    run_sweep (the pending cells of a grid into a SweepDir), default_run_cell, plan_sweep (dry run, ETA)
+  launch launch_sweep: the pending cells as one submitit array job (--launcher slurm|local), job records
+         (imported on demand: ``from lola_bench.sweep.launch import ...``)
 """
 
 from .grid import (

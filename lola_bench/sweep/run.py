@@ -122,7 +122,7 @@ class SweepResult:
 
 def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, shard: tuple[int, int] | str | None = None,
               retry_failed: bool = False, load_model: Callable | None = None, run_cell: Callable | None = None,
-              progress: Progress | None = None) -> SweepResult:
+              progress: Progress | None = None, only=None) -> SweepResult:
     """Run the pending cells of ``spec`` (of one shard) into ``out_dir``; finished cells are skipped.
 
     Nothing is written before every check passed: the grid and its data (``cells``), the directory
@@ -134,11 +134,15 @@ def run_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, shard: tuple[int, 
     cell. A cell that raises (anything but KeyboardInterrupt/SystemExit) is recorded with status "oom" or "error"
     and the sweep goes on. ``progress(advance, description)``: one unit per pending cell. Writes no report: the
     caller renders sweep.md and the plots from the result (``lola_bench.report.render_sweep_result``).
+    ``only``: run no cells but these ids (of the shard) -- what one launcher job is given (sweep.launch).
     """
     load_model = load_model or default_load_model
     run_cell = run_cell or default_run_cell
     grid = cells(spec)
     mine = shard_cells(grid, shard)
+    if only is not None:
+        only = set(only)
+        mine = [c for c in mine if c.cell_id in only]
     order = {c.cell_id: c.index for c in grid}
     sweep = SweepDir(out_dir)
     sweep.check()

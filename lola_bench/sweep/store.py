@@ -9,7 +9,9 @@ Layout of a sweep directory::
                              results.json (runner extras: lm-eval results, chat template flag),
                              error.txt (traceback of a failed cell), done.json (status, wall time; written last)
     cells/.staging/          cells being written; renamed to cells/<cell_id> only when finished
-    cells/.claims/<id>.lock  the worker running a cell (host, pid): created atomically, removed when it finishes
+    cells/.claims/<id>.lock  the worker running a cell (host, pid, launcher job id): created atomically, removed
+                             when it finishes
+    jobs/                    sweep --launcher slurm|local: one record per submitted job (sweep.launch)
 
 Resume: a cell is done when ``cells/<cell_id>/done.json`` exists. Cells are staged and renamed into place,
 so a cell killed mid-way leaves nothing in ``cells/`` and is simply run again; ``sweep.csv`` is rebuilt
@@ -57,6 +59,7 @@ SWEEP_COLUMNS = ["cell_id", "suite", "status", "error",
                  "settings_from", "implementation", "threads", "checkpoint", "device", "chat_template",
                  "acc_norm", "accuracy_stderr", "num_fewshot", "wall_s"]
 STATUSES = ("ok", "oom", "error")
+JOB_ENV = "LOLA_BENCH_JOB_ID"     # set by a launcher job (sweep --launcher): recorded in the claims it takes
 _STATUS_RANK = {"ok": 0, "oom": 1, "error": 2}
 
 
@@ -102,7 +105,8 @@ class SweepDir:
         lock = self.claims / f"{cell_id}.lock"
         token = uuid.uuid4().hex
         owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": token,
-                 "since_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                 "since_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "job": os.environ.get(JOB_ENV)}      # the launcher's job id (sweep --launcher), else None
         fd, tmp = tempfile.mkstemp(dir=self.claims, prefix=f".{cell_id}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
@@ -132,6 +136,18 @@ class SweepDir:
         if token is not None and owner is not None and owner.get("token") == token:
             with _quiet():
                 (self.claims / f"{cell_id}.lock").unlink()
+
+    def drop_claims_of(self, job_ids) -> list[str]:
+        """Remove the claims held by the given launcher jobs (known dead: failed, pre-empted, cancelled), so their
+        cells can run elsewhere; returns the cell ids freed."""
+        job_ids, freed = {str(j) for j in job_ids}, []
+        for lock in sorted(self.claims.glob("*.lock")) if self.claims.is_dir() else []:
+            owner = self.claim_owner(lock.stem)
+            if owner is not None and owner.get("job") is not None and str(owner["job"]) in job_ids:
+                with _quiet():
+                    lock.unlink()
+                    freed.append(lock.stem)
+        return freed
 
     def done(self, cell_id: str) -> dict | None:
         """done.json of a finished cell, else None (missing, or unreadable = not finished)."""
@@ -241,12 +257,16 @@ def _create_exclusive(src: str, dest: Path) -> bool:
 
 
 def _stale_claim(lock: Path) -> bool:
-    """A claim left by a dead process of this host (unreadable or foreign-host claims are taken as live)."""
+    """A claim left by a dead process of this host, or by an earlier run of this very launcher job (requeued after
+    pre-emption: same job id); unreadable or foreign-host claims are taken as live."""
     try:
         owner = json.loads(lock.read_text())
         host, pid = owner["host"], int(owner["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
+    job = os.environ.get(JOB_ENV)
+    if job and owner.get("job") == job and (host, pid) != (socket.gethostname(), os.getpid()):
+        return True
     return host == socket.gethostname() and not _pid_alive(pid)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from ...distributed import adopt_lm, world
 from .tasks import (
     DEFAULT_NUM_FEWSHOT,
     LOCAL_TASKS_DIR,
@@ -203,7 +204,7 @@ def run_commonsense(
                 reused.append(canon)
                 continue
             if lm is None:
-                lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+                lm = adopt_lm(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device))
             if offline and shots > 0 and canon != "mmlu":
                 log.warning(
                     "%s: no local train split; few-shot examples come from the evaluation split",
@@ -227,6 +228,8 @@ def run_commonsense(
             finally:  # also when interrupted: the cache file is complete before its checksum is taken
                 if request_cache is not None:
                     _close_request_cache(lm)
+            if world().parallel:    # data-parallel: lm-eval returns the gathered results on rank 0 only
+                res = world().broadcast(_jsonable(res) if world().is_main else None)
             seconds[canon] = round(time.perf_counter() - t0, 3)
             shots_used[canon] = shots
             task_rows = _summary_rows(name, shots, res)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from ...distributed import world
 from ...errors import UserError
 from ...models.variants import attention_variant
 from ...settings import implementation_columns, variant_columns
@@ -82,11 +83,14 @@ def run_commonsense_variants(loaded, variants, settings: CommonsenseSettings, *,
         done = {}
         if store is not None:
             done = {t: r for t in names if (r := store.load(f"{v.mode}-{t}", key(t))) is not None}
+            done = world().broadcast(done)      # data-parallel: every rank resumes what rank 0 found
             if done:
                 out.reused[v.mode] = list(done)
         rcache = store.path / f"requests-{v.mode}-{cell_hash(key(''))}" if store is not None else None
         if rcache is not None:
-            checked_request_cache(store, rcache, key(""), notice)
+            if world().is_main:                     # data-parallel: rank 0 checks every rank's cache file
+                checked_request_cache(store, rcache, key(""), notice)
+            world().barrier()
 
         def saved(task_name, record, _save=save, _rcache=rcache, _key=key(""), _v=v):
             _save(task_name, record)
@@ -149,6 +153,8 @@ def record_request_cache(store, prefix, key) -> None:
 
     from ...records import atomic_write_json, to_jsonable
 
+    if not world().is_main:                   # data-parallel: rank 0 keeps the store
+        return
     atomic_write_json(Path(f"{prefix}.sha256"), {"key": to_jsonable(key), "sha256": _cache_digest(prefix)})
 
 
