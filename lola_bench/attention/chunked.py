@@ -1,13 +1,17 @@
 """Chunked prefill: process any block of new tokens, one chunk-aligned segment at a time.
 
-Per segment the work is a handful of batched tensor ops (evict/merge once, then one attention call
-for all queries of the segment), so the Python loop runs once per chunk, not per token.
+``lola_chunked`` is the prefill the model runs: the batched path (``batched.lola_batched``: selection pass, then the
+attention of many chunks at once) for every scorer that reads no attention mass, else the chunk loop.
+``lola_chunked_loop`` is the loop: per segment a handful of batched tensor ops (evict/merge once, then one attention
+call for all queries of the segment), so the Python loop runs once per chunk, not per token. Both leave the same
+state (up to float rounding).
 """
 
 from __future__ import annotations
 
 import torch
 
+from .batched import lola_batched
 from .common import LolaParams, append_window, attend, ensure_state, evict_before
 from .state import LolaState
 
@@ -15,6 +19,14 @@ from .state import LolaState
 def lola_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
                  params: LolaParams) -> torch.Tensor:
     """LoLA attention for L new tokens continuing ``state`` (updated in place). Returns (B, Hq, L, d)."""
+    if params.scorer.needs_attention_mass:
+        return lola_chunked_loop(q, k, v, state, params)
+    return lola_batched(q, k, v, state, params)
+
+
+def lola_chunked_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
+                      params: LolaParams) -> torch.Tensor:
+    """``lola_chunked`` as a Python loop over chunks (any scorer)."""
     ensure_state(state, k, params)
     cfg = params.cfg
     C = cfg.chunk_size

@@ -57,8 +57,8 @@ class SelfRecallError(Scorer):
     name = "sre"
 
     def score(self, ctx):
-        num = torch.einsum("bhnf,bhfd->bhnd", ctx.phi_k, ctx.H)
-        den = torch.einsum("bhnf,bhf->bhn", ctx.phi_k, ctx.s).unsqueeze(-1) + ctx.eps
+        num_den = torch.matmul(ctx.phi_k, torch.cat([ctx.H, ctx.s.unsqueeze(-1)], dim=-1))  # one pass over phi
+        num, den = num_den[..., :-1], num_den[..., -1:] + ctx.eps
         err = (expand_heads(ctx.v, ctx.group) - num / den).norm(dim=-1)
         return group_mean(err, ctx.group)
 

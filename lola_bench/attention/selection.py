@@ -1,0 +1,152 @@
+"""The selection pass of the batched prefill: every chunk boundary of a block of new tokens, in order, no attention.
+
+At each boundary the pairs leaving the window compete with the cached pairs for the sparse cache (scored against the
+linear state as it stands), the losers are folded into (H, s) or dropped, exactly as ``common.evict_before`` does.
+No query is needed for that as long as the scorer reads no attention mass (``Scorer.needs_attention_mass``), so the
+pass runs first and records, per segment of the block, which pairs the segment's queries see exactly (indices into
+a table [sparse cache at the start | window at the start | new keys]) and the linear state they read. The queries of
+all segments are then answered in batches (``batched``).
+
+Feature-mapped keys are computed once per pair (when it leaves the window, or for the cached pairs at the start of
+the call) and carried with the cache, instead of recomputing phi for every candidate at every boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .common import LolaParams, split_topk, take_rows, to_storage
+from .scorers import ScoreContext, expand_heads
+from .state import LolaState
+
+
+@dataclass
+class Segment:
+    """The queries at positions [lo, hi) (one chunk or part of one) and what they attend to."""
+    lo: int
+    hi: int
+    ws: int                       # window start: the window part is the positions [ws, hi)
+    sp_idx: torch.Tensor          # (B, Hs, ns) table indices of the sparse cache, ascending positions
+    H: torch.Tensor               # (B, Hq, F, d) linear state
+    s: torch.Tensor               # (B, Hq, F)
+    folded: bool                  # anything folded so far (n_folded > 0): the linear part is read
+    exact: bool                   # every earlier pair is still held exactly (nothing folded or dropped)
+
+
+@dataclass
+class Table:
+    """Keys, values and positions of [sparse cache at the start | window at the start | new keys], per storage head."""
+    k: torch.Tensor               # (B, Hs, N, d)
+    v: torch.Tensor               # (B, Hs, N, d)
+    pos: torch.Tensor             # (B, Hs, N)
+    ns0: int                      # sparse pairs at the start
+    p0: int                       # position of table index ns0 (the first window position)
+    segments: list[Segment] = field(default_factory=list)
+
+    def index(self, position: int) -> int:
+        """Table index of a window / new position."""
+        return self.ns0 + position - self.p0
+
+
+def build_table(k: torch.Tensor, v: torch.Tensor, state: LolaState, params: LolaParams) -> Table:
+    b, hs = state.win_k.shape[:2]
+    ns0, nw0 = state.sp_k.shape[2], state.win_k.shape[2]
+    p0 = state.pos - nw0
+    new_pos = torch.arange(p0, state.pos + k.shape[2], device=k.device).view(1, 1, -1).expand(b, hs, -1)
+    return Table(k=torch.cat([state.sp_k, state.win_k, to_storage(k, params)], dim=2),
+                 v=torch.cat([state.sp_v, state.win_v, to_storage(v, params)], dim=2),
+                 pos=torch.cat([state.sp_pos, new_pos], dim=2), ns0=ns0, p0=p0)
+
+
+def select_all(k: torch.Tensor, v: torch.Tensor, state: LolaState, params: LolaParams) -> Table:
+    """Run every chunk boundary of the L new tokens (k, v: (B, Hkv, L, d)) on ``state`` and record the segments.
+
+    Leaves ``state`` as the chunk loop would after the same tokens (window, sparse cache, H, s, counters)."""
+    cfg, g = params.cfg, params.group
+    C, L = cfg.chunk_size, k.shape[2]
+    tab = build_table(k, v, state, params)
+    b, hs = tab.k.shape[:2]
+    fold_on = cfg.fold
+    sd = state.H.dtype
+    start = state.pos
+    sp_idx = torch.arange(tab.ns0, device=k.device).view(1, 1, -1).expand(b, hs, -1)
+    sp_phi = None                 # (B, Hq, ns, F) phi of the cached pairs, computed on first need
+    H, s, n_folded = state.H, state.s, state.n_folded
+    lost = start - tab.ns0 - state.win_k.shape[2]   # pairs folded or dropped before this call
+    wlo = tab.p0                  # first window position
+    i = 0
+    while i < L:
+        p = start + i
+        c = p // C
+        seg = min(L - i, (c + 1) * C - p)
+        ws = cfg.window_start(c)
+        n_ev = max(0, min(p - wlo, ws - wlo))
+        if n_ev:
+            leave = torch.arange(tab.index(wlo), tab.index(wlo + n_ev), device=k.device)
+            cand = torch.cat([sp_idx, leave.view(1, 1, -1).expand(b, hs, -1)], dim=2)
+            wlo += n_ev
+            n = cand.shape[2]
+            keep = cfg.keep(ws, n)
+            if keep == n:
+                sp_idx = cand
+                if sp_phi is not None:
+                    sp_phi = torch.cat([sp_phi, _phi(tab, leave, params, sd)], dim=2)
+            else:
+                cand_phi = None
+                if fold_on:
+                    if sp_phi is None:
+                        sp_phi = _phi_at(tab, sp_idx, params, sd)
+                    cand_phi = torch.cat([sp_phi, _phi(tab, leave, params, sd)], dim=2)
+                cand_v = take_rows(tab.v, cand)
+                if keep == 0:
+                    idx = cand[:, :, :0]
+                    out_phi, out_v = cand_phi, cand_v
+                    sp_phi = None if cand_phi is None else cand_phi[:, :, :0]
+                else:
+                    sinks = min(cfg.sinks, ws)
+                    cand_pos = tab.pos.gather(2, cand)
+                    ctx = ScoreContext(k=take_rows(tab.k, cand), v=cand_v, pos=cand_pos, phi_k=cand_phi,
+                                       H=H if fold_on else None, s=s if fold_on else None, acc=None, group=g,
+                                       eps=cfg.eps, seed=cfg.seed)
+                    scores = params.scorer.score(ctx)
+                    if sinks:
+                        scores = scores.masked_fill(cand_pos < sinks, float("inf"))
+                    idx, out_idx = split_topk(scores, keep)
+                    if fold_on:
+                        out_phi = take_rows(cand_phi, expand_heads(out_idx, g))
+                        out_v = take_rows(cand_v, out_idx)
+                        sp_phi = take_rows(cand_phi, expand_heads(idx, g))
+                if fold_on:
+                    H = H + torch.matmul(out_phi.transpose(-1, -2), expand_heads(out_v, g).to(sd))
+                    s = s + out_phi.sum(dim=2)
+                    n_folded += n - keep
+                lost += n - keep
+                sp_idx = cand.gather(2, idx)
+                if not fold_on:
+                    sp_phi = None
+        tab.segments.append(Segment(lo=p, hi=p + seg, ws=ws, sp_idx=sp_idx, H=H, s=s, folded=n_folded > 0,
+                                    exact=lost == 0))
+        i += seg
+    _write_state(state, tab, sp_idx, wlo, H, s, n_folded, start + L)
+    return tab
+
+
+def _phi(tab: Table, idx: torch.Tensor, params: LolaParams, sd: torch.dtype) -> torch.Tensor:
+    """phi(k) per query head for the table entries ``idx`` (n,), shared by all heads: (B, Hq, n, F)."""
+    return params.feature_map_k(expand_heads(tab.k[:, :, idx], params.group)).to(sd)
+
+
+def _phi_at(tab: Table, idx: torch.Tensor, params: LolaParams, sd: torch.dtype) -> torch.Tensor:
+    """phi(k) per query head for per-head table entries ``idx`` (B, Hs, n): (B, Hq, n, F)."""
+    return params.feature_map_k(expand_heads(take_rows(tab.k, idx), params.group)).to(sd)
+
+
+def _write_state(state: LolaState, tab: Table, sp_idx: torch.Tensor, wlo: int, H, s, n_folded: int,
+                 end: int) -> None:
+    state.sp_k, state.sp_v, state.sp_pos = take_rows(tab.k, sp_idx), take_rows(tab.v, sp_idx), tab.pos.gather(2, sp_idx)
+    w0 = tab.index(wlo)  # copies: a view would keep the whole table (every key of the call) alive
+    state.win_k, state.win_v = tab.k[:, :, w0:].clone(), tab.v[:, :, w0:].clone()
+    state.win_pos = torch.arange(wlo, end, device=tab.k.device)
+    state.H, state.s, state.n_folded, state.pos = H, s, n_folded, end

@@ -1,0 +1,112 @@
+"""The batched prefill (selection pass, then many chunks' attention at once) against the chunk loop and the reference:
+outputs and the whole final state, on awkward shapes, in float32 and float64."""
+
+import pytest
+import torch
+
+from lola_bench.attention import batched, chunked, testing
+from lola_bench.attention.batched import lola_batched
+from lola_bench.attention.chunked import lola_chunked, lola_chunked_loop
+from lola_bench.attention.config import LolaConfig
+from lola_bench.attention.decode import lola_decode
+from lola_bench.attention.reference import lola_reference
+from lola_bench.attention.state import LolaState
+
+D = 16
+
+
+def assert_same_state(a: LolaState, b: LolaState, rtol: float) -> None:
+    assert (a.pos, a.n_folded) == (b.pos, b.n_folded)
+    assert torch.equal(a.win_pos, b.win_pos) and torch.equal(a.sp_pos, b.sp_pos)
+    for name in ("win_k", "win_v", "sp_k", "sp_v"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    if a.H.numel():
+        testing.assert_close(a.H, b.H, rtol, "H")
+        testing.assert_close(a.s, b.s, rtol, "s")
+    assert a.H.shape == b.H.shape and a.s.shape == b.s.shape
+    assert a.nbytes_by_tier() == b.nbytes_by_tier()
+
+
+CONFIGS = [
+    dict(window=8, sparse=5),                                   # the common case, several folds
+    dict(window=8, sparse=0),                                   # lambda = 0: window + linear only
+    dict(window=8, sparse=500),                                 # lambda >= T: exact softmax throughout
+    dict(window=8, sparse=6, sinks=3, combine="lolcats"),       # pinned sinks
+    dict(window=8, sparse=7, chunk=5, combine="gated"),         # chunk != window
+    dict(window=6, sparse=4, chunk=1, combine="normalized"),    # token-level window
+    dict(window=4, sparse=9, chunk=7, sinks=2, combine="lola"),  # chunk > window
+    dict(window=8, sparse=5, scorer="key_norm", feature_map="elu"),
+    dict(window=8, sparse=5, scorer="random", feature_map="taylor"),
+    dict(window=8, sparse=5, scorer="recency"),
+    dict(window=8, sparse=5, scorer="sink", sinks=2),
+    dict(window=8, sparse=5, scorer="key_norm", fold=False),    # eviction: dropped, not folded
+    dict(window=8, sparse=0, scorer="random", fold=False, sinks=4),
+]
+
+
+@pytest.mark.parametrize("kw", CONFIGS)
+@pytest.mark.parametrize("gqa", ["grouped", "expanded"])
+@pytest.mark.parametrize("L", [1, 37, 101])
+def test_batched_equals_loop_fp32(kw, gqa, L):
+    cfg = LolaConfig(gqa=gqa, **{"feature_map": "hedgehog", "combine": "calibrated", **kw})
+    p = testing.make_params(cfg, 6, 2, D)
+    q, k, v = testing.qkv(L, 6, 2, 2, D)
+    st_b, st_l = LolaState(), LolaState()
+    testing.assert_close(lola_batched(q, k, v, st_b, p), lola_chunked_loop(q, k, v, st_l, p), 2e-6)
+    assert_same_state(st_b, st_l, 2e-6)
+
+
+@pytest.mark.parametrize("kw", CONFIGS[:7])
+@pytest.mark.parametrize("gqa", ["grouped", "expanded"])
+@pytest.mark.parametrize("block", [1, 1 << 20])
+def test_batched_continuation_and_decode_equal_loop(kw, gqa, block, monkeypatch):
+    """Unaligned prefill blocks continuing a state (the exact prefix shortcut only applies from position 0), one
+    chunk per attention step or many (sparse caches of different sizes padded while the cache grows), then decode."""
+    monkeypatch.setattr(batched, "BLOCK_ELEMS", block)
+    cfg = LolaConfig(gqa=gqa, **{"feature_map": "hedgehog", "combine": "calibrated", **kw})
+    p = testing.make_params(cfg, 6, 3, D, dtype=torch.float64)
+    q, k, v = testing.qkv(90, 6, 3, 2, D, dtype=torch.float64)
+    st_b, st_l = LolaState(), LolaState()
+    for a, b in [(0, 3), (3, 22), (22, 23), (23, 61), (61, 80)]:
+        args = (q[:, :, a:b], k[:, :, a:b], v[:, :, a:b])
+        testing.assert_close(lola_batched(*args, st_b, p), lola_chunked_loop(*args, st_l, p), 1e-12)
+        assert_same_state(st_b, st_l, 1e-12)
+    for t in range(80, 90):
+        args = (q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1])
+        testing.assert_close(lola_decode(*args, st_b, p), lola_decode(*args, st_l, p), 1e-12)
+    assert_same_state(st_b, st_l, 1e-12)
+
+
+@pytest.mark.parametrize("gqa", ["grouped", "expanded"])
+@pytest.mark.parametrize("block", [1, 1 << 20])
+def test_batched_matches_reference_then_decode(gqa, block, monkeypatch):
+    """float64 against the specification: outputs, sparse positions, H, s; then decode after the batched prefill
+    equals one long prefill."""
+    monkeypatch.setattr(batched, "BLOCK_ELEMS", block)
+    cfg = LolaConfig(window=8, sparse=6, sinks=2, gqa=gqa, feature_map="hedgehog", combine="lola")
+    p = testing.make_params(cfg, 4, 2, D, dtype=torch.float64)
+    q, k, v = testing.qkv(77, 4, 2, 2, D, dtype=torch.float64)
+    ref = lola_reference(q, k, v, p)
+    st = LolaState()
+    testing.assert_close(lola_batched(q, k, v, st, p), ref.out, 1e-12)
+    assert torch.equal(st.sp_pos, ref.sparse_pos)
+    testing.assert_close(st.H, ref.H, 1e-12, "H")
+    st2 = LolaState()
+    outs = [lola_batched(q[:, :, :41], k[:, :, :41], v[:, :, :41], st2, p)]
+    outs += [lola_decode(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], st2, p) for t in range(41, 77)]
+    testing.assert_close(torch.cat(outs, 2), ref.out, 1e-12)
+    assert torch.equal(st2.sp_pos, ref.sparse_pos)
+
+
+def test_prefill_dispatch(monkeypatch):
+    """lola_chunked runs the batched path unless the scorer reads attention mass (which feeds the next boundary)."""
+    calls = []
+    monkeypatch.setattr(chunked, "lola_batched", lambda *a: calls.append("batched") or lola_batched(*a))
+    monkeypatch.setattr(chunked, "lola_chunked_loop", lambda *a: calls.append("loop") or lola_chunked_loop(*a))
+    q, k, v = testing.qkv(30)
+    for scorer, want in [("sre", "batched"), ("attention", "loop"), ("snapkv", "loop")]:
+        cfg = LolaConfig(window=4, sparse=3, scorer=scorer, fold=scorer == "sre")
+        lola_chunked(q, k, v, LolaState(), testing.make_params(cfg))
+        assert calls.pop() == want
+    with pytest.raises(ValueError, match="attention mass"):
+        lola_batched(q, k, v, LolaState(), testing.make_params(LolaConfig(window=4, sparse=3, scorer="attention")))
