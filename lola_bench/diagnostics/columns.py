@@ -1,0 +1,125 @@
+"""Needle diagnostics as predictions.jsonl columns, and the ``needle_kept`` summary of a (variant, task, ctx) cell.
+
+``NeedleProbe`` wraps one generation (``with probe: greedy_generate(...)``) and turns the captured prefill of every
+LoLA layer (``needle.capture``) into the columns below. Definitions:
+
+* needle tokens: the prompt tokens that overlap an answer string (every occurrence; passkey states its key twice).
+* a token is *exact* in a (layer, storage head) when it is in the window or in that head's sparse cache after
+  prefill, i.e. when the question's last token is read; otherwise it is folded into the linear state (``dropped``
+  under eviction, which keeps none).
+* the needle is *exact in a layer* when, for every answer, all tokens of at least one occurrence are exact in at
+  least ``KEPT_HEAD_SHARE`` (half) of the layer's storage heads.
+* a sample's needle is *kept* (``needle_kept``) when it is exact in at least ``KEPT_LAYER_SHARE`` (half) of the
+  layers. The cell's ``needle_kept`` is the percentage of its samples whose needle is kept.
+* leave rank: the token's rank by score (1 = best) among the sparse-cache candidates at the boundary where it left
+  the window, replayed (``replay``); ``needle_rank_keep`` is how many of them stayed (rank <= keep: it was kept
+  then). Per token, the median and min over all (layer, storage head).
+* attention split of the last prompt query, per layer, in the query head that puts the most weight on the needle
+  under plain softmax over the whole prompt (``needle_mass_full``, the head that would read the needle with full
+  attention): ``needle_mass`` = the share of LoLA's combined weight (``attention.common.mix``: softmax over the
+  window and sparse cache plus phi(q)^T s weighted as in the combine) on the exact needle tokens, ``linear_mass`` =
+  the share on the linear memory. ``*_min`` / ``*_median`` / ``*_max`` summarise over layers.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from .needle import LayerNeedle, analyse_layer, capture, needle_token_positions
+
+KEPT_HEAD_SHARE = 0.5    # a token is exact in a layer when at least this share of its storage heads hold it
+KEPT_LAYER_SHARE = 0.5   # a needle is kept when it is exact in at least this share of the layers (N = 50%)
+NEEDLE_KINDS = ("niah", "niah_lmeval", "passkey")   # RULER task kinds with a needle whose value is the answer
+
+
+def _r(x, nd: int = 4):
+    return None if x is None else round(float(x), nd)
+
+
+def layer_exact(layer: LayerNeedle, positions: list[list[list[int]]]) -> float:
+    """The needle's exact head share in one layer: min over answers of max over occurrences of min over tokens of
+    the share of storage heads holding the token exactly (1 for a window token)."""
+    share = {p: 1.0 if w else s for p, w, s in zip(layer.tokens, layer.in_window, layer.sparse_heads)}
+    return min(max(min(share[p] for p in occ) for occ in occs) for occs in positions)
+
+
+def sample_columns(layers: list[LayerNeedle], positions: list[list[list[int]]], fold: bool = True) -> dict:
+    """The predictions.jsonl columns of one sample from its per-layer analyses (see the module doc)."""
+    tokens = layers[0].tokens
+    gone = "folded" if fold else "dropped"
+    where, exact_share = [], []
+    for i in range(len(tokens)):
+        if layers[0].in_window[i]:
+            where.append("window")
+            exact_share.append(1.0)
+            continue
+        sh = [lay.sparse_heads[i] for lay in layers]
+        where.append("sparse" if min(sh) == 1.0 else gone if max(sh) == 0.0 else "mixed")
+        exact_share.append(statistics.mean(sh))
+    per_layer = [layer_exact(lay, positions) for lay in layers]
+    kept_layers = sum(x >= KEPT_HEAD_SHARE for x in per_layer) / len(per_layer)
+    ranks = [lay.ranks for lay in layers]
+    rank_med, rank_min, rank_keep, rank_n = [], [], [], []
+    for p in tokens:
+        got = [r[p] for r in ranks if r is not None and p in r]
+        allr = [x for r in got for x in r.rank]
+        rank_med.append(statistics.median(allr) if allr else None)
+        rank_min.append(min(allr) if allr else None)
+        rank_keep.append(got[0].keep if got else None)
+        rank_n.append(got[0].candidates if got else None)
+    head = [max(range(len(lay.full)), key=lay.full.__getitem__) for lay in layers]
+    nm = [lay.needle[h] for lay, h in zip(layers, head)]
+    lm = [lay.linear[h] for lay, h in zip(layers, head)]
+    fm = [lay.full[h] for lay, h in zip(layers, head)]
+    return {
+        "needle_tokens": tokens, "needle_where": where, "needle_exact_share": [_r(x, 3) for x in exact_share],
+        "needle_layer_exact": [_r(x, 3) for x in per_layer], "needle_kept_layers": _r(kept_layers),
+        "needle_kept": kept_layers >= KEPT_LAYER_SHARE,
+        "needle_rank_median": rank_med, "needle_rank_min": rank_min, "needle_rank_keep": rank_keep,
+        "needle_rank_candidates": rank_n,
+        "needle_mass": [_r(x) for x in nm], "linear_mass": [_r(x) for x in lm], "needle_mass_full": [_r(x) for x in fm],
+        "needle_mass_min": _r(min(nm)), "needle_mass_median": _r(statistics.median(nm)), "needle_mass_max": _r(max(nm)),
+        "linear_mass_min": _r(min(lm)), "linear_mass_median": _r(statistics.median(lm)),
+        "needle_mass_full_median": _r(statistics.median(fm)),
+    }
+
+
+def needle_kept_share(predictions: list[dict]) -> float | None:
+    """Percentage of the samples with diagnostics whose needle is kept (None when no sample has diagnostics)."""
+    flags = [p["needle_kept"] for p in predictions if p.get("needle_kept") is not None]
+    return 100.0 * sum(flags) / len(flags) if flags else None
+
+
+class NeedleProbe:
+    """``with NeedleProbe(model, tokenizer, sample, kind) as probe: generate(...)``, then ``probe.columns()``.
+
+    Does nothing (``columns()`` is {}) when ``enabled`` is off, the model has no LoLA layer, the task kind has no
+    needle (``NEEDLE_KINDS``) or the needle cannot be located in the tokens."""
+
+    def __init__(self, model, tokenizer, sample, kind: str, enabled: bool = True, ranks: bool = True):
+        from ..models.patch import lola_modules
+
+        self.modules = lola_modules(model) if enabled and kind in NEEDLE_KINDS else []
+        self.positions = needle_token_positions(sample.prompt, sample.input_ids, sample.answers, tokenizer) \
+            if self.modules else None
+        self.ranks = ranks
+        self._ctx = self.layers = None
+
+    def __enter__(self):
+        if self.positions:
+            self._ctx = capture(self.modules)
+            self.layers = self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+        return False
+
+    def columns(self) -> dict:
+        if not self.positions or not self.layers:
+            return {}
+        tokens = sorted({p for occs in self.positions for occ in occs for p in occ})
+        layers = [analyse_layer(self.layers[i], tokens, ranks=self.ranks) for i in sorted(self.layers)]
+        self.layers = None   # release the captured activations
+        return sample_columns(layers, self.positions, fold=self.modules[0].cfg.fold)
