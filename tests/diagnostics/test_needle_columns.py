@@ -132,3 +132,24 @@ def test_ruler_run_has_the_columns(tiny):
     off = run_ruler(tiny, [lola], RulerSettings(tasks=("passkey",), ctxs=(384,), samples=1, warmup=False,
                                                 diagnostics=False))
     assert all("needle_where" not in p for p in off.predictions)
+
+
+def test_ruler_command_writes_the_columns_and_the_plot(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from lola_bench.cli import app
+
+    def run(out, *extra):
+        r = CliRunner().invoke(app, ["ruler", "--model", "random:tiny", "--ctx", "384", "--samples", "1", "--attn",
+                                     "lola", "--window", "16", "--lambda", "32", "--task", "passkey", "--out",
+                                     str(out), *extra])
+        assert r.exit_code == 0, r.output
+        return [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+
+    preds = run(tmp_path / "on")
+    assert "needle_where" in preds[0] and (tmp_path / "on" / "needle_kept.png").is_file()
+    assert pd.read_csv(tmp_path / "on" / "summary.csv")["needle_kept"].notna().all()
+    preds = run(tmp_path / "off", "--no-diagnostics")
+    assert "needle_where" not in preds[0] and not (tmp_path / "off" / "needle_kept.png").exists()
