@@ -1,7 +1,7 @@
 """Needle diagnostics as predictions.jsonl columns, and the ``needle_kept`` summary of a (variant, task, ctx) cell.
 
 ``NeedleProbe`` wraps one generation (``with probe: greedy_generate(...)``) and turns the captured prefill of every
-LoLA layer (``needle.capture``) into the columns below. Definitions:
+LoLA layer (``needle.Capture``) into the columns below. Definitions:
 
 * needle tokens: the prompt tokens that overlap an answer string (every occurrence; passkey states its key twice).
 * a token is *exact* in a (layer, storage head) when it is in the window or in that head's sparse cache after
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import statistics
 
-from .needle import LayerNeedle, analyse_layer, capture, needle_token_positions
+from .needle import Capture, LayerNeedle, analyse_layer, needle_token_positions
 
 KEPT_HEAD_SHARE = 0.5    # a token is exact in a layer when at least this share of its storage heads hold it
 KEPT_LAYER_SHARE = 0.5   # a needle is kept when it is exact in at least this share of the layers (N = 50%)
@@ -93,8 +93,10 @@ def needle_kept_share(predictions: list[dict]) -> float | None:
 class NeedleProbe:
     """``with NeedleProbe(model, tokenizer, sample, kind) as probe: generate(...)``, then ``probe.columns()``.
 
-    Does nothing (``columns()`` is {}) when ``enabled`` is off, the model has no LoLA layer, the task kind has no
-    needle (``NEEDLE_KINDS``) or the needle cannot be located in the tokens."""
+    Each LoLA layer is analysed as soon as its prefill ran (``needle.Capture``); ``probe.seconds`` is the time that
+    took, for the caller to take out of the generation's timings. Does nothing (``columns()`` is {}, ``seconds`` 0)
+    when ``enabled`` is off, the model has no LoLA layer, the task kind has no needle (``NEEDLE_KINDS``) or the
+    needle cannot be located in the tokens."""
 
     def __init__(self, model, tokenizer, sample, kind: str, enabled: bool = True, ranks: bool = True):
         from ..models.patch import lola_modules
@@ -102,24 +104,27 @@ class NeedleProbe:
         self.modules = lola_modules(model) if enabled and kind in NEEDLE_KINDS else []
         self.positions = needle_token_positions(sample.prompt, sample.input_ids, sample.answers, tokenizer) \
             if self.modules else None
+        self.tokens = sorted({p for occs in self.positions or [] for occ in occs for p in occ})
         self.ranks = ranks
-        self._ctx = self.layers = None
+        self._cap: Capture | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self._cap.seconds if self._cap is not None else 0.0
 
     def __enter__(self):
         if self.positions:
-            self._ctx = capture(self.modules)
-            self.layers = self._ctx.__enter__()
+            self._cap = Capture(self.modules, lambda c: analyse_layer(c, self.tokens, ranks=self.ranks))
+            self._cap.__enter__()
         return self
 
     def __exit__(self, *exc):
-        if self._ctx is not None:
-            self._ctx.__exit__(*exc)
+        if self._cap is not None:
+            self._cap.__exit__(*exc)
         return False
 
     def columns(self) -> dict:
-        if not self.positions or not self.layers:
+        if self._cap is None or not self._cap.layers:
             return {}
-        tokens = sorted({p for occs in self.positions for occ in occs for p in occ})
-        layers = [analyse_layer(self.layers[i], tokens, ranks=self.ranks) for i in sorted(self.layers)]
-        self.layers = None   # release the captured activations
+        layers = [self._cap.layers[i] for i in sorted(self._cap.layers)]
         return sample_columns(layers, self.positions, fold=self.modules[0].cfg.fold)

@@ -4,10 +4,9 @@ Three pieces, all read from the outside of the attention code (nothing in ``lola
 
 * ``needle_token_positions``: the token positions of each answer string in a RULER prompt (from the tokenizer's
   character offsets; every occurrence, e.g. passkey states its key twice).
-* ``capture``: forward hooks on the model's LoLA layers that keep, for the prefill call of one generation, the
-  layer's input and a copy of its LolaState's positions and linear state *after* prefill: the moment the question
-  (the prompt's last token) has been read and the first answer token is chosen. Nothing is computed inside the
-  hooks, so the timed generation pays only for the copies.
+* ``Capture``: forward hooks on the model's LoLA layers that hand, for the prefill call of one generation, the
+  layer's input and its LolaState *after* prefill (the moment the question, the prompt's last token, has been read
+  and the first answer token is chosen) to an analysis function, and time it.
 * ``analyse_layer``: for one captured layer, per needle token and storage head whether it is in the window, in the
   sparse cache or folded into the linear state (dropped, under eviction); its rank when it left the window
   (``replay.replay_ranks``); and the split of the last query's combined attention weight over the needle, the rest
@@ -16,7 +15,7 @@ Three pieces, all read from the outside of the attention code (nothing in ``lola
 
 from __future__ import annotations
 
-import contextlib
+import time
 from dataclasses import dataclass
 
 import torch
@@ -59,7 +58,8 @@ def needle_token_positions(prompt: str, input_ids, answers, tokenizer) -> list[l
 
 @dataclass
 class Captured:
-    """One LoLA layer's prefill call: what it was given, and its state right after."""
+    """One LoLA layer's prefill call: what it was given, and its state right after (positions and (H, s) are read,
+    never modified)."""
 
     module: torch.nn.Module
     hidden: torch.Tensor
@@ -72,34 +72,52 @@ class Captured:
     pos: int                   # tokens seen (the prompt length)
 
 
-@contextlib.contextmanager
-def capture(modules):
-    """``with capture(lola_modules(model)) as layers: generate(...)`` -> ``layers``: {layer index: Captured} for the
-    first call of each layer (the prefill). Hooks are removed on exit."""
-    from ..models.cache import LolaCache
+class Capture:
+    """``with Capture(lola_modules(model), analyse) as cap: generate(...)``: forward hooks that call
+    ``analyse(Captured)`` on the prefill call of each layer (its first call with more than one token), right after
+    that layer ran, and keep what it returns in ``cap.layers`` {layer index: result}. Analysing inside the hook
+    keeps no activations alive (a long prompt's per-layer inputs would otherwise be held until the end); the time
+    spent there (synchronized on CUDA) is summed in ``cap.seconds`` so that callers can take it out of their timings.
+    Hooks are removed on exit."""
 
-    layers: dict[int, Captured] = {}
+    def __init__(self, modules, analyse):
+        self.modules, self.analyse = list(modules), analyse
+        self.layers: dict = {}
+        self.seconds = 0.0
+        self._handles: list = []
 
-    def hook(module, args, kwargs, output):
-        if module.layer_idx in layers:
+    def _hook(self, module, args, kwargs, output):
+        from ..models.cache import LolaCache
+
+        if module.layer_idx in self.layers:
             return
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         pe = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
         cache = kwargs.get("cache") or kwargs.get("past_key_values")
         if hidden is None or pe is None or not isinstance(cache, LolaCache) or hidden.shape[1] < 2:
             return
+        cuda = hidden.is_cuda
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
         st = cache.state(module.layer_idx)
-        layers[module.layer_idx] = Captured(
-            module=module, hidden=hidden.detach(), position_embeddings=tuple(t.detach() for t in pe),
-            win_pos=st.win_pos.detach().clone(), sp_pos=st.sp_pos[0].detach().clone(),
-            H=st.H[0].detach().clone(), s=st.s[0].detach().clone(), n_folded=int(st.n_folded), pos=int(st.pos))
+        cap = Captured(module=module, hidden=hidden.detach(), position_embeddings=tuple(t.detach() for t in pe),
+                       win_pos=st.win_pos, sp_pos=st.sp_pos[0], H=st.H[0], s=st.s[0], n_folded=int(st.n_folded),
+                       pos=int(st.pos))
+        self.layers[module.layer_idx] = self.analyse(cap)
+        if cuda:
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - t0
 
-    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in modules]
-    try:
-        yield layers
-    finally:
-        for h in handles:
+    def __enter__(self):
+        self._handles = [m.register_forward_hook(self._hook, with_kwargs=True) for m in self.modules]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
             h.remove()
+        self._handles = []
+        return False
 
 
 def _weights(combine: str, factor: torch.Tensor, sm_max, sm_den, lin_den):

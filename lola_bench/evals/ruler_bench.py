@@ -112,7 +112,8 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
     for attn in variants:
         def key(task, ctx, _attn=attn):
             return {**(resume_key or {}), "attention": _attn.to_dict(), "task": task, "ctx": ctx,
-                    "samples": settings.samples, "seed": settings.seed, "chat_template": chat}
+                    "samples": settings.samples, "seed": settings.seed, "chat_template": chat,
+                    "diagnostics": settings.diagnostics}
 
         done = {}
         if store is not None:
@@ -172,6 +173,7 @@ def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: Ruler
                 progress(0, f"{attn.mode} {task} ctx={ctx} #{s.index + 1}/{len(items)}")
             with NeedleProbe(model, tok, s, TASKS[task].kind, enabled=settings.diagnostics) as probe:
                 r = greedy_generate(model, torch.tensor([s.input_ids]), s.max_new_tokens, eos, loaded.device)
+            r.ttft_s -= probe.seconds    # the diagnostics ran inside the prefill (in its layer hooks): not TTFT
             text = tok.decode(r.tokens, skip_special_tokens=True)
             score = score_sample(task, text, s.answers)
             results.append((s, r, score))

@@ -35,11 +35,14 @@ def _sample(tok, before: int, after: int):
 
 
 def _probe(tiny, cfg: LolaConfig, sample) -> dict:
+    """The columns of one generation; the analysis ran once per layer, in hooks that are gone afterwards."""
     model = tiny.model
     patch_model(model, cfg, kernels="torch")
     try:
         with NeedleProbe(model, tiny.tokenizer, sample, "passkey") as probe:
-            greedy_generate(model, torch.tensor([sample.input_ids]), 2, set())
+            greedy_generate(model, torch.tensor([sample.input_ids]), 3, set())
+        assert probe.seconds > 0 and sorted(probe._cap.layers) == [0, 1]
+        assert not any(m._forward_hooks for m in model.modules())
         return probe.columns()
     finally:
         unpatch_model(model)
