@@ -7,8 +7,9 @@ LoLA layer (``needle.Capture``) into the columns below. Definitions:
 * a token is *exact* in a (layer, storage head) when it is in the window or in that head's sparse cache after
   prefill, i.e. when the question's last token is read; otherwise it is folded into the linear state (``dropped``
   under eviction, which keeps none).
-* the needle is *exact in a layer* when, for every answer, all tokens of at least one occurrence are exact in at
-  least ``KEPT_HEAD_SHARE`` (half) of the layer's storage heads.
+* the needle is *exact in a layer* when at least ``KEPT_MIN_HEADS`` (one) of the layer's storage heads holds, for
+  every answer, all tokens of at least one of its occurrences exactly: some head can read the whole needle with
+  softmax. ``needle_layer_heads`` is, per layer, the share of storage heads that can.
 * a sample's needle is *kept* (``needle_kept``) when it is exact in at least ``KEPT_LAYER_SHARE`` (half) of the
   layers. The cell's ``needle_kept`` is the percentage of its samples whose needle is kept.
 * leave rank: the token's rank by score (1 = best) among the sparse-cache candidates at the boundary where it left
@@ -27,7 +28,7 @@ import statistics
 
 from .needle import Capture, LayerNeedle, analyse_layer, needle_token_positions
 
-KEPT_HEAD_SHARE = 0.5    # a token is exact in a layer when at least this share of its storage heads hold it
+KEPT_MIN_HEADS = 1       # a needle is exact in a layer when at least this many storage heads hold all of it
 KEPT_LAYER_SHARE = 0.5   # a needle is kept when it is exact in at least this share of the layers (N = 50%)
 NEEDLE_KINDS = ("niah", "niah_lmeval", "passkey")   # RULER task kinds with a needle whose value is the answer
 
@@ -36,11 +37,16 @@ def _r(x, nd: int = 4):
     return None if x is None else round(float(x), nd)
 
 
-def layer_exact(layer: LayerNeedle, positions: list[list[list[int]]]) -> float:
-    """The needle's exact head share in one layer: min over answers of max over occurrences of min over tokens of
-    the share of storage heads holding the token exactly (1 for a window token)."""
-    share = {p: 1.0 if w else s for p, w, s in zip(layer.tokens, layer.in_window, layer.sparse_heads)}
-    return min(max(min(share[p] for p in occ) for occ in occs) for occs in positions)
+def layer_heads(layer: LayerNeedle, positions: list[list[list[int]]]) -> int:
+    """How many storage heads of one layer hold the whole needle exactly: for every answer, all tokens of at least
+    one of its occurrences are in the window or in that head's sparse cache."""
+    col = {p: i for i, p in enumerate(layer.tokens)}
+    count = 0
+    for held in layer.sparse_by_head:
+        def exact(p, held=held):
+            return layer.in_window[col[p]] or held[col[p]]
+        count += all(any(all(exact(p) for p in occ) for occ in occs) for occs in positions)
+    return count
 
 
 def sample_columns(layers: list[LayerNeedle], positions: list[list[list[int]]], fold: bool = True) -> dict:
@@ -56,8 +62,8 @@ def sample_columns(layers: list[LayerNeedle], positions: list[list[list[int]]], 
         sh = [lay.sparse_heads[i] for lay in layers]
         where.append("sparse" if min(sh) == 1.0 else gone if max(sh) == 0.0 else "mixed")
         exact_share.append(statistics.mean(sh))
-    per_layer = [layer_exact(lay, positions) for lay in layers]
-    kept_layers = sum(x >= KEPT_HEAD_SHARE for x in per_layer) / len(per_layer)
+    heads = [layer_heads(lay, positions) for lay in layers]
+    kept_layers = sum(h >= KEPT_MIN_HEADS for h in heads) / len(heads)
     ranks = [lay.ranks for lay in layers]
     rank_med, rank_min, rank_keep, rank_n = [], [], [], []
     for p in tokens:
@@ -73,7 +79,8 @@ def sample_columns(layers: list[LayerNeedle], positions: list[list[list[int]]], 
     fm = [lay.full[h] for lay, h in zip(layers, head)]
     return {
         "needle_tokens": tokens, "needle_where": where, "needle_exact_share": [_r(x, 3) for x in exact_share],
-        "needle_layer_exact": [_r(x, 3) for x in per_layer], "needle_kept_layers": _r(kept_layers),
+        "needle_layer_heads": [_r(h / len(lay.sparse_by_head), 3) for h, lay in zip(heads, layers)],
+        "needle_kept_layers": _r(kept_layers),
         "needle_kept": kept_layers >= KEPT_LAYER_SHARE,
         "needle_rank_median": rank_med, "needle_rank_min": rank_min, "needle_rank_keep": rank_keep,
         "needle_rank_candidates": rank_n,

@@ -186,13 +186,19 @@ class LayerNeedle:
 
     tokens: list[int]
     in_window: list[bool]            # per token
-    sparse_heads: list[float]        # per token: share of storage heads holding it in the sparse cache
+    sparse_by_head: list[list[bool]]  # [storage head][token]: the token is in that head's sparse cache
     ranks: dict[int, LeaveRank] | None   # per token that left the window; None: scorer cannot be replayed
     needle: list[float]              # per query head: combined-weight share on the needle tokens
     window: list[float]
     sparse: list[float]
     linear: list[float]
     full: list[float]                # per query head: needle share under plain softmax over the whole prompt
+
+    @property
+    def sparse_heads(self) -> list[float]:
+        """Per token: the share of storage heads holding it in the sparse cache."""
+        n = len(self.sparse_by_head)
+        return [sum(h[i] for h in self.sparse_by_head) / n for i in range(len(self.tokens))]
 
 
 @torch.no_grad()
@@ -231,6 +237,6 @@ def analyse_layer(cap: Captured, tokens: list[int], ranks: bool = True) -> Layer
         return [float(t) for t in x.cpu()]
 
     return LayerNeedle(tokens=list(tokens), in_window=[bool(win[p]) for p in tokens],
-                       sparse_heads=[float(sp[:, p].float().mean()) for p in tokens], ranks=rr,
+                       sparse_by_head=sp[:, tok].tolist(), ranks=rr,
                        needle=lst(shares["needle"]), window=lst(shares["window"]), sparse=lst(shares["sparse"]),
                        linear=lst(shares["linear"]), full=lst(full))

@@ -60,7 +60,7 @@ def test_positions_are_the_answer_tokens(tiny):
 def test_needle_in_the_window(tiny):
     c = _probe(tiny, LolaConfig(window=64, sparse=0), _sample(tiny.tokenizer, 30, 0))
     assert c["needle_where"] == ["window"] * len(c["needle_tokens"])
-    assert c["needle_kept"] and all(x == 1 for x in c["needle_layer_exact"])
+    assert c["needle_kept"] and all(x == 1 for x in c["needle_layer_heads"])
     assert all(m > 0 for m in c["needle_mass"])
     assert all(r is None for r in c["needle_rank_median"])      # never left the window
 
@@ -91,28 +91,31 @@ def test_eviction_drops(tiny):
     assert all(x == 0 for x in c["linear_mass"])
 
 
-def _layer(tokens, window, sparse_heads, mass=0.5):
-    return LayerNeedle(tokens=tokens, in_window=window, sparse_heads=sparse_heads, ranks=None, needle=[mass, 0.0],
+def _layer(tokens, window, by_head, mass=0.5):
+    return LayerNeedle(tokens=tokens, in_window=window, sparse_by_head=by_head, ranks=None, needle=[mass, 0.0],
                        window=[0.2, 0.5], sparse=[0.1, 0.2], linear=[0.2, 0.3], full=[0.9, 0.1])
 
 
 def test_kept_rule():
-    """Exact in a layer: every answer has an occurrence whose tokens are exact in >= half the heads; kept: exact in
-    >= half the layers. Passkey's second statement of the key counts."""
+    """Exact in a layer: some storage head holds, for every answer, a whole statement of it; kept: exact in >= half
+    the layers. Passkey's second statement of the key counts; tokens spread over different heads do not."""
     occ = [[[1, 2], [7, 8]]]                                   # one answer stated twice
     tok = [1, 2, 7, 8]
-    half = _layer(tok, [False] * 4, [0.5, 0.5, 0.0, 0.0])      # first statement exact in half the heads
-    second = _layer(tok, [False, False, True, True], [0.0, 0.0, 0.0, 0.0])   # second statement in the window
-    few = _layer(tok, [False] * 4, [0.25, 1.0, 1.0, 0.0])      # no statement fully exact in half the heads
-    c = sample_columns([half, few, few, second], occ)
-    assert c["needle_layer_exact"] == [0.5, 0.25, 0.25, 1.0]
+    no = [False] * 4
+    one = _layer(tok, no, [[True, True, False, False], [False] * 4, [True, False, False, True]])  # head 0: statement 1
+    second = _layer(tok, [False, False, True, True], [no, no, no])                               # statement 2 in window
+    spread = _layer(tok, no, [[True, False, True, False], [False, True, False, True], no])  # no head holds a whole one
+    c = sample_columns([one, spread, spread, second], occ)
+    assert c["needle_layer_heads"] == [0.333, 0.0, 0.0, 1.0]
     assert c["needle_kept_layers"] == 0.5 and c["needle_kept"]
-    c = sample_columns([half, few, few, few], occ)
+    c = sample_columns([one, spread, spread, spread], occ)
     assert c["needle_kept_layers"] == 0.25 and not c["needle_kept"]
-    assert c["needle_where"] == ["mixed", "mixed", "mixed", "folded"]
-    two = [[[1, 2]], [[7, 8]]]                                 # two answers: both must be exact
-    assert sample_columns([second], two)["needle_layer_exact"] == [0.0]
-    c = sample_columns([half], occ)
+    assert c["needle_where"] == ["mixed", "mixed", "mixed", "mixed"]
+    assert c["needle_exact_share"] == [0.417, 0.333, 0.25, 0.333]   # mean over layers of the head share
+    two = [[[1, 2]], [[7, 8]]]                                 # two answers: both must be held by the same head
+    assert sample_columns([one], two)["needle_layer_heads"] == [0.0]
+    assert sample_columns([_layer(tok, no, [[True] * 4, no, no])], two)["needle_layer_heads"] == [0.333]
+    c = sample_columns([one], occ)
     assert c["needle_mass"] == [0.5] and c["linear_mass"] == [0.2]   # read in the head full attention reads with
     assert needle_kept_share([{"needle_kept": True}, {"needle_kept": False}, {}]) == 50.0
     assert needle_kept_share([{}]) is None
