@@ -95,6 +95,13 @@ def ruler(
                                          "--no-resume deletes that folder first.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the variants x tasks x contexts plan, the "
                                           "samples and an estimated run time; load nothing, run nothing.")] = False,
+    diagnostics: Annotated[bool, typer.Option("--diagnostics/--no-diagnostics", help="Needle diagnostics for LoLA, "
+                                              "base and evict variants on needle tasks (niah_*, passkey): where each "
+                                              "needle token is when the question is read (window, sparse cache, "
+                                              "folded), its rank when it left the window, the last query's weight "
+                                              "on the needle vs the linear memory, and the summary column "
+                                              "needle_kept (predictions.jsonl, summary, needle_kept.png). Computed "
+                                              "after each generation, outside the timings.")] = True,
 ):
     """RULER needle-in-a-haystack accuracy with TTFT, decode latency and memory, per attention variant.
 
@@ -122,7 +129,7 @@ def ruler(
     except ValueError as e:
         raise UserError(str(e)) from None
     rs = RulerSettings(tasks=tasks, ctxs=tuple(ctx), samples=samples, seed=seed, essay_path=essay, qa_path=qa_path,
-                       chat_template=chat_template)
+                       chat_template=chat_template, diagnostics=diagnostics)
     validate(rs, 0)                       # flags and haystack data (parsed), before anything is written
     for t, reason in skipped.items():
         err_console.print(f"[yellow]--task all: skipping {t} ({reason})[/]", highlight=False)
@@ -159,10 +166,11 @@ def ruler(
             run.append_jsonl("predictions.jsonl", result.predictions)
             run.write_table("summary", result.summary, title="RULER", notes=_exactness_note(variants))
             write_rank_timing(run, result.predictions)
-            from ..report import accuracy_plot, depth_heatmaps
+            from ..report import accuracy_plot, depth_heatmaps, needle_kept_plot
 
             depth_heatmaps(result.predictions, run.stage)
             accuracy_plot(result.summary, run.stage)
+            needle_kept_plot(result.summary, run.stage)
     except UserError as e:              # e.g. disk full: the finished cells stay for a rerun
         if store.path.is_dir():
             raise UserError(f"{e}; the finished cells stay in {store.path}: rerun the same command to resume "

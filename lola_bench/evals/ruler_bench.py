@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..attention.state import full_kv_bytes
+from ..diagnostics import NeedleProbe, needle_kept_share
 from ..distributed import world
 from ..errors import UserError
 from ..models.checkpoint import checkpoint_label
@@ -24,7 +25,7 @@ SUMMARY_COLUMNS = ["model", "attn", "window", "lambda", "sinks", "scorer", "feat
                    "accuracy", "accuracy_ci_low", "accuracy_ci_high",
                    "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib", "full_kv_mib", "window_mib",
                    "sparse_mib", "state_mib", "phi_k_mib", "mean_prompt_tokens", "combine", "gqa", "chunk",
-                   "settings_from", "implementation", "threads", "checkpoint", "device", "chat_template"]
+                   "settings_from", "implementation", "threads", "checkpoint", "device", "chat_template", "needle_kept"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class RulerSettings:
     qa_path: str | None = None
     chat_template: bool | None = None   # None = automatic (instruct models)
     warmup: bool = True
+    diagnostics: bool = True            # needle diagnostics columns for LoLA variants on needle tasks (diagnostics/)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -137,7 +139,8 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
     for attn in variants:
         def key(task, ctx, _attn=attn):
             return {**(resume_key or {}), "attention": _attn.to_dict(), "task": task, "ctx": ctx,
-                    "samples": settings.samples, "seed": settings.seed, "chat_template": chat}
+                    "samples": settings.samples, "seed": settings.seed, "chat_template": chat,
+                    "diagnostics": settings.diagnostics}
 
         done = {}
         if store is not None:
@@ -197,13 +200,15 @@ def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: Ruler
         for s in w.shard(items):                # all of them in a single process
             if progress:
                 progress(0, f"{attn.mode} {task} ctx={ctx} #{s.index + 1}/{len(items)}")
-            r = greedy_generate(model, torch.tensor([s.input_ids]), s.max_new_tokens, eos, loaded.device)
+            with NeedleProbe(model, tok, s, TASKS[task].kind, enabled=settings.diagnostics) as probe:
+                r = greedy_generate(model, torch.tensor([s.input_ids]), s.max_new_tokens, eos, loaded.device)
+            r.ttft_s -= probe.seconds    # the diagnostics ran inside the prefill (in its layer hooks): not TTFT
             text = tok.decode(r.tokens, skip_special_tokens=True)
             score = score_sample(task, text, s.answers)
             pred = {**variant_columns(attn), "task": task, "ctx": ctx, "index": s.index, "depth": s.depth,
                     "seed": s.seed, "n_prompt_tokens": s.n_prompt_tokens, "n_generated": len(r.tokens),
                     "answer": list(s.answers), "prediction": text, "score": score,
-                    "ttft_s": r.ttft_s, "decode_s_per_token": r.decode_s_per_token}
+                    "ttft_s": r.ttft_s, "decode_s_per_token": r.decode_s_per_token, **probe.columns()}
             if w.parallel:
                 pred["rank"] = w.rank
             local.append((s.index, r, score, pred))
@@ -240,7 +245,7 @@ def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: Ruler
                      "mean_prompt_tokens": statistics.mean(s.n_prompt_tokens for s, _, _ in results),
                      **implementation_columns(attn, used()),
                      "checkpoint": checkpoint_label(ckpt) if attn.lola else None, "device": device_label,
-                     "chat_template": bool(chat)})
+                     "chat_template": bool(chat), "needle_kept": needle_kept_share(preds)})
         preds = to_jsonable(preds)
         cells[task, ctx] = {"row": row, "predictions": preds}
         if finished:

@@ -1,8 +1,8 @@
 """Tables and plots from result records (CSV/JSONL only, so reports can be re-rendered any time).
 
 Modules (the report reads the sweep store; lola_bench.sweep never imports the report):
-  ruler         accuracy vs context (Wilson error bars), depth x context heatmaps (n per cell); exactness_note
-                (how long a prompt must be before LoLA differs)
+  ruler         accuracy vs context (Wilson error bars), depth x context heatmaps (n per cell); accuracy vs
+                needle_kept; exactness_note (how long a prompt must be before LoLA differs)
   commonsense   commonsense runs side by side (comparison.csv / .md)
   ruler_compare, metric_compare   ruler / speed and perplexity runs side by side
   sweep_tables  sweep.md: accuracy / TTFT / memory pivots by λ × η
@@ -13,12 +13,14 @@ Modules (the report reads the sweep store; lola_bench.sweep never imports the re
 
 from .commonsense import COMPARISON_NOTE, commonsense_comparison, render_commonsense_report
 from .render import render_report, render_sweep_report, render_sweep_result
-from .ruler import accuracy_plot, depth_heatmaps, exactness_note
+  ruler         accuracy vs context (Wilson error bars), depth x context heatmaps (n per cell); accuracy vs
+                needle_kept; exactness_note (how long a prompt must be before LoLA differs)
 from .sweep_plots import pareto_frontier, sweep_plots
 from .sweep_tables import sweep_markdown
 
 __all__ = [
-    "COMPARISON_NOTE", "accuracy_plot", "commonsense_comparison", "depth_heatmaps", "exactness_note", "pareto_frontier",
+    "COMPARISON_NOTE", "accuracy_plot", "commonsense_comparison", "depth_heatmaps", "exactness_note",
+    "needle_kept_plot", "pareto_frontier",
     "render_commonsense_report", "render_report", "render_sweep_report", "render_sweep_result", "sweep_markdown",
     "sweep_plots",
 ]

@@ -1,4 +1,5 @@
-"""Reports on RULER (and ruler-like) runs: depth x context heatmaps, and the note on LoLA's exact span."""
+"""Reports on RULER (and ruler-like) runs: depth x context heatmaps, accuracy vs needle_kept, and the note on LoLA's
+exact span."""
 
 from __future__ import annotations
 
@@ -41,6 +42,37 @@ def depth_heatmaps(predictions: list[dict], out_dir: str | Path) -> list[Path]:
         written.append(path)
     return written
 
+
+def needle_kept_plot(summary: pd.DataFrame, out_dir: str | Path) -> Path | None:
+    """needle_kept.png: accuracy against ``needle_kept`` (% of samples whose needle was still exact when the question
+    was read, see ``lola_bench.diagnostics.columns``), one point per (variant, task, ctx) cell with diagnostics, one
+    marker per task and one colour per variant. None when no cell has the column."""
+    if "needle_kept" not in summary:
+        return None
+    df = summary.dropna(subset=["needle_kept"])
+    if df.empty:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    markers = dict(zip(sorted(df["task"].unique()), "osD^v<>pX*hP"))
+    for i, ((attn, task), g) in enumerate(df.groupby(["attn", "task"])):
+        ax.scatter(g["needle_kept"], g["accuracy"], marker=markers.get(task, "o"), color=f"C{i % 10}",
+                   label=f"{attn} {task}", s=42)
+        for _, r in g.iterrows():
+            ax.annotate(str(r["ctx"]), (r["needle_kept"], r["accuracy"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.plot([0, 100], [0, 100], color="grey", lw=0.8, ls="--")
+    ax.set_xlim(-4, 104)
+    ax.set_ylim(-4, 104)
+    ax.set_xlabel("needle_kept (% of samples: needle exact when the question is read)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("accuracy vs needle kept (labels: ctx)")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = Path(out_dir) / "needle_kept.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def accuracy_plot(summary: pd.DataFrame, out_dir: str | Path) -> list[Path]:
