@@ -13,8 +13,7 @@ Modules (the report reads the sweep store; lola_bench.sweep never imports the re
 
 from .commonsense import COMPARISON_NOTE, commonsense_comparison, render_commonsense_report
 from .render import render_report, render_sweep_report, render_sweep_result
-  ruler         accuracy vs context (Wilson error bars), depth x context heatmaps (n per cell); accuracy vs
-                needle_kept; exactness_note (how long a prompt must be before LoLA differs)
+from .ruler import accuracy_plot, depth_heatmaps, exactness_note, needle_kept_plot
 from .sweep_plots import pareto_frontier, sweep_plots
 from .sweep_tables import sweep_markdown
 
