@@ -131,3 +131,29 @@ def test_readme_names_the_new_flags_and_its_report_examples_exist():
             for arg in line.split("#")[0].split()[2:]:
                 if arg.startswith("results/"):
                     assert (root / arg / "summary.csv").is_file() or (root / arg / "sweep.csv").is_file(), arg
+
+
+def test_accuracy_plot_takes_an_interval_that_rounds_past_its_point(tmp_path):
+    """A summary's stored interval can sit a rounding error inside its point (accuracy 100, high 99.99999999):
+    the plot draws it as a zero-length bar instead of failing the run ('yerr' must not contain negative values)."""
+    import lola_bench.report.ruler as rr
+
+    summary = pd.DataFrame({"attn": ["full", "lola"], "window": [None, 16], "lambda": [None, 16],
+                            "task": ["passkey", "passkey"], "ctx": [256, 256], "n": [3, 3],
+                            "accuracy": [100.0, 0.0], "accuracy_ci_low": [43.8, 1e-12],
+                            "accuracy_ci_high": [100.0 - 1e-12, 56.2]})
+    (path,) = rr.accuracy_plot(summary, tmp_path)
+    assert path.stat().st_size > 0
+
+
+def test_sweep_error_bars_take_an_interval_that_rounds_past_its_point():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lola_bench.report.sweep_plots import _error_bars
+
+    fig, ax = plt.subplots()
+    _error_bars(ax, [1, 2], [100.0, 0.0], [43.8, 1e-12], [100.0 - 1e-12, 56.2], "C0")
+    plt.close(fig)

@@ -100,8 +100,8 @@ def accuracy_plot(summary: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         for variant, v in g.groupby("variant", sort=False):
             v = v.sort_values("ctx")
             xs = [ctxs.index(c) for c in v["ctx"]]
-            ax.errorbar(xs, v["accuracy"], yerr=[v["accuracy"] - v["accuracy_ci_low"],
-                                                 v["accuracy_ci_high"] - v["accuracy"]],
+            ax.errorbar(xs, v["accuracy"], yerr=[(v["accuracy"] - v["accuracy_ci_low"]).clip(lower=0),
+                                                 (v["accuracy_ci_high"] - v["accuracy"]).clip(lower=0)],
                         marker="o", ms=4, capsize=3, label=variant)
         ns = sorted({int(n) for n in g["n"]})
         ax.set_title(f"{task} (n={ns[0]}{'–' + str(ns[-1]) if len(ns) > 1 else ''} per point)", fontsize=10)
