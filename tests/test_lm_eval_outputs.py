@@ -138,6 +138,40 @@ def test_hub_id_of_the_embedded_model_runs_the_shipped_copy(monkeypatch):
                                                                             None)
 
 
+@pytest.mark.parametrize("reachable", [True, False])
+def test_hub_id_online_loads_the_hub_weights(monkeypatch, reachable):
+    """Not cached and not HF_HUB_OFFLINE: the hub's weights when the hub answers (a user online gets the model they
+    named), the embedded copy with a notice when it does not."""
+    from lola_bench.models import aliases
+
+    monkeypatch.setattr(aliases, "hub_cached", lambda repo: False)
+    monkeypatch.setattr(aliases, "hub_reachable", lambda: reachable)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    spec, note = aliases.resolve_alias("HuggingFaceTB/SmolLM2-135M-Instruct")
+    if reachable:
+        assert (spec, note) == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
+    else:
+        assert spec == "smollm2-135m" and "cannot be reached" in note
+
+
+def test_hub_reachable_probes_the_endpoint(monkeypatch):
+    from lola_bench.models import aliases
+
+    seen = []
+
+    def connect(addr, timeout):
+        seen.append(addr)
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(aliases.socket, "create_connection", connect)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org:8443")
+    aliases.hub_reachable.cache_clear()
+    try:
+        assert aliases.hub_reachable() is False and seen == [("hub.example.org", 8443)]
+    finally:
+        aliases.hub_reachable.cache_clear()
+
+
 def test_cli_says_the_hub_id_maps_to_the_embedded_model(tmp_path, monkeypatch):
     from lola_bench.models import aliases
     from lola_bench.models.loading import embedded_available
@@ -145,6 +179,7 @@ def test_cli_says_the_hub_id_maps_to_the_embedded_model(tmp_path, monkeypatch):
     if not embedded_available():
         pytest.skip("embedded model not installed")
     monkeypatch.setattr(aliases, "hub_cached", lambda repo: False)
+    monkeypatch.setattr(aliases, "hub_reachable", lambda: False)
     r = runner.invoke(app, ["ruler", "--model", "HuggingFaceTB/SmolLM2-135M-Instruct", "--ctx", "512", "--task",
                             "passkey", "--attn", "lola", "--dry-run", "--device", "cpu", "--out",
                             str(tmp_path / "x")])

@@ -56,7 +56,8 @@ def _error_bars(ax, x, y, lo, hi, color, **kw) -> None:
     x, y, lo, hi = (np.asarray(v, dtype=float) for v in (x, y, lo, hi))
     ok = ~(np.isnan(lo) | np.isnan(hi) | np.isnan(y))
     if ok.any():
-        ax.errorbar(x[ok], y[ok], yerr=[np.clip(y[ok] - lo[ok], 0, None), np.clip(hi[ok] - y[ok], 0, None)], fmt="none", ecolor=color, elinewidth=1,
+        yerr = [np.clip(y[ok] - lo[ok], 0, None), np.clip(hi[ok] - y[ok], 0, None)]   # rounding: never negative
+        ax.errorbar(x[ok], y[ok], yerr=yerr, fmt="none", ecolor=color, elinewidth=1,
                     capsize=2.5, alpha=0.6, zorder=2.5, **kw)
 
 
