@@ -80,13 +80,9 @@ def render_metric_report(kind: str, dirs: list[Path], out: str | Path) -> list[P
     """comparison.csv/.md (+ comparison-sources.json naming the source runs) in ``out`` for speed or perplexity run
     directories, one or several."""
     title, _, _, note = KINDS[kind]
-    runs = []
-    for d in dirs:
-        try:
-            runs.append((d.name, pd.read_csv(d / "summary.csv")))
-        except (OSError, ValueError, pd.errors.ParserError) as e:
-            raise UserError(f"cannot read {d / 'summary.csv'}: {str(e).splitlines()[0]}") from None
-    long = metric_long(kind, runs)
+    from .ruler_compare import read_summaries
+
+    long = metric_long(kind, read_summaries(dirs))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "comparison.csv", long.to_csv(index=False))

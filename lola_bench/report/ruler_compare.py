@@ -53,15 +53,20 @@ def ruler_comparison(long: pd.DataFrame) -> pd.DataFrame:
     return table[order].reset_index().fillna("")
 
 
-def render_ruler_report(dirs: list[Path], out: str | Path) -> list[Path]:
-    """comparison.csv/.md (+ config.json naming the source runs) in ``out`` for RULER run directories."""
+def read_summaries(dirs: list[Path]) -> list[tuple[str, pd.DataFrame]]:
+    """(run name, its summary.csv) per run directory; one-line UserError for a missing or unreadable file."""
     runs = []
     for d in dirs:
         try:
             runs.append((d.name, pd.read_csv(d / "summary.csv")))
         except (OSError, ValueError, pd.errors.ParserError) as e:
             raise UserError(f"cannot read {d / 'summary.csv'}: {str(e).splitlines()[0]}") from None
-    long = ruler_long(runs)
+    return runs
+
+
+def render_ruler_report(dirs: list[Path], out: str | Path) -> list[Path]:
+    """comparison.csv/.md (+ config.json naming the source runs) in ``out`` for RULER run directories."""
+    long = ruler_long(read_summaries(dirs))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "comparison.csv", long.to_csv(index=False))
