@@ -44,6 +44,8 @@ class Table:
     ns0: int                      # sparse pairs at the start
     p0: int                       # position of table index ns0 (the first window position)
     segments: list[Segment] = field(default_factory=list)
+    slots: Slots | None = None    # the candidates' rows at the last scored boundary (None: no boundary scored)
+    sp_slot: torch.Tensor | None = None   # (B, Hs, ns) slot of each pair of the final sparse cache
 
     def index(self, position: int) -> int:
         """Table index of a window / new position."""
@@ -122,6 +124,7 @@ def select_all(k: torch.Tensor, v: torch.Tensor, state: LolaState, params: LolaP
                                     exact=lost == 0))
         i += seg
     _write_state(state, tab, sp_idx, wlo, H, s, n_folded, start + L)
+    tab.slots, tab.sp_slot = slots, sp_slot
     return tab
 
 
