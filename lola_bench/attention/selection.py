@@ -7,8 +7,9 @@ pass runs first and records, per segment of the block, which pairs the segment's
 a table [sparse cache at the start | window at the start | new keys]) and the linear state they read. The queries of
 all segments are then answered in batches (``batched``).
 
-Feature-mapped keys are computed once per pair (when it leaves the window, or for the cached pairs at the start of
-the call) and carried with the cache, instead of recomputing phi for every candidate at every boundary.
+Feature-mapped keys are computed once per pair (when it leaves the window, or for the cached pairs at the first scored
+boundary of the call) and kept, with the candidates' keys, values and positions, in fixed slots (``Slots``): a boundary
+writes the leaving rows into the slots its losers freed, instead of concatenating and re-gathering the whole cache.
 """
 
 from __future__ import annotations
