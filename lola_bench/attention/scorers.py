@@ -58,9 +58,11 @@ class SelfRecallError(Scorer):
 
     def score(self, ctx):
         num_den = torch.matmul(ctx.phi_k, torch.cat([ctx.H, ctx.s.unsqueeze(-1)], dim=-1))  # one pass over phi
-        num, den = num_den[..., :-1], num_den[..., -1:] + ctx.eps
-        err = (expand_heads(ctx.v, ctx.group) - num / den).norm(dim=-1)
-        return group_mean(err, ctx.group)
+        b, hq, n, _ = num_den.shape
+        recall = num_den[..., :-1] / (num_den[..., -1:] + ctx.eps)                            # (B, Hq, n, d)
+        # the query heads of a storage head are contiguous: v broadcasts over them (no repeated copy of v)
+        err = recall.view(b, hq // ctx.group, ctx.group, n, -1).sub_(ctx.v.unsqueeze(2)).norm(dim=-1)
+        return err.mean(dim=2)
 
 
 class RandomScore(Scorer):

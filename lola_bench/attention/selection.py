@@ -7,8 +7,9 @@ pass runs first and records, per segment of the block, which pairs the segment's
 a table [sparse cache at the start | window at the start | new keys]) and the linear state they read. The queries of
 all segments are then answered in batches (``batched``).
 
-Feature-mapped keys are computed once per pair (when it leaves the window, or for the cached pairs at the start of
-the call) and carried with the cache, instead of recomputing phi for every candidate at every boundary.
+Feature-mapped keys are computed once per pair (when it leaves the window, or for the cached pairs at the first scored
+boundary of the call) and kept, with the candidates' keys, values and positions, in fixed slots (``Slots``): a boundary
+writes the leaving rows into the slots its losers freed, instead of concatenating and re-gathering the whole cache.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class Table:
     ns0: int                      # sparse pairs at the start
     p0: int                       # position of table index ns0 (the first window position)
     segments: list[Segment] = field(default_factory=list)
+    slots: Slots | None = None    # the candidates' rows at the last scored boundary (None: no boundary scored)
+    sp_slot: torch.Tensor | None = None   # (B, Hs, ns) slot of each pair of the final sparse cache
 
     def index(self, position: int) -> int:
         """Table index of a window / new position."""
@@ -69,10 +72,10 @@ def select_all(k: torch.Tensor, v: torch.Tensor, state: LolaState, params: LolaP
     tab = build_table(k, v, state, params)
     b, hs = tab.k.shape[:2]
     fold_on = cfg.fold
-    sd = state.H.dtype
     start = state.pos
     sp_idx = torch.arange(tab.ns0, device=k.device).view(1, 1, -1).expand(b, hs, -1)
-    sp_phi = None                 # (B, Hq, ns, F) phi of the cached pairs, computed on first need
+    slots = None                  # the candidates' rows in fixed slots, made at the first scored boundary
+    sp_slot = None                # (B, Hs, ns) slot of each cached pair, aligned with sp_idx
     H, s, n_folded = state.H, state.s, state.n_folded
     lost = start - tab.ns0 - state.win_k.shape[2]   # pairs folded or dropped before this call
     wlo = tab.p0                  # first window position
@@ -89,48 +92,92 @@ def select_all(k: torch.Tensor, v: torch.Tensor, state: LolaState, params: LolaP
             wlo += n_ev
             n = cand.shape[2]
             keep = cfg.keep(ws, n)
+            if keep < n and slots is None:
+                slots = Slots(tab, sp_idx, params, H.dtype)
+                sp_slot = slots.initial
+            new_slot = None if slots is None else slots.add(tab, leave, params)
+            cand_slot = None if slots is None else torch.cat([sp_slot, new_slot], dim=2)
             if keep == n:
-                sp_idx = cand
-                if sp_phi is not None:
-                    sp_phi = torch.cat([sp_phi, _phi(tab, leave, params, sd)], dim=2)
+                sp_idx, sp_slot = cand, cand_slot
             else:
-                cand_phi = None
-                if fold_on:
-                    if sp_phi is None:
-                        sp_phi = _phi_at(tab, sp_idx, params, sd)
-                    cand_phi = torch.cat([sp_phi, _phi(tab, leave, params, sd)], dim=2)
-                cand_v = take_rows(tab.v, cand)
                 if keep == 0:
-                    idx = cand[:, :, :0]
-                    out_phi, out_v = cand_phi, cand_v
-                    sp_phi = None if cand_phi is None else cand_phi[:, :, :0]
+                    idx, out_idx = cand[:, :, :0], torch.arange(n, device=k.device).view(1, 1, n).expand(b, hs, n)
                 else:
                     sinks = min(cfg.sinks, ws)
-                    cand_pos = tab.pos.gather(2, cand)
-                    ctx = ScoreContext(k=take_rows(tab.k, cand), v=cand_v, pos=cand_pos, phi_k=cand_phi,
+                    ctx = ScoreContext(k=slots.k, v=slots.v, pos=slots.pos, phi_k=slots.phi,
                                        H=H if fold_on else None, s=s if fold_on else None, acc=None, group=g,
                                        eps=cfg.eps, seed=cfg.seed)
-                    scores = params.scorer.score(ctx)
+                    scores = params.scorer.score(ctx).gather(2, cand_slot)      # slot order -> candidate order
                     if sinks:
-                        scores = scores.masked_fill(cand_pos < sinks, float("inf"))
+                        scores = scores.masked_fill(tab.pos.gather(2, cand) < sinks, float("inf"))
                     idx, out_idx = split_topk(scores, keep)
-                    if fold_on:
-                        out_phi = take_rows(cand_phi, expand_heads(out_idx, g))
-                        out_v = take_rows(cand_v, out_idx)
-                        sp_phi = take_rows(cand_phi, expand_heads(idx, g))
+                out_slot = cand_slot.gather(2, out_idx)
                 if fold_on:
-                    H = H + torch.matmul(out_phi.transpose(-1, -2), expand_heads(out_v, g).to(sd))
+                    out_phi = take_rows(slots.phi, expand_heads(out_slot, g))
+                    H = H + torch.matmul(out_phi.transpose(-1, -2), expand_heads(take_rows(slots.v, out_slot), g)
+                                         .to(H.dtype))
                     s = s + out_phi.sum(dim=2)
                     n_folded += n - keep
                 lost += n - keep
-                sp_idx = cand.gather(2, idx)
-                if not fold_on:
-                    sp_phi = None
+                sp_idx, sp_slot = cand.gather(2, idx), cand_slot.gather(2, idx)
+                slots.release(out_slot)
         tab.segments.append(Segment(lo=p, hi=p + seg, ws=ws, sp_idx=sp_idx, H=H, s=s, folded=n_folded > 0,
                                     exact=lost == 0))
         i += seg
     _write_state(state, tab, sp_idx, wlo, H, s, n_folded, start + L)
+    tab.slots, tab.sp_slot = slots, sp_slot
     return tab
+
+
+class Slots:
+    """The candidates' keys, values, positions and phi(k) (fp32, per query head; None under eviction) in fixed
+    slots: a pair leaving the window takes the slot of a pair folded or dropped at an earlier boundary, so a boundary
+    writes the few leaving rows instead of copying the whole cache (phi of 512 pairs x 9 heads x 128 features is
+    2.4 MB), and the scorer reads the buffers where they lie. Slots are in no particular order: the scores are
+    gathered back into candidate (position) order before the selection, so the tie-breaking is the chunk loop's.
+    Every scorer on this path scores each candidate on its own (those reading attention mass, SnapKV's pooling
+    over neighbours among them, keep the loop)."""
+
+    def __init__(self, tab: Table, sp_idx: torch.Tensor, params: LolaParams, sd: torch.dtype):
+        self.k, self.v, self.pos = take_rows(tab.k, sp_idx), take_rows(tab.v, sp_idx), tab.pos.gather(2, sp_idx)
+        self.phi = _phi_at(tab, sp_idx, params, sd) if params.cfg.fold else None
+        b, hs, ns = sp_idx.shape
+        self.initial = torch.arange(ns, device=sp_idx.device).view(1, 1, ns).expand(b, hs, ns)
+        self.free = self.initial[:, :, :0]
+        self.sd = sd
+
+    def release(self, slot: torch.Tensor) -> None:
+        self.free = torch.cat([self.free, slot], dim=2)
+
+    def add(self, tab: Table, leave: torch.Tensor, params: LolaParams) -> torch.Tensor:
+        """Write the table entries ``leave`` (n,) into free slots (growing the buffers if needed); their slots."""
+        b, hs, cap = self.pos.shape
+        n = leave.shape[0]
+        short = n - self.free.shape[2]
+        if short > 0:
+            grow = torch.arange(cap, cap + short, device=leave.device).view(1, 1, short).expand(b, hs, short)
+            self.free = torch.cat([self.free, grow], dim=2)
+            self.k, self.v, self.pos = _grow(self.k, short), _grow(self.v, short), _grow(self.pos, short)
+            self.phi = None if self.phi is None else _grow(self.phi, short)
+            cap += short
+        slot, self.free = self.free[:, :, :n], self.free[:, :, n:]
+        _put(self.k, slot, tab.k[:, :, leave])
+        _put(self.v, slot, tab.v[:, :, leave])
+        _put(self.pos, slot, tab.pos[:, :, leave])
+        if self.phi is not None:
+            _put(self.phi, expand_heads(slot, params.group), _phi(tab, leave, params, self.sd))
+        return slot
+
+
+def _grow(x: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.cat([x, x.new_zeros(*x.shape[:2], n, *x.shape[3:])], dim=2)
+
+
+def _put(x: torch.Tensor, slot: torch.Tensor, rows: torch.Tensor) -> None:
+    """x[b, h, slot[b, h, j]] = rows[b, h, j] (x (B, H, N, ...) contiguous, slot (B, H, n), rows (B, H, n, ...))."""
+    b, h, n_rows = x.shape[:3]
+    flat = slot + (torch.arange(b * h, device=slot.device) * n_rows).view(b, h, 1)
+    x.view(b * h * n_rows, -1).index_copy_(0, flat.reshape(-1), rows.reshape(flat.numel(), -1).to(x.dtype))
 
 
 def _phi(tab: Table, idx: torch.Tensor, params: LolaParams, sd: torch.dtype) -> torch.Tensor:

@@ -2,6 +2,14 @@
 
 Median over ``repeats`` timed runs after one untimed warm-up run per (variant, context). Token ids are
 random (speed does not depend on content).
+
+Decode: ``decode_ms_per_token`` is the mean over the ``decode_tokens`` timed tokens, as they fall. A LoLA token that
+starts a chunk (position a multiple of ``chunk``; the first decoded token after a 4096-token prompt is one) runs the
+chunk-boundary merge, which the other ``chunk - 1`` tokens of the chunk do not: over a few tokens the mean weighs it
+far more than generation does. ``decode_boundary_tokens`` says how many timed tokens per run did, and
+``decode_amortized_ms_per_token`` is the steady-state cost per token, ((chunk - 1) * plain + boundary) / chunk from
+the mean times of the plain and the boundary tokens measured (the plain mean alone when no timed token was a
+boundary; for full attention, the mean).
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ MIB = 1024 * 1024
 
 
 @torch.no_grad()
-def time_variant(model, ctx: int, decode_tokens: int, device: str, seed: int = 0) -> dict:
+def time_variant(model, ctx: int, decode_tokens: int, device: str, seed: int = 0, chunk: int | None = None) -> dict:
+    """One prefill of ``ctx`` random tokens, then ``decode_tokens`` decode steps timed one by one (``chunk``: the
+    LoLA update cadence, None for full attention)."""
     from transformers import DynamicCache
 
     g = torch.Generator().manual_seed(seed + ctx)
@@ -34,31 +44,50 @@ def time_variant(model, ctx: int, decode_tokens: int, device: str, seed: int = 0
         nxt = logits.argmax(-1, keepdim=True)
         _sync(device)
         prefill = time.perf_counter() - t0
-        t1 = time.perf_counter()
+        steps = []
         for _ in range(decode_tokens):
+            t1 = time.perf_counter()
             nxt = model(nxt, cache=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
-        _sync(device)
-        dec = (time.perf_counter() - t1) / max(decode_tokens, 1)
-    return {"prefill_s": prefill, "decode_ms_per_token": dec * 1000 if decode_tokens else float("nan"),
+            _sync(device)
+            steps.append(time.perf_counter() - t1)
+    amortized, n_boundary = amortized_decode(steps, ctx, chunk)
+    return {"prefill_s": prefill, "decode_ms_per_token": statistics.fmean(steps) * 1000 if steps else float("nan"),
+            "decode_amortized_ms_per_token": amortized * 1000, "decode_boundary_tokens": n_boundary,
             "peak_mem_mib": mem.peak / MIB}
+
+
+def amortized_decode(steps: list[float], ctx: int, chunk: int | None) -> tuple[float, int]:
+    """(steady-state time per token, timed tokens that started a chunk) from the times of decode steps at positions
+    ctx, ctx + 1, ... (see the module docstring); NaN when nothing was timed."""
+    boundary = [t for i, t in enumerate(steps) if chunk and (ctx + i) % chunk == 0]
+    plain = [t for i, t in enumerate(steps) if not (chunk and (ctx + i) % chunk == 0)]
+    if not boundary:
+        return (statistics.fmean(plain) if plain else float("nan")), 0
+    if not plain:
+        return statistics.fmean(boundary), len(boundary)
+    return ((chunk - 1) * statistics.fmean(plain) + statistics.fmean(boundary)) / chunk, len(boundary)
 
 
 def run_speed(loaded, variants, ctxs: list[int], *, repeats: int = 3, decode_tokens: int = 16, ckpt=None,
               device_label: str = "cpu", progress=None) -> pd.DataFrame:
     rows = []
     for v in variants:
+        chunk = v.lola.chunk_size if v.lola else None
         with attention_variant(loaded.model, v, ckpt) as used:
             for ctx in ctxs:
                 time_variant(loaded.model, min(ctx, 256), 2, loaded.device)  # warm-up
                 runs = []
                 for r in range(repeats):
-                    runs.append(time_variant(loaded.model, ctx, decode_tokens, loaded.device, seed=r))
+                    runs.append(time_variant(loaded.model, ctx, decode_tokens, loaded.device, seed=r, chunk=chunk))
                     if progress:
                         progress(1, f"{v.mode} ctx={ctx}")
                 rows.append({"model": loaded.spec, **variant_columns(v), "ctx": ctx, "repeats": repeats,
                              "ttft_s": statistics.median(x["prefill_s"] for x in runs),
                              "ttft_min_s": min(x["prefill_s"] for x in runs),
                              "decode_ms_per_token": statistics.median(x["decode_ms_per_token"] for x in runs),
+                             "decode_amortized_ms_per_token": statistics.median(
+                                 x["decode_amortized_ms_per_token"] for x in runs),
+                             "decode_boundary_tokens": runs[0]["decode_boundary_tokens"] if runs else 0,
                              "peak_mem_mib": max(x["peak_mem_mib"] for x in runs),
                              **implementation_columns(v, used()), "device": device_label})
     df = pd.DataFrame(rows)

@@ -110,3 +110,55 @@ def test_prefill_dispatch(monkeypatch):
         assert calls.pop() == want
     with pytest.raises(ValueError, match="attention mass"):
         lola_batched(q, k, v, LolaState(), testing.make_params(LolaConfig(window=4, sparse=3, scorer="attention")))
+
+
+@pytest.mark.parametrize("gqa", ["grouped", "expanded"])
+@pytest.mark.parametrize("kw", [dict(window=8, sparse=5, sinks=2), dict(window=8, sparse=7, chunk=5),
+                                dict(window=8, sparse=5, scorer="key_norm", fold=False)])
+def test_selection_slots_hold_the_sparse_cache(gqa, kw):
+    """The slots the selection pass carries from boundary to boundary (leaving pairs written into freed slots, phi(k)
+    computed once per pair) hold, at the final cache's slots, exactly the final cache's keys, values and positions,
+    and phi(k) equal to phi recomputed from those keys."""
+    from lola_bench.attention.common import take_rows
+    from lola_bench.attention.scorers import expand_heads
+    from lola_bench.attention.selection import select_all
+
+    cfg = LolaConfig(gqa=gqa, **{"feature_map": "hedgehog", **kw})
+    p = testing.make_params(cfg, 6, 2, D, dtype=torch.float64)
+    _, k, v = testing.qkv(97, 6, 2, 2, D, dtype=torch.float64)
+    st, ref = LolaState(), LolaState()
+    batched.ensure_state(st, k, p)
+    tab = select_all(k[:, :, :40], v[:, :, :40], st, p)          # a continuation too: slots made again
+    tab = select_all(k[:, :, 40:], v[:, :, 40:], st, p)
+    lola_chunked_loop(*(testing.qkv(97, 6, 2, 2, D, dtype=torch.float64)[0], k, v), ref, p)
+    assert_same_state(st, ref, 1e-12)
+    sl, slot = tab.slots, tab.sp_slot
+    assert torch.equal(take_rows(sl.k, slot), st.sp_k) and torch.equal(take_rows(sl.v, slot), st.sp_v)
+    assert torch.equal(sl.pos.gather(2, slot), st.sp_pos)
+    if cfg.fold:
+        recomputed = p.feature_map_k(expand_heads(st.sp_k, p.group))
+        testing.assert_close(take_rows(sl.phi, expand_heads(slot, p.group)), recomputed, 1e-14)
+    else:
+        assert sl.phi is None
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_sre_scores_match_the_formula(group):
+    """SRE = || v - phi(k)^T H / (phi(k)^T s + eps) ||, per query head against its storage head's v, averaged over
+    the query heads of a storage head."""
+    from lola_bench.attention.scorers import ScoreContext, make_scorer
+
+    g = torch.Generator().manual_seed(1)
+    hs, n, d, f = 2, 11, 5, 7
+    hq = hs * group
+    phi = torch.rand(2, hq, n, f, generator=g, dtype=torch.float64)
+    H, s = torch.randn(2, hq, f, d, generator=g, dtype=torch.float64), torch.rand(2, hq, f, generator=g,
+                                                                                   dtype=torch.float64)
+    vv = torch.randn(2, hs, n, d, generator=g, dtype=torch.float64)
+    ctx = ScoreContext(k=vv, v=vv, pos=torch.zeros(2, hs, n, dtype=torch.long), phi_k=phi, H=H, s=s, acc=None,
+                       group=group, eps=1e-6, seed=0)
+    want = torch.zeros(2, hs, n, dtype=torch.float64)
+    for h in range(hq):
+        recall = (phi[:, h] @ H[:, h]) / (phi[:, h] @ s[:, h].unsqueeze(-1) + 1e-6)
+        want[:, h // group] += (vv[:, h // group] - recall).norm(dim=-1) / group
+    testing.assert_close(make_scorer("sre").score(ctx), want, 1e-12)
