@@ -341,5 +341,6 @@ def speed(
             "speed": {"ctx": list(ctx), "repeats": repeats, "decode_tokens": decode_tokens}, "lola_checkpoint": ckpt}))
         run.write_table("summary", df, title="Prefill and decode latency")
     print_frame(df, f"Latency on {loaded.source} ({device_label(loaded.device)})",
-                ["attn", "ctx", "ttft_s", "ttft_vs_full", "decode_ms_per_token", "peak_mem_mib", "implementation"])
+                ["attn", "ctx", "ttft_s", "ttft_vs_full", "decode_ms_per_token", "decode_amortized_ms_per_token",
+                 "peak_mem_mib", "implementation"])
     console.print(f"results: {run.path}")

@@ -15,7 +15,9 @@ from .labels import run_variant_label
 KINDS: dict[str, tuple[str, list[str], list[tuple[str, str]], str]] = {
     "speed": ("Prefill and decode latency", ["ctx"],
               [("ttft_s", "TTFT (s, median)"), ("ttft_vs_full", "TTFT / full attention's (same run)"),
-               ("decode_ms_per_token", "decode (ms per token, median)"), ("peak_mem_mib", "peak memory (MiB)")],
+               ("decode_ms_per_token", "decode (ms per token, mean of the timed tokens; median of runs)"),
+               ("decode_amortized_ms_per_token", "decode (ms per token over a whole chunk, merge included)"),
+               ("peak_mem_mib", "peak memory (MiB)")],
               "Medians over each run's --repeats; timings from different machines or loads are not comparable."),
     "perplexity": ("Perplexity", ["text", "seq_len", "max_tokens"],
                    [("perplexity", "perplexity"), ("vs_full", "perplexity / full attention's (same run)")],
