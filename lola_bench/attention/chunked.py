@@ -15,13 +15,29 @@ from .batched import lola_batched
 from .common import LolaParams, append_window, attend, ensure_state, evict_before
 from .state import LolaState
 
+# The batched path keeps one linear state (H, s) per chunk of a call until the call ends: calls are cut into blocks
+# of whole chunks whose states fit this budget (a 32K prompt of an 8B shape would otherwise hold GiBs per layer).
+STATE_BUDGET_BYTES = 256 * 2**20
+
 
 def lola_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
                  params: LolaParams) -> torch.Tensor:
     """LoLA attention for L new tokens continuing ``state`` (updated in place). Returns (B, Hq, L, d)."""
     if params.scorer.needs_attention_mass:
         return lola_chunked_loop(q, k, v, state, params)
-    return lola_batched(q, k, v, state, params)
+    C, total = params.cfg.chunk_size, q.shape[2]
+    per_chunk = q.shape[0] * params.num_heads * params.feature_dim * (params.head_dim + 1) * 4   # one fp32 (H, s)
+    n = max(1, STATE_BUDGET_BYTES // max(per_chunk, 1))          # chunks per block
+    start = state.pos
+    if (start % C) + total <= n * C:
+        return lola_batched(q, k, v, state, params)
+    outs, i = [], 0
+    while i < total:
+        p = start + i
+        seg = min(total - i, (p // C + n) * C - p)                # up to the n-th chunk boundary from here
+        outs.append(lola_batched(q[:, :, i:i + seg], k[:, :, i:i + seg], v[:, :, i:i + seg], state, params))
+        i += seg
+    return torch.cat(outs, dim=2)
 
 
 def lola_chunked_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,

@@ -162,3 +162,30 @@ def test_sre_scores_match_the_formula(group):
         recall = (phi[:, h] @ H[:, h]) / (phi[:, h] @ s[:, h].unsqueeze(-1) + 1e-6)
         want[:, h // group] += (vv[:, h // group] - recall).norm(dim=-1) / group
     testing.assert_close(make_scorer("sre").score(ctx), want, 1e-12)
+
+
+@pytest.mark.parametrize("kw", [CONFIGS[0], CONFIGS[3], CONFIGS[4], CONFIGS[11]])
+@pytest.mark.parametrize("gqa", ["grouped", "expanded"])
+def test_prefill_cut_into_blocks_within_the_state_budget_equals_one_block(monkeypatch, kw, gqa):
+    """lola_chunked cuts a long call into blocks of whole chunks so the per-chunk linear states it holds fit
+    STATE_BUDGET_BYTES; the blocks leave the same outputs and state as one batched call."""
+    cfg = LolaConfig(gqa=gqa, **{"feature_map": "hedgehog", "combine": "calibrated", **kw})
+    p = testing.make_params(cfg, 6, 2, D)
+    q, k, v = testing.qkv(101, 6, 2, 2, D)
+    st_one, st_blocks = LolaState(), LolaState()
+    one = lola_batched(q, k, v, st_one, p)
+    calls = []
+    real = chunked.lola_batched
+
+    def spy(q, k, v, state, params):
+        calls.append((state.pos, q.shape[2]))
+        return real(q, k, v, state, params)
+
+    per_chunk = 2 * 6 * p.feature_dim * (D + 1) * 4
+    monkeypatch.setattr(chunked, "STATE_BUDGET_BYTES", 2 * per_chunk)       # two chunks per block
+    monkeypatch.setattr(chunked, "lola_batched", spy)
+    testing.assert_close(lola_chunked(q, k, v, st_blocks, p), one, 2e-6)
+    assert_same_state(st_blocks, st_one, 2e-6)
+    C = cfg.chunk_size
+    assert len(calls) > 1 and all(n <= 2 * C for _, n in calls)
+    assert all((pos + n) % C == 0 for pos, n in calls[:-1])                # blocks end on chunk boundaries
