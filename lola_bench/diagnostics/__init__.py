@@ -8,4 +8,4 @@ Modules:
   columns  the predictions.jsonl columns, the ``needle_kept`` cell summary, and ``NeedleProbe`` (one generation)
 """
 
-from .columns import KEPT_LAYER_SHARE, KEPT_MIN_HEADS, NeedleProbe, needle_kept_share  # noqa: F401
+from .columns import KEPT_LAYER_SHARE, KEPT_MIN_HEADS, NEEDLE_KINDS, NeedleProbe, needle_kept_share  # noqa: F401

@@ -22,6 +22,7 @@ import torch
 
 from ..attention.common import LolaParams
 from ..attention.state import state_dtype
+from ..meter import unmetered
 from .replay import LeaveRank, replay_ranks
 
 
@@ -104,7 +105,8 @@ class Capture:
         cap = Captured(module=module, hidden=hidden.detach(), position_embeddings=tuple(t.detach() for t in pe),
                        win_pos=st.win_pos, sp_pos=st.sp_pos[0], H=st.H[0], s=st.s[0], n_folded=int(st.n_folded),
                        pos=int(st.pos))
-        self.layers[module.layer_idx] = self.analyse(cap)
+        with unmetered():           # the analysis' allocations are not the model's peak memory
+            self.layers[module.layer_idx] = self.analyse(cap)
         if cuda:
             torch.cuda.synchronize()
         self.seconds += time.perf_counter() - t0

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..attention.state import full_kv_bytes
-from ..diagnostics import NeedleProbe, needle_kept_share
+from ..diagnostics import NEEDLE_KINDS, NeedleProbe, needle_kept_share
 from ..distributed import world
 from ..errors import UserError
 from ..models.checkpoint import checkpoint_label
@@ -140,7 +140,9 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
         def key(task, ctx, _attn=attn):
             return {**(resume_key or {}), "attention": _attn.to_dict(), "task": task, "ctx": ctx,
                     "samples": settings.samples, "seed": settings.seed, "chat_template": chat,
-                    "diagnostics": settings.diagnostics}
+                    # only where they add columns (LoLA layers, a needle task): other cells resume either way
+                    **({"diagnostics": True} if settings.diagnostics and _attn.lola is not None
+                       and TASKS[task].kind in NEEDLE_KINDS else {})}
 
         done = {}
         if store is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import psutil
 import torch
 
+from .. import meter
 from ..models.cache import LolaCache
 from ..models.patch import is_patched, new_cache
 
@@ -29,13 +30,15 @@ class GenResult:
 
 
 class PeakMemory:
-    """Context manager measuring peak memory growth (CUDA allocator or CPU RSS)."""
+    """Context manager measuring peak memory growth (CUDA allocator or CPU RSS). Work wrapped in
+    ``meter.unmetered()`` while it runs does not count (see lola_bench/meter.py)."""
 
     def __init__(self, device: str):
         self.cuda = device.startswith("cuda") and torch.cuda.is_available()
         self.peak = 0
 
     def __enter__(self):
+        self.pre, self.offset, self.paused = 0, 0, False
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -47,21 +50,46 @@ class PeakMemory:
             self.stop = threading.Event()
             self.thread = threading.Thread(target=self._poll, daemon=True)
             self.thread.start()
+        meter.ACTIVE.append(self)
         return self
+
+    def _rss(self) -> int:
+        return self.proc.memory_info().rss - self.offset
 
     def _poll(self):
         while not self.stop.is_set():
-            self.high = max(self.high, self.proc.memory_info().rss)
+            if not self.paused:
+                self.high = max(self.high, self._rss())
             self.stop.wait(0.002)
 
-    def __exit__(self, *exc):
+    def pause(self) -> None:
+        """Stop counting (``meter.unmetered``): keep the peak so far."""
         if self.cuda:
             torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.base
+            self.pre = max(self.pre, torch.cuda.max_memory_allocated())
+        else:
+            self.high = max(self.high, self._rss())
+            self.paused, self.rss_at_pause = True, self.proc.memory_info().rss
+
+    def resume(self) -> None:
+        """Count again, without what the excluded work allocated."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.offset += max(0, self.proc.memory_info().rss - self.rss_at_pause)
+            self.paused = False
+
+    def __exit__(self, *exc):
+        if self in meter.ACTIVE:
+            meter.ACTIVE.remove(self)
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = max(self.pre, torch.cuda.max_memory_allocated()) - self.base
         else:
             self.stop.set()
             self.thread.join()
-            self.high = max(self.high, self.proc.memory_info().rss)
+            self.high = max(self.high, self._rss())
             self.peak = self.high - self.base
         return False
 
