@@ -334,12 +334,16 @@ def launch_sweep(spec: SweepSpec, out_dir: str | os.PathLike, *, launcher: str, 
             _, result.failed_jobs = reconcile(sweep, retry_failed)
             result.failed_jobs = failed + result.failed_jobs
     _write_jobs_table(sweep)
+    before = set(read_sweep_csv(sweep.csv)["cell_id"]) if sweep.csv.exists() else set()
     if sweep.finished():
         result.sweep.frame = sweep.rebuild_csv(order)
     elif sweep.csv.exists():
         result.sweep.frame = read_sweep_csv(sweep.csv)
     done_now = sweep.finished()
-    ran = [c for r in result.submitted for c in r["cells"] if c in done_now]
+    # cells this call submitted and saw finish, and those earlier jobs finished since sweep.csv was last written
+    # (sweep.md is re-rendered for both: jobs that ran without waiting leave the report to the next call)
+    ran = list(dict.fromkeys([c for r in result.submitted for c in r["cells"] if c in done_now]
+                             + [c for c in done_now if c not in before]))
     result.sweep.ran = ran
     result.sweep.failed = [c for c in ran if done_now[c].get("status") != "ok"]
     result.sweep.skipped = len(mine) - len(pending) - len(held)

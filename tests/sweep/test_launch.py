@@ -201,3 +201,15 @@ def test_preemption_is_noted_and_the_task_requeued(tmp_path, monkeypatch):
     assert isinstance(delayed, submitit.helpers.DelayedSubmission) and delayed.args[3] == ["x"]
     [event] = (tmp_path / "jobs" / "events").glob("88_3-*.json")
     assert json.loads(event.read_text())["event"] == "requeued"
+
+
+def test_cells_jobs_finished_since_the_last_call_are_reported_as_ran(tmp_path):
+    """Jobs that ran without waiting (slurm's default) finish after the call that submitted them: the next call
+    counts the cells missing from the old sweep.csv as ran, so sweep.md is re-rendered from them."""
+    out = tmp_path / "s"
+    launch_sweep(SPEC, out, launcher="local", run_cell=Runner(), load_model=fake_load)
+    late = cells(SPEC)[3].cell_id
+    old = pd.read_csv(out / "sweep.csv")
+    old[old["cell_id"] != late].to_csv(out / "sweep.csv", index=False)     # written before that job ended
+    again = launch_sweep(SPEC, out, launcher="local", run_cell=Runner(), load_model=fake_load)
+    assert again.submitted == [] and again.sweep.ran == [late] and len(again.sweep.frame) == 4
