@@ -154,6 +154,21 @@ def test_hub_id_online_loads_the_hub_weights(monkeypatch, reachable):
         assert spec == "smollm2-135m" and "cannot be reached" in note
 
 
+def test_hub_id_under_a_launcher_never_probes(monkeypatch):
+    """Data-parallel ranks probe nothing (one rank's timeout would give it another model than the others): the
+    choice depends only on the cache and HF_HUB_OFFLINE, the same on every rank."""
+    from lola_bench.models import aliases
+
+    monkeypatch.setattr(aliases, "hub_cached", lambda repo: False)
+    monkeypatch.setattr(aliases, "hub_reachable", lambda: pytest.fail("probed under a launcher"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert aliases.resolve_alias("HuggingFaceTB/SmolLM2-135M-Instruct") == ("HuggingFaceTB/SmolLM2-135M-Instruct",
+                                                                            None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert aliases.resolve_alias("HuggingFaceTB/SmolLM2-135M-Instruct")[0] == "smollm2-135m"
+
+
 def test_hub_reachable_probes_the_endpoint(monkeypatch):
     from lola_bench.models import aliases
 

@@ -48,6 +48,8 @@ def resolve_alias(spec: str) -> tuple[str, str | None]:
         return spec, None
     if hub_offline():
         why = "HF_HUB_OFFLINE=1 and it is"
+    elif int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return spec, None       # data-parallel ranks must load one model: no per-rank probe (offline: HF_HUB_OFFLINE=1)
     elif not hub_reachable():
         why = "the hub cannot be reached and it is"
     else:
