@@ -38,13 +38,14 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 BASE_LABEL = "LoLA base (λ=0)"
 # KV eviction (--attn evict) by scorer: the baseline each one is known as
-EVICTION_NAMES = {"sink": "StreamingLLM", "attention": "H2O", "snapkv": "SnapKV", "key_norm": "key-norm",
+EVICTION_NAMES = {"sink": "StreamingLLM", "attention": "H2O-style", "snapkv": "SnapKV-style", "key_norm": "key-norm",
                   "random": "random", "recency": "recency"}
 
 
 def family_label(attn, scorer=None, lam=None) -> str:
     """The variant family a reader can tell apart: full attention, LoLA base (λ=0), LoLA, or eviction with the
-    baseline its scorer makes (StreamingLLM = sinks + window, λ=0 or sink-scored; H2O; SnapKV; key-norm; random)."""
+    baseline its scorer makes (StreamingLLM = sinks + window, λ=0 or sink-scored; H2O-style; SnapKV-style;
+    key-norm; random)."""
     if attn == "full":
         return FULL_LABEL
     if attn == "evict":
@@ -179,7 +180,9 @@ def sweep_markdown(df: pd.DataFrame, plots: list[Path] = ()) -> str:
              (f"> **Note.** {exactness_note(_row_configs(ok))} "
               "η is the sliding window, λ the sparse cache size (pairs); LoLA base = λ=0 (window + linear state only); "
               "eviction keeps the same window and λ pairs and drops the rest (no linear state), named by its scorer: "
-              "StreamingLLM (sinks + window), H2O (attention mass), SnapKV, key-norm, random. "
+              "StreamingLLM (sinks + window), H2O-style (accumulated attention mass), SnapKV-style (attention of the "
+              "last chunk's queries), key-norm, random; every scorer chooses while the prompt is read, at each chunk "
+              "boundary (equal peak memory), not once after a full-attention prefill as published H2O/SnapKV do. "
               "Accuracy is in % (RULER: mean per-sample score; commonsense: lm-eval acc × 100).\n")]
     lola_rows = ok[ok["attn"] != "full"]
     horizon = pd.Series([c.exact_len if c else math.nan for c in _row_configs(lola_rows)], index=lola_rows.index,

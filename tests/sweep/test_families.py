@@ -14,7 +14,7 @@ from lola_bench.sweep import SWEEP_COLUMNS
 
 sp = importlib.import_module("lola_bench.report.sweep_plots")   # the package re-exports a function of that name
 
-EVICTIONS = {"StreamingLLM": ("sink", 0), "H2O": ("attention", 64), "SnapKV": ("snapkv", 64),
+EVICTIONS = {"StreamingLLM": ("sink", 0), "H2O-style": ("attention", 64), "SnapKV-style": ("snapkv", 64),
              "key-norm": ("key_norm", 64), "random": ("random", 64)}
 
 
@@ -40,21 +40,21 @@ def test_family_labels():
     assert family_label("base", None, 0) == family_label("lola", "sre", 0) == "LoLA base (λ=0)"
     assert family_label("lola", "attention", 64) == "LoLA"
     assert family_label("evict", "sink", 0) == family_label("evict", "attention", 0) == "eviction: StreamingLLM"
-    assert family_label("evict", "attention", 64) == "eviction: H2O"
-    assert family_label("evict", "snapkv", 64) == "eviction: SnapKV"
+    assert family_label("evict", "attention", 64) == "eviction: H2O-style"
+    assert family_label("evict", "snapkv", 64) == "eviction: SnapKV-style"
 
 
 def test_sweep_md_names_every_family():
     md = sweep_markdown(family_frame())
     variants = [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| ") and "η=32" not in ln]
-    expected = ["LoLA base (λ=0)", "LoLA λ=64", "eviction: StreamingLLM λ=0", "eviction: H2O λ=64",
-                "eviction: SnapKV λ=64", "eviction: key-norm λ=64", "eviction: random λ=64", "full attention"]
+    expected = ["LoLA base (λ=0)", "LoLA λ=64", "eviction: StreamingLLM λ=0", "eviction: H2O-style λ=64",
+                "eviction: SnapKV-style λ=64", "eviction: key-norm λ=64", "eviction: random λ=64", "full attention"]
     first = variants[:len(expected)]
     assert sorted(first) == sorted(expected)
     assert first[:2] == expected[:2] and first[-1] == "full attention"   # LoLA families first, full last
     # the H2O row holds the evict/attention accuracy, not LoLA's
-    h2o = next(ln for ln in md.splitlines() if ln.startswith("| eviction: H2O λ=64 |"))
-    assert "23.0" in h2o
+    h2o = next(ln for ln in md.splitlines() if ln.startswith("| eviction: H2O-style λ=64 |"))
+    assert f"{20.0 + len('H2O-style')}" in h2o
 
 
 def _legends(monkeypatch, tmp_path):
@@ -77,9 +77,9 @@ def test_plot_legends_name_every_family(monkeypatch, tmp_path):
     for label in ("full attention", "LoLA base (λ=0)", "LoLA, scorer sre", *(f"eviction: {n}" for n in EVICTIONS)):
         assert label in pareto, (label, pareto)
     ctx = seen["accuracy_vs_ctx.png"]       # one panel per family: eviction never drawn in a LoLA panel
-    assert {"LoLA, scorer sre", "eviction: H2O", "eviction: SnapKV"} <= set(ctx)
+    assert {"LoLA, scorer sre", "eviction: H2O-style", "eviction: SnapKV-style"} <= set(ctx)
     lam = seen["ttft_vs_lambda.png"]
-    assert {"LoLA, scorer sre", "eviction: H2O", "eviction: key-norm"} <= set(lam)
+    assert {"LoLA, scorer sre", "eviction: H2O-style", "eviction: key-norm"} <= set(lam)
 
 
 def test_pareto_draws_eviction_with_its_own_markers(monkeypatch, tmp_path):
