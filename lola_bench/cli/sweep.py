@@ -85,6 +85,9 @@ def sweep(
                                                  "sweep over machines; merge with `lola-bench report`).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run cells recorded as failed (OOM/error)."
                                                )] = False,
+    diagnostics: Annotated[bool, typer.Option("--diagnostics/--no-diagnostics", help="Needle diagnostics columns "
+                                              "in ruler cells with LoLA / base / evict variants (see `ruler "
+                                              "--help`); not part of a cell's id.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid, what is done, and an ETA; run "
                                           "nothing.")] = False,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Reuse the cells already finished in --out "
@@ -129,7 +132,7 @@ def sweep(
     spec = SweepSpec(suite=suite, model=model, device=device, dtype=dtype, lola_ckpt=lola_ckpt,
                      lambdas=ints("--lambda", lam), windows=ints("--window", window), ctxs=ints("--ctx", ctx),
                      tasks=strs(task), scorers=strs(scorer),
-                     feature_maps=strs(feature_map) or (None,), full=full, evict=evict,
+                     feature_maps=strs(feature_map) or (None,), full=full, evict=evict, diagnostics=diagnostics,
                      evict_scorers=strs(evict_scorer), samples=samples, seed=seed,
                      budgets_mib=strs(budget_mib),
                      combine=combine, sinks=sinks, gqa=gqa, chunk=chunk, preset=preset, kernels=kernels_flag(),

@@ -106,6 +106,8 @@ class SweepSpec:
     online: bool = False                             # commonsense: lm-eval's official (hub) tasks even with a mirror
     batch_size: int = 1
     budgets_mib: tuple[float, ...] = ()              # equal-memory: lambda per variant and ctx fitted to each budget
+    diagnostics: bool = True                         # ruler: needle diagnostics columns (not hashed: no effect on
+                                                     # accuracy)
 
     def __post_init__(self):
         if self.suite not in SUITES:
@@ -220,6 +222,7 @@ class Cell:
     data_dir: str | None = None      # commonsense: the offline data mirror (None: lm-eval's online tasks)
     batch_size: int = 1
     budgets_mib: tuple[float, ...] = ()  # equal-memory budgets this cell's lambda was chosen for (not hashed)
+    diagnostics: bool = True             # ruler: needle diagnostics columns (not hashed)
 
     @property
     def cell_id(self) -> str:
@@ -354,7 +357,8 @@ def cells(spec: SweepSpec) -> list[Cell]:
                                      samples=spec.samples, seed=spec.seed, chat_template=spec.chat_template,
                                      haystack=haystack)
                     out.append(Cell(len(out), cfg, ckpt, essay_path=essay if t.needs_essay else None,
-                                    qa_path=spec.qa_path if t.kind == "qa" else None, budgets_mib=budgets))
+                                    qa_path=spec.qa_path if t.kind == "qa" else None, budgets_mib=budgets,
+                                    diagnostics=spec.diagnostics))
     else:
         data_dir = _commonsense_data_dir(spec)
         for task in spec.tasks:

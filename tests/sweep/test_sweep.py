@@ -374,3 +374,28 @@ def test_the_store_refuses_a_directory_lola_bench_did_not_write(tmp_path):
     again = FakeRunner()
     run_sweep(SPEC, tmp_path / "new", load_model=fake_loader([]), run_cell=again)
     assert again.ran == []
+
+
+def test_sweep_no_diagnostics_reaches_the_ruler_runner_and_keeps_cell_ids(monkeypatch):
+    """sweep --no-diagnostics: the cells' ids do not change (diagnostics do not change accuracy) and the ruler
+    runner is asked for no diagnostics."""
+    import pandas as pd
+
+    import lola_bench.evals.ruler_bench as rb
+    from lola_bench.sweep.run import default_run_cell
+
+    spec = SweepSpec(model="random:tiny", device="cpu", lambdas=(16,), windows=(16,), ctxs=(256,),
+                     tasks=("passkey",), samples=1, full=False)
+    on, off = cells(spec), cells(replace(spec, diagnostics=False))
+    assert [c.cell_id for c in on] == [c.cell_id for c in off]
+    assert all(c.diagnostics for c in on) and not any(c.diagnostics for c in off)
+    seen = []
+
+    def fake_run(loaded, variants, settings, **kw):
+        seen.append(settings.diagnostics)
+        return SimpleNamespace(summary=pd.DataFrame(), predictions=[], chat_template=False)
+
+    monkeypatch.setattr(rb, "run_ruler", fake_run)
+    for c in (on[0], off[0]):
+        default_run_cell(SimpleNamespace(device="cpu"), c)
+    assert seen == [True, False]
