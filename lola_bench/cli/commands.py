@@ -102,6 +102,11 @@ def ruler(
                                               "on the needle vs the linear memory, and the summary column "
                                               "needle_kept (predictions.jsonl, summary, needle_kept.png). Computed "
                                               "after each generation, outside the timings.")] = True,
+    pin_needle: Annotated[bool, typer.Option("--pin-needle", help="Oracle ablation, not a method: keep the needle's "
+                                             "tokens in every LoLA layer's sparse cache (inside lambda), so that "
+                                             "accuracy shows whether misses come from the selection (pinned "
+                                             "accuracy recovers) or the readout (it does not). Rows say scorer "
+                                             "<scorer>+needle-pin; LoLA runs the torch path.")] = False,
 ):
     """RULER needle-in-a-haystack accuracy with TTFT, decode latency and memory, per attention variant.
 
@@ -129,7 +134,7 @@ def ruler(
     except ValueError as e:
         raise UserError(str(e)) from None
     rs = RulerSettings(tasks=tasks, ctxs=tuple(ctx), samples=samples, seed=seed, essay_path=essay, qa_path=qa_path,
-                       chat_template=chat_template, diagnostics=diagnostics)
+                       chat_template=chat_template, diagnostics=diagnostics, pin_needle=pin_needle)
     validate(rs, 0)                       # flags and haystack data (parsed), before anything is written
     for t, reason in skipped.items():
         err_console.print(f"[yellow]--task all: skipping {t} ({reason})[/]", highlight=False)

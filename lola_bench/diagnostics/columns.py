@@ -27,6 +27,7 @@ from __future__ import annotations
 import statistics
 
 from .needle import Capture, LayerNeedle, analyse_layer, needle_token_positions
+from .oracle import PinNeedle
 
 KEPT_MIN_HEADS = 1       # a needle is exact in a layer when at least this many storage heads hold all of it
 KEPT_LAYER_SHARE = 0.5   # a needle is kept when it is exact in at least this share of the layers (N = 50%)
@@ -103,24 +104,36 @@ class NeedleProbe:
     Each LoLA layer is analysed as soon as its prefill ran (``needle.Capture``); ``probe.seconds`` is the time that
     took, for the caller to take out of the generation's timings. Does nothing (``columns()`` is {}, ``seconds`` 0)
     when ``enabled`` is off, the model has no LoLA layer, the task kind has no needle (``NEEDLE_KINDS``) or the
-    needle cannot be located in the tokens."""
+    needle cannot be located in the tokens.
 
-    def __init__(self, model, tokenizer, sample, kind: str, enabled: bool = True, ranks: bool = True):
+    ``pin=True`` (``ruler --pin-needle``, an oracle ablation: ``oracle.PinNeedle``) also keeps the needle tokens in
+    every layer's sparse cache during the generation, diagnostics on or off; ``pinned`` says whether it could (the
+    needle was found)."""
+
+    def __init__(self, model, tokenizer, sample, kind: str, enabled: bool = True, ranks: bool = True,
+                 pin: bool = False):
         from ..models.patch import lola_modules
 
-        self.modules = lola_modules(model) if enabled and kind in NEEDLE_KINDS else []
+        self.modules = lola_modules(model) if (enabled or pin) and kind in NEEDLE_KINDS else []
         self.positions = needle_token_positions(sample.prompt, sample.input_ids, sample.answers, tokenizer) \
             if self.modules else None
         self.tokens = sorted({p for occs in self.positions or [] for occ in occs for p in occ})
-        self.ranks = ranks
+        self.ranks, self.enabled = ranks, enabled
         self._cap: Capture | None = None
+        self._pin = PinNeedle(self.modules, self.tokens) if pin and self.tokens else None
+
+    @property
+    def pinned(self) -> bool:
+        return self._pin is not None
 
     @property
     def seconds(self) -> float:
         return self._cap.seconds if self._cap is not None else 0.0
 
     def __enter__(self):
-        if self.positions:
+        if self._pin is not None:
+            self._pin.__enter__()
+        if self.positions and self.enabled:
             self._cap = Capture(self.modules, lambda c: analyse_layer(c, self.tokens, ranks=self.ranks))
             self._cap.__enter__()
         return self
@@ -128,6 +141,8 @@ class NeedleProbe:
     def __exit__(self, *exc):
         if self._cap is not None:
             self._cap.__exit__(*exc)
+        if self._pin is not None:
+            self._pin.__exit__(*exc)
         return False
 
     def columns(self) -> dict:

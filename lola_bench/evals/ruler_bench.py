@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..attention.state import full_kv_bytes
 from ..diagnostics import NEEDLE_KINDS, NeedleProbe, needle_kept_share
+from ..diagnostics.oracle import PIN_SUFFIX
 from ..distributed import world
 from ..errors import UserError
 from ..models.checkpoint import checkpoint_label
@@ -39,6 +40,7 @@ class RulerSettings:
     chat_template: bool | None = None   # None = automatic (instruct models)
     warmup: bool = True
     diagnostics: bool = True            # needle diagnostics columns for LoLA variants on needle tasks (diagnostics/)
+    pin_needle: bool = False            # oracle ablation: needle tokens kept exact in every layer (diagnostics/oracle)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -87,6 +89,9 @@ def validate(settings: RulerSettings, max_context: int) -> None:
         reason = task_unavailable_reason(task, essay_path=settings.essay_path, qa_path=settings.qa_path)
         if reason:
             raise UserError(f"task {task} unavailable: {reason}")
+    if settings.pin_needle and not any(TASKS[t].kind in NEEDLE_KINDS for t in settings.tasks):
+        raise UserError("--pin-needle keeps a needle exact: it needs a needle task (niah_*, passkey), got "
+                        + ", ".join(settings.tasks))
 
 
 def _raise_bad_pairs(bad: list[tuple[str, int, str]]) -> None:
@@ -142,7 +147,8 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
                     "samples": settings.samples, "seed": settings.seed, "chat_template": chat,
                     # only where they add columns (LoLA layers, a needle task): other cells resume either way
                     **({"diagnostics": True} if settings.diagnostics and _attn.lola is not None
-                       and TASKS[task].kind in NEEDLE_KINDS else {})}
+                       and TASKS[task].kind in NEEDLE_KINDS else {}),
+                    **({"pin_needle": True} if _pinned(settings, _attn, task) else {})}
 
         done = {}
         if store is not None:
@@ -180,6 +186,11 @@ def describe_variants(variants: list[AttentionSettings]) -> list[str]:
             for v in variants]
 
 
+def _pinned(settings: RulerSettings, attn: AttentionSettings, task: str) -> bool:
+    """Whether this cell runs with the needle oracle (``--pin-needle``: LoLA layers, a needle task)."""
+    return settings.pin_needle and attn.lola is not None and TASKS[task].kind in NEEDLE_KINDS
+
+
 def _cell_name(attn: AttentionSettings, task: str, ctx: int) -> str:
     return f"ruler-{attn.mode}-{task}-{ctx}"
 
@@ -202,7 +213,8 @@ def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: Ruler
         for s in w.shard(items):                # all of them in a single process
             if progress:
                 progress(0, f"{attn.mode} {task} ctx={ctx} #{s.index + 1}/{len(items)}")
-            with NeedleProbe(model, tok, s, TASKS[task].kind, enabled=settings.diagnostics) as probe:
+            pin = _pinned(settings, attn, task)
+            with NeedleProbe(model, tok, s, TASKS[task].kind, enabled=settings.diagnostics, pin=pin) as probe:
                 r = greedy_generate(model, torch.tensor([s.input_ids]), s.max_new_tokens, eos, loaded.device)
             r.ttft_s -= probe.seconds    # the diagnostics ran inside the prefill (in its layer hooks): not TTFT
             text = tok.decode(r.tokens, skip_special_tokens=True)
@@ -211,6 +223,9 @@ def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: Ruler
                     "seed": s.seed, "n_prompt_tokens": s.n_prompt_tokens, "n_generated": len(r.tokens),
                     "answer": list(s.answers), "prediction": text, "score": score,
                     "ttft_s": r.ttft_s, "decode_s_per_token": r.decode_s_per_token, **probe.columns()}
+            if pin:
+                pred["scorer"] = f"{pred['scorer']}{PIN_SUFFIX}"
+                pred["needle_pinned"] = probe.pinned
             if w.parallel:
                 pred["rank"] = w.rank
             local.append((s.index, r, score, pred))
@@ -237,7 +252,10 @@ def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: Ruler
         cache = statistics.mean(sum(t.values()) for t in tiers) / MIB
         accuracy = statistics.mean(sc for _, _, sc in results)
         low, high = wilson_interval(accuracy / 100 * len(results), len(results))
-        row = to_jsonable({"model": loaded.spec, **variant_columns(attn), "task": task, "ctx": ctx, "n": len(results),
+        cols = variant_columns(attn)
+        if _pinned(settings, attn, task):
+            cols["scorer"] = f"{cols['scorer']}{PIN_SUFFIX}"
+        row = to_jsonable({"model": loaded.spec, **cols, "task": task, "ctx": ctx, "n": len(results),
                      "accuracy": accuracy, "accuracy_ci_low": 100 * low, "accuracy_ci_high": 100 * high,
                      "ttft_s": statistics.median(r.ttft_s for _, r, _ in results),
                      "decode_ms_per_token": statistics.median(dec) * 1000 if dec else float("nan"),

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Issue 21: why LoLA misses needles in real prose, and what helps. Each variant of LoLA (shipped checkpoint, eta = 64,
+# lambda = 512 unless it says otherwise) runs RULER niah_single_2 (Paul Graham essay haystack) at 2K and 4K with
+# n = 20 and the needle diagnostics; the variants that change the model's attention in general also run passkey at
+# 4K (n = 10) and WikiText-2 perplexity (seq 4096, 8192 tokens). The noise haystack (niah_single_1) runs the default
+# LoLA with the same diagnostics. Every run directory is resumable: rerun to continue. Then the tables:
+#   <OUT>/table (accuracy, lola-bench report over the RULER runs), <OUT>/perplexity (lola-bench report).
+#   scripts/needle_ablation.sh [OUT] [VARIANT...]     (default OUT results/ruler/niah_single_2-ablations)
+# The default LoLA row is results/ruler/niah_single_2-diagnostics (same settings; full and base are there too).
+set -euo pipefail
+OUT=${1:-results/ruler/niah_single_2-ablations}
+shift || true
+declare -A FLAGS=(
+  [pinned-needle]="--pin-needle"             # oracle: the needle exact in every layer (selection vs readout)
+  [noise-haystack]=""                         # the default LoLA on niah_single_1 (noise haystack), same diagnostics
+  [per-query-head]="--gqa expanded"           # selection per query head instead of per KV head
+  [lambda-1024]="--lambda 1024"               # twice the sparse cache
+  [combine-lola]="--combine lola"             # the authors' combine formula instead of the checkpoint's calibrated
+  [scorer-attention]="--scorer attention"     # accumulated attention mass (H2O-style) instead of SRE
+  [sinks-0]="--sinks 0"                       # no attention sinks (the checkpoint was trained with 4)
+)
+ORDER=(pinned-needle noise-haystack per-query-head lambda-1024 combine-lola scorer-attention sinks-0)
+[ $# -gt 0 ] && ORDER=("$@")
+for name in "${ORDER[@]}"; do
+  flags=${FLAGS[$name]?unknown variant $name}
+  task=niah_single_2
+  [ "$name" = noise-haystack ] && task=niah_single_1
+  # a finished run directory (summary.csv written) is skipped; an interrupted one resumes
+  # shellcheck disable=SC2086
+  [ -f "$OUT/$name/summary.csv" ] ||
+    lola-bench ruler --task "$task" --ctx 2048,4096 --samples 20 --attn lola $flags --out "$OUT/$name"
+  case $name in pinned-needle|noise-haystack) continue ;; esac
+  # shellcheck disable=SC2086
+  [ -f "$OUT/$name-passkey/summary.csv" ] ||
+    lola-bench ruler --task passkey --ctx 4096 --samples 10 --attn lola $flags --out "$OUT/$name-passkey"
+  # shellcheck disable=SC2086
+  [ -f "$OUT/$name-perplexity/summary.csv" ] ||
+    lola-bench perplexity --seq-len 4096 --max-tokens 8192 --attn lola $flags --out "$OUT/$name-perplexity"
+done
+runs=(results/ruler/niah_single_2-diagnostics)
+ppl=(results/perplexity/smollm2-135m-sinks4-4k)
+for name in "${!FLAGS[@]}"; do
+  [ -f "$OUT/$name/summary.csv" ] && runs+=("$OUT/$name")
+  [ -f "$OUT/$name-passkey/summary.csv" ] && runs+=("$OUT/$name-passkey")
+  [ -f "$OUT/$name-perplexity/summary.csv" ] && ppl+=("$OUT/$name-perplexity")
+done
+lola-bench report "${runs[@]}" --out "$OUT/table"
+lola-bench report "${ppl[@]}" --out "$OUT/perplexity"
