@@ -68,3 +68,30 @@ def test_report_refuses_mixed_run_kinds(tmp_path):
     (c / "config.json").write_text(json.dumps({"command": "commonsense", "provenance": {}}))
     r = CliRunner().invoke(app, ["report", str(a), str(c), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "different kinds" in r.output
+
+
+def test_report_names_the_settings_that_differ_and_shows_needle_kept(tmp_path):
+    cols = ["model", "attn", "window", "lambda", "scorer", "gqa", "sinks", "task", "ctx", "n", "accuracy",
+            "needle_kept"]
+
+    def run(name, rows):
+        d = tmp_path / name
+        d.mkdir()
+        pd.DataFrame(rows, columns=cols).to_csv(d / "summary.csv", index=False)
+        (d / "config.json").write_text(json.dumps({"command": "ruler", "provenance": {}}))
+        return d
+
+    a = run("default", [["m", "full", None, None, None, None, None, "niah_single_2", 4096, 20, 100.0, None],
+                        ["m", "lola", 64, 512, "sre", "grouped", 4, "niah_single_2", 4096, 20, 30.0, 5.0]])
+    b = run("per-query-head", [["m", "lola", 64, 512, "sre", "expanded", 4, "niah_single_2", 4096, 20, 45.0, 25.0]])
+    out = tmp_path / "cmp"
+    r = CliRunner().invoke(app, ["report", str(a), str(b), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    md = (out / "comparison.md").read_text()
+    assert "default: lola (η=64, λ=512, grouped)" in md and "per-query-head: lola (η=64, λ=512, expanded)" in md
+    assert "sre" not in md.split("## One row")[0]          # same scorer everywhere: not named
+    by_run = md.split("## One row per run and variant")[1]
+    assert "| per-query-head | lola (η=64, λ=512, expanded) | 45 [" in by_run and "; kept 25%" in by_run
+    assert "| default | full | 100 [" in by_run
+    long = pd.read_csv(out / "comparison.csv")
+    assert long.set_index("run").loc["per-query-head", "needle_kept"] == 25.0
