@@ -18,8 +18,11 @@ declare -A FLAGS=(
   [combine-lola]="--combine lola"             # the authors' combine formula instead of the checkpoint's calibrated
   [scorer-attention]="--scorer attention"     # accumulated attention mass (H2O-style) instead of SRE
   [sinks-0]="--sinks 0"                       # no attention sinks (the checkpoint was trained with 4)
+  [sre-relative]="--scorer sre_relative"      # SRE / ||v||: recall error relative to the value's size
+  [scorer-snapkv]="--scorer snapkv"           # mass from the last chunk's queries (SnapKV-style) instead of SRE
 )
-ORDER=(pinned-needle noise-haystack per-query-head lambda-1024 combine-lola scorer-attention sinks-0)
+ORDER=(pinned-needle noise-haystack per-query-head lambda-1024 sre-relative scorer-snapkv combine-lola
+       scorer-attention sinks-0)
 [ $# -gt 0 ] && ORDER=("$@")
 for name in "${ORDER[@]}"; do
   flags=${FLAGS[$name]?unknown variant $name}

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 from ..errors import UserError
 
 FEATURE_MAPS = ("hedgehog", "hedgehog-identity", "elu", "relu", "taylor")
-SCORERS = ("sre", "random", "key_norm", "attention", "recency", "sink", "snapkv")
+SCORERS = ("sre", "sre_relative", "random", "key_norm", "attention", "recency", "sink", "snapkv")
+STATE_SCORERS = ("sre", "sre_relative")   # score against the linear state: LoLA only, never eviction
 COMBINES = ("lola", "calibrated", "lolcats", "gated", "normalized")
 GQA_MODES = ("grouped", "expanded")
 
@@ -67,8 +68,9 @@ class LolaConfig:
             raise UserError(f"sinks must be an integer >= 0, got {self.sinks!r}")
         if not isinstance(self.fold, bool):
             raise UserError(f"fold must be True or False, got {self.fold!r}")
-        if not self.fold and self.scorer == "sre":
-            raise UserError("scorer 'sre' (self-recall error against the linear state) is meaningless for eviction, "
+        if not self.fold and self.scorer in STATE_SCORERS:
+            raise UserError(f"scorer {self.scorer!r} (self-recall error against the linear state) is meaningless for "
+                            "eviction, "
                             "which has no linear state: choose random, key_norm, attention, recency, sink or snapkv")
         if self.eps <= 0:
             raise UserError(f"eps must be > 0, got {self.eps!r}")

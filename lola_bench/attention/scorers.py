@@ -65,6 +65,23 @@ class SelfRecallError(Scorer):
         return err.mean(dim=2)
 
 
+class RelativeSelfRecallError(SelfRecallError):
+    """SRE relative to the value's size: || v - phi(k)^T H / (phi(k)^T s + eps) || / (|| v || + eps), per query head,
+    averaged over the query heads of a storage head. An ablation (not the authors' formula): plain SRE favours pairs
+    with large values, whatever their content; the relative error asks only how badly the state recalls this one.
+    Scaling every value (and so H) by c leaves it unchanged, where SRE scales by c."""
+
+    name = "sre_relative"
+
+    def score(self, ctx):
+        num_den = torch.matmul(ctx.phi_k, torch.cat([ctx.H, ctx.s.unsqueeze(-1)], dim=-1))
+        b, hq, n, _ = num_den.shape
+        recall = num_den[..., :-1] / (num_den[..., -1:] + ctx.eps)
+        v = ctx.v.unsqueeze(2)
+        err = recall.view(b, hq // ctx.group, ctx.group, n, -1).sub_(v).norm(dim=-1)
+        return (err / (v.norm(dim=-1) + ctx.eps)).mean(dim=2)
+
+
 class RandomScore(Scorer):
     """A fixed pseudo-random score per (position, head): reproducible and cadence-independent."""
 
@@ -137,7 +154,8 @@ class SnapKV(Scorer):
         return pooled.view(b, h, n)
 
 
-_SCORERS = {c.name: c for c in (SelfRecallError, RandomScore, KeyNorm, AttentionMass, Recency, Sink, SnapKV)}
+_SCORERS = {c.name: c for c in (SelfRecallError, RelativeSelfRecallError, RandomScore, KeyNorm, AttentionMass, Recency,
+                                Sink, SnapKV)}
 
 
 def make_scorer(name: str) -> Scorer:

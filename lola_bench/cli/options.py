@@ -93,8 +93,8 @@ _SHARED = [  # (name, annotation, default)
     ("lam", Annotated[Optional[int], typer.Option("--lambda", help="lambda: sparse global cache size (pairs kept by "
                                                   "the scorer). Default: the preset's, else 512.")], None),
     ("scorer", Annotated[Scorer, typer.Option("--scorer", help="Which evicted pairs stay cached: sre (self-recall "
-                                           "error, default), random, key_norm, attention, recency, sink, "
-                                           "snapkv.")], "sre"),
+                                           "error, default), sre_relative (SRE / ||v||, an ablation), random, "
+                                           "key_norm, attention, recency, sink, snapkv.")], "sre"),
     ("feature_map", Annotated[Optional[FeatureMap], typer.Option("--feature-map", help="phi for the linear state: "
                                                           "hedgehog "
                                                           "(learned; default when a checkpoint is available), "

@@ -19,7 +19,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..attention.config import FEATURE_MAPS, SCORERS
+from ..attention.config import FEATURE_MAPS, SCORERS, STATE_SCORERS
 from ..errors import UserError
 from ..paths import data_dir, results_dir
 from ..records import cell_hash, fingerprint, to_jsonable
@@ -129,8 +129,9 @@ class SweepSpec:
             raise UserError("--scorer and --feature-map need at least one value each")
         if self.suite == "ruler" and not self.ctxs:
             raise UserError("--ctx needs at least one value")
-        if "sre" in self.evict_scorers:
-            raise UserError("--evict-scorer sre: eviction has no linear state to score against (choose sink, "
+        bad = [s for s in self.evict_scorers if s in STATE_SCORERS]
+        if bad:
+            raise UserError(f"--evict-scorer {bad[0]}: eviction has no linear state to score against (choose sink, "
                             "attention, snapkv, key_norm, random or recency)")
         if self.evict_scorers and not self.evict:
             object.__setattr__(self, "evict", True)    # --evict-scorer implies --evict
@@ -166,7 +167,7 @@ class SweepSpec:
 
     def eviction_scorers(self) -> tuple[str, ...]:
         """The scorers of the eviction cells: ``evict_scorers``, else ``scorers`` without sre."""
-        return self.evict_scorers or tuple(s for s in self.scorers if s != "sre")
+        return self.evict_scorers or tuple(s for s in self.scorers if s not in STATE_SCORERS)
 
     def to_dict(self) -> dict:
         return to_jsonable(asdict(self))
