@@ -57,6 +57,13 @@ def sweep(
                                                     "eviction cells (implies --evict; default: --scorer's, sre "
                                                     "excepted), e.g. --scorer sre --evict-scorer sink,attention,"
                                                     "snapkv,key_norm.")] = [],
+    evict_at: Annotated[list[str], typer.Option("--evict-at", metavar=NAMES, help="When the eviction cells choose "
+                                                "(an axis: one cell per value): boundary (default; every chunk "
+                                                "boundary while the prompt is read: H2O-style / SnapKV-style) and / or "
+                                                "prompt_end (full-attention prefill, then one compression: the "
+                                                "published SnapKV / H2O; ruler only). --budget-mib sizes both by the "
+                                                "cache held after the prompt; prompt_end's peak memory during the "
+                                                "prefill is the full KV cache.")] = ["boundary"],
     budget_mib: Annotated[list[str], typer.Option("--budget-mib", metavar="MIB[,MIB...]", help="Equal-memory "
                                                   "comparison (ruler): per --ctx, each LoLA / eviction family gets the "
                                                   "largest lambda whose cache bytes fit each budget (replaces the "
@@ -133,7 +140,7 @@ def sweep(
                      lambdas=ints("--lambda", lam), windows=ints("--window", window), ctxs=ints("--ctx", ctx),
                      tasks=strs(task), scorers=strs(scorer),
                      feature_maps=strs(feature_map) or (None,), full=full, evict=evict, diagnostics=diagnostics,
-                     evict_scorers=strs(evict_scorer), samples=samples, seed=seed,
+                     evict_scorers=strs(evict_scorer), evict_at=strs(evict_at), samples=samples, seed=seed,
                      budgets_mib=strs(budget_mib),
                      combine=combine, sinks=sinks, gqa=gqa, chunk=chunk, preset=preset, kernels=kernels_flag(),
                      essay_path=default_essay_path(essay_path),
