@@ -168,7 +168,8 @@ def sweep(
         raise UserError(f"--no-resume: {out_dir} already holds {plan.attrs['done']} finished cell(s) of this grid "
                         "and a sweep never deletes them; pass a new --out to start over (or drop --no-resume)")
     if dry_run:
-        keep = [c for c in ["index", "cell_id", "attn", "window", "lambda", "scorer", "feature_map", "task", "ctx",
+        keep = [c for c in ["index", "cell_id", "attn", "window", "lambda", "scorer", "feature_map",
+                            *(["evict_at"] if spec.evict_at != ("boundary",) else []), "task", "ctx",
                             *(["budget_mib"] if spec.budgets_mib else []), "status", "eta_s"] if c in plan.columns]
         print_frame(plan, f"sweep {out_dir}: {plan.attrs['done']}/{plan.attrs['total']} done, "
                      f"ETA {format_eta(plan.attrs['eta_s'])}", keep)
@@ -184,8 +185,9 @@ def sweep(
                         "cells and sweep.csv; `lola-bench report` renders it again)") from None
     console.print(f"ran {len(res.ran)} cell(s) ({len(res.failed)} failed), {res.skipped} already done")
     if not res.frame.empty:
-        cols = [c for c in ["attn", "window", "lambda", "scorer", "task", "ctx", "accuracy", "ttft_s", "cache_mib",
-                            "status"] if c in res.frame.columns]
+        cols = [c for c in ["attn", "window", "lambda", "scorer", "evict_at", "task", "ctx", "accuracy", "ttft_s",
+                            "cache_mib", "status"] if c in res.frame.columns
+                and (c != "evict_at" or res.frame[c].notna().any())]
         print_frame(res.frame, f"sweep {res.out_dir}", cols)
     console.print(f"results: {res.out_dir}")
 
