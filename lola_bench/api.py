@@ -67,7 +67,7 @@ def load(model: str = "smollm2-135m", attn: str = "lola", *, window: int | None 
 
     ``lola_ckpt``: None = the shipped checkpoint for the embedded model (if the feature map needs one), a path /
     hf:// spec, or "none" to run training-free without a warning. ``lola_flags``: the other LoLA settings
-    (scorer, feature_map, combine, sinks, gqa, chunk, seed), as the CLI flags of the same names."""
+    (scorer, feature_map, combine, sinks, gqa, chunk, seed, evict_at), as the CLI flags of the same names."""
     from .models.aliases import resolve_alias
     from .models.checkpoint import shipped_checkpoint
     from .models.loading import load_model

@@ -12,7 +12,15 @@ from .errors import UserError
 from .paths import results_dir
 from .provenance import provenance, threads_in_force
 from .records import RunDir
-from .settings import ATTN_MODES, AttentionSettings, LolaFlags, ModelSettings, check_kernels, lola_config_and_sources
+from .settings import (
+    ATTN_MODES,
+    AttentionSettings,
+    LolaFlags,
+    ModelSettings,
+    check_evict_at,
+    check_kernels,
+    lola_config_and_sources,
+)
 
 
 def default_run_dir(command: str, model: str) -> Path:
@@ -32,6 +40,7 @@ def resolve_variants(modes, flags: LolaFlags, model: ModelSettings,
     for m in modes:
         if m not in ATTN_MODES:
             raise UserError(f"unknown --attn {m!r}: choose {', '.join(ATTN_MODES)}")
+    evict_at = check_evict_at(flags.evict_at, modes)
     if all(m in ("full", "evict") for m in modes):  # eviction has no feature map: no checkpoint to resolve
         ckpt, fmap = None, flags.feature_map or "hedgehog-identity"
     else:
@@ -41,13 +50,24 @@ def resolve_variants(modes, flags: LolaFlags, model: ModelSettings,
 
         check_weights(fmap, ckpt)
     cfg, origin = lola_config_and_sources(flags, fmap, read_meta(ckpt) if ckpt else None, ckpt)
-    return ckpt, [AttentionSettings.build(m, cfg, check_kernels(kernels), origin) for m in dict.fromkeys(modes)]
+    return ckpt, [AttentionSettings.build(m, cfg, check_kernels(kernels), origin, evict_at)
+                  for m in dict.fromkeys(modes)]
+
+
+# Commands that score every token inside one forward call (no generation after a prompt): there, eviction after the
+# prompt (--evict-at prompt_end) would never evict, every evict variant would be full attention.
+NO_PROMPT_END = ("perplexity", "commonsense")
 
 
 def plan_run(opts):
     """Resolve the variants (flags + checkpoint metadata) and claim the run directory, before any model work.
     ``opts``: a cli.options.RunOptions. Returns (checkpoint or None, variants, RunDir)."""
     from .models.loading import resolve_device
+
+    if opts.command in NO_PROMPT_END and opts.lola.evict_at == "prompt_end":
+        raise UserError(f"--evict-at prompt_end compresses the cache after the prompt, but {opts.command} scores "
+                        "every token inside one forward call, so eviction would never happen (full attention): use "
+                        "--evict-at boundary")
 
     ckpt, variants = resolve_variants(opts.attn, opts.lola, opts.model, opts.kernels)
     resolve_device(opts.model.device)    # under a launcher: each rank's device, before the first collective call

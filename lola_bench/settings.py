@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from .attention.config import LolaConfig
+from .attention.config import EVICT_AT, LolaConfig
 from .errors import UserError
 
 ATTN_MODES = ("full", "base", "lola", "evict")
@@ -38,7 +38,8 @@ def check_kernels(kernels: str) -> str:
 class AttentionSettings:
     """One attention variant under test: full softmax, base (window + linear, lambda = 0), LoLA, or evict (KV
     eviction: LoLA's window and scored sparse cache on the unmodified model, pairs that leave are dropped; no feature
-    map, no checkpoint: ``LolaConfig.fold`` off).
+    map, no checkpoint: ``LolaConfig.fold`` off; ``LolaConfig.evict_at`` says whether it chooses at every chunk
+    boundary or once, after a full-attention prefill).
 
     ``kernels`` is the LoLA implementation asked for: ``auto`` (Triton kernels on CUDA when available, the torch
     path elsewhere), ``torch``, or ``triton`` (wherever Triton runs, e.g. TRITON_INTERPRET=1 on CPU; configurations
@@ -59,13 +60,15 @@ class AttentionSettings:
         check_kernels(self.kernels)
 
     @classmethod
-    def build(cls, mode: str, lola: LolaConfig, kernels: str = "auto", origin: str = "") -> AttentionSettings:
+    def build(cls, mode: str, lola: LolaConfig, kernels: str = "auto", origin: str = "",
+              evict_at: str = "boundary") -> AttentionSettings:
+        """The variant ``mode`` of the resolved LoLA config ``lola``; ``evict_at`` applies to ``evict`` only."""
         if mode == "full":
             return cls("full", None, kernels)
         if mode == "base":
             return cls("base", replace(lola, sparse=0), kernels, origin)
         if mode == "evict":
-            return cls("evict", replace(lola, fold=False), kernels, origin)
+            return cls("evict", replace(lola, fold=False, evict_at=evict_at), kernels, origin)
         return cls(mode, lola, kernels, origin)
 
     def to_dict(self) -> dict:
@@ -113,6 +116,17 @@ class LolaFlags:
     chunk: int | None = None
     seed: int = 0
     preset: str | None = None
+    evict_at: str = "boundary"       # --attn evict only: boundary | prompt_end (LolaConfig.evict_at)
+
+
+def check_evict_at(value: str, modes) -> str:
+    """``--evict-at``: a known value, and prompt_end only where an ``evict`` variant runs (UserError otherwise)."""
+    if value not in EVICT_AT:
+        raise UserError(f"unknown --evict-at {value!r}: choose {' or '.join(EVICT_AT)}")
+    if value != "boundary" and "evict" not in modes:
+        raise UserError(f"--evict-at {value} applies to --attn evict only (LoLA and its base fold at every chunk "
+                        "boundary): add evict to --attn or drop the flag")
+    return value
 
 
 def check_preset(name: str | None) -> dict:
@@ -181,15 +195,17 @@ def lola_config_and_sources(flags: LolaFlags, feature_map: str, meta: dict | Non
     return cfg, origin
 
 
-VARIANT_COLUMNS = ("attn", "window", "lambda", "sinks", "scorer", "feature_map")
+VARIANT_COLUMNS = ("attn", "window", "lambda", "sinks", "scorer", "feature_map", "evict_at")
 
 
 def variant_columns(attn: AttentionSettings) -> dict:
-    """The columns that say which variant produced a result row (empty for full attention)."""
+    """The columns that say which variant produced a result row (empty for full attention; ``evict_at`` for
+    eviction only)."""
     c = attn.lola
     return {"attn": attn.mode, "window": c.window if c else None, "lambda": c.sparse if c else None,
             "sinks": c.sinks if c else None, "scorer": c.scorer if c else None,
-            "feature_map": c.feature_map if c and c.fold else None}
+            "feature_map": c.feature_map if c and c.fold else None,
+            "evict_at": c.evict_at if c and not c.fold else None}
 
 
 def implementation_columns(attn: AttentionSettings, used: str | None) -> dict:

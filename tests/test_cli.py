@@ -133,6 +133,32 @@ def test_ruler_evict_runs_as_streamingllm_and_refuses_sre(tmp_path):
     assert r.exit_code == 2 and "sre" in r.output and "Traceback" not in r.output and not bad.exists()
 
 
+def test_ruler_evict_at_prompt_end(tmp_path):
+    """--evict-at prompt_end: the row and config.json say so, the cache reported is the compressed one (the same as
+    boundary mode's after generation), and the flag is refused in one line, before anything is written, without an
+    evict variant and for perplexity (which would be full attention)."""
+    rows = {}
+    for at in ("boundary", "prompt_end"):
+        out = tmp_path / at
+        r = run("ruler", "--model", "random:tiny", "--attn", "evict", "--scorer", "snapkv", "--evict-at", at,
+                "--window", "32", "--lambda", "64", "--ctx", "512", "--task", "passkey", "--samples", "1",
+                "--out", str(out))
+        assert r.exit_code == 0, r.output
+        rows[at] = pd.read_csv(out / "summary.csv").iloc[0]
+        lola = json.loads((out / "config.json").read_text())["attention"][0]["lola"]
+        assert lola.get("evict_at", "boundary") == at and ("evict_at" in lola) == (at == "prompt_end")
+    assert rows["prompt_end"]["evict_at"] == "prompt_end" and rows["boundary"]["evict_at"] == "boundary"
+    for tier in ("window_mib", "sparse_mib", "cache_mib"):
+        assert rows["prompt_end"][tier] == rows["boundary"][tier] > 0, tier
+    assert rows["prompt_end"]["cache_mib"] < rows["prompt_end"]["full_kv_mib"]
+    for args in (("ruler", "--attn", "full,lola", "--ctx", "512"), ("perplexity", "--attn", "evict")):
+        bad = tmp_path / "bad"
+        r = run(*args[:1], "--model", "random:tiny", "--scorer", "sink", "--evict-at", "prompt_end", *args[1:],
+                "--out", str(bad))
+        assert r.exit_code == 2 and "--evict-at" in r.output and "Traceback" not in r.output, r.output
+        assert not bad.exists()
+
+
 def test_evict_never_resolves_or_applies_a_checkpoint():
     from lola_bench.models.loading import random_model
     from lola_bench.models.variants import apply_attention

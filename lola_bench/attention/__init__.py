@@ -3,7 +3,8 @@
 Modules:
   config        LolaConfig, the frozen description of one LoLA setting
   feature_maps  phi(.) for the linear part (hedgehog, hedgehog-identity, elu, relu, taylor)
-  scorers       which evicted pairs stay in the sparse cache (sre, random, key_norm, attention, recency, sink)
+  scorers       which evicted pairs stay in the sparse cache (sre, random, key_norm, attention, recency, sink, snapkv)
+  prompt_end    eviction after a full-attention prefill (evict_at = prompt_end): SDPA, mass, one compression
   state         LolaState (per layer) and cache byte accounting
   common        primitives shared by every path: eviction/merge, block attention, the combine formula
   reference     quadratic, mask-based specification (never calls a fast path)

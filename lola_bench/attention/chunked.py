@@ -1,7 +1,9 @@
 """Chunked prefill: process any block of new tokens, one chunk-aligned segment at a time.
 
 ``lola_chunked`` is the prefill the model runs: the batched path (``batched.lola_batched``: selection pass, then the
-attention of many chunks at once) for every scorer that reads no attention mass, else the chunk loop.
+attention of many chunks at once) for every scorer that reads no attention mass, else the chunk loop; under eviction
+with ``evict_at = prompt_end`` the first call (empty state) is full attention, then one compression
+(``prompt_end.prefill_then_compress``).
 ``lola_chunked_loop`` is the loop: per segment a handful of batched tensor ops (evict/merge once, then one attention
 call for all queries of the segment), so the Python loop runs once per chunk, not per token. Both leave the same
 state (up to float rounding).
@@ -13,6 +15,7 @@ import torch
 
 from .batched import lola_batched
 from .common import LolaParams, append_window, attend, ensure_state, evict_before
+from .prompt_end import prefill_then_compress
 from .state import LolaState
 
 # The batched path keeps one linear state (H, s) per chunk of a call until the call ends: calls are cut into blocks
@@ -23,6 +26,8 @@ STATE_BUDGET_BYTES = 256 * 2**20
 def lola_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
                  params: LolaParams) -> torch.Tensor:
     """LoLA attention for L new tokens continuing ``state`` (updated in place). Returns (B, Hq, L, d)."""
+    if params.cfg.evict_at == "prompt_end" and state.pos == 0 and q.shape[2] > 0:
+        return prefill_then_compress(q, k, v, state, params)
     if params.scorer.needs_attention_mass:
         return lola_chunked_loop(q, k, v, state, params)
     C, total = params.cfg.chunk_size, q.shape[2]

@@ -18,7 +18,22 @@ What "window eta" covers exactly (paper cadence, chunk = eta):
 With ``fold=False`` (KV eviction, ``--attn evict``) the same boundary update drops the non-kept pairs instead of
 folding them: there is no linear state (no feature map, no H, s, no linear readout), and every query is plain
 softmax over exactly the sparse cache, the sinks and its window. StreamingLLM = scorer sink with sinks and
-sparse 0; H2O = scorer attention; SnapKV-style = scorer snapkv. SRE needs a linear state and is refused.
+sparse 0. SRE needs a linear state and is refused.
+
+When eviction chooses (``evict_at``, eviction only; ``--evict-at``):
+  boundary    (default) at every chunk boundary, from the start of the prompt on, with LoLA's cadence: the scorer sees
+              only the prompt read so far, and the prompt itself is read with window + sparse cache (peak memory =
+              the compressed cache). Scorer attention = "H2O-style", snapkv = "SnapKV-style".
+  prompt_end  the published methods' protocol (SnapKV; H2O as kvpress runs it): the first call (the prompt, state
+              empty) is exact causal softmax attention over all of its keys, so its last token (which picks the
+              first generated token) sees the whole prompt; then the cache is compressed once: every position below
+              ``window_start`` of the chunk holding the next position is a candidate, ``keep`` of them stay (sinks
+              pinned), chosen with full-attention information (attention: the mass every prompt query paid each key
+              = H2O; snapkv: the mass of the prompt's last ``window`` queries, max-pooled = SnapKV). From there on
+              (decode, later calls) the boundary rule applies unchanged. Peak memory is the full KV cache of the
+              prompt during the prefill; the cache held afterwards is the compressed one (the same layout and bytes
+              as boundary mode's once a token has been decoded).
+``to_dict`` leaves ``evict_at`` out at its default, so configurations hashed before it existed keep their ids.
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ SCORERS = ("sre", "sre_relative", "random", "key_norm", "attention", "recency", 
 STATE_SCORERS = ("sre", "sre_relative")   # score against the linear state: LoLA only, never eviction
 COMBINES = ("lola", "calibrated", "lolcats", "gated", "normalized")
 GQA_MODES = ("grouped", "expanded")
+EVICT_AT = ("boundary", "prompt_end")
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,7 @@ class LolaConfig:
     eps: float = 1e-6                # denominator epsilon
     seed: int = 0                    # for the random scorer
     fold: bool = True                # False: pairs that leave are dropped, not folded (KV eviction, --attn evict)
+    evict_at: str = "boundary"       # eviction only: boundary (every chunk) or prompt_end (full prefill, then once)
 
     def __post_init__(self):
         if not isinstance(self.window, int) or self.window <= 0:
@@ -72,6 +89,11 @@ class LolaConfig:
             raise UserError(f"scorer {self.scorer!r} (self-recall error against the linear state) is meaningless for "
                             "eviction, "
                             "which has no linear state: choose random, key_norm, attention, recency, sink or snapkv")
+        if self.evict_at not in EVICT_AT:
+            raise UserError(f"unknown evict_at {self.evict_at!r}: choose one of {', '.join(EVICT_AT)}")
+        if self.fold and self.evict_at != "boundary":
+            raise UserError(f"evict_at {self.evict_at!r} applies to KV eviction (--attn evict) only: LoLA and its "
+                            "base fold what leaves the window at every chunk boundary")
         if self.eps <= 0:
             raise UserError(f"eps must be > 0, got {self.eps!r}")
 
@@ -98,4 +120,7 @@ class LolaConfig:
         return c * self.chunk_size
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "chunk_size": self.chunk_size}
+        d = {**asdict(self), "chunk_size": self.chunk_size}
+        if self.evict_at == "boundary":  # the default: absent, so configs hashed before evict_at keep their ids
+            del d["evict_at"]
+        return d

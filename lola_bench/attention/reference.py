@@ -10,6 +10,17 @@ With ``cfg.fold`` off (eviction) the keys that are not kept join no linear set: 
 state stays empty (feature dim 0) and every output is softmax over the sparse set and the window alone.
 The scorer sees the candidates only, gathered in position order (as the fast paths hand them over).
 It shares only the feature maps, scorers and config with the fast paths; it never calls them.
+
+``prompt_len`` P says how many of the L tokens the first call reads (the prompt); the rest are read afterwards, by
+decode steps or later calls (boundary mode gives the same result however they are split). It matters only for
+``cfg.evict_at == "prompt_end"`` (default P = L: the whole sequence is the prompt). There the P prompt queries get
+exact causal softmax over all keys; then one compression: the candidates are every position below
+``window_start(P // chunk)`` (the chunk holding the next position), ``cfg.keep`` of them stay (sinks pinned), scored
+with the attention mass of full attention: ``attention`` (H2O) the mass from all P queries, ``snapkv`` the mass from
+the last ``window`` queries (the observation window), both averaged over the query heads of a storage head. The mass
+the state carries on is the one a boundary-mode state would hold at that point, with full-attention weights: H2O all
+P queries; SnapKV (mass per chunk) the queries since the last boundary that moved the window (the start of chunk
+P // chunk if its window start is > 0, else position 0). Positions P.. then run the boundary loop unchanged.
 """
 
 from __future__ import annotations
@@ -29,13 +40,23 @@ class ReferenceResult:
     sparse_pos: torch.Tensor   # (B, Hs, ns) positions in the sparse cache at the end, ascending
     H: torch.Tensor            # (B, Hq, F, d) final linear state
     s: torch.Tensor            # (B, Hq, F)
+    acc: torch.Tensor          # (B, Hs, L) attention mass per position at the end, as a state tracks it (scorers
+                               # attention, snapkv; SnapKV's since the last boundary)
 
 
 def _expand(x: torch.Tensor, g: int) -> torch.Tensor:
     return x if g == 1 else x.repeat_interleave(g, dim=1)
 
 
-def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: LolaParams) -> ReferenceResult:
+def _group_mass(p: torch.Tensor, hs: int) -> torch.Tensor:
+    """(B, Hq, Lq, L) attention probabilities -> (B, Hs, L) summed over the queries, averaged over a storage head's
+    query heads."""
+    b, hq, _, L = p.shape
+    return p.sum(dim=2).view(b, hs, hq // hs, L).mean(dim=2)
+
+
+def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: LolaParams,
+                   prompt_len: int | None = None) -> ReferenceResult:
     cfg = params.cfg
     b, hq, L, d = q.shape
     cd = state_dtype(q.dtype)
@@ -66,7 +87,38 @@ def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Lo
         return (torch.einsum("bhlf,bhl,bhld->bhfd", phi_k, w, vq), torch.einsum("bhlf,bhl->bhf", phi_k, w))
 
     C = cfg.chunk_size
-    for c in range((L + C - 1) // C):
+    first_chunk, done = 0, 0                 # queries before ``done`` already have their output
+    if cfg.evict_at == "prompt_end":
+        P = L if prompt_len is None else prompt_len
+        if not 1 <= P <= L:
+            raise ValueError(f"prompt_len must be in 1..{L}, got {P}")
+        causal = pos.view(-1, 1) >= pos.view(1, -1)
+        probs = torch.softmax(logits[:, :, :P, :P].masked_fill(~causal[:P, :P], float("-inf")), dim=-1)
+        out[:, :, :P] = torch.matmul(probs, vq[:, :, :P])            # exact full attention for the whole prompt
+        full_acc = torch.zeros_like(acc)
+        if params.scorer.mass_per_chunk:     # snapkv: the observation window = the prompt's last ``window`` queries
+            full_acc[..., :P] = _group_mass(probs[:, :, max(0, P - cfg.window):], hs)
+        else:                                # H2O: every prompt query
+            full_acc[..., :P] = _group_mass(probs, hs)
+        first_chunk = P // C
+        ws = cfg.window_start(first_chunk)
+        keep = cfg.keep(ws, ws)
+        sparse[..., :ws] = True
+        if keep < ws:                        # one selection among every position below ws
+            ci = pos[:ws].view(1, 1, ws).expand(b, hs, ws)
+            gk = ci.unsqueeze(-1).expand(-1, -1, -1, d)
+            ctx = ScoreContext(k=ks.gather(2, gk), v=vs.gather(2, gk), pos=ci, phi_k=None, H=None, s=None,
+                               acc=full_acc[..., :ws], group=gs, eps=cfg.eps, seed=cfg.seed)
+            sc = params.scorer.score(ctx).to(cd).masked_fill(ci < cfg.sinks, float("inf"))
+            top = torch.sort(sc, dim=-1, descending=True, stable=True).indices[..., :keep]
+            sparse = torch.zeros_like(sparse).scatter_(-1, top, True)
+        if params.scorer.mass_per_chunk:     # the mass since the last boundary that moved the window
+            since = first_chunk * C if ws > 0 else 0
+            acc[..., :P] = _group_mass(probs[:, :, since:], hs)
+        else:
+            acc = full_acc
+        evicted_upto, done = ws, P
+    for c in range(first_chunk, (L + C - 1) // C):
         ws = cfg.window_start(c)
         if ws > evicted_upto:
             cand = sparse | ((pos >= evicted_upto) & (pos < ws)).view(1, 1, L)
@@ -93,7 +145,9 @@ def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Lo
             if params.scorer.mass_per_chunk:  # snapkv: mass from the queries of the last chunk only
                 acc.zero_()
             evicted_upto = ws
-        t0, t1 = c * C, min((c + 1) * C, L)
+        t0, t1 = max(c * C, done), min((c + 1) * C, L)
+        if t0 >= t1:
+            continue
         tq = pos[t0:t1].view(-1, 1)
         window = (pos.view(1, -1) >= ws) & (pos.view(1, -1) <= tq)                 # (Lc, L)
         soft = _expand(sparse, gs).unsqueeze(2) | window.view(1, 1, t1 - t0, L)  # (B, Hq, Lc, L)
@@ -113,4 +167,4 @@ def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Lo
     H, s = linear_state()
     ns = int(sparse[0, 0].sum())
     sparse_pos = torch.sort(torch.where(sparse, pos.view(1, 1, L), L), dim=-1).values[..., :ns]
-    return ReferenceResult(out=out.to(q.dtype), sparse_pos=sparse_pos, H=H, s=s)
+    return ReferenceResult(out=out.to(q.dtype), sparse_pos=sparse_pos, H=H, s=s, acc=acc)

@@ -102,7 +102,10 @@ class KeyNorm(Scorer):
 
 
 class AttentionMass(Scorer):
-    """Accumulated softmax attention each key has received so far (H2O-style heavy hitters)."""
+    """Accumulated softmax attention each key has received so far (heavy hitters). At chunk boundaries while the
+    prompt is read (``evict_at = boundary``) the mass comes from queries that saw the window and sparse cache only
+    ("H2O-style"); with ``evict_at = prompt_end`` the prompt's mass is that of full attention over every prompt
+    query, paid before the one compression (H2O as kvpress runs it), and decode queries keep adding to it."""
 
     name = "attention"
     needs_attention_mass = True
@@ -130,17 +133,19 @@ class Sink(Scorer):
 
 
 class SnapKV(Scorer):
-    """SnapKV-style selection: the softmax mass each candidate received from the queries of the last chunk (the
-    observation window: with chunk = window, the last ``window`` queries), summed over those queries and averaged over
-    the query heads of a storage head, then max-pooled over ``kernel`` neighbouring candidates (in position order,
-    stride 1, padding kernel // 2) so that the neighbours of a hit stay too.
+    """SnapKV selection: the softmax mass each candidate received from the queries of an observation window, summed
+    over those queries and averaged over the query heads of a storage head (grouped GQA; per query head in expanded
+    mode), then max-pooled over ``kernel`` neighbouring candidates (in position order, stride 1, padding kernel // 2)
+    so that the neighbours of a hit stay too.
 
-    What it approximates: SnapKV (Li et al. 2024) compresses the prompt once, after prefill, by the attention of the
-    prompt's last window of queries onto all earlier keys (full softmax), pooled the same way. Here selection runs at
-    every chunk boundary (prefill and decode alike), so the observation window is the chunk just before the boundary
-    and its softmax covers only what those queries saw (sparse cache + window); a pair dropped earlier cannot come
-    back when the end of the prompt would have wanted it. At the last boundary of a prompt the observation window is
-    the prompt's last whole chunk, as in SnapKV."""
+    SnapKV (Li et al. 2024) compresses the prompt once, after a full-attention prefill, by the attention of the
+    prompt's last ``window`` queries onto every earlier key, pooled this way. ``evict_at = prompt_end`` does exactly
+    that (``attention.prompt_end``): the mass is full-attention mass from the prompt's last ``window`` queries.
+    ``evict_at = boundary`` ("SnapKV-style") selects at every chunk boundary instead (prefill and decode alike): the
+    observation window is the chunk just before the boundary (the mass is reset at each boundary) and its softmax
+    covers only what those queries saw (sparse cache + window); a pair dropped earlier cannot come back when the end
+    of the prompt would have wanted it. In both modes decoding selects at chunk boundaries with the mass of the last
+    chunk's queries."""
 
     name = "snapkv"
     needs_attention_mass = True

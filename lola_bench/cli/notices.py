@@ -9,7 +9,7 @@ def checkpoint_notice(ckpt: str | None, variants) -> str | None:
     """One line when a LoLA variant (base or lola) runs without a checkpoint, or with a window or formula (combine)
     other than the checkpoint was trained with (its lola.json 'window', its 'trained_combine'; the pairings
     models.compat accepts, e.g. LoLCATs factors under the LoLA formula as the authors run them, are not flagged)."""
-    lola = [v for v in variants if v.lola is not None]
+    lola = [v for v in variants if v.lola is not None and v.lola.fold]   # eviction has no feature map to train
     if not lola:
         return None
     if not ckpt:

@@ -1,7 +1,7 @@
 """The flags every evaluation command shares, declared once.
 
 ``@run_options(command, attn_default=...)`` adds the model flags (--model, --device, --dtype, --lola-ckpt), the
-LoLA flags (--attn, --window, --lambda, --scorer, --feature-map, --combine, --sinks, --gqa, --chunk) and the
+LoLA flags (--attn, --window, --lambda, --scorer, --feature-map, --combine, --evict-at, --sinks, --gqa, --chunk) and the
 output flags (--threads, --out, --overwrite) to a command and hands it one ``RunOptions`` as ``opts``.
 """
 
@@ -15,7 +15,7 @@ from typing import Annotated, Literal, Optional
 import click
 import typer
 
-from ..attention.config import COMBINES, FEATURE_MAPS, GQA_MODES, SCORERS
+from ..attention.config import COMBINES, EVICT_AT, FEATURE_MAPS, GQA_MODES, SCORERS
 from ..errors import UserError
 from ..settings import KERNEL_MODES, PRESETS, LolaFlags, ModelSettings
 
@@ -25,6 +25,7 @@ Combine = Literal[COMBINES]
 FeatureMap = Literal[FEATURE_MAPS]
 Gqa = Literal[GQA_MODES]
 Scorer = Literal[SCORERS]
+EvictAt = Literal[EVICT_AT]
 Preset = Literal[tuple(PRESETS)]
 Kernels = Literal[KERNEL_MODES]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -73,6 +74,12 @@ PresetOpt = Annotated[Optional[Preset], typer.Option("--preset", help="Named set
                                                  "paper-llama3.1-8b (+ window 64, lambda 64), paper-llama3.2-1b "
                                                  "(+ window 256, lambda 256): their eval configs. Flags that "
                                                  "contradict the preset are refused.")]
+EVICT_AT_HELP = ("When --attn evict chooses the pairs it keeps: boundary (default: at every chunk boundary while the "
+                 "prompt is read, LoLA's cadence; reported as H2O-style / SnapKV-style) or prompt_end (the published "
+                 "SnapKV / H2O protocol: the prompt runs with full attention, then the cache is compressed once to "
+                 "window + lambda pairs by full-attention scores; reported as SnapKV / H2O). prompt_end's peak memory "
+                 "is the full KV cache during the prefill; the cache memory reported (cache MiB, tiers) is the "
+                 "compressed cache held afterwards. Decoding evicts at chunk boundaries in both modes.")
 ChunkOpt = Annotated[Optional[int], typer.Option("--chunk", help="Update cadence in tokens (default: = window).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads for this run (default: "
                                                  "what torch picks; 1 is cheapest on a shared machine). Recorded "
@@ -100,6 +107,7 @@ _SHARED = [  # (name, annotation, default)
                                                           "(learned; default when a checkpoint is available), "
                                                           "hedgehog-identity, elu, relu, taylor.")], None),
     ("combine", CombineOpt, None),
+    ("evict_at", Annotated[EvictAt, typer.Option("--evict-at", help=EVICT_AT_HELP)], "boundary"),
     ("sinks", SinksOpt, None),
     ("gqa", GqaOpt, None),
     ("chunk", ChunkOpt, None),
@@ -173,7 +181,8 @@ def run_options(command: str, attn_default: tuple[str, ...] = ("full", "base", "
                 attn=split_list(vals["attn"]),
                 lola=LolaFlags(window=vals["window"], sparse=vals["lam"], scorer=vals["scorer"],
                                feature_map=vals["feature_map"], combine=vals["combine"], sinks=vals["sinks"],
-                               gqa=vals["gqa"], chunk=vals["chunk"], seed=seed, preset=vals["preset"]),
+                               gqa=vals["gqa"], chunk=vals["chunk"], seed=seed, preset=vals["preset"],
+                               evict_at=vals["evict_at"]),
                 kernels=_kernels(vals["kernels"]), out=vals["out"], overwrite=vals["overwrite"],
                 threads=vals["threads"])
             apply_threads(opts.threads)

@@ -57,6 +57,13 @@ def sweep(
                                                     "eviction cells (implies --evict; default: --scorer's, sre "
                                                     "excepted), e.g. --scorer sre --evict-scorer sink,attention,"
                                                     "snapkv,key_norm.")] = [],
+    evict_at: Annotated[list[str], typer.Option("--evict-at", metavar=NAMES, help="When the eviction cells choose "
+                                                "(an axis: one cell per value): boundary (default; every chunk "
+                                                "boundary while the prompt is read: H2O-style / SnapKV-style) and / or "
+                                                "prompt_end (full-attention prefill, then one compression: the "
+                                                "published SnapKV / H2O; ruler only). --budget-mib sizes both by the "
+                                                "cache held after the prompt; prompt_end's peak memory during the "
+                                                "prefill is the full KV cache.")] = ["boundary"],
     budget_mib: Annotated[list[str], typer.Option("--budget-mib", metavar="MIB[,MIB...]", help="Equal-memory "
                                                   "comparison (ruler): per --ctx, each LoLA / eviction family gets the "
                                                   "largest lambda whose cache bytes fit each budget (replaces the "
@@ -133,7 +140,7 @@ def sweep(
                      lambdas=ints("--lambda", lam), windows=ints("--window", window), ctxs=ints("--ctx", ctx),
                      tasks=strs(task), scorers=strs(scorer),
                      feature_maps=strs(feature_map) or (None,), full=full, evict=evict, diagnostics=diagnostics,
-                     evict_scorers=strs(evict_scorer), samples=samples, seed=seed,
+                     evict_scorers=strs(evict_scorer), evict_at=strs(evict_at), samples=samples, seed=seed,
                      budgets_mib=strs(budget_mib),
                      combine=combine, sinks=sinks, gqa=gqa, chunk=chunk, preset=preset, kernels=kernels_flag(),
                      essay_path=default_essay_path(essay_path),
@@ -161,7 +168,8 @@ def sweep(
         raise UserError(f"--no-resume: {out_dir} already holds {plan.attrs['done']} finished cell(s) of this grid "
                         "and a sweep never deletes them; pass a new --out to start over (or drop --no-resume)")
     if dry_run:
-        keep = [c for c in ["index", "cell_id", "attn", "window", "lambda", "scorer", "feature_map", "task", "ctx",
+        keep = [c for c in ["index", "cell_id", "attn", "window", "lambda", "scorer", "feature_map",
+                            *(["evict_at"] if spec.evict_at != ("boundary",) else []), "task", "ctx",
                             *(["budget_mib"] if spec.budgets_mib else []), "status", "eta_s"] if c in plan.columns]
         print_frame(plan, f"sweep {out_dir}: {plan.attrs['done']}/{plan.attrs['total']} done, "
                      f"ETA {format_eta(plan.attrs['eta_s'])}", keep)
@@ -177,8 +185,9 @@ def sweep(
                         "cells and sweep.csv; `lola-bench report` renders it again)") from None
     console.print(f"ran {len(res.ran)} cell(s) ({len(res.failed)} failed), {res.skipped} already done")
     if not res.frame.empty:
-        cols = [c for c in ["attn", "window", "lambda", "scorer", "task", "ctx", "accuracy", "ttft_s", "cache_mib",
-                            "status"] if c in res.frame.columns]
+        cols = [c for c in ["attn", "window", "lambda", "scorer", "evict_at", "task", "ctx", "accuracy", "ttft_s",
+                            "cache_mib", "status"] if c in res.frame.columns
+                and (c != "evict_at" or res.frame[c].notna().any())]
         print_frame(res.frame, f"sweep {res.out_dir}", cols)
     console.print(f"results: {res.out_dir}")
 

@@ -67,7 +67,8 @@ def launched_sweep(spec, out_dir: str, launcher: str, *, shard, jobs, wait, retr
         raise UserError(f"could not write the sweep report in {out_dir}: {e.strerror or e} (kept: the finished "
                         "cells and sweep.csv; `lola-bench report` renders it again)") from None
     if not res.sweep.frame.empty:
-        cols = [c for c in ["attn", "window", "lambda", "scorer", "task", "ctx", "accuracy", "cache_mib", "status"]
-                if c in res.sweep.frame.columns]
+        cols = [c for c in ["attn", "window", "lambda", "scorer", "evict_at", "task", "ctx", "accuracy", "cache_mib",
+                            "status"] if c in res.sweep.frame.columns
+                and (c != "evict_at" or res.sweep.frame[c].notna().any())]
         print_frame(res.sweep.frame, f"sweep {out_dir}", cols)
     console.print(f"results: {out_dir}")

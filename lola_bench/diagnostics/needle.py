@@ -10,7 +10,9 @@ Three pieces, all read from the outside of the attention code (nothing in ``lola
 * ``analyse_layer``: for one captured layer, per needle token and storage head whether it is in the window, in the
   sparse cache or folded into the linear state (dropped, under eviction); its rank when it left the window
   (``replay.replay_ranks``); and the split of the last query's combined attention weight over the needle, the rest
-  of the window, the rest of the sparse cache and the linear memory (``mass_shares``).
+  of the window, the rest of the sparse cache and the linear memory (``mass_shares``). Under eviction with
+  ``evict_at = prompt_end`` the prompt's last query itself attended with full attention; the split then describes
+  the compressed cache that the prefill leaves (what the first decoded token reads).
 """
 
 from __future__ import annotations
@@ -231,7 +233,8 @@ def analyse_layer(cap: Captured, tokens: list[int], ranks: bool = True) -> Layer
     dev = kq.device
     shares = mass_shares(qt, kq, exact.to(dev), needle.to(dev), win.to(dev), params, lin_den)
     full = full_needle_share(qt, kq, needle.to(dev))
-    rr = replay_ranks(k, v, params, tokens).ranks if ranks else None
+    replayed = replay_ranks(k, v, params, tokens) if ranks else None      # None: the scorer reads attention mass
+    rr = replayed.ranks if replayed is not None else None
     if rr is not None:
         rr = {p: r for p, r in rr.items() if p in set(tokens)}
 

@@ -7,6 +7,9 @@ candidates = the sparse cache + the pairs leaving the window, in position order;
 +inf; the ``LolaConfig.keep`` best stay (stable sort, ties to the earlier position); the rest are folded into
 (H, s) (dropped under eviction). The linear state is kept as running sums, as the fast paths keep it.
 
+Under ``evict_at = prompt_end`` there is one selection only, at the end of the prompt (every position below the window
+start of the chunk holding the next position competes), and that is what is replayed.
+
 Scorers that need the attention mass every query paid (``attention``, ``snapkv``) cannot be replayed from keys and
 values alone: ``replay_ranks`` returns None for them.
 """
@@ -71,8 +74,11 @@ def replay_ranks(k: torch.Tensor, v: torch.Tensor, params: LolaParams, positions
     out = ReplayResult()
     C = cfg.chunk_size
     evicted_upto = 0
-    for c in range((L - 1) // C + 1 if L else 0):
-        ws = cfg.window_start(c)
+    if cfg.evict_at == "prompt_end":   # one compression after the full-attention prefill
+        starts = [cfg.window_start(L // C)] if L else []
+    else:                              # every chunk boundary of the prompt
+        starts = [cfg.window_start(c) for c in range((L - 1) // C + 1 if L else 0)]
+    for ws in starts:
         if ws <= evicted_upto:
             continue
         if not full and (not wanted or wanted[-1] < evicted_upto):

@@ -22,8 +22,8 @@ from .timing import eos_token_ids, greedy_generate
 
 MIB = 1024 * 1024
 
-SUMMARY_COLUMNS = ["model", "attn", "window", "lambda", "sinks", "scorer", "feature_map", "task", "ctx", "n",
-                   "accuracy", "accuracy_ci_low", "accuracy_ci_high",
+SUMMARY_COLUMNS = ["model", "attn", "window", "lambda", "sinks", "scorer", "feature_map", "evict_at", "task", "ctx",
+                   "n", "accuracy", "accuracy_ci_low", "accuracy_ci_high",
                    "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib", "full_kv_mib", "window_mib",
                    "sparse_mib", "state_mib", "phi_k_mib", "mean_prompt_tokens", "combine", "gqa", "chunk",
                    "settings_from", "implementation", "threads", "checkpoint", "device", "chat_template", "needle_kept"]
@@ -183,6 +183,7 @@ def describe_variants(variants: list[AttentionSettings]) -> list[str]:
     """One line per variant for a run plan (ruler --dry-run): its mode and the settings that decide its result."""
     return [f"{v.mode}: " + (f"window={v.lola.window} lambda={v.lola.sparse} sinks={v.lola.sinks} "
                              f"combine={v.lola.combine} feature_map={v.lola.feature_map}" if v.lola else "softmax")
+            + (f" scorer={v.lola.scorer} evict_at={v.lola.evict_at}" if v.mode == "evict" else "")
             for v in variants]
 
 

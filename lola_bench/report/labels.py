@@ -1,11 +1,40 @@
-"""How a run's variant is named in the side-by-side reports: `full`, or `<attn> (η=…, λ=…, <details>)`."""
+"""How variants are named in the reports: `full`, `<attn> (η=…, λ=…, <details>)` for the side-by-side reports, and
+the baseline name of a KV-eviction variant (``eviction_name``), shared with the sweep report.
+
+Eviction is named by its scorer and by when it chooses (``evict_at``, the rows' ``evict_at`` column; rows written
+before it existed are boundary rows). At every chunk boundary while the prompt is read (boundary) the attention-mass
+scorers only resemble the published methods: "H2O-style", "SnapKV-style". After a full-attention prefill
+(prompt_end) they are the published protocol: "H2O", "SnapKV"; the other scorers get "after prefill" appended.
+"""
 
 from __future__ import annotations
 
+# KV eviction (--attn evict) at every chunk boundary, by scorer: the baseline each one is known as
+EVICTION_NAMES = {"sink": "StreamingLLM", "attention": "H2O-style", "snapkv": "SnapKV-style", "key_norm": "key-norm",
+                  "random": "random", "recency": "recency"}
+# ... and after a full-attention prefill (--evict-at prompt_end): the published methods
+PROMPT_END_NAMES = {"attention": "H2O", "snapkv": "SnapKV"}
+
+
+def is_prompt_end(evict_at) -> bool:
+    return evict_at == "prompt_end"     # None / NaN (rows without the column) / boundary: boundary
+
+
+def eviction_name(scorer, lam=None, evict_at=None) -> str:
+    """StreamingLLM (λ=0 or the sink scorer: sinks + window), H2O(-style), SnapKV(-style), key-norm, random,
+    recency; prompt_end names the published methods, and the others "<name> after prefill"."""
+    boundary = "StreamingLLM" if lam == 0 else EVICTION_NAMES.get(scorer, str(scorer))
+    if not is_prompt_end(evict_at):
+        return boundary
+    return boundary + " after prefill" if lam == 0 else PROMPT_END_NAMES.get(scorer, boundary + " after prefill")
+
 
 def run_variant_label(row, details: list[str]) -> str:
-    """``row``: a summary row (attn, window, lambda, ...); ``details``: extra words for the parenthesis."""
+    """``row``: a summary row (attn, window, lambda, ...); ``details``: extra words for the parenthesis (eviction
+    rows get their baseline name first)."""
     if row["attn"] == "full":
         return "full"
+    if row["attn"] == "evict" and isinstance(row.get("scorer"), str):
+        details = [eviction_name(row["scorer"], row["lambda"], row.get("evict_at")), *details]
     parts = [f"η={int(row['window'])}", f"λ={int(row['lambda'])}", *details]
     return f"{row['attn']} ({', '.join(parts)})"

@@ -102,8 +102,8 @@ def _plot_pareto(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
     colors = _eta_colors(lola["window"].dropna().unique())
     styles = sorted(lola.loc[lola["attn"] == "lola", ["scorer", "feature_map"]].drop_duplicates()
                     .itertuples(index=False, name=None))
-    evictions = sorted({family_label("evict", r["scorer"], r["lambda"]) for _, r in lola[lola["attn"] == "evict"]
-                        .iterrows()})
+    evictions = sorted({family_label("evict", r["scorer"], r["lambda"], r["evict_at"])
+                        for _, r in lola[lola["attn"] == "evict"].iterrows()})
     multi_fm = lola["feature_map"].nunique() > 1
     fig, axes = _subplots(plt, len(ctxs))
     for ax, ctx in zip(axes, ctxs):
@@ -115,7 +115,7 @@ def _plot_pareto(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
             key = (r["scorer"], r["feature_map"])
             c = colors.get(r["window"], "gray")
             if r["attn"] == "evict":
-                fam = family_label("evict", r["scorer"], r["lambda"])
+                fam = family_label("evict", r["scorer"], r["lambda"], r["evict_at"])
                 ax.scatter(r["cache_mib"], r["accuracy"], s=60, marker=EVICT_MARKERS[evictions.index(fam) %
                            len(EVICT_MARKERS)], zorder=3, color=c, linewidths=1.6)
             else:
@@ -198,8 +198,8 @@ def _plot_vs_lambda(ok: pd.DataFrame, model: str, values: list[tuple[str, str]],
     colors = _eta_colors(lola["window"].dropna().unique())
     scorers = sorted(lola.loc[lola["attn"] == "lola", "scorer"].dropna().unique())
     fms = sorted(lola["feature_map"].dropna().unique())
-    combos = [("lola", s, fm) for s in (scorers or [None]) for fm in fms]
-    combos += [("evict", s, None) for s in sorted(lola.loc[lola["attn"] == "evict", "scorer"].dropna().unique())]
+    combos = [("lola", s, fm) for s in (scorers or [None]) for fm in fms]   # (kind, scorer, φ | evict_at)
+    combos += [("evict", s, at) for s, at in _eviction_families(lola)]
     dashes = ["-", "--", "-.", ":", (0, (1, 1)), (0, (5, 1, 1, 1, 1, 1))]
     from matplotlib.lines import Line2D
 
@@ -216,8 +216,8 @@ def _plot_vs_lambda(ok: pd.DataFrame, model: str, values: list[tuple[str, str]],
             for ci, (kind, scorer, fm) in enumerate(combos):
                 sel = g[(g["window"] == eta) & (g["feature_map"] == fm) &
                         ((g["attn"] == "base") | ((g["attn"] == "lola") & (g["scorer"] == scorer)))] if kind == "lola" \
-                    else g[(g["window"] == eta) & (g["attn"] == "evict") & ((g["scorer"] == scorer) |
-                                                                            (g["lambda"] == 0))]
+                    else g[(g["window"] == eta) & (g["attn"] == "evict") & (g["evict_at"] == fm) &
+                           ((g["scorer"] == scorer) | (g["lambda"] == 0))]
                 sel = sel.sort_values("lambda")
                 sel = sel.dropna(subset=[value])
                 if len(sel):
@@ -243,10 +243,17 @@ def _plot_vs_lambda(ok: pd.DataFrame, model: str, values: list[tuple[str, str]],
     return _save(fig, out, plt)
 
 
+def _eviction_families(lola: pd.DataFrame) -> list[tuple[str, str]]:
+    """(scorer, evict_at) of the eviction rows, sorted."""
+    ev = lola[lola["attn"] == "evict"].dropna(subset=["scorer"])
+    return sorted({(s, at) for s, at in zip(ev["scorer"], ev["evict_at"])})
+
+
 def _family_line_label(kind: str, scorer, fm, multi_fm: bool) -> str:
-    """A line standing for a family across λ: LoLA with its scorer (λ=0: its base), eviction by name."""
+    """A line standing for a family across λ: LoLA with its scorer (λ=0: its base), eviction by name (``fm``: its
+    evict_at)."""
     if kind == "evict":
-        return family_label("evict", scorer, 1)   # the λ>0 name; its λ=0 point is StreamingLLM
+        return family_label("evict", scorer, 1, fm)   # the λ>0 name; its λ=0 point is StreamingLLM
     return f"LoLA, scorer {scorer}" + (f", φ={fm}" if multi_fm else "")
 
 
@@ -260,20 +267,21 @@ def _plot_vs_ctx(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
     import matplotlib
 
     lola = d[d["attn"] != "full"]
-    panels = [("lola", s) for s in sorted(lola.loc[lola["attn"] == "lola", "scorer"].dropna().unique())]
-    panels += [("evict", s) for s in sorted(lola.loc[lola["attn"] == "evict", "scorer"].dropna().unique())]
-    panels = panels or [("lola", None)]
+    panels = [("lola", s, None) for s in sorted(lola.loc[lola["attn"] == "lola", "scorer"].dropna().unique())]
+    panels += [("evict", s, at) for s, at in _eviction_families(lola)]
+    panels = panels or [("lola", None, None)]
     lams = sorted(lola["lambda"].dropna().unique())
     etas = sorted(lola["window"].dropna().unique())
     cmap = matplotlib.colormaps["viridis"]
     lam_color = {lam: cmap(0.9 * i / max(1, len(lams) - 1)) for i, lam in enumerate(lams)}
     dashes = ["-", "--", "-.", ":"]
     fig, axes = _subplots(plt, len(panels))
-    for ax, (kind, scorer) in zip(axes, panels):
+    for ax, (kind, scorer, at) in zip(axes, panels):
         for ei, eta in enumerate(etas):
             for lam in lams:
                 fam = (lola["attn"] == "base") | ((lola["attn"] == "lola") & (lola["scorer"] == scorer)) \
-                    if kind == "lola" else (lola["attn"] == "evict") & ((lola["scorer"] == scorer) | (lam == 0))
+                    if kind == "lola" else (lola["attn"] == "evict") & (lola["evict_at"] == at) & \
+                    ((lola["scorer"] == scorer) | (lam == 0))
                 sel = lola[(lola["window"] == eta) & (lola["lambda"] == lam) & fam]
                 sel = sel.groupby("ctx")[["accuracy", "ci_low", "ci_high"]].mean()
                 if len(sel):
@@ -290,7 +298,7 @@ def _plot_vs_ctx(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel("accuracy (%, mean over tasks)")
         ax.set_ylim(-4, 104)
-        ax.set_title(_family_line_label(kind, scorer, None, False) if scorer else "LoLA")
+        ax.set_title(_family_line_label(kind, scorer, at, False) if scorer else "LoLA")
         _n_note(ax, d["n_total"])
         ax.grid(alpha=0.3)
     from matplotlib.lines import Line2D

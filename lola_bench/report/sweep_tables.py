@@ -10,10 +10,11 @@ import pandas as pd
 from ..attention.config import LolaConfig
 from ..records import frame_to_markdown
 from ..sweep.store import tidy
+from .labels import EVICTION_NAMES, eviction_name  # noqa: F401  (EVICTION_NAMES: re-exported)
 from .ruler import exactness_note
 
 FULL_LABEL = "full attention"
-VARIANT_KEYS = ["attn", "window", "lambda", "scorer", "feature_map"]
+VARIANT_KEYS = ["attn", "window", "lambda", "scorer", "feature_map", "evict_at"]
 
 
 def _row_configs(df: pd.DataFrame) -> list:
@@ -30,27 +31,27 @@ def _row_configs(df: pd.DataFrame) -> list:
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The successful rows, numbers as numbers, and ``evict_at`` on every eviction row (rows written before the
+    column existed chose at chunk boundaries: boundary), empty elsewhere."""
     ok = df[df["status"] == "ok"].copy()
     for col in ("window", "lambda", "ctx"):
         ok[col] = pd.to_numeric(ok[col], errors="coerce")
+    at = (ok["evict_at"] if "evict_at" in ok.columns else pd.Series(None, index=ok.index)).astype(object)
+    ok["evict_at"] = at.where(ok["attn"] != "evict", at.fillna("boundary"))
     return ok
 
 
 BASE_LABEL = "LoLA base (λ=0)"
-# KV eviction (--attn evict) by scorer: the baseline each one is known as
-EVICTION_NAMES = {"sink": "StreamingLLM", "attention": "H2O-style", "snapkv": "SnapKV-style", "key_norm": "key-norm",
-                  "random": "random", "recency": "recency"}
 
 
-def family_label(attn, scorer=None, lam=None) -> str:
+def family_label(attn, scorer=None, lam=None, evict_at=None) -> str:
     """The variant family a reader can tell apart: full attention, LoLA base (λ=0), LoLA, or eviction with the
-    baseline its scorer makes (StreamingLLM = sinks + window, λ=0 or sink-scored; H2O-style; SnapKV-style;
-    key-norm; random)."""
+    baseline its scorer and ``evict_at`` make (``labels.eviction_name``: StreamingLLM = sinks + window, λ=0 or
+    sink-scored; H2O-style / SnapKV-style at chunk boundaries, H2O / SnapKV after a full prefill; key-norm; random)."""
     if attn == "full":
         return FULL_LABEL
     if attn == "evict":
-        name = "StreamingLLM" if lam == 0 else EVICTION_NAMES.get(scorer, str(scorer))
-        return f"eviction: {name}"
+        return f"eviction: {eviction_name(scorer, lam, evict_at)}"
     if attn == "base" or lam == 0:
         return BASE_LABEL
     return "LoLA"
@@ -61,7 +62,7 @@ def _family_rank(attn, lam) -> int:
 
 
 def _variant_label(row, scorers: int) -> str:
-    fam = family_label(row["attn"], row.get("scorer"), row["lambda"])
+    fam = family_label(row["attn"], row.get("scorer"), row["lambda"], row.get("evict_at"))
     if row["attn"] == "full" or fam == BASE_LABEL:
         return fam
     if row["attn"] == "lola" and scorers > 1:
@@ -179,10 +180,13 @@ def sweep_markdown(df: pd.DataFrame, plots: list[Path] = ()) -> str:
              + f"{devices}.\n",
              (f"> **Note.** {exactness_note(_row_configs(ok))} "
               "η is the sliding window, λ the sparse cache size (pairs); LoLA base = λ=0 (window + linear state only); "
-              "eviction keeps the same window and λ pairs and drops the rest (no linear state), named by its scorer: "
+              "eviction keeps the same window and λ pairs and drops the rest (no linear state), named by its scorer "
+              "and by when it chooses. At each chunk boundary while the prompt is read (equal peak memory): "
               "StreamingLLM (sinks + window), H2O-style (accumulated attention mass), SnapKV-style (attention of the "
-              "last chunk's queries), key-norm, random; every scorer chooses while the prompt is read, at each chunk "
-              "boundary (equal peak memory), not once after a full-attention prefill as published H2O/SnapKV do. "
+              "last chunk's queries), key-norm, random. After a full-attention prefill (`--evict-at prompt_end`, "
+              "the published protocol; peak memory = the full KV cache during the prefill, the cache after it as "
+              "above): H2O (mass from every prompt query), SnapKV (mass from the prompt's last η queries, pooled), "
+              "the others '… after prefill'. "
               "Accuracy is in % (RULER: mean per-sample score; commonsense: lm-eval acc × 100).\n")]
     lola_rows = ok[ok["attn"] != "full"]
     horizon = pd.Series([c.exact_len if c else math.nan for c in _row_configs(lola_rows)], index=lola_rows.index,
@@ -197,7 +201,8 @@ def sweep_markdown(df: pd.DataFrame, plots: list[Path] = ()) -> str:
     lines += _sweep_tables(df)
     failed = df[df["status"] != "ok"]
     if len(failed):
-        cols = ["cell_id", "attn", "window", "lambda", "scorer", "task", "ctx", "status", "error"]
+        cols = [c for c in ["cell_id", "attn", "window", "lambda", "scorer", "evict_at", "task", "ctx", "status",
+                            "error"] if c in failed.columns]
         lines += ["## Failed cells\n", frame_to_markdown(failed[cols]),
                   "\nRerun with `--retry-failed` to try them again.\n"]
     if plots:

@@ -3,7 +3,9 @@ largest sparse cache λ whose cache bytes at a context length fit a budget.
 
 Bytes are ``attention.state.analytic_bytes`` summed over its tiers (window, sparse, linear state, positions and
 attention mass), all layers, batch 1: the same count as the ``cache_mib`` column, taken at ``ctx`` tokens (the
-rows measure it after generation, a few tokens later, so they can sit slightly above the budget).
+rows measure it after generation, a few tokens later, so they can sit slightly above the budget). Eviction cells with
+``evict_at = prompt_end`` are sized the same way: after the prompt they hold the same cache (their peak during the
+full-attention prefill is the whole KV cache, which the budget does not cover).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..attention.config import FEATURE_MAPS, SCORERS, STATE_SCORERS
+from ..attention.config import EVICT_AT, FEATURE_MAPS, SCORERS, STATE_SCORERS
 from ..errors import UserError
 from ..paths import data_dir, results_dir
 from ..records import cell_hash, fingerprint, to_jsonable
@@ -66,7 +66,9 @@ class SweepSpec:
     lambda = 0 to the lambdas. ``evict`` adds KV-eviction cells (``--attn evict``) at the same windows and lambdas,
     one per scorer of ``evict_scorers`` (default: the scorers other than sre; lambda = 0: one per window, scorer
     sink: the sinks + window of StreamingLLM),
-    with no checkpoint; the other settings (sinks, GQA, cadence) as the LoLA cells resolve them.
+    with no checkpoint; the other settings (sinks, GQA, cadence) as the LoLA cells resolve them. ``evict_at`` is an
+    axis of the eviction cells: boundary (choose at every chunk boundary) and / or prompt_end (full-attention
+    prefill, then one compression; ``LolaConfig.evict_at``). Boundary cells keep the ids they had before the axis.
 
     ``budgets_mib`` (ruler only; equal-memory comparison): the nonzero lambdas are replaced, per ctx, by the largest
     lambda whose analytic cache bytes at that ctx fit each budget (sweep/budget.py), for every LoLA (feature map,
@@ -89,6 +91,7 @@ class SweepSpec:
     base: bool = False
     evict: bool = False                              # add eviction cells (LoLA's window + cache, the rest dropped)
     evict_scorers: tuple[str, ...] = ()              # eviction cells' scorers (empty: --scorer's, sre excepted)
+    evict_at: tuple[str, ...] = ("boundary",)        # when eviction cells choose: boundary and / or prompt_end
     samples: int = 100
     seed: int = 0
     combine: str | None = None                       # None: the preset's, the checkpoint's, else lola
@@ -116,7 +119,8 @@ class SweepSpec:
         normal = {"lambdas": tuple(sorted(lambdas)), "windows": _ints("window", self.windows, 1),
                   "ctxs": _ints("ctx", self.ctxs, 1), "scorers": _ordered("scorer", self.scorers, SCORERS),
                   "feature_maps": _ordered("feature map", self.feature_maps, (None, *FEATURE_MAPS)),
-                  "tasks": self._expand_tasks(self.tasks), "budgets_mib": parse_budgets(self.budgets_mib)}
+                  "tasks": self._expand_tasks(self.tasks), "budgets_mib": parse_budgets(self.budgets_mib),
+                  "evict_at": _ordered("--evict-at value", self.evict_at, EVICT_AT)}
         for name, value in normal.items():
             object.__setattr__(self, name, value)       # frozen dataclass: normalise in place
         if self.budgets_mib and self.suite != "ruler":
@@ -137,6 +141,13 @@ class SweepSpec:
             object.__setattr__(self, "evict", True)    # --evict-scorer implies --evict
         if self.evict and not self.eviction_scorers():
             raise UserError("eviction cells need a scorer other than sre (e.g. --scorer sink,attention,snapkv)")
+        if not self.evict_at:
+            raise UserError("--evict-at needs at least one value (boundary, prompt_end)")
+        if self.evict_at != ("boundary",) and not self.evict:
+            raise UserError("--evict-at prompt_end applies to eviction cells: add --evict or --evict-scorer")
+        if "prompt_end" in self.evict_at and self.suite != "ruler":
+            raise UserError("--evict-at prompt_end compresses the cache after a prompt: the commonsense suite scores "
+                            "every token in one forward call, so it would be full attention (use boundary)")
         if not self.lambdas and not self.full:
             raise UserError("empty grid: give --lambda values (or --base) or keep the full-attention reference")
         for name, minimum in (("samples", 1), ("batch_size", 1)):
@@ -241,6 +252,7 @@ class Cell:
             f"{a.mode} eta={a.lola.window} lambda={a.lola.sparse}"
             + (f" {a.lola.scorer}" if a.mode in ("lola", "evict") else "")
             + (f" {a.lola.feature_map}" if a.lola.fold else "")
+            + (f" at={a.lola.evict_at}" if a.mode == "evict" and a.lola.evict_at != "boundary" else "")
             + (f" sinks={a.lola.sinks}" if a.lola.sinks else ""))
         budget = f" budget={','.join(f'{b:g}' for b in self.budgets_mib)}MiB" if self.budgets_mib else ""
         return f"{variant}{budget} | {c.task}" + (f" ctx={c.ctx}" if c.ctx is not None else "")
@@ -253,7 +265,8 @@ class Cell:
                 "window": lola.window if lola else None, "lambda": lola.sparse if lola else None,
                 "sinks": lola.sinks if lola else None,
                 "scorer": lola.scorer if a.mode in ("lola", "evict") else None,
-                "feature_map": lola.feature_map if lola and lola.fold else None, "task": c.task, "ctx": c.ctx,
+                "feature_map": lola.feature_map if lola and lola.fold else None,
+                "evict_at": lola.evict_at if a.mode == "evict" else None, "task": c.task, "ctx": c.ctx,
                 "n": c.samples if c.suite == "ruler" else c.limit, "budget_mib": self.budget_mib}
 
 

@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 # bookkeeping columns and the commonsense extras; the sweep tests check that every runner column has its
 # place here.
 SWEEP_COLUMNS = ["cell_id", "suite", "status", "error",
-                 "model", "attn", "window", "lambda", "sinks", "scorer", "feature_map", "task", "ctx", "n",
+                 "model", "attn", "window", "lambda", "sinks", "scorer", "feature_map", "evict_at", "task",
+                 "ctx", "n",
                  "accuracy", "accuracy_ci_low", "accuracy_ci_high",
                  "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib", "full_kv_mib", "window_mib",
                  "sparse_mib", "state_mib", "phi_k_mib", "mean_prompt_tokens", "combine", "gqa", "chunk",

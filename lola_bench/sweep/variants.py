@@ -65,10 +65,11 @@ def grid_variants(spec, ctx: int | None, dtype: str) -> list[tuple[AttentionSett
             cfg, origin = lola_config_and_sources(flags, "hedgehog-identity", read_meta(ckpt) if ckpt else None, ckpt)
             cfg = replace(cfg, fold=False, scorer="sink")
             keep: dict = {}
-            for s in spec.eviction_scorers():
-                pairs = ([(0, ())] if budgeted and 0 in spec.lambdas else []) + lambdas(replace(cfg, scorer=s))
-                for lam, budgets in pairs:  # lambda = 0: the scorer plays no part, sinks + window (StreamingLLM)
-                    keep.setdefault((0, "sink") if lam == 0 else (lam, s), []).extend(budgets)
-            for (lam, scorer), budgets in keep.items():
-                add("evict", replace(cfg, sparse=lam, scorer=scorer), origin, None, sorted(set(budgets)))
+            for at in spec.evict_at:        # boundary and / or prompt_end: the same budgets (the same cache bytes)
+                for s in spec.eviction_scorers():
+                    pairs = ([(0, ())] if budgeted and 0 in spec.lambdas else []) + lambdas(replace(cfg, scorer=s))
+                    for lam, budgets in pairs:  # lambda = 0: the scorer plays no part, sinks + window (StreamingLLM)
+                        keep.setdefault((at, 0, "sink") if lam == 0 else (at, lam, s), []).extend(budgets)
+            for (at, lam, scorer), budgets in keep.items():
+                add("evict", replace(cfg, sparse=lam, scorer=scorer, evict_at=at), origin, None, sorted(set(budgets)))
     return [(attn, ckpt, tuple(sorted(budgets))) for attn, ckpt, budgets in out.values()]

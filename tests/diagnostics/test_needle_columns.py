@@ -91,6 +91,26 @@ def test_eviction_drops(tiny):
     assert all(x == 0 for x in c["linear_mass"])
 
 
+@pytest.mark.parametrize("scorer", ["attention", "snapkv"])
+@pytest.mark.parametrize("evict_at", ["boundary", "prompt_end"])
+def test_mass_scorers_have_no_ranks(tiny, scorer, evict_at):
+    """The attention-mass scorers cannot be replayed from keys and values: the diagnostics run without ranks (they
+    used to fail); prompt_end's needle is kept when lambda covers the prompt."""
+    s = _sample(tiny.tokenizer, 2, 30)
+    c = _probe(tiny, LolaConfig(window=16, sparse=1024, scorer=scorer, fold=False, evict_at=evict_at), s)
+    assert c["needle_where"] == ["sparse"] * len(c["needle_tokens"]) and c["needle_kept"]
+    assert all(r is None for r in c["needle_rank_median"])
+
+
+def test_prompt_end_ranks_come_from_the_one_compression(tiny):
+    """key_norm after a full prefill: one selection among every position below the window start."""
+    s = _sample(tiny.tokenizer, 2, 30)
+    c = _probe(tiny, LolaConfig(window=16, sparse=0, scorer="key_norm", fold=False, evict_at="prompt_end"), s)
+    assert c["needle_where"] == ["dropped"] * len(c["needle_tokens"])
+    ws = LolaConfig(window=16).window_start(len(s.input_ids) // 16)
+    assert all(n == ws and k == 0 for n, k in zip(c["needle_rank_candidates"], c["needle_rank_keep"]))
+
+
 def _layer(tokens, window, by_head, mass=0.5):
     return LayerNeedle(tokens=tokens, in_window=window, sparse_by_head=by_head, ranks=None, needle=[mass, 0.0],
                        window=[0.2, 0.5], sparse=[0.1, 0.2], linear=[0.2, 0.3], full=[0.9, 0.1])

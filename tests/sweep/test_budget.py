@@ -104,3 +104,18 @@ def test_evict_scorers_split_the_families():
     assert spec.evict
     with pytest.raises(UserError, match="--evict-scorer sre"):
         replace(SPEC, evict_scorers=("sre", "sink"))
+
+
+def test_prompt_end_cells_get_the_boundary_cells_lambdas():
+    """--evict-at boundary,prompt_end --budget-mib: both modes hold the same cache after the prompt, so each
+    prompt_end family gets the lambda its boundary twin got, at every budget."""
+    grid = cells(replace(SPEC, evict_at=("boundary", "prompt_end")))
+    ev = {}
+    for c in grid:
+        a = c.config.attention
+        if a.mode == "evict" and c.budgets_mib:
+            ev.setdefault(a.lola.evict_at, set()).add((a.lola.scorer, a.lola.sparse, c.budgets_mib))
+    assert set(ev) == {"boundary", "prompt_end"} and ev["boundary"] == ev["prompt_end"] and ev["boundary"]
+    assert [c.cell_id for c in cells(SPEC)] == [c.cell_id for c in grid
+                                                if c.config.attention.lola is None or
+                                                c.config.attention.lola.evict_at == "boundary"]

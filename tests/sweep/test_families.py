@@ -139,3 +139,55 @@ def test_accuracy_with_ci_pools_the_tasks_samples():
     lo, hi = wilson_interval(0.6 * 40, 40)
     assert d["n_total"].tolist() == [40] and d["accuracy"].tolist() == [60.0]
     assert d["ci_low"].iloc[0] == pytest.approx(100 * lo) and d["ci_high"].iloc[0] == pytest.approx(100 * hi)
+
+
+def test_prompt_end_eviction_is_named_as_the_published_method():
+    """evict_at prompt_end (full prefill, then one compression) names H2O / SnapKV; boundary rows, and rows written
+    before the column existed (NaN), keep the -style names; the other scorers say 'after prefill'."""
+    from lola_bench.report.labels import run_variant_label
+
+    assert family_label("evict", "snapkv", 64, "prompt_end") == "eviction: SnapKV"
+    assert family_label("evict", "attention", 64, "prompt_end") == "eviction: H2O"
+    assert family_label("evict", "key_norm", 64, "prompt_end") == "eviction: key-norm after prefill"
+    assert family_label("evict", "sink", 0, "prompt_end") == "eviction: StreamingLLM after prefill"
+    for at in ("boundary", None, float("nan")):
+        assert family_label("evict", "snapkv", 64, at) == "eviction: SnapKV-style"
+    row = {"attn": "evict", "window": 32, "lambda": 64, "scorer": "attention", "evict_at": "prompt_end"}
+    assert run_variant_label(row, []) == "evict (η=32, λ=64, H2O)"
+    assert run_variant_label({**row, "evict_at": None}, ["x"]) == "evict (η=32, λ=64, H2O-style, x)"
+
+
+def _both_modes_frame() -> pd.DataFrame:
+    df = family_frame()
+    pe = df[df["attn"] == "evict"].copy()
+    pe["evict_at"] = "prompt_end"
+    pe["accuracy"] = pe["accuracy"] + 50.0
+    pe["ttft_s"] = 0.05                             # every other row: 0.01
+    pe["cell_id"] = [f"f{i:015x}" for i in range(len(pe))]
+    return pd.concat([df, pe], ignore_index=True)   # the boundary rows have no evict_at (written before it)
+
+
+def test_sweep_md_and_plots_keep_the_two_modes_apart(monkeypatch, tmp_path):
+    md = sweep_markdown(_both_modes_frame())
+    for name, acc in (("SnapKV-style", 20.0 + len("SnapKV-style")), ("SnapKV", 70.0 + len("SnapKV-style")),
+                      ("H2O", 70.0 + len("H2O-style")), ("StreamingLLM after prefill", 70.0 + len("StreamingLLM"))):
+        lam = 0 if "Streaming" in name else 64
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"| eviction: {name} λ={lam} |"))
+        assert f"{acc}" in line, (name, line)
+    seen: dict = {}
+    ttft_lines = []
+
+    def save(fig, path, plt):
+        seen[path.name] = [t.get_text() for leg in fig.legends for t in leg.get_texts()] + \
+            [ax.get_title() for ax in fig.axes]
+        if path.name == "ttft_vs_lambda.png":
+            ttft_lines.extend(set(line.get_ydata()) for ax in fig.axes for line in ax.get_lines())
+        plt.close(fig)
+        return path
+
+    monkeypatch.setattr(sp, "_save", save)
+    sp.sweep_plots(_both_modes_frame(), tmp_path)
+    for png in ("accuracy_vs_cache.png", "accuracy_vs_ctx.png", "ttft_vs_lambda.png"):
+        assert {"eviction: SnapKV", "eviction: SnapKV-style", "eviction: H2O", "eviction: H2O-style"} <= \
+            set(seen[png]), png
+    assert {0.05} in ttft_lines and all(len(ys) == 1 for ys in ttft_lines), ttft_lines   # one mode per line

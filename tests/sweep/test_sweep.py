@@ -97,6 +97,35 @@ def test_evict_cells():
         replace(SPEC, evict=True)
 
 
+def test_evict_at_axis_keeps_the_boundary_ids():
+    """--evict-at boundary,prompt_end doubles the eviction cells (prompt_end ones carry evict_at in their config and
+    label); the boundary cells keep the ids they had before the axis existed (pinned: computed before it), and
+    prompt_end without eviction cells, or on the commonsense suite, is refused."""
+    pinned = CellConfig("ruler", "random:tiny", "cpu", "float32", AttentionSettings(
+        "evict", LolaConfig(window=16, sparse=16, fold=False, scorer="snapkv")), None, "niah_single_1", ctx=512,
+        samples=2, seed=0)
+    assert pinned.cell_id == "aa02deb395809169" and "evict_at" not in pinned.to_dict()["attention"]["lola"]
+    lola = replace(pinned, attention=AttentionSettings("lola", LolaConfig(window=16, sparse=16)))
+    assert lola.cell_id == "357f42dcb36cbd93"
+    spec = replace(SPEC, scorers=("sre", "snapkv"), evict=True, full=False)
+    plain = cells(spec)
+    both = cells(replace(spec, evict_at=("prompt_end", "boundary", "prompt_end")))
+    ev = [c for c in both if c.config.attention.mode == "evict"]
+    at = [c.config.attention.lola.evict_at for c in ev]
+    assert at.count("prompt_end") == at.count("boundary") == len([c for c in plain
+                                                                  if c.config.attention.mode == "evict"])
+    assert {c.cell_id for c in plain} <= {c.cell_id for c in both}
+    pe = [c for c in ev if c.config.attention.lola.evict_at == "prompt_end"]
+    assert all(c.config.to_dict()["attention"]["lola"]["evict_at"] == "prompt_end" and "at=prompt_end" in c.label
+               and c.describe()["evict_at"] == "prompt_end" for c in pe)
+    with pytest.raises(UserError, match="applies to eviction cells"):
+        replace(SPEC, evict_at=("prompt_end",))
+    with pytest.raises(UserError, match="commonsense suite"):
+        SweepSpec(suite="commonsense", scorers=("sink",), evict=True, evict_at=("prompt_end",))
+    with pytest.raises(UserError, match="unknown --evict-at value 'x'"):
+        replace(spec, evict_at=("x",))
+
+
 def test_cell_id_same_config_same_id_any_change_differs():
     lola = LolaConfig(window=16, sparse=16, feature_map="hedgehog-identity")
     base = CellConfig("ruler", "random:tiny", "cpu", "float32", AttentionSettings("lola", lola), None,
@@ -105,7 +134,8 @@ def test_cell_id_same_config_same_id_any_change_differs():
     # the id is sha256 of the canonical JSON of to_dict(), which holds every field (the LoLA config in full)
     d = base.to_dict()
     assert set(d) == {"format", *CellConfig.__dataclass_fields__}
-    assert set(d["attention"]["lola"]) >= set(LolaConfig.__dataclass_fields__) - {"sinks", "fold"}  # 0/True: left out
+    # sinks 0, fold True and evict_at boundary (the defaults) are left out
+    assert set(d["attention"]["lola"]) >= set(LolaConfig.__dataclass_fields__) - {"sinks", "fold", "evict_at"}
     assert "fold" not in d["attention"]["lola"]   # cells hashed before eviction existed keep their ids
     canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     assert base.cell_id == hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -117,7 +147,8 @@ def test_cell_id_same_config_same_id_any_change_differs():
     lola_changes = {"window": 32, "sparse": 32, "chunk": 8, "feature_map": "elu", "scorer": "random",
                     "combine": "lolcats" if lola.combine == "gated" else "gated",
                     "gqa": "grouped" if lola.gqa == "expanded" else "expanded",
-                    "factor_init": 1.0, "eps": 1e-5, "seed": 3, "sinks": 4, "fold": False}
+                    "factor_init": 1.0, "eps": 1e-5, "seed": 3, "sinks": 4, "fold": False,
+                    "evict_at": "prompt_end"}
     # every hashed field is varied here: a field added to the cell config or LoLA config must be added above
     assert set(changes) == set(CellConfig.__dataclass_fields__)
     assert set(lola_changes) == set(LolaConfig.__dataclass_fields__)
@@ -131,8 +162,9 @@ def test_cell_id_same_config_same_id_any_change_differs():
     # where a setting came from does not change the result, so not the id
     assert replace(base, attention=AttentionSettings("lola", lola, origin="combine=flag")).cell_id == base.cell_id
     variants = [replace(base, **{field: value}) for field, value in changes.items()]
-    variants += [replace(base, attention=AttentionSettings("lola", replace(
-        lola, **{field: value}, **({"scorer": "key_norm"} if field == "fold" else {}))))  # eviction refuses sre
+    evict = {"fold": {"scorer": "key_norm"}, "evict_at": {"scorer": "key_norm", "fold": False}}  # eviction: no sre
+    variants += [replace(base, attention=AttentionSettings("lola", replace(lola, **{field: value},
+                                                                           **evict.get(field, {}))))
                  for field, value in lola_changes.items()]
     variants.append(replace(base, attention=AttentionSettings("base", lola)))              # the mode alone
     ids = [v.cell_id for v in variants]
