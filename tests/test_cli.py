@@ -134,22 +134,41 @@ def test_ruler_evict_runs_as_streamingllm_and_refuses_sre(tmp_path):
 
 
 def test_ruler_evict_at_prompt_end(tmp_path):
-    """--evict-at prompt_end: the row and config.json say so, the cache reported is the compressed one (the same as
-    boundary mode's after generation), and the flag is refused in one line, before anything is written, without an
-    evict variant and for perplexity (which would be full attention)."""
+    """--evict-at prompt_end: the row and config.json say so, the cache reported is the compressed prompt plus every
+    generated token (prompt_end never evicts while decoding; boundary mode's window slides): each equals the analytic
+    count at the tokens the sample fed (prompt + generated - 1, the last token is never fed), and the flag is refused
+    in one line, before anything is written, without an evict variant and for perplexity (full attention)."""
+    from dataclasses import replace
+
+    from lola_bench.attention.config import LolaConfig
+    from lola_bench.attention.state import analytic_bytes
+    from lola_bench.sweep.budget import MIB, model_shapes
+
+    shapes = model_shapes("random:tiny")
     rows = {}
     for at in ("boundary", "prompt_end"):
         out = tmp_path / at
         r = run("ruler", "--model", "random:tiny", "--attn", "evict", "--scorer", "snapkv", "--evict-at", at,
-                "--window", "32", "--lambda", "64", "--ctx", "512", "--task", "passkey", "--samples", "1",
+                "--window", "8", "--lambda", "64", "--ctx", "512", "--task", "passkey", "--samples", "1",
                 "--out", str(out))
         assert r.exit_code == 0, r.output
         rows[at] = pd.read_csv(out / "summary.csv").iloc[0]
         lola = json.loads((out / "config.json").read_text())["attention"][0]["lola"]
         assert lola.get("evict_at", "boundary") == at and ("evict_at" in lola) == (at == "prompt_end")
+        pred = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
+        cfg = replace(LolaConfig(**{k: v for k, v in lola.items() if k != "chunk_size"}), evict_at=at)
+        P, fed = pred["n_prompt_tokens"], pred["n_prompt_tokens"] + pred["n_generated"] - 1
+        assert fed // cfg.chunk_size > P // cfg.chunk_size      # decoding crossed a chunk boundary
+        want = analytic_bytes(cfg, fed, batch=1, query_heads=shapes.heads, kv_heads=shapes.kv_heads,
+                              head_dim=shapes.head_dim, feature_dim=0, dtype=shapes.dtype, layers=shapes.layers,
+                              prompt_len=P)
+        assert rows[at]["cache_mib"] == pytest.approx(sum(want.values()) / MIB, rel=1e-12)
+        assert rows[at]["window_mib"] == pytest.approx(want["window"] / MIB, rel=1e-12)
+        if at == "prompt_end":
+            ws, hs = cfg.window_start(P // cfg.chunk_size), shapes.kv_heads if cfg.gqa == "grouped" else shapes.heads
+            assert want["window"] == 2 * hs * (fed - ws) * shapes.head_dim * 4 * shapes.layers   # every fed token
     assert rows["prompt_end"]["evict_at"] == "prompt_end" and rows["boundary"]["evict_at"] == "boundary"
-    for tier in ("window_mib", "sparse_mib", "cache_mib"):
-        assert rows["prompt_end"][tier] == rows["boundary"][tier] > 0, tier
+    assert rows["prompt_end"]["sparse_mib"] == rows["boundary"]["sparse_mib"] > 0
     assert rows["prompt_end"]["cache_mib"] < rows["prompt_end"]["full_kv_mib"]
     for args in (("ruler", "--attn", "full,lola", "--ctx", "512"), ("perplexity", "--attn", "evict")):
         bad = tmp_path / "bad"

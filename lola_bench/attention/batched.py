@@ -28,6 +28,8 @@ def lola_batched(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaS
     """LoLA attention for L new tokens continuing ``state`` (updated in place). Returns (B, Hq, L, d)."""
     if params.scorer.needs_attention_mass:
         raise ValueError(f"scorer {params.scorer.name!r} reads attention mass: use the chunk loop")
+    if params.cfg.evict_at == "prompt_end":     # the selection pass and the window slices assume the boundary rule
+        raise ValueError("evict_at prompt_end: the first call is prefill_then_compress, later ones the chunk loop")
     ensure_state(state, k, params)
     start = state.pos
     tab = select_all(k, v, state, params)

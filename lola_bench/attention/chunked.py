@@ -3,7 +3,8 @@
 ``lola_chunked`` is the prefill the model runs: the batched path (``batched.lola_batched``: selection pass, then the
 attention of many chunks at once) for every scorer that reads no attention mass, else the chunk loop; under eviction
 with ``evict_at = prompt_end`` the first call (empty state) is full attention, then one compression
-(``prompt_end.prefill_then_compress``).
+(``prompt_end.prefill_then_compress``), and every later call runs the loop without evicting anything
+(``common.prompt_compressed``: the window grows by the call's tokens).
 ``lola_chunked_loop`` is the loop: per segment a handful of batched tensor ops (evict/merge once, then one attention
 call for all queries of the segment), so the Python loop runs once per chunk, not per token. Both leave the same
 state (up to float rounding).
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .batched import lola_batched
-from .common import LolaParams, append_window, attend, ensure_state, evict_before
+from .common import LolaParams, append_window, attend, ensure_state, evict_before, prompt_compressed
 from .prompt_end import prefill_then_compress
 from .state import LolaState
 
@@ -26,8 +27,10 @@ STATE_BUDGET_BYTES = 256 * 2**20
 def lola_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
                  params: LolaParams) -> torch.Tensor:
     """LoLA attention for L new tokens continuing ``state`` (updated in place). Returns (B, Hq, L, d)."""
-    if params.cfg.evict_at == "prompt_end" and state.pos == 0 and q.shape[2] > 0:
-        return prefill_then_compress(q, k, v, state, params)
+    if params.cfg.evict_at == "prompt_end" and q.shape[2] > 0:
+        if state.pos == 0:
+            return prefill_then_compress(q, k, v, state, params)
+        return lola_chunked_loop(q, k, v, state, params)          # compressed: no eviction, the window grows
     if params.scorer.needs_attention_mass:
         return lola_chunked_loop(q, k, v, state, params)
     C, total = params.cfg.chunk_size, q.shape[2]
@@ -47,9 +50,11 @@ def lola_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaS
 
 def lola_chunked_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
                       params: LolaParams) -> torch.Tensor:
-    """``lola_chunked`` as a Python loop over chunks (any scorer)."""
+    """``lola_chunked`` as a Python loop over chunks (any scorer). A compressed prompt_end state is never evicted
+    again (``common.prompt_compressed``): its queries see the kept prompt pairs and the whole (growing) window."""
     ensure_state(state, k, params)
     cfg = params.cfg
+    frozen = prompt_compressed(state, params)
     C = cfg.chunk_size
     start, total = state.pos, q.shape[2]
     outs = []
@@ -58,7 +63,8 @@ def lola_chunked_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: 
         p = start + i
         c = p // C
         seg = min(total - i, (c + 1) * C - p)  # up to the end of this chunk
-        evict_before(state, params, cfg.window_start(c))
+        if not frozen:
+            evict_before(state, params, cfg.window_start(c))
         append_window(state, params, k[:, :, i:i + seg], v[:, :, i:i + seg])
         outs.append(attend(q[:, :, i:i + seg], state, params, p, causal=True))
         i += seg

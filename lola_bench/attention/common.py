@@ -147,6 +147,14 @@ def keep_selected(state: LolaState, cand: Candidates, idx: torch.Tensor) -> None
         state.sp_acc = cand.acc.gather(2, idx)
 
 
+def prompt_compressed(state: LolaState, params: LolaParams) -> bool:
+    """True once an ``evict_at = prompt_end`` state holds its compressed prompt (it has read its first call): from then
+    on nothing is ever evicted again. Every later pair (continuation calls, decode steps) joins the window, which
+    grows by one pair per token, and every query attends to all of it (plus the kept prompt pairs). The callers of
+    ``evict_before`` (chunk loop, decode step) skip it for such a state; the batched path refuses it."""
+    return params.cfg.evict_at == "prompt_end" and state.pos > 0
+
+
 def evict_before(state: LolaState, params: LolaParams, window_start: int) -> None:
     """Move window pairs older than ``window_start`` out: the best ``sparse`` of (cache + leaving) stay, the rest are
     folded into the linear state, or dropped when ``cfg.fold`` is off (eviction)."""

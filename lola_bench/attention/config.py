@@ -29,10 +29,13 @@ When eviction chooses (``evict_at``, eviction only; ``--evict-at``):
               first generated token) sees the whole prompt; then the cache is compressed once: every position below
               ``window_start`` of the chunk holding the next position is a candidate, ``keep`` of them stay (sinks
               pinned), chosen with full-attention information (attention: the mass every prompt query paid each key
-              = H2O; snapkv: the mass of the prompt's last ``window`` queries, max-pooled = SnapKV). From there on
-              (decode, later calls) the boundary rule applies unchanged. Peak memory is the full KV cache of the
-              prompt during the prefill; the cache held afterwards is the compressed one (the same layout and bytes
-              as boundary mode's once a token has been decoded).
+              = H2O; snapkv: the mass of the prompt's last ``window`` queries, max-pooled = SnapKV). That is the
+              only eviction (SnapKV's code and kvpress decode with a growing cache): every later token (decode
+              steps, later calls) is kept exactly, in a window that no longer slides (it holds every position from
+              the compression's window start on), and every later query attends with softmax to the kept prompt
+              pairs plus every key from that window start up to itself. Peak memory is the full KV cache of the
+              prompt during the prefill; the cache held afterwards is the compressed prompt (window + kept pairs),
+              growing by one pair per later token (no attention mass is held after the compression).
 ``to_dict`` leaves ``evict_at`` out at its default, so configurations hashed before it existed keep their ids.
 """
 

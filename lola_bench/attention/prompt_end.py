@@ -9,14 +9,19 @@
    query paid each key; ``snapkv`` the mass of the prompt's last ``window`` queries (the observation window; its
    scorer max-pools it). Summed over the queries, averaged over the query heads of a storage head;
 3. one compression into the LolaState: the prompt's pairs enter the window, then ``common.evict_before`` at the
-   window start of the chunk holding the next position drops all but ``LolaConfig.keep`` of the pairs below it
-   (sinks pinned), exactly as a chunk boundary does. The mass the state carries on is what a boundary-mode state
-   would hold there (H2O: all prompt queries; SnapKV: the queries since the last boundary that moved the window),
-   with full-attention weights; decode and later calls then run the boundary rule unchanged.
+   window start ws of the chunk holding the next position drops all but ``LolaConfig.keep`` of the pairs below it
+   (sinks pinned), exactly as a chunk boundary does.
+
+That is the only eviction the sequence ever sees (SnapKV's code and kvpress compress the prompt once, then decode with
+a growing cache): from here on ``common.prompt_compressed`` is true and every later token (decode steps, continuation
+calls) is kept exactly. The window is then not a sliding window any more: it holds every position from ws on and grows
+by one pair per token, and every later query attends with softmax to the kept prompt pairs plus every key from ws up
+to itself. So the cache after the prompt plus N more tokens is the compressed prompt plus those N pairs. No attention
+mass is tracked after the compression (nothing would read it): the state drops it (``win_acc``/``sp_acc`` None).
 
 ``reference.lola_reference(..., prompt_len=P)`` is the specification. Peak memory is the prompt's full K/V (and
 SDPA's workspace) during the call; afterwards the state holds only the compressed cache (the window is copied out
-of the prompt's tensors, so they can be freed).
+of the prompt's tensors, so they can be freed), which then grows with every later token.
 """
 
 from __future__ import annotations
@@ -64,8 +69,8 @@ def _full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 
 def prefill_then_compress(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
                           params: LolaParams) -> torch.Tensor:
-    """The prompt (the first call: ``state.pos == 0``) with exact full attention, then one compression of the cache
-    into ``state`` (see the module doc). Returns (B, Hq, P, d) in q's dtype."""
+    """The prompt (the first call: ``state.pos == 0``) with exact full attention, then the one compression of the
+    cache into ``state`` (see the module doc). Returns (B, Hq, P, d) in q's dtype."""
     ensure_state(state, k, params)
     if state.pos != 0:
         raise ValueError(f"prefill_then_compress reads a whole prompt into an empty state (pos {state.pos})")
@@ -78,14 +83,9 @@ def prefill_then_compress(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sta
     if scorer.needs_attention_mass:                                      # what the scorer reads
         state.win_acc = full_mass(q, k, max(0, P - cfg.window) if scorer.mass_per_chunk else 0, P, params)
     evict_before(state, params, ws)
-    if scorer.mass_per_chunk:                                            # what the next boundary adds to
-        carry = full_mass(q, k, (P // C) * C if ws > 0 else 0, P, params)
-        state.sp_acc = carry.gather(2, state.sp_pos)
-        state.win_acc = carry[..., ws:]
+    state.win_acc = state.sp_acc = None                                  # never evicted again: no mass to track
     # the window (and an empty sparse cache) are views of the prompt's K/V: copy them out so that the full cache is
     # not kept alive
     state.win_k, state.win_v, state.win_pos = state.win_k.clone(), state.win_v.clone(), state.win_pos.clone()
     state.sp_k, state.sp_v = state.sp_k.clone(), state.sp_v.clone()
-    if state.win_acc is not None:
-        state.win_acc = state.win_acc.clone()
     return out

@@ -15,12 +15,12 @@ It shares only the feature maps, scorers and config with the fast paths; it neve
 decode steps or later calls (boundary mode gives the same result however they are split). It matters only for
 ``cfg.evict_at == "prompt_end"`` (default P = L: the whole sequence is the prompt). There the P prompt queries get
 exact causal softmax over all keys; then one compression: the candidates are every position below
-``window_start(P // chunk)`` (the chunk holding the next position), ``cfg.keep`` of them stay (sinks pinned), scored
-with the attention mass of full attention: ``attention`` (H2O) the mass from all P queries, ``snapkv`` the mass from
-the last ``window`` queries (the observation window), both averaged over the query heads of a storage head. The mass
-the state carries on is the one a boundary-mode state would hold at that point, with full-attention weights: H2O all
-P queries; SnapKV (mass per chunk) the queries since the last boundary that moved the window (the start of chunk
-P // chunk if its window start is > 0, else position 0). Positions P.. then run the boundary loop unchanged.
+ws = ``window_start(P // chunk)`` (the chunk holding the next position), ``cfg.keep`` of them stay (sinks pinned),
+scored with the attention mass of full attention: ``attention`` (H2O) the mass from all P queries, ``snapkv`` the
+mass from the last ``window`` queries (the observation window), both averaged over the query heads of a storage head.
+That is the only eviction (SnapKV's and kvpress's protocol): every query t >= P attends with softmax to the kept
+pairs plus every key j with ws <= j <= t (the window no longer slides: it keeps every later token). No chunk
+boundary is run after the prompt, and no mass is carried on (``acc`` is None).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ class ReferenceResult:
     sparse_pos: torch.Tensor   # (B, Hs, ns) positions in the sparse cache at the end, ascending
     H: torch.Tensor            # (B, Hq, F, d) final linear state
     s: torch.Tensor            # (B, Hq, F)
-    acc: torch.Tensor          # (B, Hs, L) attention mass per position at the end, as a state tracks it (scorers
-                               # attention, snapkv; SnapKV's since the last boundary)
+    acc: torch.Tensor | None   # (B, Hs, L) attention mass per position at the end, as a state tracks it (scorers
+                               # attention, snapkv; SnapKV's since the last boundary); None under prompt_end
 
 
 def _expand(x: torch.Tensor, g: int) -> torch.Tensor:
@@ -87,38 +87,11 @@ def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Lo
         return (torch.einsum("bhlf,bhl,bhld->bhfd", phi_k, w, vq), torch.einsum("bhlf,bhl->bhf", phi_k, w))
 
     C = cfg.chunk_size
-    first_chunk, done = 0, 0                 # queries before ``done`` already have their output
     if cfg.evict_at == "prompt_end":
-        P = L if prompt_len is None else prompt_len
-        if not 1 <= P <= L:
-            raise ValueError(f"prompt_len must be in 1..{L}, got {P}")
-        causal = pos.view(-1, 1) >= pos.view(1, -1)
-        probs = torch.softmax(logits[:, :, :P, :P].masked_fill(~causal[:P, :P], float("-inf")), dim=-1)
-        out[:, :, :P] = torch.matmul(probs, vq[:, :, :P])            # exact full attention for the whole prompt
-        full_acc = torch.zeros_like(acc)
-        if params.scorer.mass_per_chunk:     # snapkv: the observation window = the prompt's last ``window`` queries
-            full_acc[..., :P] = _group_mass(probs[:, :, max(0, P - cfg.window):], hs)
-        else:                                # H2O: every prompt query
-            full_acc[..., :P] = _group_mass(probs, hs)
-        first_chunk = P // C
-        ws = cfg.window_start(first_chunk)
-        keep = cfg.keep(ws, ws)
-        sparse[..., :ws] = True
-        if keep < ws:                        # one selection among every position below ws
-            ci = pos[:ws].view(1, 1, ws).expand(b, hs, ws)
-            gk = ci.unsqueeze(-1).expand(-1, -1, -1, d)
-            ctx = ScoreContext(k=ks.gather(2, gk), v=vs.gather(2, gk), pos=ci, phi_k=None, H=None, s=None,
-                               acc=full_acc[..., :ws], group=gs, eps=cfg.eps, seed=cfg.seed)
-            sc = params.scorer.score(ctx).to(cd).masked_fill(ci < cfg.sinks, float("inf"))
-            top = torch.sort(sc, dim=-1, descending=True, stable=True).indices[..., :keep]
-            sparse = torch.zeros_like(sparse).scatter_(-1, top, True)
-        if params.scorer.mass_per_chunk:     # the mass since the last boundary that moved the window
-            since = first_chunk * C if ws > 0 else 0
-            acc[..., :P] = _group_mass(probs[:, :, since:], hs)
-        else:
-            acc = full_acc
-        evicted_upto, done = ws, P
-    for c in range(first_chunk, (L + C - 1) // C):
+        sparse = _prompt_end(params, q, ks, vs, logits, vq, out, sparse, prompt_len)
+        H, s = linear_state()
+        return ReferenceResult(out=out.to(q.dtype), sparse_pos=_positions(sparse), H=H, s=s, acc=None)
+    for c in range((L + C - 1) // C):
         ws = cfg.window_start(c)
         if ws > evicted_upto:
             cand = sparse | ((pos >= evicted_upto) & (pos < ws)).view(1, 1, L)
@@ -145,7 +118,7 @@ def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Lo
             if params.scorer.mass_per_chunk:  # snapkv: mass from the queries of the last chunk only
                 acc.zero_()
             evicted_upto = ws
-        t0, t1 = max(c * C, done), min((c + 1) * C, L)
+        t0, t1 = c * C, min((c + 1) * C, L)
         if t0 >= t1:
             continue
         tq = pos[t0:t1].view(-1, 1)
@@ -165,6 +138,44 @@ def lola_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: Lo
             y = sm_num / sm_den
         out[:, :, t0:t1] = y
     H, s = linear_state()
-    ns = int(sparse[0, 0].sum())
-    sparse_pos = torch.sort(torch.where(sparse, pos.view(1, 1, L), L), dim=-1).values[..., :ns]
-    return ReferenceResult(out=out.to(q.dtype), sparse_pos=sparse_pos, H=H, s=s, acc=acc)
+    return ReferenceResult(out=out.to(q.dtype), sparse_pos=_positions(sparse), H=H, s=s, acc=acc)
+
+
+def _positions(sparse: torch.Tensor) -> torch.Tensor:
+    """(B, Hs, L) kept mask -> (B, Hs, ns) kept positions, ascending (every head keeps as many)."""
+    L = sparse.shape[-1]
+    pos = torch.arange(L, device=sparse.device).view(1, 1, L)
+    return torch.sort(torch.where(sparse, pos, L), dim=-1).values[..., :int(sparse[0, 0].sum())]
+
+
+def _prompt_end(params: LolaParams, q, ks, vs, logits, vq, out, sparse, prompt_len):
+    """``evict_at = prompt_end`` (see the module doc): fills ``out`` and returns the kept mask (B, Hs, L)."""
+    cfg = params.cfg
+    b, hq, L, d = q.shape
+    hs, gs, cd = ks.shape[1], params.group, logits.dtype
+    pos = torch.arange(L, device=q.device)
+    P = L if prompt_len is None else prompt_len
+    if not 1 <= P <= L:
+        raise ValueError(f"prompt_len must be in 1..{L}, got {P}")
+    causal = pos.view(-1, 1) >= pos.view(1, -1)
+    probs = torch.softmax(logits[:, :, :P, :P].masked_fill(~causal[:P, :P], float("-inf")), dim=-1)
+    out[:, :, :P] = torch.matmul(probs, vq[:, :, :P])              # exact full attention for the whole prompt
+    mass = torch.zeros(b, hs, L, dtype=cd, device=q.device)
+    # snapkv: the observation window = the prompt's last ``window`` queries; H2O: every prompt query
+    mass[..., :P] = _group_mass(probs[:, :, max(0, P - cfg.window) if params.scorer.mass_per_chunk else 0:], hs)
+    ws = cfg.window_start(P // cfg.chunk_size)
+    keep = cfg.keep(ws, ws)
+    sparse[..., :ws] = True
+    if keep < ws:                                                   # the one selection, among every position < ws
+        ci = pos[:ws].view(1, 1, ws).expand(b, hs, ws)
+        gk = ci.unsqueeze(-1).expand(-1, -1, -1, d)
+        ctx = ScoreContext(k=ks.gather(2, gk), v=vs.gather(2, gk), pos=ci, phi_k=None, H=None, s=None,
+                           acc=mass[..., :ws], group=gs, eps=cfg.eps, seed=cfg.seed)
+        sc = params.scorer.score(ctx).to(cd).masked_fill(ci < cfg.sinks, float("inf"))
+        top = torch.sort(sc, dim=-1, descending=True, stable=True).indices[..., :keep]
+        sparse = torch.zeros_like(sparse).scatter_(-1, top, True)
+    if P < L:                  # every later query: the kept pairs + every key from ws up to itself, nothing evicted
+        seen = _expand(sparse, gs).unsqueeze(2) | (causal[P:] & (pos >= ws).view(1, -1)).view(1, 1, L - P, L)
+        later = torch.softmax(logits[:, :, P:].masked_fill(~seen, float("-inf")), dim=-1)
+        out[:, :, P:] = torch.matmul(later, vq)
+    return sparse

@@ -105,7 +105,8 @@ class AttentionMass(Scorer):
     """Accumulated softmax attention each key has received so far (heavy hitters). At chunk boundaries while the
     prompt is read (``evict_at = boundary``) the mass comes from queries that saw the window and sparse cache only
     ("H2O-style"); with ``evict_at = prompt_end`` the prompt's mass is that of full attention over every prompt
-    query, paid before the one compression (H2O as kvpress runs it), and decode queries keep adding to it."""
+    query, paid before the one compression (H2O as kvpress runs it); nothing is evicted after it, so decoding tracks
+    no mass (boundary mode keeps adding decode queries' mass and selects at every chunk boundary)."""
 
     name = "attention"
     needs_attention_mass = True
@@ -144,8 +145,9 @@ class SnapKV(Scorer):
     ``evict_at = boundary`` ("SnapKV-style") selects at every chunk boundary instead (prefill and decode alike): the
     observation window is the chunk just before the boundary (the mass is reset at each boundary) and its softmax
     covers only what those queries saw (sparse cache + window); a pair dropped earlier cannot come back when the end
-    of the prompt would have wanted it. In both modes decoding selects at chunk boundaries with the mass of the last
-    chunk's queries."""
+    of the prompt would have wanted it. Decoding: boundary mode selects at chunk boundaries with the mass of the last
+    chunk's queries; prompt_end never evicts after its one compression (every generated token is kept, as in SnapKV's
+    code)."""
 
     name = "snapkv"
     needs_attention_mass = True

@@ -1,11 +1,13 @@
 """LolaState: everything one attention layer remembers between calls, and its byte accounting.
 
 Tensors (Hs = storage heads: KV heads in grouped GQA mode, query heads in expanded mode):
-  win_k, win_v  (B, Hs, nw, d)   local window, positions ``win_pos`` (nw,) shared by all heads
+  win_k, win_v  (B, Hs, nw, d)   local window, positions ``win_pos`` (nw,) shared by all heads (contiguous, ending at
+                                 pos - 1; under ``evict_at = prompt_end`` it grows after the prompt's compression)
   sp_k, sp_v    (B, Hs, ns, d)   sparse cache, positions ``sp_pos`` (B, Hs, ns), kept in position order
   H             (B, Hq, F, d)    linear state  sum phi(k) v^T   (float32, float64 for float64 inputs)
   s             (B, Hq, F)       normaliser    sum phi(k)
-  win_acc, sp_acc (B, Hs, n)     accumulated attention mass (only for the ``attention`` scorer)
+  win_acc, sp_acc (B, Hs, n)     accumulated attention mass (scorers attention and snapkv; None after a prompt_end
+                                 compression)
 Feature-mapped keys are recomputed when needed (never cached), so that tier is always 0 bytes. Under eviction
 (``LolaConfig.fold`` off) H and s have feature dim 0: the state tier is 0 bytes.
 """
@@ -74,18 +76,30 @@ class LolaState:
 
 
 def analytic_bytes(cfg: LolaConfig, seq_len: int, *, batch: int, query_heads: int, kv_heads: int, head_dim: int,
-                   feature_dim: int, dtype: torch.dtype, layers: int = 1) -> dict[str, int]:
-    """Cache bytes after ``seq_len`` tokens, computed from the config alone (must equal LolaState.nbytes_by_tier)."""
+                   feature_dim: int, dtype: torch.dtype, layers: int = 1,
+                   prompt_len: int | None = None) -> dict[str, int]:
+    """Cache bytes after ``seq_len`` tokens, computed from the config alone (must equal LolaState.nbytes_by_tier).
+
+    Under ``evict_at = prompt_end`` the first ``prompt_len`` tokens (default: all ``seq_len``) are the prompt: the
+    cache is the one compression at its end (window from ws = ``window_start(prompt_len // chunk)``, ``keep(ws, ws)``
+    sparse pairs) plus every later token in the window, and no attention mass. Otherwise ``prompt_len`` is ignored
+    (the boundary rule gives the same cache however the tokens were split into calls)."""
     if seq_len <= 0:
         return {"window": 0, "sparse": 0, "state": 0, "phi_k": 0, "aux": 0}
     hs = kv_heads if cfg.gqa == "grouped" else query_heads
     elt = torch.empty(0, dtype=dtype).element_size()
     selt = torch.empty(0, dtype=state_dtype(dtype)).element_size()
-    c = (seq_len - 1) // cfg.chunk_size
-    ws = cfg.window_start(c)
+    if cfg.evict_at == "prompt_end":
+        P = seq_len if prompt_len is None else prompt_len
+        if not 1 <= P <= seq_len:
+            raise ValueError(f"prompt_len must be in 1..{seq_len}, got {P}")
+        ws = cfg.window_start(P // cfg.chunk_size)   # the compression; every later token stays in the window
+        track = False                                # nothing is evicted after it: no mass is held
+    else:
+        ws = cfg.window_start((seq_len - 1) // cfg.chunk_size)
+        track = cfg.scorer in ("attention", "snapkv")   # the scorers that need attention mass
     nw = seq_len - ws
     ns = cfg.keep(ws, ws)  # every position below ws is a candidate
-    track = cfg.scorer in ("attention", "snapkv")   # the scorers that need attention mass
     out = {
         "window": 2 * batch * hs * nw * head_dim * elt,
         "sparse": 2 * batch * hs * ns * head_dim * elt,

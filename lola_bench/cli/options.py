@@ -79,7 +79,8 @@ EVICT_AT_HELP = ("When --attn evict chooses the pairs it keeps: boundary (defaul
                  "SnapKV / H2O protocol: the prompt runs with full attention, then the cache is compressed once to "
                  "window + lambda pairs by full-attention scores; reported as SnapKV / H2O). prompt_end's peak memory "
                  "is the full KV cache during the prefill; the cache memory reported (cache MiB, tiers) is the "
-                 "compressed cache held afterwards. Decoding evicts at chunk boundaries in both modes.")
+                 "compressed cache held afterwards plus every generated token: prompt_end never evicts while "
+                 "decoding (as SnapKV's code), boundary keeps evicting at chunk boundaries.")
 ChunkOpt = Annotated[Optional[int], typer.Option("--chunk", help="Update cadence in tokens (default: = window).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads for this run (default: "
                                                  "what torch picks; 1 is cheapest on a shared machine). Recorded "

@@ -61,9 +61,10 @@ def sweep(
                                                 "(an axis: one cell per value): boundary (default; every chunk "
                                                 "boundary while the prompt is read: H2O-style / SnapKV-style) and / or "
                                                 "prompt_end (full-attention prefill, then one compression: the "
-                                                "published SnapKV / H2O; ruler only). --budget-mib sizes both by the "
-                                                "cache held after the prompt; prompt_end's peak memory during the "
-                                                "prefill is the full KV cache.")] = ["boundary"],
+                                                "published SnapKV / H2O, no eviction while decoding; ruler only). "
+                                                "--budget-mib sizes both by the cache held after the prompt; "
+                                                "prompt_end's peak memory during the prefill is the full KV cache, "
+                                                "and its cache grows by the generated tokens.")] = ["boundary"],
     budget_mib: Annotated[list[str], typer.Option("--budget-mib", metavar="MIB[,MIB...]", help="Equal-memory "
                                                   "comparison (ruler): per --ctx, each LoLA / eviction family gets the "
                                                   "largest lambda whose cache bytes fit each budget (replaces the "

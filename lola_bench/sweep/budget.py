@@ -4,8 +4,11 @@ largest sparse cache λ whose cache bytes at a context length fit a budget.
 Bytes are ``attention.state.analytic_bytes`` summed over its tiers (window, sparse, linear state, positions and
 attention mass), all layers, batch 1: the same count as the ``cache_mib`` column, taken at ``ctx`` tokens (the
 rows measure it after generation, a few tokens later, so they can sit slightly above the budget). Eviction cells with
-``evict_at = prompt_end`` are sized the same way: after the prompt they hold the same cache (their peak during the
-full-attention prefill is the whole KV cache, which the budget does not cover).
+``evict_at = prompt_end`` are sized the same way (the λ of their boundary twins): after the prompt they hold the same
+cache (up to one chunk less window when the prompt ends on a chunk boundary); while generating, their window grows by
+one pair per token where boundary mode's slides, so their ``cache_mib`` after generation sits above the budget by the
+generated tokens' pairs. Their peak during the full-attention prefill is the whole KV cache, which the budget does not
+cover.
 """
 
 from __future__ import annotations

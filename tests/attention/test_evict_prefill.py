@@ -1,8 +1,12 @@
 """Eviction after a full prefill (``LolaConfig.evict_at = "prompt_end"``, ``--evict-at prompt_end``).
 
 The reference (``lola_reference(..., prompt_len=P)``) is the specification; the full-attention oracle here
-(``softmax_attention``) is independent of it and of the fast path.
+(``softmax_attention``) and the direct after-compression attention (``kept_attention``) are independent of it and
+of the fast path. After the one compression at the end of the prompt nothing is ever evicted again: every later token
+joins the window, which grows.
 """
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -45,12 +49,20 @@ def run(q, k, v, p, prompt_len, continuation=0):
     return torch.cat(outs, 2), st
 
 
-def assert_state_matches(st, ref, p):
+def storage(x, p):
+    """(B, Hkv, L, d) -> (B, Hs, L, d) as the state stores keys / values."""
+    return x if p.cfg.gqa == "grouped" else x.repeat_interleave(p.num_heads // p.num_kv_heads, 1)
+
+
+def assert_state_matches(st, ref, p, k, v, prompt_len):
+    """The reference's kept positions; the window = every position from the compression's window start on (exactly
+    the keys and values read), however many tokens came after the prompt; no mass tracked, nothing folded."""
     assert torch.equal(st.sp_pos, ref.sparse_pos)
-    assert st.win_pos.tolist() == list(range(st.pos - st.win_k.shape[2], st.pos))
-    if p.scorer.needs_attention_mass:   # the mass carried on: the scores of every later boundary
-        torch.testing.assert_close(st.sp_acc, ref.acc.gather(2, st.sp_pos), atol=1e-10, rtol=1e-9)
-        torch.testing.assert_close(st.win_acc, ref.acc[..., st.win_pos], atol=1e-10, rtol=1e-9)
+    ws = p.cfg.window_start(prompt_len // p.cfg.chunk_size)
+    assert st.win_pos.tolist() == list(range(ws, st.pos))
+    assert torch.equal(st.win_k, storage(k, p)[:, :, ws:st.pos])
+    assert torch.equal(st.win_v, storage(v, p)[:, :, ws:st.pos])
+    assert st.win_acc is None and st.sp_acc is None and ref.acc is None
     assert st.n_folded == 0 and st.H.numel() == 0
 
 
@@ -65,17 +77,79 @@ SHAPES = [(4, 5, None, 2, 23, 37), (8, 0, None, 0, 24, 41), (4, 3, 3, 1, 17, 40)
 @pytest.mark.parametrize("window,sparse,chunk,sinks,prompt,total", SHAPES)
 def test_prefill_then_decode_matches_the_reference(scorer, gqa, window, sparse, chunk, sinks, prompt, total):
     """Prefill of the prompt (full attention + one compression) then decode == the reference with prompt_len: every
-    output, the final sparse positions, the window and the attention mass the state carries."""
+    output, the final sparse positions and the window (every token since the compression's window start); the same
+    with a multi-token call between prompt and decode (it evicts nothing either)."""
     cfg = cfg_of(window=window, sparse=sparse, chunk=chunk, sinks=sinks, scorer=scorer, gqa=gqa)
     p = testing.make_params(cfg, 4, 2, D, dtype=torch.float64)
     q, k, v = testing.qkv(total, 4, 2, 2, D, torch.float64)
     ref = lola_reference(q, k, v, p, prompt_len=prompt)
     out, st = run(q, k, v, p, prompt)
     torch.testing.assert_close(out, ref.out, atol=1e-10, rtol=1e-9)
-    assert_state_matches(st, ref, p)
-    out2, st2 = run(q, k, v, p, prompt, continuation=5)    # a later multi-token call runs the boundary rule
+    assert_state_matches(st, ref, p, k, v, prompt)
+    out2, st2 = run(q, k, v, p, prompt, continuation=total - prompt - 3)   # crosses several chunk boundaries
     torch.testing.assert_close(out2, ref.out, atol=1e-10, rtol=1e-9)
-    assert torch.equal(st2.sp_pos, st.sp_pos)
+    assert_state_matches(st2, ref, p, k, v, prompt)
+
+
+def kept_attention(q, k, v, p, sp_pos, ws, t):
+    """(B, Hq, d): softmax attention of the query at t over exactly its storage head's kept prompt pairs (sp_pos
+    (B, Hs, ns)) and every key from ws to t, computed head by head from q, k, v."""
+    b, hq = q.shape[:2]
+    rep, g = hq // k.shape[1], p.group
+    out = torch.empty(b, hq, q.shape[-1], dtype=q.dtype)
+    for i in range(b):
+        for h in range(hq):
+            keys = sorted(sp_pos[i, h // g].tolist()) + list(range(ws, t + 1))
+            assert len(set(keys)) == len(keys) and max(keys) == t      # kept prompt pairs all lie before ws
+            kk, vv = k[i, h // rep, keys], v[i, h // rep, keys]
+            out[i, h] = torch.softmax(kk @ q[i, h, t] * q.shape[-1] ** -0.5, -1) @ vv
+    return out
+
+
+@pytest.mark.parametrize("scorer", EVICT_SCORERS)
+@pytest.mark.parametrize("gqa", ["grouped", "expanded"])
+@pytest.mark.parametrize("P", [23, 24])
+def test_decode_after_the_compression_keeps_every_token(scorer, gqa, P):
+    """The invariant of prompt_end: after the compression, N decoded tokens (several chunk boundaries) leave the
+    compressed prompt cache unchanged (the same positions, keys and values in the sparse cache and in the window it
+    kept) and keep every generated token in the window; each step's output is softmax over exactly (kept prompt
+    pairs + every key from the window start up to itself). A continuation call in one piece gives the same."""
+    W, N = 4, 17
+    cfg = cfg_of(window=W, sparse=3, sinks=1, scorer=scorer, gqa=gqa)
+    p = testing.make_params(cfg, 4, 2, D, dtype=torch.float64)
+    q, k, v = testing.qkv(P + N, 4, 2, 2, D, torch.float64)
+    ws = cfg.window_start(P // W)
+    for continuation in (False, True):
+        st = LolaState()
+        lola_chunked(q[:, :, :P], k[:, :, :P], v[:, :, :P], st, p)
+        before = testing.clone_state(st)
+        assert 0 < st.sp_pos.shape[-1] < ws                            # something was dropped at the compression
+        if continuation:
+            outs = lola_chunked(q[:, :, P:], k[:, :, P:], v[:, :, P:], st, p)
+        else:
+            outs = torch.cat([lola_decode(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], st, p)
+                              for t in range(P, P + N)], 2)
+        for t in range(P, P + N):
+            torch.testing.assert_close(outs[:, :, t - P], kept_attention(q, k, v, p, before.sp_pos, ws, t),
+                                       atol=1e-10, rtol=1e-9)
+        for name in ("sp_pos", "sp_k", "sp_v"):
+            assert torch.equal(getattr(st, name), getattr(before, name)), name
+        nw = P - ws
+        assert torch.equal(st.win_pos[:nw], before.win_pos) and torch.equal(st.win_k[:, :, :nw], before.win_k)
+        assert st.win_pos.tolist() == list(range(ws, P + N)) and st.pos == P + N
+        assert torch.equal(st.win_k[:, :, nw:], storage(k, p)[:, :, P:]) and torch.equal(st.win_v[:, :, nw:],
+                                                                                          storage(v, p)[:, :, P:])
+
+
+def test_batched_path_refuses_prompt_end():
+    """The batched path assumes the boundary rule (its selection pass and window slices): it refuses prompt_end
+    states, which lola_chunked routes to prefill_then_compress, then to the chunk loop."""
+    from lola_bench.attention.batched import lola_batched
+
+    p = testing.make_params(cfg_of(window=4, sparse=3), 4, 2, D, dtype=torch.float64)
+    q, k, v = testing.qkv(9, 4, 2, 1, D, torch.float64)
+    with pytest.raises(ValueError, match="prompt_end"):
+        lola_batched(q, k, v, LolaState(), p)
 
 
 @pytest.mark.parametrize("scorer", EVICT_SCORERS)
@@ -96,7 +170,7 @@ def test_compression_right_after_the_prompt(scorer, gqa):
     assert st.win_pos.tolist() == list(range(ws, P))
     assert st.sp_pos.shape[-1] == cfg.keep(ws, ws) and bool((st.sp_pos < ws).all())
     assert bool((st.sp_pos[..., :sinks] == torch.arange(sinks)).all())
-    assert_state_matches(st, ref, p)
+    assert_state_matches(st, ref, p, k, v, P)
 
 
 @pytest.mark.parametrize("lam", [0, 3, 9, 1000])
@@ -182,22 +256,34 @@ def test_full_mass_blocks_and_groups(gqa, monkeypatch):
     torch.testing.assert_close(full_mass(q, k, 5, 17, p), want, atol=1e-12, rtol=1e-10)
 
 
-def test_bytes_held_are_the_compressed_cache():
-    """After the prefill the state holds only the compressed cache (no view keeps the prompt's K/V alive); after one
-    decoded token its bytes equal the analytic count (the same layout as boundary mode)."""
-    P, W, lam = 64, 8, 5
+@pytest.mark.parametrize("P", [64, 61])
+def test_bytes_held_are_the_compressed_cache_plus_every_later_token(P):
+    """After the prefill the state holds only the compressed cache (no view keeps the prompt's K/V alive) and no
+    attention mass; then every decoded token adds one window pair: the bytes equal the analytic count with
+    prompt_len at every step (a prompt ending on a chunk boundary, 64, and one that does not)."""
+    W, lam, N = 8, 5, 21
     cfg = cfg_of(window=W, sparse=lam, scorer="snapkv", sinks=2)
     p = testing.make_params(cfg, 4, 2, D, dtype=torch.float64)
-    q, k, v = testing.qkv(P + 1, 4, 2, 1, D, torch.float64)
+    q, k, v = testing.qkv(P + N, 4, 2, 1, D, torch.float64)
     st = LolaState()
     lola_chunked(q[:, :, :P], k[:, :, :P], v[:, :, :P], st, p)
-    for t in (st.win_k, st.win_v, st.sp_k, st.sp_v, st.win_acc, st.sp_acc):
+    for t in (st.win_k, st.win_v, st.sp_k, st.sp_v):
         assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
-    assert st.win_k.shape[2] == P - cfg.window_start(P // W) and st.sp_k.shape[2] == lam + 2
-    lola_decode(q[:, :, P:], k[:, :, P:], v[:, :, P:], st, p)
-    want = analytic_bytes(cfg, P + 1, batch=1, query_heads=4, kv_heads=2, head_dim=D, feature_dim=p.feature_dim,
-                          dtype=torch.float64)
-    assert st.nbytes_by_tier() == want
+    ws = cfg.window_start(P // W)
+    assert st.win_k.shape[2] == P - ws and st.sp_k.shape[2] == lam + 2 and st.win_acc is None
+
+    def analytic(n):
+        return analytic_bytes(cfg, n, batch=1, query_heads=4, kv_heads=2, head_dim=D, feature_dim=p.feature_dim,
+                              dtype=torch.float64, prompt_len=P)
+
+    assert st.nbytes_by_tier() == analytic(P)
+    for t in range(P, P + N):
+        lola_decode(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], st, p)
+        assert st.nbytes_by_tier() == analytic(t + 1)
+    assert st.win_k.shape[2] == P + N - ws and st.sp_k.shape[2] == lam + 2
+    boundary = analytic_bytes(replace(cfg, evict_at="boundary"), P + N, batch=1, query_heads=4, kv_heads=2,
+                              head_dim=D, feature_dim=p.feature_dim, dtype=torch.float64)
+    assert st.nbytes_by_tier()["window"] > boundary["window"]        # the sliding window would hold W..W+C pairs
 
 
 def test_config_field():

@@ -107,8 +107,9 @@ def test_evict_scorers_split_the_families():
 
 
 def test_prompt_end_cells_get_the_boundary_cells_lambdas():
-    """--evict-at boundary,prompt_end --budget-mib: both modes hold the same cache after the prompt, so each
-    prompt_end family gets the lambda its boundary twin got, at every budget."""
+    """--evict-at boundary,prompt_end --budget-mib: both modes hold the same cache after the prompt (up to chunk
+    alignment; prompt_end's then grows with the generated tokens), so each prompt_end family gets the lambda its
+    boundary twin got, at every budget."""
     grid = cells(replace(SPEC, evict_at=("boundary", "prompt_end")))
     ev = {}
     for c in grid:
