@@ -44,7 +44,8 @@ def sweep(
     task: Annotated[list[str], typer.Option("--task", metavar=NAMES, help="Task(s): RULER tasks or commonsense tasks "
                                             "(default: niah_single_1 / the five zero-shot suites).")] = [],
     scorer: Annotated[list[str], typer.Option("--scorer", metavar=NAMES, help="Scorer(s) compared at equal "
-                                              "lambda: sre, random, key_norm, attention, recency, sink, snapkv.")]
+                                              "lambda: sre, sre_relative, random, key_norm, attention, recency, "
+                                              "sink, snapkv.")]
     = ["sre"],
     feature_map: Annotated[list[str], typer.Option("--feature-map", metavar=NAMES, help="Feature map(s): hedgehog, "
                                                    "hedgehog-identity, elu, relu, taylor (default: the checkpoint's, "
