@@ -113,6 +113,8 @@ def ruler(
     Every finished (variant, task, ctx) cell is saved as it finishes: rerun the same command with the same --out
     after an interruption and only the unfinished cells run.
     """
+    from ..diagnostics.outcomes import NOTE as OUTCOME_NOTE
+    from ..diagnostics.outcomes import needle_outcomes
     from ..evals.ruler.haystack import default_essay_path
     from ..evals.ruler_bench import RulerSettings, check_pairs, expand_tasks, run_ruler, validate
     from ..models.checkpoint import checkpoint_fingerprint
@@ -171,6 +173,9 @@ def ruler(
             run.append_jsonl("predictions.jsonl", result.predictions)
             run.write_table("summary", result.summary, title="RULER", notes=_exactness_note(variants))
             write_rank_timing(run, result.predictions)
+            outcomes = needle_outcomes(result.predictions)
+            if not outcomes.empty:
+                run.write_table("needle_outcomes", outcomes, title="Needle diagnostics by outcome", notes=OUTCOME_NOTE)
             from ..report import accuracy_plot, depth_heatmaps, needle_kept_plot
 
             depth_heatmaps(result.predictions, run.stage)

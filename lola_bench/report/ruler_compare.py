@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
+from ..diagnostics.outcomes import NOTE as OUTCOME_NOTE
+from ..diagnostics.outcomes import needle_outcomes
 from ..errors import UserError
 from ..records import atomic_write_json, atomic_write_text, frame_to_markdown
 from ..stats import wilson_interval
@@ -119,4 +122,27 @@ def render_ruler_report(dirs: list[Path], out: str | Path) -> list[Path]:
           "## One row per run and variant\n\n" + frame_to_markdown(ruler_by_run(long)) + "\n" + BY_RUN_NOTE + "\n")
     atomic_write_text(out / "comparison.md", md)
     atomic_write_json(out / "comparison-sources.json", {"command": "report", "sources": [str(d) for d in dirs]})
-    return [out / "comparison.csv", out / "comparison.md", out / "comparison-sources.json"]
+    written = [out / "comparison.csv", out / "comparison.md", out / "comparison-sources.json"]
+    outcomes = _outcomes(dirs)
+    if not outcomes.empty:
+        atomic_write_text(out / "needle_outcomes.csv", outcomes.to_csv(index=False))
+        atomic_write_text(out / "needle_outcomes.md", "# Needle diagnostics by outcome\n\n"
+                          + frame_to_markdown(outcomes) + "\n" + OUTCOME_NOTE + "\n")
+        written += [out / "needle_outcomes.csv", out / "needle_outcomes.md"]
+    return written
+
+
+def _outcomes(dirs: list[Path]) -> pd.DataFrame:
+    """``diagnostics.outcomes.needle_outcomes`` of every run's predictions.jsonl (runs without one are skipped),
+    with the run's name first."""
+    frames = []
+    for d in dirs:
+        try:
+            preds = [json.loads(line) for line in (d / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+                     if line.strip()]
+        except (OSError, ValueError):
+            continue
+        df = needle_outcomes(preds)
+        if not df.empty:
+            frames.append(df.assign(run=d.name)[["run", *df.columns]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

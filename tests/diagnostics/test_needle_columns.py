@@ -177,5 +177,7 @@ def test_ruler_command_writes_the_columns_and_the_plot(tmp_path):
     preds = run(tmp_path / "on")
     assert "needle_where" in preds[0] and (tmp_path / "on" / "needle_kept.png").is_file()
     assert pd.read_csv(tmp_path / "on" / "summary.csv")["needle_kept"].notna().all()
+    assert pd.read_csv(tmp_path / "on" / "needle_outcomes.csv")["n"].sum() == 1
     preds = run(tmp_path / "off", "--no-diagnostics")
     assert "needle_where" not in preds[0] and not (tmp_path / "off" / "needle_kept.png").exists()
+    assert not (tmp_path / "off" / "needle_outcomes.csv").exists()
