@@ -64,16 +64,29 @@ def ensure_state(state: LolaState, k: torch.Tensor, params: LolaParams) -> None:
                    params.feature_dim if params.cfg.fold else 0, k.dtype, k.device, params.scorer.needs_attention_mass)
 
 
-def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def take_rows(x: torch.Tensor, idx: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """x (B, H, N, D) at idx (B, H, n) along N -> (B, H, n, D): ``x.gather(2, idx[..., None].expand(..., D))`` as
-    one ``index_select`` of whole rows (torch's gather reads element by element: several times slower on CPU)."""
+    one ``index_select`` of whole rows (torch's gather reads element by element: several times slower on CPU).
+    ``out``: a contiguous (B * H * n, D) tensor to write the rows into."""
     b, h, n_rows, dim = x.shape
     flat = idx + (torch.arange(b * h, device=idx.device) * n_rows).view(b, h, 1)
-    return x.reshape(b * h * n_rows, dim).index_select(0, flat.reshape(-1)).view(b, h, idx.shape[2], dim)
+    rows = x.reshape(b * h * n_rows, dim)
+    if out is not None:
+        return torch.index_select(rows, 0, flat.reshape(-1), out=out).view(b, h, idx.shape[2], dim)
+    return rows.index_select(0, flat.reshape(-1)).view(b, h, idx.shape[2], dim)
 
 
 def split_topk(scores: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the ``keep`` highest scores (ascending, ties to the earlier candidate) and of the rest."""
+    """Indices of the ``keep`` highest scores (ascending, ties to the earlier candidate) and of the rest (highest
+    first). On CPU, when fewer leave than stay, the ``n - keep`` lowest are found with one ``topk`` instead of a full
+    sort, unless a tie straddles the cut (then the stable sort decides, as always)."""
+    m = scores.shape[-1] - keep
+    if scores.device.type == "cpu" and 0 < m < keep:
+        low, low_i = torch.topk(scores, m + 1, dim=-1, largest=False)       # ascending; NaN counts as highest
+        if bool((low[..., m - 1] < low[..., m]).all()):                      # the m lowest are one set: no tie
+            kept = torch.ones_like(scores, dtype=torch.bool).scatter_(-1, low_i[..., :m], False)
+            idx = kept.nonzero()[:, -1].view(*scores.shape[:-1], keep)
+            return idx, low_i[..., :m].flip(-1)
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     return order[..., :keep].sort(dim=-1).values, order[..., keep:]
 

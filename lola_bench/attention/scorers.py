@@ -27,6 +27,8 @@ class ScoreContext:
     group: int               # query heads per storage head (1 in expanded mode)
     eps: float
     seed: int
+    lin_t: torch.Tensor | None = None  # (B, Hq, d+1, F) [H | s]^T, when the caller keeps the state so (SRE reads it)
+    v_t: torch.Tensor | None = None    # (B, Hs, d, n) the values transposed, when the caller has them so
 
 
 def group_mean(x: torch.Tensor, group: int) -> torch.Tensor:
@@ -57,12 +59,20 @@ class SelfRecallError(Scorer):
     name = "sre"
 
     def score(self, ctx):
-        num_den = torch.matmul(ctx.phi_k, torch.cat([ctx.H, ctx.s.unsqueeze(-1)], dim=-1))  # one pass over phi
-        b, hq, n, _ = num_den.shape
-        recall = num_den[..., :-1] / (num_den[..., -1:] + ctx.eps)                            # (B, Hq, n, d)
-        # the query heads of a storage head are contiguous: v broadcasts over them (no repeated copy of v)
-        err = recall.view(b, hq // ctx.group, ctx.group, n, -1).sub_(ctx.v.unsqueeze(2)).norm(dim=-1)
-        return err.mean(dim=2)
+        # one matmul over phi for numerator and denominator, laid out (d+1, n): the division and the error norm then
+        # run along the contiguous candidate axis (a per-row broadcast along d is several times slower on CPU)
+        hs_t = ctx.lin_t
+        if hs_t is None:
+            hs_t = torch.cat([ctx.H, ctx.s.unsqueeze(-1)], dim=-1).transpose(-1, -2)       # (B, Hq, d+1, F)
+        v_t = ctx.v_t if ctx.v_t is not None else ctx.v.transpose(-1, -2)
+        num_den = torch.matmul(hs_t, ctx.phi_k.transpose(-1, -2))                           # (B, Hq, d+1, n)
+        b, hq, d1, n = num_den.shape
+        inv_den = num_den[:, :, -1:].add(ctx.eps).reciprocal_()                              # (B, Hq, 1, n)
+        # v - num / den, in one pass; the query heads of a storage head are contiguous: v broadcasts over them
+        hs, g = hq // ctx.group, ctx.group
+        err = torch.addcmul(v_t.unsqueeze(2), num_den[:, :, :-1].view(b, hs, g, d1 - 1, n),
+                            inv_den.view(b, hs, g, 1, n), value=-1)
+        return err.mul_(err).sum(dim=3).sqrt_().mean(dim=2)
 
 
 class RelativeSelfRecallError(SelfRecallError):

@@ -7,20 +7,39 @@ pass runs first and records, per segment of the block, which pairs the segment's
 a table [sparse cache at the start | window at the start | new keys]) and the linear state they read. The queries of
 all segments are then answered in batches (``batched``).
 
-Feature-mapped keys are computed once per pair (when it leaves the window, or for the cached pairs at the first scored
-boundary of the call) and kept, with the candidates' keys, values and positions, in fixed slots (``Slots``): a boundary
-writes the leaving rows into the slots its losers freed, instead of concatenating and re-gathering the whole cache.
+The boundaries are sequential (each selection reads the state the previous fold left), so the pass keeps the work per
+boundary to a few large tensor ops (on CPU every small op costs about as much as a 64-row copy):
+  * the candidates' rows live in fixed slots (``Slots``): a boundary writes the few leaving rows into the slots its
+    losers freed, instead of concatenating and re-gathering the whole cache;
+  * phi(k) is computed ahead for many leaving rows at once (one feature-map call per ``PHI_BYTES`` of rows);
+  * the linear state is carried as ``lin`` = [H | s]^T (B, Hq, d+1, F): SRE reads numerator and denominator with one
+    matmul along the contiguous candidate axis, and a fold (H += phi^T v, s += sum phi) is one matmul of the folded
+    values, extended by a row of ones, with their phi(k).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from .common import LolaParams, split_topk, take_rows, to_storage
+from .config import LolaConfig
 from .scorers import ScoreContext, expand_heads
 from .state import LolaState
+
+PHI_BYTES = 2 * 2**20   # phi(k) rows computed ahead per feature-map call (at least one boundary's worth)
+
+
+def lin_from(H: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """(H (B, Hq, F, d), s (B, Hq, F)) -> [H | s]^T (B, Hq, d+1, F)."""
+    return torch.cat([H.transpose(-1, -2), s.unsqueeze(-2)], dim=-2)
+
+
+def lin_split(lin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[H | s]^T (B, Hq, d+1, F) -> (H (B, Hq, F, d), s (B, Hq, F)), contiguous."""
+    return lin[:, :, :-1].transpose(-1, -2).contiguous(), lin[:, :, -1].contiguous()
 
 
 @dataclass
@@ -29,9 +48,8 @@ class Segment:
     lo: int
     hi: int
     ws: int                       # window start: the window part is the positions [ws, hi)
-    sp_idx: torch.Tensor          # (B, Hs, ns) table indices of the sparse cache, ascending positions
-    H: torch.Tensor               # (B, Hq, F, d) linear state
-    s: torch.Tensor               # (B, Hq, F)
+    sp_idx: torch.Tensor          # (B, Hs, ns) table indices of the sparse cache (position order until the end)
+    lin: torch.Tensor             # (B, Hq, d+1, F) linear state [H | s]^T (``lin_from``)
     folded: bool                  # anything folded so far (n_folded > 0): the linear part is read
     exact: bool                   # every earlier pair is still held exactly (nothing folded or dropped)
 
@@ -63,137 +81,215 @@ def build_table(k: torch.Tensor, v: torch.Tensor, state: LolaState, params: Lola
                  pos=torch.cat([state.sp_pos, new_pos], dim=2), ns0=ns0, p0=p0)
 
 
-def select_all(k: torch.Tensor, v: torch.Tensor, state: LolaState, params: LolaParams) -> Table:
-    """Run every chunk boundary of the L new tokens (k, v: (B, Hkv, L, d)) on ``state`` and record the segments.
+def leaving_rows(tab: Table, start: int, n: int, cfg: LolaConfig) -> int:
+    """Table rows [0, this) hold every pair that can leave the window while the ``n`` tokens from ``start`` run."""
+    return tab.index(max(tab.p0, cfg.window_start((start + n - 1) // cfg.chunk_size)))
+
+
+def select_all(k: torch.Tensor, v: torch.Tensor, state: LolaState, params: LolaParams,
+               on_segment: Callable[[Table], None] | None = None, table: Table | None = None,
+               phi: PhiRows | None = None) -> Table:
+    """Run every chunk boundary of the L new tokens (k, v: (B, Hkv, L, d)) on ``state`` and record the segments;
+    ``on_segment(table)`` is called after each one is recorded (the pipelined prefill attends while this runs).
+    ``table``: ``build_table``'s for these arguments, when the caller made it; ``phi``: where phi(k) of its rows
+    comes from (default: a ``PhiRows`` of the table).
 
     Leaves ``state`` as the chunk loop would after the same tokens (window, sparse cache, H, s, counters)."""
-    cfg, g = params.cfg, params.group
-    C, L = cfg.chunk_size, k.shape[2]
-    tab = build_table(k, v, state, params)
+    cfg = params.cfg
+    L = k.shape[2]
+    tab = table if table is not None else build_table(k, v, state, params)
     b, hs = tab.k.shape[:2]
-    fold_on = cfg.fold
     start = state.pos
-    sp_idx = torch.arange(tab.ns0, device=k.device).view(1, 1, -1).expand(b, hs, -1)
-    slots = None                  # the candidates' rows in fixed slots, made at the first scored boundary
-    sp_slot = None                # (B, Hs, ns) slot of each cached pair, aligned with sp_idx
-    H, s, n_folded = state.H, state.s, state.n_folded
+    # until the first scored boundary of the call nothing leaves the table's order: the cache is rows [0, ns)
+    ns, sp_idx = tab.ns0, None
+    slots = sp_slot = None
+    lin, n_folded = lin_from(state.H, state.s), state.n_folded
     lost = start - tab.ns0 - state.win_k.shape[2]   # pairs folded or dropped before this call
     wlo = tab.p0                  # first window position
-    i = 0
-    while i < L:
-        p = start + i
-        c = p // C
-        seg = min(L - i, (c + 1) * C - p)
-        ws = cfg.window_start(c)
+    if phi is None and cfg.fold:
+        phi = PhiRows(tab, params, lin.dtype, leaving_rows(tab, start, L, cfg))
+    for p, hi, ws in segment_bounds(start, L, cfg):
         n_ev = max(0, min(p - wlo, ws - wlo))
         if n_ev:
-            leave = torch.arange(tab.index(wlo), tab.index(wlo + n_ev), device=k.device)
-            cand = torch.cat([sp_idx, leave.view(1, 1, -1).expand(b, hs, -1)], dim=2)
+            lo = tab.index(wlo)
             wlo += n_ev
-            n = cand.shape[2]
+            n = ns + n_ev
             keep = cfg.keep(ws, n)
-            if keep < n and slots is None:
-                slots = Slots(tab, sp_idx, params, H.dtype)
-                sp_slot = slots.initial
-            new_slot = None if slots is None else slots.add(tab, leave, params)
-            cand_slot = None if slots is None else torch.cat([sp_slot, new_slot], dim=2)
-            if keep == n:
-                sp_idx, sp_slot = cand, cand_slot
+            if keep == n and slots is None:
+                ns = n
             else:
-                if keep == 0:
-                    idx, out_idx = cand[:, :, :0], torch.arange(n, device=k.device).view(1, 1, n).expand(b, hs, n)
+                if slots is None:
+                    slots = Slots(tab, ns, params, lin.dtype, phi)
+                    sp_slot = slots.initial
+                cand_slot = torch.cat([sp_slot, slots.add(tab, lo, n_ev)], dim=2)     # position order
+                if keep == n:
+                    sp_slot = cand_slot
                 else:
-                    sinks = min(cfg.sinks, ws)
-                    ctx = ScoreContext(k=slots.k, v=slots.v, pos=slots.pos, phi_k=slots.phi,
-                                       H=H if fold_on else None, s=s if fold_on else None, acc=None, group=g,
-                                       eps=cfg.eps, seed=cfg.seed)
-                    scores = params.scorer.score(ctx).gather(2, cand_slot)      # slot order -> candidate order
-                    if sinks:
-                        scores = scores.masked_fill(tab.pos.gather(2, cand) < sinks, float("inf"))
-                    idx, out_idx = split_topk(scores, keep)
-                out_slot = cand_slot.gather(2, out_idx)
-                if fold_on:
-                    out_phi = take_rows(slots.phi, expand_heads(out_slot, g))
-                    H = H + torch.matmul(out_phi.transpose(-1, -2), expand_heads(take_rows(slots.v, out_slot), g)
-                                         .to(H.dtype))
-                    s = s + out_phi.sum(dim=2)
-                    n_folded += n - keep
-                lost += n - keep
-                sp_idx, sp_slot = cand.gather(2, idx), cand_slot.gather(2, idx)
-                slots.release(out_slot)
-        tab.segments.append(Segment(lo=p, hi=p + seg, ws=ws, sp_idx=sp_idx, H=H, s=s, folded=n_folded > 0,
-                                    exact=lost == 0))
-        i += seg
-    _write_state(state, tab, sp_idx, wlo, H, s, n_folded, start + L)
+                    if keep == 0:
+                        keep_i = cand_slot[:, :, :0]
+                        out_i = torch.arange(n, device=k.device).view(1, 1, n).expand(b, hs, n)
+                    else:   # scores in slot order -> candidate order: ties go to the earlier position
+                        keep_i, out_i = split_topk(slots.score(params, lin).gather(2, cand_slot), keep)
+                    out_slot = cand_slot.gather(2, out_i)
+                    if cfg.fold:
+                        lin = slots.fold(lin, out_slot)
+                        n_folded += n - keep
+                    lost += n - keep
+                    sp_slot = cand_slot.gather(2, keep_i)
+                    slots.release(out_slot)
+                ns = keep
+                sp_idx = slots.row.gather(2, sp_slot)
+        tab.segments.append(Segment(lo=p, hi=hi, ws=ws, sp_idx=_rows(sp_idx, ns, b, hs, k.device), lin=lin,
+                                    folded=n_folded > 0, exact=lost == 0))
+        if on_segment is not None:
+            on_segment(tab)
+    _write_state(state, tab, _rows(sp_idx, ns, b, hs, k.device), wlo, lin, n_folded, start + L)
     tab.slots, tab.sp_slot = slots, sp_slot
     return tab
 
 
-class Slots:
-    """The candidates' keys, values, positions and phi(k) (fp32, per query head; None under eviction) in fixed
-    slots: a pair leaving the window takes the slot of a pair folded or dropped at an earlier boundary, so a boundary
-    writes the few leaving rows instead of copying the whole cache (phi of 512 pairs x 9 heads x 128 features is
-    2.4 MB), and the scorer reads the buffers where they lie. Slots are in no particular order: the scores are
-    gathered back into candidate (position) order before the selection, so the tie-breaking is the chunk loop's.
-    Every scorer on this path scores each candidate on its own (those reading attention mass, SnapKV's pooling
-    over neighbours among them, keep the loop)."""
+def segment_bounds(start: int, n: int, cfg: LolaConfig) -> list[tuple[int, int, int]]:
+    """(lo, hi, window start) of each segment of the ``n`` tokens from position ``start``: the chunks they touch."""
+    C, out, p = cfg.chunk_size, [], start
+    while p < start + n:
+        c = p // C
+        hi = min(start + n, (c + 1) * C)
+        out.append((p, hi, cfg.window_start(c)))
+        p = hi
+    return out
 
-    def __init__(self, tab: Table, sp_idx: torch.Tensor, params: LolaParams, sd: torch.dtype):
-        self.k, self.v, self.pos = take_rows(tab.k, sp_idx), take_rows(tab.v, sp_idx), tab.pos.gather(2, sp_idx)
-        self.phi = _phi_at(tab, sp_idx, params, sd) if params.cfg.fold else None
-        b, hs, ns = sp_idx.shape
-        self.initial = torch.arange(ns, device=sp_idx.device).view(1, 1, ns).expand(b, hs, ns)
+
+def _rows(sp_idx: torch.Tensor | None, ns: int, b: int, hs: int, device) -> torch.Tensor:
+    return sp_idx if sp_idx is not None else torch.arange(ns, device=device).view(1, 1, ns).expand(b, hs, ns)
+
+
+class PhiRows:
+    """phi(k) per query head (fp32) of the table rows [lo, hi), for the rows that leave the window in order: computed
+    ahead, one feature-map call per ``PHI_BYTES`` of rows (at least the rows asked for)."""
+
+    def __init__(self, tab: Table, params: LolaParams, sd: torch.dtype, rows_end: int):
+        self.k, self.fmap, self.group, self.sd, self.rows_end = tab.k, params.feature_map_k, params.group, sd, rows_end
+        self.lo, self.buf = 0, None
+
+    def compute(self, lo: int, hi: int) -> torch.Tensor:
+        return self.fmap(expand_heads(self.k[:, :, lo:hi], self.group)).to(self.sd)
+
+    def rows(self, lo: int, hi: int) -> torch.Tensor:
+        """(B, Hq, hi - lo, F)."""
+        if self.buf is None or lo < self.lo or hi > self.lo + self.buf.shape[2]:
+            b, hs = self.k.shape[:2]
+            per_row = b * hs * self.group * self.fmap.feature_dim * 4
+            self.lo, self.buf = lo, self.compute(lo, max(hi, min(self.rows_end, lo + PHI_BYTES // per_row)))
+        return self.buf[:, :, lo - self.lo:hi - self.lo]
+
+
+class Slots:
+    """The candidates' keys, positions, table rows, values (transposed, with a row of ones: (B, Hs, d+1, cap)) and
+    phi(k) (fp32, per query head; None under eviction) in fixed slots: a pair leaving the window takes the slot of a
+    pair folded or dropped at an earlier boundary, so a boundary writes the few leaving rows instead of copying the
+    whole cache (phi of 512 pairs x 9 heads x 128 features is 2.4 MB), and the scorer reads the buffers where they
+    lie. Slots are in no particular order: the scores are gathered back into candidate (position) order before the
+    selection, so the tie-breaking is the chunk loop's. Every scorer on this path scores each candidate on its own
+    (those reading attention mass, SnapKV's pooling over neighbours among them, keep the loop).
+
+    Made at the first scored boundary of a call, when the sparse cache is the table rows [0, ns)."""
+
+    def __init__(self, tab: Table, ns: int, params: LolaParams, sd: torch.dtype, phi: PhiRows | None):
+        b, hs, _, d = tab.k.shape
+        dev = tab.k.device
+        self.group, self.sinks, self.eps, self.seed = params.group, params.cfg.sinks, params.cfg.eps, params.cfg.seed
+        self.kv_dtype, self.sd = tab.k.dtype, sd
+        cf = torch.contiguous_format   # copies, never views of the table (the slots are written in place)
+        self.k, self.pos = tab.k[:, :, :ns].clone(memory_format=cf), tab.pos[:, :, :ns].clone(memory_format=cf)
+        self.initial = torch.arange(ns, device=dev).view(1, 1, ns).expand(b, hs, ns)
+        self.row = self.initial.clone(memory_format=cf)
+        self.v_t = torch.ones(b, hs, d + 1, ns, dtype=sd, device=dev)
+        self.v_t[:, :, :d] = tab.v[:, :, :ns].transpose(-1, -2)
         self.free = self.initial[:, :, :0]
-        self.sd = sd
+        self._phi = phi
+        self.phi = None if phi is None else phi.rows(0, ns).clone(memory_format=cf)
+        self._sink = None
+        self._bases()
+
+    def _bases(self) -> None:
+        """First flat row of each storage head's (B, Hs, 1) and each query head's (B, Hs, group, 1) slots."""
+        b, hs, cap = self.pos.shape
+        rows = torch.arange(b * hs * self.group, device=self.pos.device).view(b, hs, self.group, 1) * cap
+        self._base_q, self._base_s = rows, rows[:, :, 0] // self.group
+
+    @property
+    def v(self) -> torch.Tensor:
+        """(B, Hs, cap, d) values in slot order (a view of ``v_t`` in the storage dtype)."""
+        return self.v_t[:, :, :-1].transpose(-1, -2).to(self.kv_dtype)
 
     def release(self, slot: torch.Tensor) -> None:
-        self.free = torch.cat([self.free, slot], dim=2)
+        self.free = slot if self.free.shape[2] == 0 else torch.cat([self.free, slot], dim=2)
 
-    def add(self, tab: Table, leave: torch.Tensor, params: LolaParams) -> torch.Tensor:
-        """Write the table entries ``leave`` (n,) into free slots (growing the buffers if needed); their slots."""
+    def add(self, tab: Table, lo: int, n: int) -> torch.Tensor:
+        """Write the table rows [lo, lo + n) into free slots (growing the buffers if needed); their slots."""
         b, hs, cap = self.pos.shape
-        n = leave.shape[0]
         short = n - self.free.shape[2]
         if short > 0:
-            grow = torch.arange(cap, cap + short, device=leave.device).view(1, 1, short).expand(b, hs, short)
+            grow = torch.arange(cap, cap + short, device=self.pos.device).view(1, 1, short).expand(b, hs, short)
             self.free = torch.cat([self.free, grow], dim=2)
-            self.k, self.v, self.pos = _grow(self.k, short), _grow(self.v, short), _grow(self.pos, short)
-            self.phi = None if self.phi is None else _grow(self.phi, short)
-            cap += short
+            self.k, self.pos, self.row = _grow(self.k, short, 2), _grow(self.pos, short, 2), _grow(self.row, short, 2)
+            self.v_t = _grow(self.v_t, short, 3, fill=1.0)
+            self.phi = None if self.phi is None else _grow(self.phi, short, 2)
+            self._sink = None
+            self._bases()
         slot, self.free = self.free[:, :, :n], self.free[:, :, n:]
-        _put(self.k, slot, tab.k[:, :, leave])
-        _put(self.v, slot, tab.v[:, :, leave])
-        _put(self.pos, slot, tab.pos[:, :, leave])
+        flat = (slot + self._base_s).view(-1)
+        hi = lo + n
+        d = self.k.shape[-1]
+        self.k.view(-1, d).index_copy_(0, flat, tab.k[:, :, lo:hi].reshape(-1, d))
+        self.pos.view(-1).index_copy_(0, flat, tab.pos[:, :, lo:hi].reshape(-1))
+        self.row.view(-1).index_copy_(0, flat, torch.arange(lo, hi, device=flat.device).repeat(b * hs))
+        self.v_t[:, :, :d].scatter_(3, slot.unsqueeze(2).expand(b, hs, d, n),
+                                    tab.v[:, :, lo:hi].transpose(-1, -2).to(self.sd))
         if self.phi is not None:
-            _put(self.phi, expand_heads(slot, params.group), _phi(tab, leave, params, self.sd))
+            rows = self._phi.rows(lo, hi)
+            self.phi.view(-1, rows.shape[-1]).index_copy_(0, (slot.unsqueeze(2) + self._base_q).view(-1),
+                                                           rows.reshape(-1, rows.shape[-1]))
+        if self.sinks and lo < self.sinks:
+            self._sink = None
         return slot
 
+    def score(self, params: LolaParams, lin: torch.Tensor) -> torch.Tensor:
+        """The scorer's scores (B, Hs, cap) of every slot against the linear state ``lin``, +inf for the sinks."""
+        fold_on = self.phi is not None
+        v_t = self.v_t[:, :, :-1]
+        ctx = ScoreContext(k=self.k, v=v_t.transpose(-1, -2), pos=self.pos, phi_k=self.phi,
+                           H=lin[:, :, :-1].transpose(-1, -2) if fold_on else None,
+                           s=lin[:, :, -1] if fold_on else None, acc=None, group=self.group, eps=self.eps,
+                           seed=self.seed, lin_t=lin if fold_on else None, v_t=v_t)
+        scores = params.scorer.score(ctx)
+        if self.sinks:   # every candidate is older than the window start, so min(sinks, ws) is sinks here
+            if self._sink is None:
+                self._sink = self.pos < self.sinks
+            scores = scores.masked_fill(self._sink, float("inf"))
+        return scores
 
-def _grow(x: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.cat([x, x.new_zeros(*x.shape[:2], n, *x.shape[3:])], dim=2)
+    def fold(self, lin: torch.Tensor, out_slot: torch.Tensor) -> torch.Tensor:
+        """``lin`` with the pairs in ``out_slot`` (B, Hs, n) folded in: [H | s]^T += [v | 1]^T phi(k), one matmul."""
+        b, hs, n = out_slot.shape
+        g, d1, f = self.group, self.v_t.shape[2], self.phi.shape[-1]
+        phi = self.phi.view(-1, f).index_select(0, (out_slot.unsqueeze(2) + self._base_q).view(-1))
+        v_t = self.v_t.gather(3, out_slot.unsqueeze(2).expand(b, hs, d1, n))              # (B, Hs, d+1, n)
+        v_t = v_t.unsqueeze(2).expand(b, hs, g, d1, n).reshape(b * hs * g, d1, n)
+        return torch.baddbmm(lin.reshape(b * hs * g, d1, f), v_t, phi.view(b * hs * g, n, f)).view(lin.shape)
 
 
-def _put(x: torch.Tensor, slot: torch.Tensor, rows: torch.Tensor) -> None:
-    """x[b, h, slot[b, h, j]] = rows[b, h, j] (x (B, H, N, ...) contiguous, slot (B, H, n), rows (B, H, n, ...))."""
-    b, h, n_rows = x.shape[:3]
-    flat = slot + (torch.arange(b * h, device=slot.device) * n_rows).view(b, h, 1)
-    x.view(b * h * n_rows, -1).index_copy_(0, flat.reshape(-1), rows.reshape(flat.numel(), -1).to(x.dtype))
+def _grow(x: torch.Tensor, n: int, dim: int, fill: float = 0.0) -> torch.Tensor:
+    shape = list(x.shape)
+    shape[dim] = n
+    return torch.cat([x, x.new_full(shape, fill)], dim=dim)
 
 
-def _phi(tab: Table, idx: torch.Tensor, params: LolaParams, sd: torch.dtype) -> torch.Tensor:
-    """phi(k) per query head for the table entries ``idx`` (n,), shared by all heads: (B, Hq, n, F)."""
-    return params.feature_map_k(expand_heads(tab.k[:, :, idx], params.group)).to(sd)
-
-
-def _phi_at(tab: Table, idx: torch.Tensor, params: LolaParams, sd: torch.dtype) -> torch.Tensor:
-    """phi(k) per query head for per-head table entries ``idx`` (B, Hs, n): (B, Hq, n, F)."""
-    return params.feature_map_k(expand_heads(take_rows(tab.k, idx), params.group)).to(sd)
-
-
-def _write_state(state: LolaState, tab: Table, sp_idx: torch.Tensor, wlo: int, H, s, n_folded: int,
+def _write_state(state: LolaState, tab: Table, sp_idx: torch.Tensor, wlo: int, lin: torch.Tensor, n_folded: int,
                  end: int) -> None:
     state.sp_k, state.sp_v, state.sp_pos = take_rows(tab.k, sp_idx), take_rows(tab.v, sp_idx), tab.pos.gather(2, sp_idx)
     w0 = tab.index(wlo)  # copies: a view would keep the whole table (every key of the call) alive
     state.win_k, state.win_v = tab.k[:, :, w0:].clone(), tab.v[:, :, w0:].clone()
     state.win_pos = torch.arange(wlo, end, device=tab.k.device)
-    state.H, state.s, state.n_folded, state.pos = H, s, n_folded, end
+    state.H, state.s = lin_split(lin)
+    state.n_folded, state.pos = n_folded, end

@@ -44,9 +44,10 @@ KERNEL_SCORERS = ("sre", "random", "key_norm", "recency", "sink")
 
 
 # Every environment variable the attention layer reads (tests/attention/test_kernels.py checks the list against the
-# source): Triton's interpreter switch and the kernel-tuning overrides read at launch time by _host.py.
+# source): Triton's interpreter switch, the kernel-tuning overrides read at launch time by _host.py, and the CPU
+# prefill's pipeline switch (pipeline.py).
 KERNEL_ENV_VARS = ("TRITON_INTERPRET", "LOLA_TRITON_FP32_DOT", "LOLA_TRITON_DEBUG_FILL", "LOLA_MERGE_TILES",
-                   "LOLA_MERGE_SELECT")
+                   "LOLA_MERGE_SELECT", "LOLA_CPU_PIPELINE")
 
 
 def kernel_env() -> dict[str, str]:
