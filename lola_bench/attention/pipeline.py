@@ -11,7 +11,7 @@ final state, outputs equal up to float rounding (blocks and phi(k) pieces are cu
 
 ``LOLA_CPU_PIPELINE=0`` turns it off (the plain batched path with the caller's threads), ``=1`` forces it whenever
 two or more threads are set; unset, it runs when at least ``MIN_CHUNKS`` chunks of queries are left after the exact
-prefix (below that the plain path was as fast on a 2-core CPU).
+prefix (on a loaded 2-core CPU it was clearly faster with 54 such chunks, as fast or slower with 6 to 22).
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ class _Blocks:
         self.n_pre = sum(1 for lo, _, _ in bounds if lo < start + prefix)         # segments of the prefix
         self.n_att = len(bounds) - self.n_pre
         self.window = Window(bounds[self.n_pre:], tab.p0, tab.ns0, tab.pos.shape[2], params, q.device)
-        self.step = chunks_per_block(q, tab.pos.shape[2], params, BLOCK_ELEMS)
+        # at least four blocks, so that the two threads can share the last ones
+        self.step = min(chunks_per_block(q, tab.pos.shape[2], params, BLOCK_ELEMS), -(-self.n_att // 4))
         self.cond = threading.Condition()
         self.tab = tab
         self.ready = 0                  # attended segments recorded so far
