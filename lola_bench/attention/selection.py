@@ -199,15 +199,22 @@ class Slots:
         dev = tab.k.device
         self.group, self.sinks, self.eps, self.seed = params.group, params.cfg.sinks, params.cfg.eps, params.cfg.seed
         self.kv_dtype, self.sd = tab.k.dtype, sd
-        cf = torch.contiguous_format   # copies, never views of the table (the slots are written in place)
-        self.k, self.pos = tab.k[:, :, :ns].clone(memory_format=cf), tab.pos[:, :, :ns].clone(memory_format=cf)
-        self.initial = torch.arange(ns, device=dev).view(1, 1, ns).expand(b, hs, ns)
-        self.row = self.initial.clone(memory_format=cf)
-        self.v_t = torch.ones(b, hs, d + 1, ns, dtype=sd, device=dev)
-        self.v_t[:, :, :d] = tab.v[:, :, :ns].transpose(-1, -2)
-        self.free = self.initial[:, :, :0]
+        cap = ns + params.cfg.chunk_size      # room for the pairs leaving at this boundary (grown if more leave)
+        # the slots are written in place: copies of the table, never views; a free slot holds zeros and a position
+        # past every other (no sink), so that nothing in it is ever selected or pinned before a pair is written
+        self.k, self.pos = tab.k.new_zeros(b, hs, cap, d), tab.pos.new_full((b, hs, cap), torch.iinfo(torch.long).max)
+        self.k[:, :, :ns], self.pos[:, :, :ns] = tab.k[:, :, :ns], tab.pos[:, :, :ns]
+        slots = torch.arange(cap, device=dev).view(1, 1, cap).expand(b, hs, cap)
+        self.initial, self.free = slots[:, :, :ns], slots[:, :, ns:]
+        self.row = slots.clone(memory_format=torch.contiguous_format)
+        self.v_t = torch.ones(b, hs, d + 1, cap, dtype=sd, device=dev)
+        self.v_t[:, :, :d] = 0.0
+        self.v_t[:, :, :d, :ns] = tab.v[:, :, :ns].transpose(-1, -2)
         self._phi = phi
-        self.phi = None if phi is None else phi.rows(0, ns).clone(memory_format=cf)
+        self.phi = None
+        if phi is not None:
+            self.phi = torch.zeros(b, hs * self.group, cap, phi.fmap.feature_dim, dtype=sd, device=dev)
+            self.phi[:, :, :ns] = phi.rows(0, ns)
         self._sink = None
         self._bases()
 
@@ -232,7 +239,8 @@ class Slots:
         if short > 0:
             grow = torch.arange(cap, cap + short, device=self.pos.device).view(1, 1, short).expand(b, hs, short)
             self.free = torch.cat([self.free, grow], dim=2)
-            self.k, self.pos, self.row = _grow(self.k, short, 2), _grow(self.pos, short, 2), _grow(self.row, short, 2)
+            self.k, self.row = _grow(self.k, short, 2), _grow(self.row, short, 2)
+            self.pos = _grow(self.pos, short, 2, fill=torch.iinfo(torch.long).max)
             self.v_t = _grow(self.v_t, short, 3, fill=1.0)
             self.phi = None if self.phi is None else _grow(self.phi, short, 2)
             self._sink = None

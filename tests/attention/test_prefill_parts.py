@@ -107,3 +107,25 @@ def test_phi_rows_computed_ahead_equal_phi_of_the_rows(monkeypatch):
             hi = min(46, lo + 4)
             want = p.feature_map_k(tab.k[:, :, lo:hi].repeat_interleave(3, dim=1))
             testing.assert_close(rows.rows(lo, hi), want, 1e-14)
+
+
+def test_free_slots_are_never_pinned_as_sinks():
+    """The slots come with room for a boundary's leaving pairs; a score taken while some are still free must not pin
+    the pairs written into them later (the sink mask is cached between boundaries)."""
+    from lola_bench.attention.selection import Slots
+
+    cfg = LolaConfig(window=8, sparse=6, sinks=3, feature_map="hedgehog", gqa="grouped")
+    p = testing.make_params(cfg, 4, 2, 16, dtype=torch.float64)
+    _, k, v = testing.qkv(40, 4, 2, 1, 16, dtype=torch.float64)
+    st = LolaState()
+    st.init(1, 2, 4, 16, p.feature_dim, torch.float64, "cpu", False)
+    tab = build_table(k, v, st, p)
+    slots = Slots(tab, 9, p, torch.float64, PhiRows(tab, p, torch.float64, 32))
+    lin = lin_from(torch.rand(1, 4, p.feature_dim, 16, dtype=torch.float64), torch.rand(1, 4, p.feature_dim,
+                                                                                          dtype=torch.float64) + 1)
+    first = slots.score(p, lin)
+    assert torch.isinf(first[..., :3]).all() and not torch.isinf(first[..., 3:9]).any()
+    new = slots.add(tab, 9, 5)                       # positions 9 .. 13 into free slots
+    scores = slots.score(p, lin).gather(2, new)
+    assert torch.isfinite(scores).all()
+    assert torch.equal(slots.pos.gather(2, new), torch.arange(9, 14).expand(1, 2, 5))
