@@ -11,6 +11,7 @@ set -euo pipefail
 OUT=${1:-results/ruler/niah_single_2-ablations}
 shift || true
 declare -A FLAGS=(
+  [default]=""                                # passkey at 4K only (its niah_single_2 run is the diagnostics run)
   [pinned-needle]="--pin-needle"             # oracle: the needle exact in every layer (selection vs readout)
   [noise-haystack]=""                         # the default LoLA on niah_single_1 (noise haystack), same diagnostics
   [per-query-head]="--gqa expanded"           # selection per query head instead of per KV head
@@ -21,8 +22,13 @@ declare -A FLAGS=(
   [sre-relative]="--scorer sre_relative"      # SRE / ||v||: recall error relative to the value's size
   [scorer-snapkv]="--scorer snapkv"           # mass from the last chunk's queries (SnapKV-style) instead of SRE
 )
-ORDER=(pinned-needle noise-haystack per-query-head lambda-1024 sre-relative scorer-snapkv combine-lola
-       scorer-attention sinks-0)
+# Scorers that already lose at 2K ran at 2K only, without passkey and perplexity (each 4K cell costs ~20 min of a
+# shared core here): sre-relative's 4K cell ran before that rule, its passkey / perplexity runs did not.
+declare -A CTXS=([scorer-attention]=2048 [scorer-snapkv]=2048)
+NEEDLE_ONLY=" pinned-needle noise-haystack sre-relative scorer-attention scorer-snapkv "
+ALL=(default pinned-needle noise-haystack per-query-head sre-relative scorer-snapkv scorer-attention lambda-1024
+     combine-lola sinks-0)
+ORDER=("${ALL[@]}")
 [ $# -gt 0 ] && ORDER=("$@")
 for name in "${ORDER[@]}"; do
   flags=${FLAGS[$name]?unknown variant $name}
@@ -30,19 +36,22 @@ for name in "${ORDER[@]}"; do
   [ "$name" = noise-haystack ] && task=niah_single_1
   # a finished run directory (summary.csv written) is skipped; an interrupted one resumes
   # shellcheck disable=SC2086
-  [ -f "$OUT/$name/summary.csv" ] ||
-    lola-bench ruler --task "$task" --ctx 2048,4096 --samples 20 --attn lola $flags --out "$OUT/$name"
-  case $name in pinned-needle|noise-haystack) continue ;; esac
+  [ -f "$OUT/$name/summary.csv" ] || [ "$name" = default ] ||
+    lola-bench ruler --task "$task" --ctx "${CTXS[$name]:-2048,4096}" --samples 20 --attn lola $flags \
+      --out "$OUT/$name"
+  case $NEEDLE_ONLY in *" $name "*) continue ;; esac
   # shellcheck disable=SC2086
   [ -f "$OUT/$name-passkey/summary.csv" ] ||
     lola-bench ruler --task passkey --ctx 4096 --samples 10 --attn lola $flags --out "$OUT/$name-passkey"
+  [ "$name" = default ] && continue
   # shellcheck disable=SC2086
   [ -f "$OUT/$name-perplexity/summary.csv" ] ||
     lola-bench perplexity --seq-len 4096 --max-tokens 8192 --attn lola $flags --out "$OUT/$name-perplexity"
 done
+# the default's rows: niah_single_2 (full, base, LoLA) and perplexity at 4K with the same checkpoint
 runs=(results/ruler/niah_single_2-diagnostics)
 ppl=(results/perplexity/smollm2-135m-sinks4-4k)
-for name in "${!FLAGS[@]}"; do
+for name in "${ALL[@]}"; do
   [ -f "$OUT/$name/summary.csv" ] && runs+=("$OUT/$name")
   [ -f "$OUT/$name-passkey/summary.csv" ] && runs+=("$OUT/$name-passkey")
   [ -f "$OUT/$name-perplexity/summary.csv" ] && ppl+=("$OUT/$name-perplexity")
