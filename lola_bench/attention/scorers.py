@@ -84,12 +84,10 @@ class RelativeSelfRecallError(SelfRecallError):
     name = "sre_relative"
 
     def score(self, ctx):
-        num_den = torch.matmul(ctx.phi_k, torch.cat([ctx.H, ctx.s.unsqueeze(-1)], dim=-1))
-        b, hq, n, _ = num_den.shape
-        recall = num_den[..., :-1] / (num_den[..., -1:] + ctx.eps)
-        v = ctx.v.unsqueeze(2)
-        err = recall.view(b, hq // ctx.group, ctx.group, n, -1).sub_(v).norm(dim=-1)
-        return (err / (v.norm(dim=-1) + ctx.eps)).mean(dim=2)
+        # ||v|| is the storage head's, the same for every query head of its group: dividing the group mean of the
+        # errors is the group mean of the relative errors
+        v_norm = ctx.v_t.norm(dim=-2) if ctx.v_t is not None else ctx.v.norm(dim=-1)
+        return super().score(ctx).div_(v_norm + ctx.eps)
 
 
 class RandomScore(Scorer):

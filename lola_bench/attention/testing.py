@@ -13,7 +13,7 @@ import torch
 from .common import LolaParams
 from .config import LolaConfig
 from .feature_maps import make_feature_map
-from .scorers import make_scorer
+from .scorers import ScoreContext, make_scorer
 from .state import LolaState, state_dtype
 
 
@@ -37,6 +37,20 @@ def qkv(L: int, hq: int = 4, hkv: int = 2, b: int = 1, d: int = 16, dtype: torch
     """Random q (b, hq, L, d) and k, v (b, hkv, L, d), standard normal."""
     gen = state_dtype(dtype)
     return tuple(torch.randn(b, h, L, d, dtype=gen, device=device).to(dtype) for h in (hq, hkv, hkv))
+
+
+def random_score_context(group: int, *, hs: int = 2, n: int = 7, d: int = 5, f: int = 6, b: int = 1,
+                         scale: float = 1.0, seed: int = 0) -> ScoreContext:
+    """A float64 ScoreContext for ``hs`` storage heads of ``group`` query heads each: random positive phi(k) (B, Hq, n,
+    F), linear state H (scaled by ``scale``) and s > 0, values (scaled by ``scale``) doubling as keys, positions 0."""
+    g = torch.Generator().manual_seed(seed)
+    hq = hs * group
+    phi = torch.rand(b, hq, n, f, generator=g, dtype=torch.float64)
+    H = torch.randn(b, hq, f, d, generator=g, dtype=torch.float64) * scale
+    s = torch.rand(b, hq, f, generator=g, dtype=torch.float64) + 0.5
+    v = torch.randn(b, hs, n, d, generator=g, dtype=torch.float64) * scale
+    return ScoreContext(k=v, v=v, pos=torch.zeros(b, hs, n, dtype=torch.long), phi_k=phi, H=H, s=s, acc=None,
+                        group=group, eps=1e-9, seed=0)
 
 
 def random_state(p: LolaParams, b: int, hs: int, ns: int, nw: int, pos: int, dtype: torch.dtype,

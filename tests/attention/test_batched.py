@@ -142,28 +142,6 @@ def test_selection_slots_hold_the_sparse_cache(gqa, kw):
         assert sl.phi is None
 
 
-@pytest.mark.parametrize("group", [1, 3])
-def test_sre_scores_match_the_formula(group):
-    """SRE = || v - phi(k)^T H / (phi(k)^T s + eps) ||, per query head against its storage head's v, averaged over
-    the query heads of a storage head."""
-    from lola_bench.attention.scorers import ScoreContext, make_scorer
-
-    g = torch.Generator().manual_seed(1)
-    hs, n, d, f = 2, 11, 5, 7
-    hq = hs * group
-    phi = torch.rand(2, hq, n, f, generator=g, dtype=torch.float64)
-    H, s = torch.randn(2, hq, f, d, generator=g, dtype=torch.float64), torch.rand(2, hq, f, generator=g,
-                                                                                   dtype=torch.float64)
-    vv = torch.randn(2, hs, n, d, generator=g, dtype=torch.float64)
-    ctx = ScoreContext(k=vv, v=vv, pos=torch.zeros(2, hs, n, dtype=torch.long), phi_k=phi, H=H, s=s, acc=None,
-                       group=group, eps=1e-6, seed=0)
-    want = torch.zeros(2, hs, n, dtype=torch.float64)
-    for h in range(hq):
-        recall = (phi[:, h] @ H[:, h]) / (phi[:, h] @ s[:, h].unsqueeze(-1) + 1e-6)
-        want[:, h // group] += (vv[:, h // group] - recall).norm(dim=-1) / group
-    testing.assert_close(make_scorer("sre").score(ctx), want, 1e-12)
-
-
 @pytest.mark.parametrize("kw", [CONFIGS[0], CONFIGS[3], CONFIGS[4], CONFIGS[11]])
 @pytest.mark.parametrize("gqa", ["grouped", "expanded"])
 def test_prefill_cut_into_blocks_within_the_state_budget_equals_one_block(monkeypatch, kw, gqa):

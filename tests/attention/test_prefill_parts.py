@@ -9,7 +9,6 @@ from lola_bench.attention import testing
 from lola_bench.attention.common import split_topk, take_rows
 from lola_bench.attention.config import LolaConfig
 from lola_bench.attention.feature_maps import make_feature_map
-from lola_bench.attention.scorers import ScoreContext, make_scorer
 from lola_bench.attention.selection import PhiRows, build_table, lin_from
 from lola_bench.attention.state import LolaState
 
@@ -61,23 +60,6 @@ def test_two_sided_softmax_is_the_concatenation(name):
             h = torch.einsum("bhld,hdf->bhlf", x, w)
             torch.cat([torch.softmax(h, -1), torch.softmax(-h, -1)], -1).clamp(min=fm.eps).pow(2).sum().backward()
         testing.assert_close(got, fm.layer.grad, 1e-12, "grad")
-
-
-@pytest.mark.parametrize("group", [1, 3])
-def test_sre_from_the_transposed_state_equals_sre_from_h_and_s(group):
-    g = torch.Generator().manual_seed(2)
-    hs, n, d, f = 2, 13, 6, 10
-    hq = hs * group
-    phi = torch.rand(1, hq, n, f, generator=g, dtype=torch.float64)
-    H, s = torch.randn(1, hq, f, d, generator=g, dtype=torch.float64), torch.rand(1, hq, f, generator=g,
-                                                                                   dtype=torch.float64)
-    v = torch.randn(1, hs, n, d, generator=g, dtype=torch.float64)
-    common = dict(k=v, pos=torch.zeros(1, hs, n, dtype=torch.long), phi_k=phi, acc=None, group=group, eps=1e-6, seed=0)
-    sre = make_scorer("sre")
-    plain = sre.score(ScoreContext(v=v, H=H, s=s, **common))
-    fast = sre.score(ScoreContext(v=v * float("nan"), H=None, s=None, lin_t=lin_from(H, s),
-                                  v_t=v.transpose(-1, -2).contiguous(), **common))
-    testing.assert_close(fast, plain, 1e-14)
 
 
 def test_take_rows_into_a_buffer():

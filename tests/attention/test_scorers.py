@@ -6,19 +6,11 @@ import pytest
 import torch
 
 from lola_bench.attention.scorers import ScoreContext, make_scorer
+from lola_bench.attention.testing import random_score_context
 
 
-def _ctx(group: int, scale: float = 1.0, seed: int = 0) -> ScoreContext:
-    g = torch.Generator().manual_seed(seed)
-    b, hs, n, d, f = 1, 2, 7, 5, 6
-    hq = hs * group
-    phi = torch.rand(b, hq, n, f, generator=g, dtype=torch.float64)
-    H = torch.randn(b, hq, f, d, generator=g, dtype=torch.float64) * scale
-    s = torch.rand(b, hq, f, generator=g, dtype=torch.float64) + 0.5
-    v = torch.randn(b, hs, n, d, generator=g, dtype=torch.float64) * scale
-    k = torch.randn(b, hs, n, d, generator=g, dtype=torch.float64)
-    pos = torch.arange(n).view(1, 1, n).expand(b, hs, n)
-    return ScoreContext(k=k, v=v, pos=pos, phi_k=phi, H=H, s=s, acc=None, group=group, eps=1e-9, seed=0)
+def _ctx(group: int, scale: float = 1.0) -> ScoreContext:
+    return random_score_context(group, scale=scale)
 
 
 def _loop(ctx: ScoreContext, relative: bool) -> torch.Tensor:
@@ -38,8 +30,22 @@ def _loop(ctx: ScoreContext, relative: bool) -> torch.Tensor:
 @pytest.mark.parametrize("group", [1, 3])
 @pytest.mark.parametrize("name,relative", [("sre", False), ("sre_relative", True)])
 def test_formula_matches_a_loop(group, name, relative):
+    """SRE = || v - phi(k)^T H / (phi(k)^T s + eps) ||, per query head against its storage head's v, averaged over
+    the query heads of a storage head; the relative variant divides each error by || v ||."""
     ctx = _ctx(group)
     torch.testing.assert_close(make_scorer(name).score(ctx), _loop(ctx, relative))
+
+
+@pytest.mark.parametrize("name", ["sre", "sre_relative"])
+def test_transposed_state_gives_the_same_scores(name):
+    """The selection pass hands SRE [H | s]^T and v^T instead of H, s and v: the same scores."""
+    from lola_bench.attention.selection import lin_from
+
+    ctx = _ctx(3)
+    fast = ScoreContext(k=ctx.k, v=ctx.v * float("nan"), pos=ctx.pos, phi_k=ctx.phi_k, H=None, s=None, acc=None,
+                        group=3, eps=ctx.eps, seed=0, lin_t=lin_from(ctx.H, ctx.s),
+                        v_t=ctx.v.transpose(-1, -2).contiguous())
+    torch.testing.assert_close(make_scorer(name).score(fast), make_scorer(name).score(ctx), rtol=1e-13, atol=1e-13)
 
 
 def test_relative_sre_ignores_the_scale_of_the_values():
