@@ -2,8 +2,8 @@
 # Issue 21: why LoLA misses needles in real prose, and what helps. Each variant of LoLA (shipped checkpoint, eta = 64,
 # lambda = 512 unless it says otherwise) runs RULER niah_single_2 (Paul Graham essay haystack) at 2K and 4K with
 # n = 20 and the needle diagnostics; the variants that change the model's attention in general also run passkey at
-# 4K (n = 10) and WikiText-2 perplexity (seq 4096, 8192 tokens). The noise haystack (niah_single_1) runs the default
-# LoLA with the same diagnostics. Every run directory is resumable: rerun to continue. Then the tables:
+# 4K (n = 10, without the chat template like results/ruler/passkey-sinks4) and WikiText-2 perplexity (seq 4096,
+# 8192 tokens). The noise haystack (niah_single_1) runs the default LoLA with the same diagnostics. Every run directory is resumable: rerun to continue. Then the tables:
 #   <OUT>/table (accuracy, lola-bench report over the RULER runs), <OUT>/perplexity (lola-bench report).
 #   scripts/needle_ablation.sh [OUT] [VARIANT...]     (default OUT results/ruler/niah_single_2-ablations)
 # The default LoLA row is results/ruler/niah_single_2-diagnostics (same settings; full and base are there too).
@@ -11,7 +11,6 @@ set -euo pipefail
 OUT=${1:-results/ruler/niah_single_2-ablations}
 shift || true
 declare -A FLAGS=(
-  [default]=""                                # passkey at 4K only (its niah_single_2 run is the diagnostics run)
   [pinned-needle]="--pin-needle"             # oracle: the needle exact in every layer (selection vs readout)
   [noise-haystack]=""                         # the default LoLA on niah_single_1 (noise haystack), same diagnostics
   [per-query-head]="--gqa expanded"           # selection per query head instead of per KV head
@@ -26,7 +25,7 @@ declare -A FLAGS=(
 # shared core here): sre-relative's 4K cell ran before that rule, its passkey / perplexity runs did not.
 declare -A CTXS=([scorer-attention]=2048 [scorer-snapkv]=2048)
 NEEDLE_ONLY=" pinned-needle noise-haystack sre-relative scorer-attention scorer-snapkv "
-ALL=(default pinned-needle noise-haystack per-query-head sre-relative scorer-snapkv scorer-attention lambda-1024
+ALL=(pinned-needle noise-haystack per-query-head sre-relative scorer-snapkv scorer-attention lambda-1024
      combine-lola sinks-0)
 ORDER=("${ALL[@]}")
 [ $# -gt 0 ] && ORDER=("$@")
@@ -36,20 +35,21 @@ for name in "${ORDER[@]}"; do
   [ "$name" = noise-haystack ] && task=niah_single_1
   # a finished run directory (summary.csv written) is skipped; an interrupted one resumes
   # shellcheck disable=SC2086
-  [ -f "$OUT/$name/summary.csv" ] || [ "$name" = default ] ||
+  [ -f "$OUT/$name/summary.csv" ] ||
     lola-bench ruler --task "$task" --ctx "${CTXS[$name]:-2048,4096}" --samples 20 --attn lola $flags \
       --out "$OUT/$name"
   case $NEEDLE_ONLY in *" $name "*) continue ;; esac
   # shellcheck disable=SC2086
   [ -f "$OUT/$name-passkey/summary.csv" ] ||
-    lola-bench ruler --task passkey --ctx 4096 --samples 10 --attn lola $flags --out "$OUT/$name-passkey"
-  [ "$name" = default ] && continue
+    lola-bench ruler --task passkey --ctx 4096 --samples 10 --no-chat-template --attn lola $flags \
+      --out "$OUT/$name-passkey"
   # shellcheck disable=SC2086
   [ -f "$OUT/$name-perplexity/summary.csv" ] ||
     lola-bench perplexity --seq-len 4096 --max-tokens 8192 --attn lola $flags --out "$OUT/$name-perplexity"
 done
-# the default's rows: niah_single_2 (full, base, LoLA) and perplexity at 4K with the same checkpoint
-runs=(results/ruler/niah_single_2-diagnostics)
+# the default's rows: niah_single_2 (full, base, LoLA), passkey (full, base, LoLA at 1K-4K, n = 20, no chat template
+# like the passkey runs here) and perplexity at 4K, all with the shipped checkpoint
+runs=(results/ruler/niah_single_2-diagnostics results/ruler/passkey-sinks4)
 ppl=(results/perplexity/smollm2-135m-sinks4-4k)
 for name in "${ALL[@]}"; do
   [ -f "$OUT/$name/summary.csv" ] && runs+=("$OUT/$name")
