@@ -3,7 +3,8 @@
 # lambda = 512 unless it says otherwise) runs RULER niah_single_2 (Paul Graham essay haystack) at 2K and 4K with
 # n = 20 and the needle diagnostics; the variants that change the model's attention in general also run passkey at
 # 4K (n = 10, without the chat template like results/ruler/passkey-sinks4) and WikiText-2 perplexity (seq 4096,
-# 8192 tokens). The noise haystack (niah_single_1) runs the default LoLA with the same diagnostics. Every run directory is resumable: rerun to continue. Then the tables:
+# 8192 tokens). The noise haystack (niah_single_1) runs the default LoLA with the same diagnostics. Every run
+# directory is resumable: rerun to continue. Then the tables:
 #   <OUT>/table (accuracy, lola-bench report over the RULER runs), <OUT>/perplexity (lola-bench report).
 #   scripts/needle_ablation.sh [OUT] [VARIANT...]     (default OUT results/ruler/niah_single_2-ablations)
 # The default LoLA row is results/ruler/niah_single_2-diagnostics (same settings; full and base are there too).
