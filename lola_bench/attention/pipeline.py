@@ -153,9 +153,20 @@ class _Blocks:
                                                  self.window.part(j, len(block)))
 
 
+PIPELINE_NAME = "CPU two-thread pipeline"   # what a layer's implementation name gains when a prefill ran here
+_runs = threading.local()
+
+
+def pipeline_runs() -> int:
+    """How many ``lola_pipelined`` calls this thread has made (the model's layers read it around a prefill call to
+    name the implementation that ran)."""
+    return getattr(_runs, "n", 0)
+
+
 def lola_pipelined(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
                    params: LolaParams) -> torch.Tensor:
     """``batched.lola_batched`` with the selection pass on a worker thread (see the module docstring)."""
+    _runs.n = pipeline_runs() + 1
     start, L = state.pos, q.shape[2]
     prefix = exact_prefix(start, L, params)
     out = torch.empty_like(q)

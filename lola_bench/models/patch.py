@@ -22,6 +22,7 @@ from ..attention.config import LolaConfig
 from ..attention.decode import lola_decode
 from ..attention.feature_maps import make_feature_map
 from ..attention.hybrid import hybrid_attention
+from ..attention.pipeline import PIPELINE_NAME, pipeline_runs
 from ..attention.scorers import make_scorer
 from ..attention.state import LolaState
 from ..errors import UserError
@@ -101,8 +102,10 @@ class LolaAttention(nn.Module):
                 self.calls["decode", name] += 1
                 out = decode(q, k, v, state, params)
             else:
-                self.calls["prefill", name] += 1
+                before = pipeline_runs()
                 out = prefill(q, k, v, state, params)
+                # the torch prefill on CPU may run as the two-thread pipeline: the row says so
+                self.calls["prefill", name if pipeline_runs() == before else f"{name} ({PIPELINE_NAME})"] += 1
         out = out.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1).contiguous()
         return self.o_proj(out), None
 

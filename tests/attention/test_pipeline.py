@@ -161,3 +161,25 @@ def test_plain_batched_path_at_one_thread(monkeypatch):
         batched.lola_batched(q, k, v, LolaState(), p)
     finally:
         torch.set_num_threads(prev)
+
+
+def test_the_model_names_the_pipeline_when_it_ran(two_threads, monkeypatch):
+    """A layer's implementation name says `torch (CPU two-thread pipeline)` for a prefill the pipeline computed, and
+    plain `torch` when it is switched off, so result rows never mix the two silently."""
+    from lola_bench.models.loading import load_model
+    from lola_bench.models.patch import implementation_used, patch_model, reset_calls, unpatch_model
+
+    loaded = load_model("random:tiny", device="cpu", dtype="float32")
+    model = loaded.model
+    patch_model(model, LolaConfig(window=8, sparse=16, feature_map="hedgehog"), kernels="torch")
+    ids = torch.randint(0, model.config.vocab_size, (1, 90))
+    try:
+        with torch.no_grad():
+            model(ids)
+            assert implementation_used(model) == f"torch ({pipeline.PIPELINE_NAME})"
+            reset_calls(model)
+            monkeypatch.setenv("LOLA_CPU_PIPELINE", "0")
+            model(ids)
+            assert implementation_used(model) == "torch"
+    finally:
+        unpatch_model(model)
