@@ -66,15 +66,21 @@ def test_batched_continuation_and_decode_equal_loop(kw, gqa, block, monkeypatch)
     cfg = LolaConfig(gqa=gqa, **{"feature_map": "hedgehog", "combine": "calibrated", **kw})
     p = testing.make_params(cfg, 6, 3, D, dtype=torch.float64)
     q, k, v = testing.qkv(90, 6, 3, 2, D, dtype=torch.float64)
+    continuation_then_decode(p, q, k, v, [0, 3, 22, 23, 61, 80], 1e-12)
+
+
+def continuation_then_decode(p, q, k, v, cuts: list[int], tol: float) -> None:
+    """Prefill blocks [cuts[i], cuts[i+1]) continuing one state through ``lola_batched`` and another through the chunk
+    loop, then decode one token at a time to the end of q: outputs and states equal within ``tol`` at every step."""
     st_b, st_l = LolaState(), LolaState()
-    for a, b in [(0, 3), (3, 22), (22, 23), (23, 61), (61, 80)]:
+    for a, b in zip(cuts, cuts[1:]):
         args = (q[:, :, a:b], k[:, :, a:b], v[:, :, a:b])
-        testing.assert_close(lola_batched(*args, st_b, p), lola_chunked_loop(*args, st_l, p), 1e-12)
-        assert_same_state(st_b, st_l, 1e-12)
-    for t in range(80, 90):
+        testing.assert_close(lola_batched(*args, st_b, p), lola_chunked_loop(*args, st_l, p), tol)
+        assert_same_state(st_b, st_l, tol)
+    for t in range(cuts[-1], q.shape[2]):
         args = (q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1])
-        testing.assert_close(lola_decode(*args, st_b, p), lola_decode(*args, st_l, p), 1e-12)
-    assert_same_state(st_b, st_l, 1e-12)
+        testing.assert_close(lola_decode(*args, st_b, p), lola_decode(*args, st_l, p), tol)
+    assert_same_state(st_b, st_l, tol)
 
 
 @pytest.mark.parametrize("gqa", ["grouped", "expanded"])

@@ -11,9 +11,8 @@ from lola_bench.attention import batched, pipeline, selection, testing
 from lola_bench.attention.batched import lola_batched
 from lola_bench.attention.chunked import lola_chunked_loop
 from lola_bench.attention.config import LolaConfig
-from lola_bench.attention.decode import lola_decode
 from lola_bench.attention.state import LolaState
-from tests.attention.test_batched import CONFIGS, D, assert_same_state
+from tests.attention.test_batched import CONFIGS, D, assert_same_state, continuation_then_decode
 
 
 @pytest.fixture
@@ -76,15 +75,7 @@ def test_pipeline_continuation_fp32_then_decode_equals_loop(two_threads, monkeyp
     cfg = LolaConfig(gqa="grouped", **{"feature_map": "hedgehog", "combine": "calibrated", **kw})
     p = testing.make_params(cfg, 6, 3, D)
     q, k, v = testing.qkv(140, 6, 3, 2, D)
-    st_p, st_l = LolaState(), LolaState()
-    for a, b in [(0, 3), (3, 22), (22, 23), (23, 61), (61, 130)]:
-        args = (q[:, :, a:b], k[:, :, a:b], v[:, :, a:b])
-        testing.assert_close(lola_batched(*args, st_p, p), lola_chunked_loop(*args, st_l, p), 2e-6)
-        assert_same_state(st_p, st_l, 2e-6)
-    for t in range(130, 140):
-        args = (q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1])
-        testing.assert_close(lola_decode(*args, st_p, p), lola_decode(*args, st_l, p), 2e-6)
-    assert_same_state(st_p, st_l, 2e-6)
+    continuation_then_decode(p, q, k, v, [0, 3, 22, 23, 61, 130], 2e-6)
 
 
 def test_pipeline_errors_reach_the_caller(two_threads, monkeypatch):
