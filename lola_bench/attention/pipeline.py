@@ -7,7 +7,9 @@ leave the window (ahead of the pass, which reads them), answers the exact prefix
 boundaries are done; once the pass is over both threads share the remaining blocks. Each thread runs its ops with one
 intra-op thread (``torch.set_num_threads`` is per thread; the caller's count is restored), so two cores run two
 streams of work instead of splitting many small ops. The math is ``batched.lola_batched``'s: the same selection and
-final state, outputs equal up to float rounding (blocks and phi(k) pieces are cut differently).
+final state, outputs equal up to float rounding (blocks and phi(k) pieces are cut differently). Which thread takes
+which block depends on timing, so the rounding can differ from run to run; in a model a rounding difference in one
+layer's output can flip a near-tied selection in a later layer. ``LOLA_CPU_PIPELINE=0`` gives bit-reproducible runs.
 
 ``LOLA_CPU_PIPELINE=0`` turns it off (the plain batched path with the caller's threads), ``=1`` forces it whenever
 two or more threads are set; unset, it runs when at least ``MIN_CHUNKS`` chunks of queries are left after the exact
