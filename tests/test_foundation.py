@@ -36,6 +36,24 @@ def test_random_tiny_model_is_deterministic_and_runs():
     assert sum(p.numel() for p in a.parameters()) < 5_000_000
 
 
+def test_random_model_weights_do_not_depend_on_what_construction_draws(monkeypatch):
+    """The seed is set right before the weights are drawn: if building the modules consumes random numbers (it does
+    when construction lands on a real device, e.g. after a test has swapped a torch factory function that torch's
+    device context caches), the weights stay the same."""
+    from transformers import LlamaForCausalLM
+
+    want = random_model("tiny").state_dict()
+    init = LlamaForCausalLM.__init__
+
+    def drawing_init(self, *a, **kw):
+        init(self, *a, **kw)
+        torch.rand(1000, device="cpu")      # a real draw, even inside the meta-device context
+
+    monkeypatch.setattr(LlamaForCausalLM, "__init__", drawing_init)
+    got = random_model("tiny").state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
 @pytest.mark.parametrize("spec,match", [
     ("random:nope", "unknown random preset"),
     ("/does/not/exist.gguf", "GGUF file not found"),

@@ -234,12 +234,14 @@ def random_model(preset: str, dtype: torch.dtype = torch.float32, seed: int = 0,
     cfg = LlamaConfig(**{**RANDOM_PRESETS[preset], **overrides})
     cfg._attn_implementation = "sdpa"
     with torch.random.fork_rng():
-        torch.manual_seed(seed)
         with torch.device("meta"):
             model = LlamaForCausalLM(cfg)
         if torch.device(device).type != "cpu":
             model = model.to(dtype)
         model = model.to_empty(device=device)
+        # seeded right before the draws: whatever building the modules drew (nothing on the meta device, but a
+        # construction that lands on a real device initializes as it goes) cannot shift the weights
+        torch.manual_seed(seed)
         for m in model.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()

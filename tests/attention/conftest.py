@@ -5,12 +5,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils import _device
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # benchmarks/ is imported from the repository root, not installed
     sys.path.insert(0, str(REPO))
 
 _EMPTY, _EMPTY_LIKE = torch.empty, torch.empty_like
+# torch builds the set of factory functions that `with torch.device(...)` redirects once, on first use: build it now
+# with the real ones, or a first use inside a test below caches the NaN-filling lambda and later meta-device model
+# builds in this process land on the CPU (random models then drew different weights for every later test).
+_device._device_constructors()
 
 
 def _poison(t: torch.Tensor) -> torch.Tensor:

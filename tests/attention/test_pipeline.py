@@ -154,31 +154,23 @@ def test_plain_batched_path_at_one_thread(monkeypatch):
         torch.set_num_threads(prev)
 
 
-def test_the_model_names_the_pipeline_when_it_ran():
+def test_the_model_names_the_pipeline_when_it_ran(two_threads, monkeypatch):
     """A layer's implementation name says `torch (CPU two-thread pipeline)` for a prefill the pipeline computed, and
-    plain `torch` when it is switched off, so result rows never mix the two silently. (In a child process: a model
-    run through the pipeline here left the in-process random model computing differently for later tests.)"""
-    import subprocess
-    import sys
+    plain `torch` when it is switched off, so result rows never mix the two silently."""
+    from lola_bench.models.loading import load_model
+    from lola_bench.models.patch import implementation_used, patch_model, reset_calls, unpatch_model
 
-    code = """
-import os, torch
-from lola_bench.attention.config import LolaConfig
-from lola_bench.models.loading import random_model
-from lola_bench.models.patch import implementation_used, patch_model, reset_calls
-torch.set_num_threads(2)
-torch.set_grad_enabled(False)
-model = random_model("tiny")
-patch_model(model, LolaConfig(window=8, sparse=16, feature_map="hedgehog"), kernels="torch")
-ids = torch.randint(0, model.config.vocab_size, (1, 90))
-os.environ["LOLA_CPU_PIPELINE"] = "1"
-model(ids)
-print(implementation_used(model))
-reset_calls(model)
-os.environ["LOLA_CPU_PIPELINE"] = "0"
-model(ids)
-print(implementation_used(model))
-"""
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.splitlines()[-2:] == [f"torch ({pipeline.PIPELINE_NAME})", "torch"]
+    loaded = load_model("random:tiny", device="cpu", dtype="float32")
+    model = loaded.model
+    patch_model(model, LolaConfig(window=8, sparse=16, feature_map="hedgehog"), kernels="torch")
+    ids = torch.randint(0, model.config.vocab_size, (1, 90))
+    try:
+        with torch.no_grad():
+            model(ids)
+            assert implementation_used(model) == f"torch ({pipeline.PIPELINE_NAME})"
+            reset_calls(model)
+            monkeypatch.setenv("LOLA_CPU_PIPELINE", "0")
+            model(ids)
+            assert implementation_used(model) == "torch"
+    finally:
+        unpatch_model(model)
