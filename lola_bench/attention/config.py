@@ -29,7 +29,7 @@ When eviction chooses (``evict_at``, eviction only; ``--evict-at``):
               first generated token) sees the whole prompt; then the cache is compressed once: every position below
               ``window_start`` of the chunk holding the next position is a candidate, ``keep`` of them stay (sinks
               pinned), chosen with full-attention information (attention: the mass every prompt query paid each key
-              = H2O; snapkv: the mass of the prompt's last ``window`` queries, max-pooled = SnapKV). That is the
+              = H2O; snapkv: the mass of the prompt's last ``window`` queries, average-pooled = SnapKV). That is the
               only eviction (SnapKV's code and kvpress decode with a growing cache): every later token (decode
               steps, later calls) is kept exactly, in a window that no longer slides (it holds every position from
               the compression's window start on), and every later query attends with softmax to the kept prompt

@@ -7,7 +7,7 @@
 2. the attention mass the scorer reads, from full-attention probabilities (``full_mass``, in blocks of queries so
    that no (queries x keys) matrix beyond ``MASS_BUDGET_BYTES`` is held): ``attention`` (H2O) the mass every prompt
    query paid each key; ``snapkv`` the mass of the prompt's last ``window`` queries (the observation window; its
-   scorer max-pools it). Summed over the queries, averaged over the query heads of a storage head;
+   scorer average-pools it, as SnapKV does). Summed over the queries, averaged over the query heads of a storage head;
 3. one compression into the LolaState: the prompt's pairs enter the window, then ``common.evict_before`` at the
    window start ws of the chunk holding the next position drops all but ``LolaConfig.keep`` of the pairs below it
    (sinks pinned), exactly as a chunk boundary does.

@@ -144,8 +144,9 @@ class Sink(Scorer):
 class SnapKV(Scorer):
     """SnapKV selection: the softmax mass each candidate received from the queries of an observation window, summed
     over those queries and averaged over the query heads of a storage head (grouped GQA; per query head in expanded
-    mode), then max-pooled over ``kernel`` neighbouring candidates (in position order, stride 1, padding kernel // 2)
-    so that the neighbours of a hit stay too.
+    mode), then average-pooled over ``kernel`` neighbouring candidates (in position order, stride 1, zero padding
+    kernel // 2 counted in the mean) so that the neighbours of a hit stay too: SnapKV's published default
+    (``pooling='avgpool'``, ``kernel_size=5`` in its ``SnapKVCluster``; kvpress and PyramidKV pool the same way).
 
     SnapKV (Li et al. 2024) compresses the prompt once, after a full-attention prefill, by the attention of the
     prompt's last ``window`` queries onto every earlier key, pooled this way. ``evict_at = prompt_end`` does exactly
@@ -164,8 +165,8 @@ class SnapKV(Scorer):
 
     def score(self, ctx):
         b, h, n = ctx.acc.shape
-        pooled = torch.nn.functional.max_pool1d(ctx.acc.reshape(b * h, 1, n), self.kernel, stride=1,
-                                                padding=self.kernel // 2)
+        pooled = torch.nn.functional.avg_pool1d(ctx.acc.reshape(b * h, 1, n), self.kernel, stride=1,
+                                                padding=self.kernel // 2, count_include_pad=True)
         return pooled.view(b, h, n)
 
 

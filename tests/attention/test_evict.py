@@ -151,13 +151,14 @@ def test_sre_is_refused_for_eviction():
 
 
 def test_snapkv_scorer_pools_the_mass_of_neighbours():
-    """The score of a candidate is the max of the mass over its kernel-5 neighbourhood (in candidate order)."""
+    """The score of a candidate is the mean of the mass over its kernel-5 neighbourhood (in candidate order, zero
+    padding counted), as SnapKV's default ``avgpool``."""
     acc = torch.tensor([[[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 1.0]]])
     n = acc.shape[-1]
     ctx = ScoreContext(k=torch.zeros(1, 1, n, D), v=torch.zeros(1, 1, n, D), pos=torch.arange(n).view(1, 1, n),
                        phi_k=None, H=None, s=None, acc=acc, group=1, eps=1e-6, seed=0)
     sc = make_scorer("snapkv").score(ctx)
-    assert sc.tolist() == [[[0.0, 0.0, 0.0, 0.0, 5.0, 5.0, 5.0, 5.0, 5.0, 1.0, 1.0, 1.0]]]
+    torch.testing.assert_close(sc, torch.tensor([[[0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2, 0.2]]]))
     keep = torch.sort(sc, dim=-1, descending=True, stable=True).indices[..., :6].sort().values
     assert keep.tolist() == [[[4, 5, 6, 7, 8, 9]]]
 
@@ -166,8 +167,8 @@ def test_snapkv_scorer_pools_the_mass_of_neighbours():
 def test_snapkv_uses_the_last_chunk_where_h2o_accumulates(path):
     """Crafted: the queries of chunk 1 all look at position 8, one query of chunk 2 looks at position 15. At the
     boundary of chunk 3 (candidates: the kept pair + 8..15, one slot), H2O (accumulated mass) keeps 8, SnapKV-style
-    (mass of the last chunk's queries) picks 15's neighbourhood: max-pooling gives 13, 14, 15 the score of 15 and the
-    tie goes to the earliest, 13."""
+    (mass of the last chunk's queries) picks 15's neighbourhood: average pooling over five neighbours gives 13 (whose
+    neighbourhood 11..15 holds 15 and no padding) the highest score."""
     L, W = 25, 8
     q, k, v = (torch.zeros(1, 1, L, D, dtype=torch.float64) for _ in range(3))
     g = torch.Generator().manual_seed(0)
