@@ -9,6 +9,9 @@ scorers only resemble the published methods: "H2O-style", "SnapKV-style". After 
 
 from __future__ import annotations
 
+FULL_LABEL = "full attention"
+BASE_LABEL = "LoLA base (λ=0)"
+
 # KV eviction (--attn evict) at every chunk boundary, by scorer: the baseline each one is known as
 EVICTION_NAMES = {"sink": "StreamingLLM", "attention": "H2O-style", "snapkv": "SnapKV-style", "key_norm": "key-norm",
                   "random": "random", "recency": "recency"}
@@ -27,6 +30,19 @@ def eviction_name(scorer, lam=None, evict_at=None) -> str:
     if not is_prompt_end(evict_at):
         return boundary
     return boundary + " after prefill" if lam == 0 else PROMPT_END_NAMES.get(scorer, boundary + " after prefill")
+
+
+def family_label(attn, scorer=None, lam=None, evict_at=None) -> str:
+    """The variant family a reader can tell apart: full attention, LoLA base (λ=0), LoLA, or eviction with the
+    baseline its scorer and ``evict_at`` make (``labels.eviction_name``: StreamingLLM = sinks + window, λ=0 or
+    sink-scored; H2O-style / SnapKV-style at chunk boundaries, H2O / SnapKV after a full prefill; key-norm; random)."""
+    if attn == "full":
+        return FULL_LABEL
+    if attn == "evict":
+        return f"eviction: {eviction_name(scorer, lam, evict_at)}"
+    if attn == "base" or lam == 0:
+        return BASE_LABEL
+    return "LoLA"
 
 
 def run_variant_label(row, details: list[str]) -> str:

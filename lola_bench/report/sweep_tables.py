@@ -10,10 +10,10 @@ import pandas as pd
 from ..attention.config import LolaConfig
 from ..records import frame_to_markdown
 from ..sweep.store import tidy
-from .labels import EVICTION_NAMES, eviction_name  # noqa: F401  (EVICTION_NAMES: re-exported)
+from .budget_tables import budget_tables
+from .labels import BASE_LABEL, EVICTION_NAMES, FULL_LABEL, eviction_name, family_label  # noqa: F401  (re-exported)
 from .ruler import exactness_note
 
-FULL_LABEL = "full attention"
 VARIANT_KEYS = ["attn", "window", "lambda", "scorer", "feature_map", "evict_at"]
 
 
@@ -39,22 +39,6 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     at = (ok["evict_at"] if "evict_at" in ok.columns else pd.Series(None, index=ok.index)).astype(object)
     ok["evict_at"] = at.where(ok["attn"] != "evict", at.fillna("boundary"))
     return ok
-
-
-BASE_LABEL = "LoLA base (λ=0)"
-
-
-def family_label(attn, scorer=None, lam=None, evict_at=None) -> str:
-    """The variant family a reader can tell apart: full attention, LoLA base (λ=0), LoLA, or eviction with the
-    baseline its scorer and ``evict_at`` make (``labels.eviction_name``: StreamingLLM = sinks + window, λ=0 or
-    sink-scored; H2O-style / SnapKV-style at chunk boundaries, H2O / SnapKV after a full prefill; key-norm; random)."""
-    if attn == "full":
-        return FULL_LABEL
-    if attn == "evict":
-        return f"eviction: {eviction_name(scorer, lam, evict_at)}"
-    if attn == "base" or lam == 0:
-        return BASE_LABEL
-    return "LoLA"
 
 
 def _family_rank(attn, lam) -> int:
@@ -198,6 +182,7 @@ def sweep_markdown(df: pd.DataFrame, plots: list[Path] = ()) -> str:
                      f"{first['task']} at ctx {first['ctx']:.0f}, η={first['window']:.0f}, λ={first['lambda']:.0f}: "
                      f"{horizon[first.name]:.0f} tokens): their LoLA numbers mostly equal full attention's and say "
                      "little about the sparse cache or the linear state.\n")
+    lines += budget_tables(ok)
     lines += _sweep_tables(df)
     failed = df[df["status"] != "ok"]
     if len(failed):
