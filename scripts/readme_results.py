@@ -1,0 +1,127 @@
+"""Render the README's generated result tables from the committed result files (never typed by hand).
+
+Each table sits between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in README.md; this script rewrites
+what is between them from the sweep directories under results/sweep/:
+
+    python scripts/readme_results.py            # rewrite README.md
+    python scripts/readme_results.py --check    # exit 1 if README.md differs from the result files (tests run this)
+
+NAME: ``suite`` (mean accuracy of the offline RULER suite per context and variant), ``equal-memory`` (every variant
+at equal cache bytes, the sweep report's budget tables), ``8k`` (passkey and niah_single_1 at 8K).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from lola_bench.records import frame_to_markdown  # noqa: E402
+from lola_bench.report.budget_tables import budget_tables  # noqa: E402
+from lola_bench.report.sweep_tables import ok_rows  # noqa: E402
+
+SWEEPS = REPO / "results" / "sweep"
+SUITE_TASKS = 12
+
+
+def _variant(r) -> str:
+    if r["attn"] == "full":
+        return "full attention"
+    if r["attn"] == "base" or r["lambda"] == 0:
+        return "base (η = 64, λ = 0)"
+    if r["feature_map"] == "hedgehog-identity":
+        return "LoLA training-free (hedgehog-identity)"
+    return "LoLA (η = 64, λ = 512)"
+
+
+def _rows(name: str) -> pd.DataFrame | None:
+    csv = SWEEPS / name / "sweep.csv"
+    if not csv.is_file():
+        return None
+    ok = ok_rows(pd.read_csv(csv))
+    return ok.assign(variant=[_variant(r) for _, r in ok.iterrows()]) if len(ok) else None
+
+
+def _mean_table(ok: pd.DataFrame, tasks_total: int | None) -> str:
+    """Rows: contexts; columns: variants; a cell is the mean accuracy over the tasks that variant finished at that
+    context, with how many when not all."""
+    order = ["full attention", "LoLA (η = 64, λ = 512)", "base (η = 64, λ = 0)",
+             "LoLA training-free (hedgehog-identity)"]
+    cols = [v for v in order if v in set(ok["variant"])]
+    out = []
+    for ctx, g in ok.groupby("ctx", sort=True):
+        rec = {"ctx": int(ctx)}
+        for v in cols:
+            acc = g[g["variant"] == v].groupby("task")["accuracy"].mean()
+            total = tasks_total or g["task"].nunique()
+            rec[v] = "" if acc.empty else f"{acc.mean():.1f}" + ("" if len(acc) == total else f" ({len(acc)}/{total})")
+        out.append(rec)
+    return frame_to_markdown(pd.DataFrame(out))
+
+
+def block_suite() -> str:
+    ok = _rows("ruler-suite-embedded")
+    if ok is None:
+        return "(no results yet)"
+    return (_mean_table(ok, SUITE_TASKS)
+            + "\n(k/12): the mean of the k tasks that variant has finished at that context so far; compare variants "
+              "only where k matches.")
+
+
+def block_8k() -> str:
+    ok = _rows("ruler-8k-embedded")
+    if ok is None:
+        return "(not run yet: `scripts/ruler_suite.sh` runs it after the 4K suite)"
+    table = ok.pivot_table(index="task", columns="variant", values="accuracy", aggfunc="mean")
+    return frame_to_markdown(table.rename_axis(None, axis=1).reset_index(), floatfmt=".1f")
+
+
+def block_equal_memory() -> str:
+    csv = SWEEPS / "equal-memory-embedded" / "sweep.csv"
+    if not csv.is_file():
+        return "(no results yet)"
+    sections = budget_tables(ok_rows(pd.read_csv(csv)))[2:]          # the tables, without the sweep.md preamble
+    return "\n".join(s.replace("### ", "*", 1).replace(" MiB\n", " MiB*\n", 1) if s.startswith("### ") else s
+                     for s in sections).strip()
+
+
+BLOCKS = {"suite": block_suite, "equal-memory": block_equal_memory, "8k": block_8k}
+
+
+def render(text: str) -> str:
+    for name, make in BLOCKS.items():
+        tag = re.escape(name)
+        pat = re.compile(rf"(<!-- results:{tag} -->\n)(?:.*?\n)?(<!-- /results:{tag} -->)", re.S)
+        if not pat.search(text):
+            raise SystemExit(f"README.md has no <!-- results:{name} --> ... <!-- /results:{name} --> block")
+        body = make().strip()
+        text = pat.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
+    return text
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if README.md is not what the result files give")
+    ap.add_argument("--readme", type=Path, default=REPO / "README.md", help="the file to render (default README.md)")
+    args = ap.parse_args(argv)
+    old = args.readme.read_text()
+    new = render(old)
+    if args.check:
+        if new != old:
+            print(f"{args.readme} is stale: run python scripts/readme_results.py", file=sys.stderr)
+            return 1
+        return 0
+    if new != old:
+        args.readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
