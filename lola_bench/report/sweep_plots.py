@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..stats import wilson_interval
 from ._mpl import pyplot
-from .sweep_tables import BASE_LABEL, FULL_LABEL, VARIANT_KEYS, family_label, mean_over_tasks, ok_rows
+from .sweep_tables import BASE_LABEL, FULL_LABEL, VARIANT_KEYS, common_tasks, family_label, mean_over_tasks, ok_rows
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 EVICT_MARKERS = ("x", "+", "1", "2", "3", "4", "|")   # line markers: eviction never looks like a LoLA point
@@ -92,9 +92,21 @@ def _eta_colors(etas) -> dict:
     return {e: cmap(i % 10) for i, e in enumerate(sorted(etas))}
 
 
+def pareto_points(ok: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """One point per variant and context: accuracy (with its interval) and cache, averaged per context over only the
+    tasks every variant there finished (a mean over unlike task sets would rank the variants by which tasks they have
+    run, not by how well they do; none in common: each over its own). Also {ctx: (tasks averaged, some left out)}."""
+    parts, n_common = [], {}
+    for ctx, g in ok.groupby("ctx"):
+        common, n, partial = common_tasks(g)
+        n_common[ctx] = (n, partial)
+        parts.append(common if n else g)
+    d = accuracy_with_ci(pd.concat(parts), [*VARIANT_KEYS, "ctx"], ["accuracy", "cache_mib", "full_kv_mib"])
+    return d, n_common
+
+
 def _plot_pareto(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
-    keys = [*VARIANT_KEYS, "ctx"]
-    d = accuracy_with_ci(ok, keys, ["accuracy", "cache_mib", "full_kv_mib"])
+    d, n_common = pareto_points(ok)
     if d["cache_mib"].isna().all():
         return None
     ctxs = sorted(d["ctx"].dropna().unique())
@@ -145,7 +157,9 @@ def _plot_pareto(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
             ax.set_xscale("log")
         ax.set_ylim(-4, 104)
         ax.margins(x=0.08)
-        ax.set_title(f"ctx {int(ctx)} tokens")
+        n, partial = n_common.get(ctx, (0, False))
+        which = f"{n} task{'s' * (n != 1)}" + (" every point finished" if partial else "") if n else "unlike tasks"
+        ax.set_title(f"ctx {int(ctx)} tokens (mean of {which})", fontsize=10)
         _n_note(ax, g["n_total"])
         ax.set_xlabel("attention cache after generation (MiB)")
         ax.set_ylabel("accuracy (%, mean over tasks)")

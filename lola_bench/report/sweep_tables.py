@@ -103,7 +103,7 @@ def _heading(key: dict, n_models: int) -> str:
     return ", ".join(parts)
 
 
-def _common_tasks(g: pd.DataFrame) -> tuple[pd.DataFrame, int, bool]:
+def common_tasks(g: pd.DataFrame) -> tuple[pd.DataFrame, int, bool]:
     """The rows of the tasks every variant in ``g`` has finished (a mean over different task sets would compare
     unlike things), their count, and whether some tasks were left out."""
     keys = [k for k in VARIANT_KEYS if k in g.columns]
@@ -123,7 +123,7 @@ def _sweep_tables(df: pd.DataFrame) -> list[str]:
         out.append(f"## {suite}: accuracy (%) by λ × η\n")
         if s["task"].nunique() > 1:
             for key, g in _groups(s, by):
-                g, n_tasks, partial = _common_tasks(g)
+                g, n_tasks, partial = common_tasks(g)
                 if n_tasks < 2:
                     continue
                 heading = _heading(key, n_models)

@@ -77,3 +77,16 @@ def test_sweep_md_carries_the_budget_tables_only_when_budgets_ran():
     assert "at equal cache bytes" in sweep_markdown(frame())
     plain = frame().assign(budget_mib=None)
     assert "at equal cache bytes" not in sweep_markdown(plain)
+
+
+def test_the_pareto_plot_averages_only_tasks_every_point_finished():
+    """A variant that has run an easy task the others have not yet must not rise above them on the chart."""
+    from lola_bench.report.sweep_plots import pareto_points
+
+    df = frame(skip={("evict", "snapkv", "prompt_end", 40.0, "passkey")})
+    d, n_common = pareto_points(ok_rows(df))
+    assert n_common[2048] == (1, True)
+    lola40 = d[(d["attn"] == "lola") & (d["lambda"] == 573)]["accuracy"].item()
+    assert lola40 == 40.0                              # niah_single_1 only, not (40 + 50) / 2
+    full = d[d["attn"] == "full"]["accuracy"].item()
+    assert full == 90.0
