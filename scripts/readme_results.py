@@ -7,7 +7,8 @@ what is between them from the sweep directories under results/sweep/:
     python scripts/readme_results.py --check    # exit 1 if README.md differs from the result files (tests run this)
 
 NAME: ``suite`` (mean accuracy of the offline RULER suite per context and variant), ``equal-memory`` (every variant
-at equal cache bytes, the sweep report's budget tables), ``8k`` (passkey and niah_single_1 at 8K).
+at equal cache bytes, the sweep report's budget tables), ``8k`` (passkey and niah_single_1 at 8K),
+``needle-ablation`` (issue #21's table, from the ``lola-bench report`` tables in results/ruler/niah_single_2-ablations).
 """
 
 from __future__ import annotations
@@ -92,7 +93,62 @@ def block_equal_memory() -> str:
                      for s in sections).strip()
 
 
-BLOCKS = {"suite": block_suite, "equal-memory": block_equal_memory, "8k": block_8k}
+ABLATIONS = REPO / "results" / "ruler" / "niah_single_2-ablations"
+# (label, RULER run, variant prefix, task, passkey run, perplexity run and variant prefix); None: not applicable
+NEEDLE_ROWS = [
+    ("full attention", "niah_single_2-diagnostics", "full", "niah_single_2", "passkey-sinks4",
+     ("smollm2-135m-sinks4-4k", "full")),
+    ("base, λ = 0", "niah_single_2-diagnostics", "base", "niah_single_2", "passkey-sinks4",
+     ("smollm2-135m-sinks4-4k", "base")),
+    ("LoLA, SRE per KV head (default)", "niah_single_2-diagnostics", "lola", "niah_single_2", "passkey-sinks4",
+     ("smollm2-135m-sinks4-4k", "lola")),
+    ("needle pinned (`--pin-needle`, an oracle)", "pinned-needle", "lola", "niah_single_2", None, None),
+    ("selection per query head (`--gqa expanded`)", "per-query-head", "lola", "niah_single_2",
+     "per-query-head-passkey", ("per-query-head-perplexity", "lola")),
+    ("SRE / ‖v‖ (`--scorer sre_relative`)", "sre-relative", "lola", "niah_single_2", "", ""),
+    ("SnapKV-style mass (`--scorer snapkv`)", "scorer-snapkv", "lola", "niah_single_2", "", ""),
+    ("H2O-style mass (`--scorer attention`)", "scorer-attention", "lola", "niah_single_2", "", ""),
+    ("twice the cache (`--lambda 1024`)", "lambda-1024", "lola", "niah_single_2", "lambda-1024-passkey",
+     ("lambda-1024-perplexity", "lola")),
+    ("noise haystack (niah_single_1), default", "noise-haystack", "lola", "niah_single_1", None, None),
+]
+
+
+def block_needle_ablation() -> str:
+    acc_csv, ppl_csv = ABLATIONS / "table" / "comparison.csv", ABLATIONS / "perplexity" / "comparison.csv"
+    if not acc_csv.is_file():
+        return "(no results yet: run scripts/needle_ablation.sh)"
+    acc = pd.read_csv(acc_csv)
+    ppl = pd.read_csv(ppl_csv) if ppl_csv.is_file() else pd.DataFrame(columns=["run", "variant", "perplexity"])
+
+    def row(run, prefix, task, ctx):
+        r = acc[(acc["run"] == run) & acc["variant"].str.startswith(prefix) & (acc["task"] == task)
+                & (acc["ctx"] == ctx)]
+        return None if r.empty else r.iloc[0]
+
+    out = []
+    for label, run, prefix, task, pk_run, ppl_src in NEEDLE_ROWS:
+        cells = {"variant (flag)": label}
+        for ctx in (2048, 4096):
+            r = row(run, prefix, task, ctx)
+            cells[f"niah_single_2 {ctx // 1024}K"] = "not run" if r is None else f"{r['accuracy']:.0f}"
+        r4 = row(run, prefix, task, 4096)
+        kept = None if r4 is None else r4["needle_kept"]
+        cells["needle kept 4K"] = "–" if kept is None or kept != kept else f"{kept:.0f}%"
+        pk = None if not pk_run else row(pk_run, prefix, "passkey", 4096)
+        cells["passkey 4K"] = ("–" if pk_run is None else "not run" if pk is None
+                               else f"{pk['accuracy']:.0f} (n = {int(pk['n'])})")
+        p = None
+        if ppl_src:
+            m = ppl[(ppl["run"] == ppl_src[0]) & ppl["variant"].str.startswith(ppl_src[1])]
+            p = None if m.empty else m.iloc[0]["perplexity"]
+        cells["perplexity 4K"] = "–" if ppl_src is None else "not run" if p is None else f"{p:.1f}"
+        out.append(cells)
+    return frame_to_markdown(pd.DataFrame(out))
+
+
+BLOCKS = {"suite": block_suite, "equal-memory": block_equal_memory, "8k": block_8k,
+          "needle-ablation": block_needle_ablation}
 
 
 def render(text: str) -> str:
