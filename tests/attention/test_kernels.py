@@ -486,7 +486,8 @@ def test_kernels_compile_for_sm90(tmp_path):
                         str(tmp_path)], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = json.loads((tmp_path / "compile-check.json").read_text())
-    assert {r["kernel"] for r in rows} == {"_merge_kernel", "_attn_kernel", "_partial_kernel", "_decode_kernel"}
+    assert {r["kernel"] for r in rows} == {"_merge_kernel", "_attn_kernel", "_partial_kernel", "_decode_kernel",
+                                           "_score_kernel", "_select_kernel", "_fold_kernel"}
     assert all(r.get("stack_bytes", 0) == 0 for r in rows), rows
 
 
