@@ -79,9 +79,8 @@ def compile_check(quick: bool) -> list[dict]:
 
     from lola_bench.attention.kernels import decode as kdec
     from lola_bench.attention.kernels import merge as kmerge
-    from lola_bench.attention.kernels import prefill as kpre
-
     from lola_bench.attention.kernels import merge_steps as ksteps
+    from lola_bench.attention.kernels import prefill as kpre
 
     launches: list = []
     slots = [(kmerge, "_merge_kernel"), (kpre, "_attn_kernel"), (kdec, "_partial_kernel"), (kdec, "_decode_kernel"),
