@@ -31,6 +31,7 @@ FULL = dict(presets=["llama-3.2-1b", "llama-3.1-8b"], ttft_ctx=[4096, 8192, 1638
             # tile settings of the merge kernel to time; by --compile-check (sm_90, bf16, d 64) the first three use
             # 174-249 registers without spills, the last two spill 120-272 bytes
             merge_tiles=["", "BLOCK_N=32", "BLOCK_N=32,BLOCK_DV=64,num_warps=4", "BLOCK_DV=64", "num_warps=4"],
+            merge_step_reserve_s=300,  # merge_step rows start only while this much budget is left (for the model)
             # merge selection checks (lambda, LOLA_MERGE_SELECT, num_warps): register vectors of 128 to 2048
             # candidates, and 2064 (beyond SELECT_MAX_NPAD: rank counting)
             selection_cases=[(8, "threshold", 4), (8, "threshold", 8), (100, "threshold", 8), (512, "threshold", 4),
@@ -40,7 +41,7 @@ FULL = dict(presets=["llama-3.2-1b", "llama-3.1-8b"], ttft_ctx=[4096, 8192, 1638
 SMOKE = dict(presets=["tiny"], ttft_ctx=[40], lambdas=[0, 8], window=8, decode_ctx=[64], decode_preset="tiny",
              decode_layers=2, model_decode_ctx=[40], model_decode_tokens=3, reps=1, corr_len=45, corr_sparse=8,
              corr_decode_steps=10, dtype=torch.float32, merge_tiles=["", "BLOCK_N=16,num_warps=4"],
-             selection_cases=[(8, "threshold", 4), (8, "rank", 8)])
+             merge_step_reserve_s=0, selection_cases=[(8, "threshold", 4), (8, "rank", 8)])
 
 
 def preset_shape(preset: str) -> dict:

@@ -79,19 +79,26 @@ def compile_check(quick: bool) -> list[dict]:
 
     from lola_bench.attention.kernels import decode as kdec
     from lola_bench.attention.kernels import merge as kmerge
+    from lola_bench.attention.kernels import merge_steps as ksteps
     from lola_bench.attention.kernels import prefill as kpre
 
     launches: list = []
-    saved = (kmerge._merge_kernel, kpre._attn_kernel, kdec._partial_kernel, kdec._decode_kernel)
-    (kmerge._merge_kernel, kpre._attn_kernel, kdec._partial_kernel,
-     kdec._decode_kernel) = (_Recorder(f, launches) for f in saved)
+    slots = [(kmerge, "_merge_kernel"), (kpre, "_attn_kernel"), (kdec, "_partial_kernel"), (kdec, "_decode_kernel"),
+             (ksteps, "_score_kernel"), (ksteps, "_select_kernel"), (ksteps, "_fold_kernel")]
+    saved = [getattr(m, name) for m, name in slots]
+    for (m, name), f in zip(slots, saved):
+        setattr(m, name, _Recorder(f, launches))
     try:
         for case in COMPILE_CASES[:1] if quick else COMPILE_CASES:
             _capture_case(*case)
         with set_env({"LOLA_MERGE_SELECT": "rank"}):  # the rank-counting selection (candidates beyond registers)
             _capture_case(*COMPILE_CASES[0])
+        with set_env({"LOLA_MERGE": "stepwise-eager"}):  # the step-parallel merge (merge_steps.py)
+            for case in COMPILE_CASES[:1] if quick else COMPILE_CASES:
+                _capture_case(*case)
     finally:
-        kmerge._merge_kernel, kpre._attn_kernel, kdec._partial_kernel, kdec._decode_kernel = saved
+        for (m, name), f in zip(slots, saved):
+            setattr(m, name, f)
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     rows, seen = [], set()
     for fn, args, kw in launches:
@@ -100,9 +107,9 @@ def compile_check(quick: bool) -> list[dict]:
         if key in seen:
             continue
         seen.add(key)
-        dtype = next(v for n, v in sig.items() if n in ("KU", "Q") and v.startswith("*"))[1:]
+        dtype = next((v[1:] for n, v in sig.items() if n in ("KU", "Q") and v.startswith("*")), None)
         row = {"kernel": fn.__name__, "dtype": dtype, **{k: consts[k] for k in ("D", "GROUP", "PHI", "LEARNED",
-               "READOUT", "HAS_LIN", "PREC", "SELECT", "NPAD") if k in consts}}
+               "READOUT", "HAS_LIN", "PREC", "SELECT", "NPAD", "SCORE_MODE") if k in consts}}
         t0 = time.perf_counter()
         try:
             src = ASTSource(fn, sig, consts)

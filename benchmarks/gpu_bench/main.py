@@ -21,6 +21,7 @@ from .attention import section_decode_attention, section_merge_tiles, section_pr
 from .common import FULL, SMOKE
 from .compile_check import compile_check
 from .correctness import section_correctness
+from .merge_step import section_merge_step
 from .model import section_model
 from .report import REPO, device_slug, markdown, source_digest, targets
 from .timing import Clock
@@ -35,9 +36,9 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-check", action="store_true",
                     help="only compile the kernels for sm_90 (no GPU needed) and report registers / spills")
     ap.add_argument("--quick", action="store_true", help="with --compile-check: the benchmark configuration only")
-    ap.add_argument("--sections", default="correctness,decode_attention,prefill_attention,merge_tiles,model",
+    ap.add_argument("--sections", default="correctness,decode_attention,prefill_attention,merge_tiles,merge_step,model",
                     help="comma-separated subset of: correctness, decode_attention, prefill_attention, merge_tiles, "
-                         "model")
+                         "merge_step, model")
     args = ap.parse_args(argv)
     if args.compile_check:
         os.environ.pop("TRITON_INTERPRET", None)  # compiled kernels (decided when their modules are imported)
@@ -64,8 +65,8 @@ def main(argv=None) -> int:
            "kernels_available": K.kernels_available(), "fp32_dot_precision": fp32_dot_precision(cfgx["dtype"]),
            "kernel_env": K.kernel_env(),
            "config": {k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in cfgx.items()},
-           "correctness": [], "decode_attention": [], "prefill_attention": [], "merge_tiles": [], "ttft": [],
-           "decode_model": [],
+           "correctness": [], "decode_attention": [], "prefill_attention": [], "merge_tiles": [], "merge_step": [],
+           "ttft": [], "decode_model": [],
            "errors": [],
            "notes": [
                "decode graph mode: the fused decode kernel of every layer over a fixed-size state, captured in one "
@@ -105,6 +106,7 @@ def main(argv=None) -> int:
     run_section("prefill_attention",
                 lambda: res["prefill_attention"].extend(section_prefill_attention(cfgx, device, clock)))
     run_section("merge_tiles", lambda: res["merge_tiles"].extend(section_merge_tiles(cfgx, device, clock)))
+    run_section("merge_step", lambda: res["merge_step"].extend(section_merge_step(cfgx, device, clock)))
     run_section("model", lambda: section_model(cfgx, device, clock, res, save))
     save()
     print(markdown(res))

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from .merge_step import TARGET_US_PER_STEP, merge_step_md
+
 REPO = Path(__file__).resolve().parents[2]
 
 def source_digest() -> str:
@@ -87,6 +89,7 @@ def markdown(res: dict) -> str:
                        [[r.get("ctx"), r.get("lambda"), r.get("tiles"), r.get("merge_ms"),
                          fmt(r.get("max_abs_diff_vs_first"), 4), r.get("error", r.get("skipped", ""))]
                         for r in res["merge_tiles"]])
+    lines += merge_step_md(res.get("merge_step", []), table)
     lines += ["", "## Time to first token (whole model), ms", ""]
     rows = []
     for r in res["ttft"]:
@@ -138,6 +141,11 @@ def targets(res: dict) -> list[dict]:
                 "measured": ", ".join(f"{r['preset']}@{r['ctx']}: {r['lolamax_vs_full']:.3f} x full"
                                       for r in long) or "-",
                 "ok": all(r["lolamax_vs_full"] < 1.0 for r in long) if long else None})
+    steps = [r for r in res.get("merge_step", []) if r.get("merge") == "stepwise" and "merge_us_per_step" in r]
+    out.append({"target": f"phase A <= {TARGET_US_PER_STEP:g} us per chunk step, stepwise merge (one layer, "
+                          "lambda max)",
+                "measured": ", ".join(f"{r['preset']}@{r['ctx']}: {r['merge_us_per_step']:.1f}" for r in steps) or "-",
+                "ok": all(r["merge_us_per_step"] <= TARGET_US_PER_STEP for r in steps) if steps else None})
     checks = res["correctness"]
     out.append({"target": f"kernels match the torch reference on this device ({res.get('dtype')})",
                 "measured": f"{sum(bool(c['ok']) for c in checks)}/{len(checks)} checks" if checks else "-",

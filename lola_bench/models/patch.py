@@ -34,7 +34,8 @@ SUPPORTED = ("llama", "mistral", "qwen2")
 def _paths(q: torch.Tensor, params: LolaParams, kernels: str):
     """(prefill, decode, implementation name) for this call. ``kernels``: auto (Triton on CUDA when available, else
     torch), torch, or triton (Triton wherever it can run, e.g. TRITON_INTERPRET=1 on CPU). A configuration the
-    kernels do not cover runs the torch path and is named ``torch (fallback: reason)``."""
+    kernels do not cover runs the torch path and is named ``torch (fallback: reason)``; a Triton run with
+    ``$LOLA_MERGE=stepwise`` is named ``triton (stepwise merge)`` (plain ``triton``: the persistent merge kernel)."""
     if kernels == "torch" or (kernels == "auto" and q.device.type != "cuda"):
         return lola_chunked, lola_decode, "torch"
     from ..attention.kernels import kernels_available, lola_chunked_triton, lola_decode_triton, unsupported_reason
@@ -44,7 +45,9 @@ def _paths(q: torch.Tensor, params: LolaParams, kernels: str):
     reason = unsupported_reason(q, params)
     if reason:
         return lola_chunked, lola_decode, f"torch (fallback: {reason})"
-    return lola_chunked_triton, lola_decode_triton, "triton"
+    from ..attention.kernels import merge_name
+
+    return lola_chunked_triton, lola_decode_triton, "triton" + merge_name()  # which chunk-boundary merge ran
 
 
 class LolaAttention(nn.Module):

@@ -432,6 +432,10 @@ def test_gpu_bench_smoke(tmp_path):
     tiles = data["merge_tiles"]  # every tile setting ran and gave the same output (selections do not depend on tiles)
     assert [t["tiles"] for t in tiles] == ["default", "BLOCK_N=16,num_warps=4"]
     assert all("merge_ms" in t and t["max_abs_diff_vs_first"] < 1e-5 for t in tiles), tiles
+    steps = data["merge_step"]  # phase A per step for each merge, the same selections and outputs as the persistent one
+    assert [r["merge"] for r in steps] == ["persistent", "stepwise", "stepwise-eager"], steps
+    assert all(r["merge_us_per_step"] > 0 and r["same_selection_as_persistent"] for r in steps), steps
+    assert all(r["max_abs_diff_vs_persistent"] == 0.0 and r["target_us_per_step"] == 10.0 for r in steps), steps
 
 
 def test_perf_compare_pairs_rows_of_two_runs(tmp_path):
@@ -467,12 +471,18 @@ def test_gpu_bench_judges_targets():
            "ttft": [ttft("full", None, 4096, 100.0), ttft("lola", 0, 4096, 100.0), ttft("lola", 512, 4096, 109.0),
                     ttft("full", None, 32768, 900.0), ttft("lola", 0, 32768, 800.0),
                     ttft("lola", 512, 32768, 950.0), {"preset": "p", "skipped": "time budget"}],
-           "correctness": [{"ok": True}, {"ok": False}]}
+           "correctness": [{"ok": True}, {"ok": False}],
+           "merge_step": [{"preset": "p", "ctx": 4096, "merge": "persistent", "merge_us_per_step": 300.0},
+                          {"preset": "p", "ctx": 4096, "merge": "stepwise", "merge_us_per_step": 9.0},
+                          {"preset": "p", "ctx": 8192, "merge": "stepwise", "skipped": "time budget"}]}
     ok = [t["ok"] for t in targets(res)]
-    # decode 35 and 42 us <= 50; flat 42/35 = 1.2; lambda ratio 1.09 / 1.19; 950 > 900 at 32K; one check failed
-    assert ok == [True, True, False, False, False]
-    res.update(decode_attention=[], ttft=[], correctness=[])
-    assert [t["ok"] for t in targets(res)] == [None] * 5
+    # decode 35 and 42 us <= 50; flat 42/35 = 1.2; lambda ratio 1.09 / 1.19; 950 > 900 at 32K; stepwise phase A 9 us
+    # per step (the persistent row is not judged); one check failed
+    assert ok == [True, True, False, False, True, False]
+    res["merge_step"].append({"preset": "q", "ctx": 4096, "merge": "stepwise", "merge_us_per_step": 11.0})
+    assert [t["ok"] for t in targets(res)][4] is False
+    res.update(decode_attention=[], ttft=[], correctness=[], merge_step=[])
+    assert [t["ok"] for t in targets(res)] == [None] * 6
 
 
 def test_kernels_compile_for_sm90(tmp_path):
@@ -486,7 +496,8 @@ def test_kernels_compile_for_sm90(tmp_path):
                         str(tmp_path)], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = json.loads((tmp_path / "compile-check.json").read_text())
-    assert {r["kernel"] for r in rows} == {"_merge_kernel", "_attn_kernel", "_partial_kernel", "_decode_kernel"}
+    assert {r["kernel"] for r in rows} == {"_merge_kernel", "_attn_kernel", "_partial_kernel", "_decode_kernel",
+                                           "_score_kernel", "_select_kernel", "_fold_kernel"}
     assert all(r.get("stack_bytes", 0) == 0 for r in rows), rows
 
 

@@ -7,6 +7,8 @@ Kernels (see each module):
   decode.py   one-token attention: sparse + window online softmax, linear readout, combine (one launch)
   merge.py    chunk-boundary merge for every scorer: SRE (or precomputed) scoring, top-lambda selection, fold
               into (H, s); ``evict_before_triton`` is its one-step wrapper for decode
+  merge_steps.py  the same merge spread over many programs, a few launches per chunk step (CUDA graph on a GPU);
+              ``$LOLA_MERGE=stepwise`` selects it (default ``persistent``: merge.py), ``merge_name`` says which ran
   prefill.py  chunked prefill: the merge kernel walks every chunk in-kernel, then one attention launch
   linear_prefix.py  phase A of the prefill without scoring (sparse = 0): step-parallel fold in torch
   _jit.py     @triton.jit helpers shared by the kernels (feature maps, the selection's order key)
@@ -47,7 +49,7 @@ KERNEL_SCORERS = ("sre", "random", "key_norm", "recency", "sink")
 # source): Triton's interpreter switch, the kernel-tuning overrides read at launch time by _host.py, and the CPU
 # prefill's pipeline switch (pipeline.py).
 KERNEL_ENV_VARS = ("TRITON_INTERPRET", "LOLA_TRITON_FP32_DOT", "LOLA_TRITON_DEBUG_FILL", "LOLA_MERGE_TILES",
-                   "LOLA_MERGE_SELECT", "LOLA_CPU_PIPELINE")
+                   "LOLA_MERGE_SELECT", "LOLA_MERGE", "LOLA_CPU_PIPELINE")
 
 
 def kernel_env() -> dict[str, str]:
@@ -139,4 +141,13 @@ def lola_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state:
     return decode_step(q, k, v, state, params, evict, lambda q1, st, pr, _pos: decode_attention(q1, st, pr))
 
 
-__all__ = ["kernel_env", "kernels_available", "lola_chunked_triton", "lola_decode_triton", "unsupported_reason"]
+def merge_name() -> str:
+    """The suffix of the implementation name for the chunk-boundary merge in force (``$LOLA_MERGE``): "" for the
+    persistent kernel (older rows named ``triton`` ran it too), " (stepwise merge)" or " (stepwise merge, eager)"."""
+    from ._host import merge_label
+
+    return merge_label()
+
+
+__all__ = ["kernel_env", "kernels_available", "lola_chunked_triton", "lola_decode_triton", "merge_name",
+           "unsupported_reason"]

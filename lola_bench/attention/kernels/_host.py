@@ -1,6 +1,7 @@
 """Host-side utilities shared by the kernel wrappers (merge.py, prefill.py, decode.py): codes and schedule layout
 the kernels read, allocation, contiguity, the learned feature-map weights, and the readers of the kernel-tuning
-environment variables ($LOLA_TRITON_FP32_DOT, $LOLA_TRITON_DEBUG_FILL, $LOLA_MERGE_TILES, $LOLA_MERGE_SELECT;
+environment variables ($LOLA_TRITON_FP32_DOT, $LOLA_TRITON_DEBUG_FILL, $LOLA_MERGE_TILES, $LOLA_MERGE_SELECT,
+$LOLA_MERGE;
 ``kernels.kernel_env`` reports the ones in force). Nothing here launches a kernel.
 """
 
@@ -109,6 +110,27 @@ def select_mode(cand_cap: int) -> tuple[int, int]:
         raise ValueError(f"LOLA_MERGE_SELECT must be 'rank' or 'threshold', got {want!r}")
     return (1, npad) if want == "threshold" and npad <= SELECT_MAX_NPAD else (0, 16)
 
+
+MERGE_MODES = ("persistent", "stepwise", "stepwise-eager")
+
+
+def merge_mode() -> str:
+    """Which chunk-boundary merge runs: ``$LOLA_MERGE``, default ``persistent`` (merge.py: one program per batch x
+    storage head walks every step) or ``stepwise`` (merge_steps.py: a few wide launches per step, replayed as a CUDA
+    graph on a GPU; ``stepwise-eager`` never captures a graph). The default stays persistent until a GPU run has
+    timed the stepwise merge (benchmarks/gpu_bench, section prefill_attention)."""
+    mode = os.environ.get("LOLA_MERGE", "persistent")
+    if mode not in MERGE_MODES:
+        raise ValueError(f"LOLA_MERGE must be one of {', '.join(MERGE_MODES)}, got {mode!r}")
+    return mode
+
+
+def merge_label() -> str:
+    """What the implementation name of a Triton layer call gains for the merge that ran: nothing for the persistent
+    merge (the only one before ``$LOLA_MERGE`` existed, so older rows named ``triton`` mean the same), else e.g.
+    `` (stepwise merge)``."""
+    labels = {"persistent": "", "stepwise": " (stepwise merge)", "stepwise-eager": " (stepwise merge, eager)"}
+    return labels[merge_mode()]
 
 
 def ensure_contiguous_state(state: LolaState) -> None:

@@ -49,3 +49,23 @@ def order_key(x):
     kb = tl.where(kb == -2147483648, 0, kb)
     kb = tl.where(x != x, 0x7FC00000, kb)
     return tl.where(kb >= 0, kb, kb ^ 0x7FFFFFFF)
+
+
+@triton.jit
+def threshold_select(sc, c_mask, keep):
+    """Kept flags of the ``keep`` best of the candidates ``c_mask`` whose scores ``sc`` (fp32 vector) sit in
+    registers, with split_topk's rule (higher score first; equal scores: the earlier candidate). The keep-th largest
+    score is found by bisection over the order-preserving int32 keys (<= 32 block reductions, no global scratch);
+    ties at that threshold go to the earliest candidates (inclusive cumsum). Needs 0 < keep < #candidates."""
+    key = order_key(sc).to(tl.int64)
+    lo = tl.min(tl.where(c_mask, key, 2147483647), 0)
+    hi = tl.max(tl.where(c_mask, key, -2147483648), 0)
+    while lo < hi:  # invariant: at least keep candidates have key >= lo
+        mid = lo + (hi - lo + 1) // 2
+        ok = tl.sum((c_mask & (key >= mid)).to(tl.int32), 0) >= keep
+        lo = tl.where(ok, mid, lo)
+        hi = tl.where(ok, hi, mid - 1)
+    gt = c_mask & (key > lo)
+    eq = c_mask & (key == lo)
+    need = keep - tl.sum(gt.to(tl.int32), 0)
+    return gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= need))

@@ -47,10 +47,11 @@ from ._host import (
     feature_eps,
     fp32_dot_precision,
     learned_weights,
+    merge_mode,
     rounded_eps,
     select_mode,
 )
-from ._jit import feature_parts, order_key
+from ._jit import feature_parts, order_key, threshold_select
 
 
 @triton.jit(do_not_specialize=["n_steps", "spi_t", "LAM", "cand_cap", "L", "sinks"])
@@ -138,10 +139,9 @@ def _merge_kernel(
         tl.debug_barrier()
 
         if SELECT == 1:
-            # 2+3. selection in registers: all n candidates as one NPAD-vector. The keep-th largest score is found
-            # by bisection over the scores' order-preserving int32 keys (<= 32 block reductions, no global
-            # scratch traffic); ties at that threshold go to the earliest candidates (inclusive cumsum), which is
-            # split_topk's rule. A cumsum of the kept flags gives both compacted lists.
+            # 2+3. selection in registers: all n candidates as one NPAD-vector (_jit.threshold_select: the keep-th
+            # largest score by bisection over order-preserving int32 keys, ties to the earliest candidates, which is
+            # split_topk's rule). A cumsum of the kept flags gives both compacted lists.
             c_rows = tl.arange(0, NPAD)
             c_mask = c_rows < n
             c_cu = tl.where(c_rows < ns, tl.load(spi_in + c_rows, mask=c_rows < ns, other=0), ev_lo + c_rows - ns)
@@ -150,18 +150,7 @@ def _merge_kernel(
             elif keep == 0:
                 c_kept = c_rows < 0
             else:
-                key = order_key(tl.load(scr + c_rows, mask=c_mask, other=0.0)).to(tl.int64)
-                lo = tl.min(tl.where(c_mask, key, 2147483647), 0)
-                hi = tl.max(tl.where(c_mask, key, -2147483648), 0)
-                while lo < hi:  # invariant: at least keep candidates have key >= lo
-                    mid = lo + (hi - lo + 1) // 2
-                    ok = tl.sum((c_mask & (key >= mid)).to(tl.int32), 0) >= keep
-                    lo = tl.where(ok, mid, lo)
-                    hi = tl.where(ok, hi, mid - 1)
-                gt = c_mask & (key > lo)
-                eq = c_mask & (key == lo)
-                need = keep - tl.sum(gt.to(tl.int32), 0)
-                c_kept = gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= need))
+                c_kept = threshold_select(tl.load(scr + c_rows, mask=c_mask, other=0.0), c_mask, keep)
             c_ki = c_kept.to(tl.int32)
             c_before = tl.cumsum(c_ki, 0) - c_ki
             tl.store(spi_out + c_before, c_cu, mask=c_kept)
@@ -350,6 +339,12 @@ def evict_before_triton(state: LolaState, params: LolaParams, window_start: int)
     if ns:
         spi[0, :, :ns] = torch.arange(ns, dtype=torch.int32, device=dev)
     sched = _one_step_schedule(ns, n_ev, keep, str(dev))
-    launch_merge(params, state, cand.k, cand.v, cand.pos, sched, 1, spi, n, need_scores=keep > 0)
+    if merge_mode() == "persistent":
+        launch_merge(params, state, cand.k, cand.v, cand.pos, sched, 1, spi, n, need_scores=keep > 0)
+    else:
+        from .merge_steps import launch_merge_steps
+
+        launch_merge_steps(params, state, cand.k, cand.v, cand.pos, sched, ((ns, ns, n_ev, keep, 0, 0, 0, 0, 0),),
+                           spi, n, need_scores=keep > 0)
     state.n_folded += n - keep
     keep_selected(state, cand, spi[1, :, :keep].view(b, hs, keep).long())

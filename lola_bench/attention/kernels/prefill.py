@@ -10,6 +10,8 @@ chunk), which is launch-bound on a GPU. Here the same computation is split by de
   phase A: merge kernel (merge.py)  one program per (batch, storage head) walks the rows in order: score,
                                    select, fold, and read the linear part out for the segment's queries
                                    (phi(q)^T H, phi(q)^T s). Writes each step's sparse index list.
+                                   ``$LOLA_MERGE=stepwise`` runs the same steps as a few wide launches each
+                                   (merge_steps.py, CUDA graph on a GPU) instead.
   phase B: attention kernel        one program per (segment, query block, batch * query head), all in
                                    parallel: online softmax over the step's sparse list (gathered by index)
                                    and the causal window, then the combine (``common.mix``) with phase A's
@@ -47,9 +49,18 @@ import triton.language as tl
 from ..common import LolaParams, ensure_state, to_storage
 from ..config import LolaConfig
 from ..state import LolaState
-from ._host import COMBINE_CODES, SCHED_FIELDS, alloc, ensure_contiguous_state, fp32_dot_precision, last_dim_contiguous
+from ._host import (
+    COMBINE_CODES,
+    SCHED_FIELDS,
+    alloc,
+    ensure_contiguous_state,
+    fp32_dot_precision,
+    last_dim_contiguous,
+    merge_mode,
+)
 from .linear_prefix import fold_and_readout
 from .merge import launch_merge
+from .merge_steps import launch_merge_steps
 
 
 @triton.jit(do_not_specialize=["spi_t", "LAM", "L", "base_new"])
@@ -249,8 +260,12 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
         fold_and_readout(params, state, ku, vu, rows, q if any_lin else None, ln, ld)
         spi[1:] = torch.arange(lam, dtype=torch.int32, device=dev)  # the kept pairs: unified indices 0 .. keep-1
     elif any_merge or any_lin:
-        launch_merge(params, state, ku, vu, pu, sched, n_steps, spi, cap, q=q if any_lin else None, ln=ln, ld=ld,
-                     need_scores=bool(needs_scores))
+        if merge_mode() == "persistent":
+            launch_merge(params, state, ku, vu, pu, sched, n_steps, spi, cap, q=q if any_lin else None, ln=ln,
+                         ld=ld, need_scores=bool(needs_scores))
+        else:  # $LOLA_MERGE=stepwise: a few wide launches per step (merge_steps.py)
+            launch_merge_steps(params, state, ku, vu, pu, sched, rows, spi, cap, q=q if any_lin else None, ln=ln,
+                               ld=ld, need_scores=bool(needs_scores))
     else:  # nothing leaves the window: every step keeps the initial sparse list
         spi[1:] = spi[0]
     _mark(marks, "merge", dev)
