@@ -32,7 +32,8 @@ def _rows(res: dict) -> dict[tuple, float]:
     for r in res.get("decode_model", []):
         if "decode_ms_per_token" in r:
             lam = "" if r.get("lambda") is None else f" l={r['lambda']}"
-            out[("whole-model decode (ms/token)", f"{r['preset']} {r['mode']}{lam}", r["ctx"])] = \
+            impl = f" [{r['impl']}]" if r.get("impl") else ""
+            out[("whole-model decode (ms/token)", f"{r['preset']} {r['mode']}{lam}{impl}", r["ctx"])] = \
                 r["decode_ms_per_token"]
     return out
 

@@ -15,6 +15,7 @@ from lola_bench.models import patch as lola_patch
 from lola_bench.models.loading import random_model
 
 from .common import bench_config, forward_kw, kernels_on
+from .graphed_decode import static_decode
 from .timing import Clock, host_times, peak_mib, peak_reset, sync
 
 
@@ -127,6 +128,9 @@ def model_rows(preset: str, cfgx: dict, device: str, clock: Clock, results: dict
             if ctx in cfgx["model_decode_ctx"]:
                 results["decode_model"].append(model_decode(model, kw, holder, mode, setting, cfgx, device, preset,
                                                             lam, ctx))
+                if mode == "full" and cfgx.get("graph_decode", True):
+                    holder.clear()          # the eager run's cache: free before the static one is allocated
+                    results["decode_model"].append(graphed_row(model, ids, setting, cfgx, device, preset, ctx))
             holder.clear()
             save()
         if mode == "lola":
@@ -162,3 +166,14 @@ def model_decode(model, kw, holder, mode, setting, cfgx, device, preset, lam, ct
     sync(device)
     return {"preset": preset, "mode": mode, "lambda": lam, "ctx": ctx, "tokens": n,
             "decode_ms_per_token": 1000 * (time.perf_counter() - t0) / n, "peak_vram_mib": peak_mib(device)}
+
+
+def graphed_row(model, ids, setting, cfgx, device, preset, ctx) -> dict:
+    """Full attention with a static cache and a CUDA-graph decode step (``graphed_decode``); a failure is a row."""
+    base = {"preset": preset, "mode": "full", "lambda": None, "ctx": ctx}
+    try:
+        with setting:
+            row, _ = static_decode(model, ids, cfgx["model_decode_tokens"], device)
+        return {**base, **row, "peak_vram_mib": peak_mib(device)}
+    except Exception as e:  # noqa: BLE001  (the bench goes on; the row says what failed)
+        return {**base, "impl": "static cache", "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}

@@ -106,9 +106,14 @@ def markdown(res: dict) -> str:
                               [[r["preset"], r["ctx"], f"{r['lam_ratio']:.3f}", f"{r['lola0_vs_full']:.3f}",
                                 f"{r['lolamax_vs_full']:.3f}"] for r in ratios])
     lines += ["", "## Whole-model decode, ms/token", ""]
-    lines += table(["preset", "mode", "lambda", "ctx", "ms/token", "peak VRAM MiB"],
-                   [[r["preset"], r["mode"], r["lambda"], r["ctx"], f"{r['decode_ms_per_token']:.2f}",
-                     r["peak_vram_mib"]] for r in res["decode_model"]])
+    lines += table(["preset", "mode", "lambda", "ctx", "implementation", "ms/token", "GB/s read (of peak)",
+                    "peak VRAM MiB"],
+                   [[r["preset"], r["mode"], r["lambda"], r["ctx"], r.get("impl", "HF generate loop, eager"),
+                     f"{r['decode_ms_per_token']:.2f}" if "decode_ms_per_token" in r else r.get("error", "-"),
+                     _bandwidth(r), r.get("peak_vram_mib", "-")] for r in res["decode_model"]])
+    if any(r.get("capture_error") for r in res["decode_model"]):
+        lines += [""] + [f"- capture failed ({r['preset']} @ {r['ctx']}), timed eagerly: {r['capture_error']}"
+                         for r in res["decode_model"] if r.get("capture_error")]
     lines += ["", "## Targets (issue #8)", ""]
     lines += table(["target", "measured", "met"],
                    [[t["target"], t["measured"], {True: "yes", False: "NO", None: "unmeasured"}[t["ok"]]]
@@ -116,6 +121,13 @@ def markdown(res: dict) -> str:
     if res.get("errors"):
         lines += ["", "## Errors", ""] + [f"- {e}" for e in res["errors"]]
     return "\n".join(lines) + "\n"
+
+
+def _bandwidth(r: dict) -> str:
+    if "achieved_gbs" not in r:
+        return "-"
+    of = f" ({100 * r['of_peak']:.0f}% of {r['peak_gbs']:.0f})" if r.get("of_peak") is not None else ""
+    return f"{r['achieved_gbs']:.0f}{of}"
 
 
 def targets(res: dict) -> list[dict]:
@@ -146,6 +158,13 @@ def targets(res: dict) -> list[dict]:
                           "lambda max)",
                 "measured": ", ".join(f"{r['preset']}@{r['ctx']}: {r['merge_us_per_step']:.1f}" for r in steps) or "-",
                 "ok": all(r["merge_us_per_step"] <= TARGET_US_PER_STEP for r in steps) if steps else None})
+    graphed = [r for r in res.get("decode_model", []) if r.get("impl") == "static cache, CUDA graph"]
+    out.append({"target": "whole-model decode within 2x of the memory-bandwidth floor (full attention, static cache, "
+                          "CUDA graph; LoLA not graphed yet)",
+                "measured": ", ".join(f"{r['preset']}@{r['ctx']}: {100 * r['of_peak']:.0f}% of peak"
+                                      for r in graphed if r.get("of_peak") is not None) or "-",
+                "ok": all(r["of_peak"] >= 0.5 for r in graphed) if graphed and all(
+                    r.get("of_peak") is not None for r in graphed) else None})
     checks = res["correctness"]
     out.append({"target": f"kernels match the torch reference on this device ({res.get('dtype')})",
                 "measured": f"{sum(bool(c['ok']) for c in checks)}/{len(checks)} checks" if checks else "-",

@@ -429,6 +429,8 @@ def test_gpu_bench_smoke(tmp_path):
         "merge_selection_threshold_n72_warps4", "merge_selection_rank_n72_warps8"]
     assert data["ttft"] and data["decode_attention"] and data["prefill_attention"] and data["decode_model"]
     assert data["lola_path"] == "triton" and not data["errors"]
+    static = [r for r in data["decode_model"] if r.get("impl", "").startswith("static cache")]
+    assert static and all("decode_ms_per_token" in r and not r.get("error") for r in static), static
     tiles = data["merge_tiles"]  # every tile setting ran and gave the same output (selections do not depend on tiles)
     assert [t["tiles"] for t in tiles] == ["default", "BLOCK_N=16,num_warps=4"]
     assert all("merge_ms" in t and t["max_abs_diff_vs_first"] < 1e-5 for t in tiles), tiles
@@ -474,15 +476,48 @@ def test_gpu_bench_judges_targets():
            "correctness": [{"ok": True}, {"ok": False}],
            "merge_step": [{"preset": "p", "ctx": 4096, "merge": "persistent", "merge_us_per_step": 300.0},
                           {"preset": "p", "ctx": 4096, "merge": "stepwise", "merge_us_per_step": 9.0},
-                          {"preset": "p", "ctx": 8192, "merge": "stepwise", "skipped": "time budget"}]}
+                          {"preset": "p", "ctx": 8192, "merge": "stepwise", "skipped": "time budget"}],
+           "decode_model": [{"preset": "p", "mode": "full", "ctx": 4096, "decode_ms_per_token": 13.0},
+                            {"preset": "p", "mode": "full", "ctx": 4096, "impl": "static cache, CUDA graph",
+                             "decode_ms_per_token": 1.0, "of_peak": 0.6}]}
     ok = [t["ok"] for t in targets(res)]
     # decode 35 and 42 us <= 50; flat 42/35 = 1.2; lambda ratio 1.09 / 1.19; 950 > 900 at 32K; stepwise phase A 9 us
-    # per step (the persistent row is not judged); one check failed
-    assert ok == [True, True, False, False, True, False]
+    # per step (the persistent row is not judged); the graphed decode reads at 60% of peak (>= 50%: within 2x of
+    # the floor; the eager row is not judged); one check failed
+    assert ok == [True, True, False, False, True, True, False]
     res["merge_step"].append({"preset": "q", "ctx": 4096, "merge": "stepwise", "merge_us_per_step": 11.0})
     assert [t["ok"] for t in targets(res)][4] is False
-    res.update(decode_attention=[], ttft=[], correctness=[], merge_step=[])
-    assert [t["ok"] for t in targets(res)] == [None] * 6
+    res["decode_model"].append({"preset": "q", "mode": "full", "ctx": 4096, "impl": "static cache, CUDA graph",
+                                "decode_ms_per_token": 3.0, "of_peak": 0.2})
+    assert [t["ok"] for t in targets(res)][5] is False
+    res.update(decode_attention=[], ttft=[], correctness=[], merge_step=[], decode_model=[])
+    assert [t["ok"] for t in targets(res)] == [None] * 7
+
+
+def test_static_cache_decode_generates_what_the_dynamic_cache_does():
+    """gpu_bench's graphed-decode row decodes with a static cache and in-place token / position buffers (replayable
+    steps); run eagerly here, it must produce the tokens plain greedy decoding with a DynamicCache produces, and
+    count the bytes a step reads (parameters once, K/V up to the position)."""
+    from transformers import DynamicCache
+
+    from benchmarks.gpu_bench.graphed_decode import bytes_per_token, static_decode
+    from lola_bench.models.loading import random_model
+
+    model = random_model("tiny")
+    ids = torch.randint(100, 40000, (1, 37), generator=torch.Generator().manual_seed(0))
+    row, toks = static_decode(model, ids, n_tokens=6, device="cpu", n_warm=2, record=True)
+    from benchmarks.gpu_bench.common import forward_kw
+
+    cache, want, tok = DynamicCache(config=model.config), [], ids
+    for _ in range(9):
+        tok = model(tok, **{forward_kw(model): cache}, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+        want.append(int(tok))
+    assert toks == want
+    assert row["impl"] == "static cache, eager" and row["decode_ms_per_token"] > 0 and row["peak_gbs"] is None
+    c = model.config
+    params = sum(p.numel() for p in model.parameters()) * 4           # float32; random_model ties no weights
+    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 100 * 4
+    assert bytes_per_token(model, 100) == params + kv
 
 
 def test_kernels_compile_for_sm90(tmp_path):
