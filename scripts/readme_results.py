@@ -51,18 +51,19 @@ def _rows(name: str) -> pd.DataFrame | None:
 
 
 def _mean_table(ok: pd.DataFrame, tasks_total: int | None) -> str:
-    """Rows: contexts; columns: variants; a cell is the mean accuracy over the tasks that variant finished at that
-    context, with how many when not all."""
+    """Rows: contexts; columns: variants; a cell is the mean accuracy over the tasks every variant has finished at
+    that context (``tasks`` says how many of all)."""
     order = ["full attention", "LoLA (η = 64, λ = 512)", "base (η = 64, λ = 0)",
              "LoLA training-free (hedgehog-identity)"]
     cols = [v for v in order if v in set(ok["variant"])]
     out = []
     for ctx, g in ok.groupby("ctx", sort=True):
-        rec = {"ctx": int(ctx)}
+        sets = [set(g.loc[g["variant"] == v, "task"]) for v in cols if (g["variant"] == v).any()]
+        common = sorted(set.intersection(*sets)) if sets else []
+        rec = {"ctx": int(ctx), "tasks": f"{len(common)}/{tasks_total or g['task'].nunique()}"}
         for v in cols:
-            acc = g[g["variant"] == v].groupby("task")["accuracy"].mean()
-            total = tasks_total or g["task"].nunique()
-            rec[v] = "" if acc.empty else f"{acc.mean():.1f}" + ("" if len(acc) == total else f" ({len(acc)}/{total})")
+            acc = g[(g["variant"] == v) & g["task"].isin(common)].groupby("task")["accuracy"].mean()
+            rec[v] = f"{acc.mean():.1f}" if len(acc) else ""
         out.append(rec)
     return frame_to_markdown(pd.DataFrame(out))
 
@@ -72,8 +73,8 @@ def block_suite() -> str:
     if ok is None:
         return "(no results yet)"
     return (_mean_table(ok, SUITE_TASKS)
-            + "\n(k/12): the mean of the k tasks that variant has finished at that context so far; compare variants "
-              "only where k matches.")
+            + "\n`tasks`: how many of the 12 every variant has finished at that context so far (the mean covers "
+              "those); an empty cell: that variant has not run there yet.")
 
 
 def block_8k() -> str:
