@@ -54,7 +54,7 @@ def calibrate_linear_weight(loaded_model, data: PackedData, *, sparse: int = 512
                 nll, count = 0.0, 0
                 for x in seqs:
                     x = x.view(1, -1).to(dev)
-                    logits = model(input_ids=x, past_key_values=new_cache(model), use_cache=True).logits
+                    logits = model(input_ids=x, cache=new_cache(model), use_cache=True).logits
                     lg = logits[0, start - 1:-1].float()
                     nll += torch.nn.functional.cross_entropy(lg, x[0, start:], reduction="sum").item()
                     count += lg.shape[0]

@@ -435,7 +435,7 @@ def test_calibration_picks_the_offset_with_the_lowest_tail_loss(tmp_path, corpus
             m.window_factors.copy_(t - 3.0)
         nll = n = 0
         for x in seqs:
-            lg = lm.model(input_ids=x.view(1, -1), past_key_values=new_cache(lm.model), use_cache=True).logits[0]
+            lg = lm.model(input_ids=x.view(1, -1), cache=new_cache(lm.model), use_cache=True).logits[0]
             lg = lg[SEQ // 2 - 1:-1]
             nll += torch.nn.functional.cross_entropy(lg, x[SEQ // 2:], reduction="sum").item()
             n += lg.shape[0]
