@@ -107,11 +107,13 @@ def main(argv=None) -> int:
             for row in rows[-len(times) - 1:]:
                 print({key: (round(val, 2) if isinstance(val, float) else val) for key, val in row.items()}, flush=True)
     if args.out:
+        from lola_bench.attention.kernels import kernel_env
         from lola_bench.provenance import provenance
         from lola_bench.records import atomic_write_json
 
         atomic_write_json(args.out, {"rows": rows, "config": cfg.to_dict(), "heads": [hq, hkv, d],
-                                     "repeats": args.repeats, "provenance": provenance("cpu")})
+                                     "repeats": args.repeats, "kernel_env": kernel_env(),
+                                     "provenance": provenance("cpu")})
     return 0
 
 

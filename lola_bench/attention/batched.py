@@ -17,6 +17,8 @@ keep the loop).
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +27,22 @@ from .selection import Segment, Table, select_all
 from .state import LolaState, state_dtype
 
 BLOCK_ELEMS = 1 << 20   # attention logits per batched step (B * Hs * chunks * group * chunk * keys), 4 MB fp32
+# PyTorch's CPU flash attention, which also returns the log-sum-exp (None where this torch lacks it)
+_FLASH_CPU = getattr(getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None), "default", None)
+
+
+def use_fused(q: torch.Tensor, params: LolaParams) -> bool:
+    """Whether ``attend_block`` runs the softmax part as one fused flash-attention call (same outputs as the explicit
+    logits up to rounding): on CPU, in float32 / float64, for the formulas that depend on the softmax sums only
+    through their shift (``common.mix``: calibrated, lola), with one intra-op thread (the pipeline's threads, or
+    ``--threads 1``). Measured on the embedded model's layer at 4K (``scripts/cpu_prefill_bench.py``, 2-core machine):
+    attention blocks 119 -> 105 ms on one thread, but 61 -> 80 ms with two (the fused kernel's own threading slowed
+    the ops around it too), hence the thread rule. ``LOLA_CPU_FUSED=0`` turns it off, ``=1`` forces it."""
+    mode = os.environ.get("LOLA_CPU_FUSED", "").strip().lower()
+    if (mode in ("0", "false", "no", "off") or _FLASH_CPU is None or q.device.type != "cpu"
+            or q.dtype not in (torch.float32, torch.float64) or params.cfg.combine not in ("calibrated", "lola")):
+        return False
+    return mode in ("1", "true", "yes", "on") or torch.get_num_threads() == 1
 
 
 def lola_batched(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
@@ -168,27 +186,39 @@ def attend_block(q: torch.Tensor, tab: Table, block: list[Segment], params: Lola
     keys = take_rows(tab.k, idx, out=_buffer(work, "k", (b * hs * n * kk, d), tab.k.dtype, dev))
     vals = take_rows(tab.v, idx, out=_buffer(work, "v", (b * hs * n * kk, d), tab.v.dtype, dev))
     keys, vals = keys.view(b * hs * n, kk, d).to(cd), vals.view(b * hs * n, kk, d).to(cd)
-    lg = _buffer(work, "lg", (b * hs * n, g * C, kk), cd, dev)
-    torch.baddbmm(lg, qb, keys.transpose(1, 2), beta=0.0, alpha=d ** -0.5, out=lg)
-    lg6 = lg.view(b, hs, n, g, C, kk)
-    lg6[..., kk - window_mask.shape[-1]:].masked_fill_(window_mask.unsqueeze(1), float("-inf"))
-    if sp_valid is not None:   # sparse part: every cached pair is older than every query; padding masked
-        lg6[..., :ns].masked_fill_(~sp_valid.view(n, 1, 1, ns), float("-inf"))
     folded = [seg.folded for seg in block]
-    if any(folded):
-        sm_max = lg.amax(dim=-1)
-    p = torch.softmax(lg, dim=-1, out=_buffer(work, "p", lg.shape, cd, dev))
-    y = torch.bmm(p, vals)                                                       # softmax outputs (B*Hs*n, g*C, d)
 
     def heads(x):  # (B*Hs*n, g*C, ...) -> (B, Hq, n*C, ...)
         rest = x.shape[2:]
         return x.view(b, hs, n, g, C, *rest).transpose(2, 3).reshape(b, hq, n * C, *rest)
 
-    y = heads(y)
+    if use_fused(q, params):
+        # one fused CPU flash-attention call: normalized outputs and the log-sum-exp, no logits in memory
+        mask = _buffer(work, "mask", (n, g, C, kk), cd, dev).zero_()
+        mask[..., kk - window_mask.shape[-1]:].masked_fill_(window_mask.unsqueeze(1), float("-inf"))
+        if sp_valid is not None:
+            mask[..., :ns].masked_fill_(~sp_valid.view(n, 1, 1, ns), float("-inf"))
+        y, lse = _FLASH_CPU(qb.view(b * hs, n, g * C, d), keys.view(b * hs, n, kk, d), vals.view(b * hs, n, kk, d),
+                            attn_mask=mask.view(1, n, g * C, kk), scale=d ** -0.5)
+        y = heads(y.reshape(b * hs * n, g * C, d))
+        if any(folded):   # shifted by the log-sum-exp: the softmax sum is 1 ('calibrated' / 'lola' allow any shift)
+            sm_num, sm_den, sm_max = y, y.new_ones(y.shape[:-1]), heads(lse.reshape(b * hs * n, g * C))
+    else:
+        lg = _buffer(work, "lg", (b * hs * n, g * C, kk), cd, dev)
+        torch.baddbmm(lg, qb, keys.transpose(1, 2), beta=0.0, alpha=d ** -0.5, out=lg)
+        lg6 = lg.view(b, hs, n, g, C, kk)
+        lg6[..., kk - window_mask.shape[-1]:].masked_fill_(window_mask.unsqueeze(1), float("-inf"))
+        if sp_valid is not None:   # sparse part: every cached pair is older than every query; padding masked
+            lg6[..., :ns].masked_fill_(~sp_valid.view(n, 1, 1, ns), float("-inf"))
+        if any(folded):
+            sm_max = lg.amax(dim=-1)
+        p = torch.softmax(lg, dim=-1, out=_buffer(work, "p", lg.shape, cd, dev))
+        y = heads(torch.bmm(p, vals))                                            # softmax outputs (B, Hq, n*C, d)
+        if any(folded):
+            # the exp sums shifted by the max logit, as ``common.attend`` has them: the largest probability is 1/sum
+            sm_den = heads(p.amax(dim=-1).reciprocal_())
+            sm_num, sm_max = y * sm_den.unsqueeze(-1), heads(sm_max)
     if any(folded):
-        # the exp sums shifted by the max logit, as ``common.attend`` has them: the largest probability is 1 / sum
-        sm_den = heads(p.amax(dim=-1).reciprocal_())
-        sm_num, sm_max = y * sm_den.unsqueeze(-1), heads(sm_max)
         ps = params.feature_map_q(q).to(cd)
         if ps.shape[2] != n * C:
             ps = torch.cat([ps.new_zeros(b, hq, off, ps.shape[-1]), ps,

@@ -224,12 +224,14 @@ def mix(combine: str, factor, sm_num, sm_den, lin_num, lin_den, eps: float, sm_m
     gated:      y = (g*sm_num + (1-g)*lin_num) / (g*sm_den + (1-g)*lin_den + eps),   g = sigmoid(factor)
     lolcats:    y = (g*sm_num + lin_num) / (g*sm_den + lin_den + eps)                (LoLCATs' window_factor)
     normalized: y = g * sm_num/sm_den + (1-g) * lin_num/(lin_den + eps)
-    calibrated: y = (sm_num + w*lin_num) / (sm_den + w*lin_den + eps),            w = exp(factor - sm_max)
+    calibrated: y = (sm_num + w*lin_num) / (sm_den*(1+eps) + w*lin_den),          w = exp(factor - sm_max)
     lola:       y = (g*S*v + (1-g)*phi(q)^T H) / (g*S + (1-g)*phi(q)^T s + eps),  S = sum_j exp(q.k_j/sqrt d)
                 (the LoLA authors' formula, unshifted sum, eps where theirs is; computed shifted, so it never
                 overflows: it equals calibrated with the factor negated, up to where eps sits)
-    sm_* are max-subtracted exp sums (sm_den >= 1). In 'gated' and 'lolcats' the softmax part therefore has
-    the same weight whether its best key matches the query strongly or barely, while lin_den grows with the
+    sm_* are max-subtracted exp sums (sm_den >= 1). 'calibrated' and 'lola' depend on the shift only through
+    sm_max, so any shift works (the CPU block path shifts by the log-sum-exp: sm_den = 1); 'calibrated' keeps its eps
+    relative to the softmax sum for that reason (it only guards the division). In 'gated' and 'lolcats' the softmax
+    part has the same weight whether its best key matches the query strongly or barely, while lin_den grows with the
     number of folded pairs: at long context the linear memory drowns exact matches. 'normalized' averages
     each memory on its own and mixes them with a fixed per-head weight. 'calibrated' undoes the shift, so the
     sum is sum_j exp(q.k_j/sqrt d) v_j + exp(factor) * phi(q)^T H: the paper's unshifted form, exact when
@@ -237,7 +239,7 @@ def mix(combine: str, factor, sm_num, sm_den, lin_num, lin_den, eps: float, sm_m
     """
     if combine == "calibrated":
         w = torch.exp((factor - sm_max).clamp(max=80.0))
-        return (sm_num + w * lin_num) / (sm_den + w * lin_den + eps)
+        return (sm_num + w * lin_num) / (sm_den * (1 + eps) + w * lin_den)
     if combine == "lola":
         # (g*S*v + (1-g)*phi.H) / (g*S + (1-g)*phi.s + eps) with S = e^m * sm_den, divided through by g*e^m:
         # the linear weight is (1-g)/g * e^-m = e^(-factor-m), eps becomes eps*e^-m/g (no overflow past logit 88)

@@ -56,8 +56,8 @@ def window_plus_linear(q, k, v, params):
     if cfg.combine == "calibrated":  # unshifted: sum exp(s) v + exp(factor) phi(q)^T H, no max subtraction
         es = torch.exp(s)
         w = torch.exp(params.window_factors).view(1, -1, 1, 1)
-        eps = cfg.eps * s.amax(-1, keepdim=True).exp()  # eps is defined on the max-shifted denominator
-        y = (es @ v + w * (a @ v)) / (es.sum(-1, keepdim=True) + w * a.sum(-1, keepdim=True) + eps)
+        # eps relative to the softmax sum: no shift appears anywhere
+        y = (es @ v + w * (a @ v)) / (es.sum(-1, keepdim=True) * (1 + cfg.eps) + w * a.sum(-1, keepdim=True))
     elif cfg.combine == "normalized":  # each memory averaged on its own, then mixed g : 1 - g
         y = g * (e @ v) / e.sum(-1, keepdim=True) + (1 - g) * (a @ v) / (a.sum(-1, keepdim=True) + cfg.eps)
     elif cfg.combine == "gated":

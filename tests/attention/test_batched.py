@@ -173,3 +173,31 @@ def test_prefill_cut_into_blocks_within_the_state_budget_equals_one_block(monkey
     C = cfg.chunk_size
     assert len(calls) > 1 and all(n <= 2 * C for _, n in calls)
     assert all((pos + n) % C == 0 for pos, n in calls[:-1])                # blocks end on chunk boundaries
+
+
+@pytest.mark.parametrize("combine", ["calibrated", "lola"])
+@pytest.mark.parametrize("gqa", ["grouped", "expanded"])
+@pytest.mark.parametrize("kw", [dict(window=8, sparse=5), dict(window=4, sparse=9, chunk=7, sinks=2)])
+def test_fused_cpu_blocks_equal_the_explicit_logits(combine, gqa, kw, monkeypatch):
+    """The CPU block path's fused flash-attention call (normalized outputs + log-sum-exp, the combine shifted by the
+    log-sum-exp) gives what the explicit logits give (float64, tight), in blocks of one chunk and of many, and runs
+    when it says it does; formulas that need the max shift (gated, lolcats, normalized) keep the explicit logits."""
+    calls = []
+    real = batched._FLASH_CPU
+    monkeypatch.setattr(batched, "_FLASH_CPU", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = LolaConfig(gqa=gqa, feature_map="hedgehog", combine=combine, **kw)
+    p = testing.make_params(cfg, 6, 2, D, dtype=torch.float64)
+    q, k, v = testing.qkv(101, 6, 2, 2, D, dtype=torch.float64)
+    for block in (1, 1 << 20):
+        monkeypatch.setattr(batched, "BLOCK_ELEMS", block)
+        outs = {}
+        for fused in ("1", "0"):
+            monkeypatch.setenv("LOLA_CPU_FUSED", fused)
+            n = len(calls)
+            st = LolaState()
+            outs[fused] = (lola_batched(q, k, v, st, p), st)
+            assert (len(calls) > n) == (fused == "1")
+        testing.assert_close(outs["1"][0], outs["0"][0], 1e-12)
+        assert_same_state(outs["1"][1], outs["0"][1], 1e-12)
+    monkeypatch.setenv("LOLA_CPU_FUSED", "1")
+    assert not batched.use_fused(q, testing.make_params(LolaConfig(combine="gated"), 6, 2, D, dtype=torch.float64))

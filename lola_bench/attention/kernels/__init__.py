@@ -49,7 +49,7 @@ KERNEL_SCORERS = ("sre", "random", "key_norm", "recency", "sink")
 # source): Triton's interpreter switch, the kernel-tuning overrides read at launch time by _host.py, and the CPU
 # prefill's pipeline switch (pipeline.py).
 KERNEL_ENV_VARS = ("TRITON_INTERPRET", "LOLA_TRITON_FP32_DOT", "LOLA_TRITON_DEBUG_FILL", "LOLA_MERGE_TILES",
-                   "LOLA_MERGE_SELECT", "LOLA_MERGE", "LOLA_CPU_PIPELINE")
+                   "LOLA_MERGE_SELECT", "LOLA_MERGE", "LOLA_CPU_PIPELINE", "LOLA_CPU_FUSED")
 
 
 def kernel_env() -> dict[str, str]:

@@ -142,7 +142,7 @@ def _attn_kernel(
             g = 1.0 / (1.0 + tl.exp(-fac))
             if COMBINE == 3:  # calibrated: m_i is the max logit in log2 units
                 w = tl.exp(tl.minimum(fac - m_i * 0.6931471805599453, 80.0))  # ln 2
-                y = (acc + w[:, None] * num) / (l_i + w * den + eps)[:, None]
+                y = (acc + w[:, None] * num) / (l_i * (1.0 + eps) + w * den)[:, None]
             elif COMBINE == 4:  # lola (the authors' formula, common.mix): weight e^(-f-m), eps*e^-m/g
                 m_e = m_i * 0.6931471805599453
                 w = tl.exp(tl.minimum(-fac - m_e, 80.0))
