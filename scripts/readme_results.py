@@ -60,7 +60,9 @@ def _mean_table(ok: pd.DataFrame, tasks_total: int | None) -> str:
     for ctx, g in ok.groupby("ctx", sort=True):
         sets = [set(g.loc[g["variant"] == v, "task"]) for v in cols if (g["variant"] == v).any()]
         common = sorted(set.intersection(*sets)) if sets else []
-        rec = {"ctx": int(ctx), "tasks": f"{len(common)}/{tasks_total or g['task'].nunique()}"}
+        hours = pd.to_numeric(g.drop_duplicates("cell_id")["wall_s"], errors="coerce").sum() / 3600
+        rec = {"ctx": int(ctx), "tasks": f"{len(common)}/{tasks_total or g['task'].nunique()}",
+               "cell hours": f"{hours:.1f}"}
         for v in cols:
             acc = g[(g["variant"] == v) & g["task"].isin(common)].groupby("task")["accuracy"].mean()
             rec[v] = f"{acc.mean():.1f}" if len(acc) else ""
@@ -74,7 +76,8 @@ def block_suite() -> str:
         return "(no results yet)"
     return (_mean_table(ok, SUITE_TASKS)
             + "\n`tasks`: how many of the 12 every variant has finished at that context so far (the mean covers "
-              "those); an empty cell: that variant has not run there yet.")
+              "those); an empty cell: that variant has not run there yet. `cell hours`: the finished cells' `wall_s` "
+              "summed (one torch thread each, two such jobs sharing 2 cores).")
 
 
 def block_8k() -> str:
@@ -89,9 +92,13 @@ def block_equal_memory() -> str:
     csv = SWEEPS / "equal-memory-embedded" / "sweep.csv"
     if not csv.is_file():
         return "(no results yet)"
-    sections = budget_tables(ok_rows(pd.read_csv(csv)))[2:]          # the tables, without the sweep.md preamble
-    return "\n".join(s.replace("### ", "*", 1).replace(" MiB\n", " MiB*\n", 1) if s.startswith("### ") else s
-                     for s in sections).strip()
+    df = pd.read_csv(csv)
+    sections = budget_tables(ok_rows(df))[2:]                        # the tables, without the sweep.md preamble
+    hours = pd.to_numeric(df.drop_duplicates("cell_id")["wall_s"], errors="coerce").sum() / 3600
+    return ("\n".join(s.replace("### ", "*", 1).replace(" MiB\n", " MiB*\n", 1) if s.startswith("### ") else s
+                       for s in sections).strip()
+            + f"\n\n{df['cell_id'].nunique()} cells so far, {hours:.1f} cell hours (`wall_s` summed, one torch thread "
+              "each).")
 
 
 ABLATIONS = REPO / "results" / "ruler" / "niah_single_2-ablations"
