@@ -42,6 +42,28 @@ def feature_parts(x, w_ptr, offs_d, eps_r, PHI: tl.constexpr, LEARNED: tl.conste
 
 
 @triton.jit
+def sre_tile(p1, p2, hbase, sbase, vrows, rmask, eps, offs_d, offs_dv, NPARTS: tl.constexpr, D: tl.constexpr,
+             BLOCK_DV: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The self-recall error || v - phi(k)^T H / (phi(k)^T s + eps) || of a tile of candidates for one query head:
+    (p1, p2) its feature parts (BLOCK_N, D) fp32, ``hbase`` / ``sbase`` that head's H (F, D) / s (F), ``vrows`` the
+    pointers of the candidates' value rows (BLOCK_N, 1; columns added here). One value tile of BLOCK_DV at a time."""
+    den = tl.sum(p1 * tl.load(sbase + offs_d)[None, :], 1)
+    if NPARTS == 2:
+        den += tl.sum(p2 * tl.load(sbase + D + offs_d)[None, :], 1)
+    den += eps
+    e2 = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for dv0 in range(0, D, BLOCK_DV):
+        hp = hbase + offs_d[:, None] * D + dv0 + offs_dv[None, :]
+        num = tl.dot(p1, tl.load(hp), input_precision=PREC)
+        if NPARTS == 2:
+            num += tl.dot(p2, tl.load(hp + D * D), input_precision=PREC)
+        vv = tl.load(vrows + dv0 + offs_dv[None, :], mask=rmask[:, None], other=0.0).to(tl.float32)
+        diff = vv - num / den[:, None]
+        e2 += tl.sum(diff * diff, 1)
+    return tl.sqrt(e2)
+
+
+@triton.jit
 def order_key(x):
     """int32 keys that order fp32 scores as torch's sort does: -0.0 and +0.0 equal, every NaN above +inf (one
     canonical NaN, whatever its sign bit: CPUs make negative NaNs), otherwise the float order."""

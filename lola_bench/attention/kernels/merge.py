@@ -51,7 +51,7 @@ from ._host import (
     rounded_eps,
     select_mode,
 )
-from ._jit import feature_parts, order_key, threshold_select
+from ._jit import feature_parts, order_key, sre_tile, threshold_select
 
 
 @triton.jit(do_not_specialize=["n_steps", "spi_t", "LAM", "cand_cap", "L", "sinks"])
@@ -112,23 +112,9 @@ def _merge_kernel(
                         hq = hs * GROUP + g
                         if LEARNED:
                             p1, p2 = feature_parts(x, WK + hq * D * D, offs_d, eps_r, PHI, True, D, PREC)
-                        hbase = H + (b * Hq + hq) * F * D
-                        sbase = S + (b * Hq + hq) * F
-                        den = tl.sum(p1 * tl.load(sbase + offs_d)[None, :], 1)
-                        if NPARTS == 2:
-                            den += tl.sum(p2 * tl.load(sbase + D + offs_d)[None, :], 1)
-                        den += eps
-                        e2 = tl.zeros([BLOCK_N], dtype=tl.float32)
-                        for dv0 in range(0, D, BLOCK_DV):
-                            hp = hbase + offs_d[:, None] * D + dv0 + offs_dv[None, :]
-                            num = tl.dot(p1, tl.load(hp), input_precision=PREC)
-                            if NPARTS == 2:
-                                num += tl.dot(p2, tl.load(hp + D * D), input_precision=PREC)
-                            vv = tl.load(vbase + cu[:, None] * su_n + dv0 + offs_dv[None, :], mask=rmask[:, None],
-                                         other=0.0).to(tl.float32)
-                            diff = vv - num / den[:, None]
-                            e2 += tl.sum(diff * diff, 1)
-                        err += tl.sqrt(e2)
+                        err += sre_tile(p1, p2, H + (b * Hq + hq) * F * D, S + (b * Hq + hq) * F,
+                                        vbase + cu[:, None] * su_n, rmask, eps, offs_d, offs_dv, NPARTS, D, BLOCK_DV,
+                                        PREC, BLOCK_N)
                     sc = err / GROUP
                 else:
                     sc = tl.load(PSC + b * sp_b + hs * sp_h + cu, mask=rmask, other=0.0)

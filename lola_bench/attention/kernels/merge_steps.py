@@ -44,7 +44,7 @@ from ._host import (
     merge_mode,
     rounded_eps,
 )
-from ._jit import feature_parts, threshold_select
+from ._jit import feature_parts, sre_tile, threshold_select
 
 
 @triton.jit(do_not_specialize=["t", "spi_t", "LAM", "cand_cap"])
@@ -74,23 +74,10 @@ def _score_kernel(
         x = tl.load(KU + b * su_b + hs * su_h + cu[:, None] * su_n + offs_d[None, :], mask=rmask[:, None], other=0.0)
         hq = hs * GROUP + g
         p1, p2 = feature_parts(x, WK + hq * D * D, offs_d, eps_r, PHI, LEARNED, D, PREC)
-        hbase = H + (b * Hq + hq) * F * D
-        sbase = S + (b * Hq + hq) * F
-        den = tl.sum(p1 * tl.load(sbase + offs_d)[None, :], 1)
-        if NPARTS == 2:
-            den += tl.sum(p2 * tl.load(sbase + D + offs_d)[None, :], 1)
-        den += eps
-        e2 = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for dv0 in range(0, D, BLOCK_DV):
-            hp = hbase + offs_d[:, None] * D + dv0 + offs_dv[None, :]
-            num = tl.dot(p1, tl.load(hp), input_precision=PREC)
-            if NPARTS == 2:
-                num += tl.dot(p2, tl.load(hp + D * D), input_precision=PREC)
-            vv = tl.load(VU + b * su_b + hs * su_h + cu[:, None] * su_n + dv0 + offs_dv[None, :], mask=rmask[:, None],
-                         other=0.0).to(tl.float32)
-            diff = vv - num / den[:, None]
-            e2 += tl.sum(diff * diff, 1)
-        tl.store(SCR + (pid * GROUP + g) * cand_cap + rows, tl.sqrt(e2), mask=rmask)
+        err = sre_tile(p1, p2, H + (b * Hq + hq) * F * D, S + (b * Hq + hq) * F,
+                       VU + b * su_b + hs * su_h + cu[:, None] * su_n, rmask, eps, offs_d, offs_dv, NPARTS, D,
+                       BLOCK_DV, PREC, BLOCK_N)
+        tl.store(SCR + (pid * GROUP + g) * cand_cap + rows, err, mask=rmask)
 
 
 @triton.jit(do_not_specialize=["t", "spi_t", "LAM", "cand_cap", "sinks"])
