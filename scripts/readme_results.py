@@ -33,13 +33,25 @@ SUITE_TASKS = 12
 
 
 def _variant(r) -> str:
+    """The column a row belongs to, built from the row itself (η, λ, feature map), so a row of another setting gets
+    its own column instead of being averaged under a wrong label."""
     if r["attn"] == "full":
         return "full attention"
-    if r["attn"] == "base" or r["lambda"] == 0:
-        return "base (η = 64, λ = 0)"
+    w, lam = int(r["window"]), int(r["lambda"])
+    if r["attn"] == "evict":
+        return f"eviction {r['scorer']} (η = {w}, λ = {lam})"
+    if r["attn"] == "base" or lam == 0:
+        return f"base (η = {w}, λ = 0)"
     if r["feature_map"] == "hedgehog-identity":
-        return "LoLA training-free (hedgehog-identity)"
-    return "LoLA (η = 64, λ = 512)"
+        return f"LoLA training-free (η = {w}, λ = {lam})"
+    return f"LoLA (η = {w}, λ = {lam})"
+
+
+_RANK = ("full attention", "LoLA (", "base (", "LoLA training-free", "eviction")
+
+
+def _column_order(labels) -> list[str]:
+    return sorted(labels, key=lambda v: (next(i for i, p in enumerate(_RANK) if v.startswith(p)), v))
 
 
 def _rows(name: str) -> pd.DataFrame | None:
@@ -53,9 +65,7 @@ def _rows(name: str) -> pd.DataFrame | None:
 def _mean_table(ok: pd.DataFrame, tasks_total: int | None) -> str:
     """Rows: contexts; columns: variants; a cell is the mean accuracy over the tasks every variant has finished at
     that context (``tasks`` says how many of all)."""
-    order = ["full attention", "LoLA (η = 64, λ = 512)", "base (η = 64, λ = 0)",
-             "LoLA training-free (hedgehog-identity)"]
-    cols = [v for v in order if v in set(ok["variant"])]
+    cols = _column_order(set(ok["variant"]))
     out = []
     for ctx, g in ok.groupby("ctx", sort=True):
         sets = [set(g.loc[g["variant"] == v, "task"]) for v in cols if (g["variant"] == v).any()]

@@ -7,9 +7,10 @@ memory-bandwidth floor, as gpt-fast reports it.
 replayed: on CUDA it is captured once (after warm-up steps on a side stream) and replayed per token; elsewhere, or
 when capture fails (the row then says why), it runs eagerly with the same buffers. The row records which ran.
 
-Bytes a step must read: every parameter once (the tied embedding / head counted once) plus the K/V cache up to the
-current position; achieved bandwidth = those bytes / time per token, against the device's peak (from its memory
-clock and bus width where torch reports them, else the vendor figure in ``PEAK_GBS``, and the row says which).
+Bytes a step must read: every parameter once (a tied embedding / head once; an untied input embedding one row) plus
+the K/V cache up to the current position; achieved bandwidth = those bytes / time per token, against the device's
+peak (from its memory clock and bus width where torch reports them, else the vendor figure in ``PEAK_GBS``, and the
+row says which).
 
 LoLA is not in this row yet: its decode state changes shape as the window grows and its kernels take the lengths
 as host arguments, so a captured step could not be replayed (what remains of item 3).
@@ -40,12 +41,16 @@ def peak_bandwidth(device: str) -> tuple[float | None, str]:
 
 
 def bytes_per_token(model, ctx: int) -> int:
-    """Parameter bytes (shared tensors once) + the K/V cache bytes of ``ctx`` positions."""
+    """Parameter bytes (shared tensors once; an untied input embedding counts one row, the one a step looks up) +
+    the K/V cache bytes of ``ctx`` positions."""
     seen, total = set(), 0
     for p in model.parameters():
         if p.data_ptr() not in seen:
             seen.add(p.data_ptr())
             total += p.numel() * p.element_size()
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    if emb.data_ptr() != head.data_ptr():           # untied: the head reads all of its matrix, the lookup one row
+        total -= (emb.shape[0] - 1) * emb.shape[1] * emb.element_size()
     c = model.config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     elt = next(model.parameters()).element_size()

@@ -10,6 +10,7 @@ import statistics
 
 import torch
 
+from lola_bench.attention.kernels.merge_steps import clear_graphs
 from lola_bench.attention.kernels.prefill import build_schedule, marks_ms, prefill
 from lola_bench.attention.state import LolaState
 
@@ -21,13 +22,15 @@ TARGET_US_PER_STEP = 10.0  # issue #16: "at <= 10 us per step, lambda=512 at 32K
 
 
 def _phase_a(q, k, v, p, reps: int) -> tuple[torch.Tensor, LolaState, list[float]]:
-    """One warm-up prefill (compiles; captures the graph), then ``reps`` timed ones: (output, state, merge ms each)."""
-    st = LolaState()
-    out = prefill(q, k, v, st, p)
-    times = []
-    for _ in range(reps):
+    """One warm-up prefill (compiles; the stepwise merge runs eagerly and captures its graph), then ``reps`` timed
+    ones (graph replays): (the last timed run's output and state, so that the replays are what gets checked; merge
+    ms of each)."""
+    prefill(q, k, v, LolaState(), p)
+    times, out, st = [], None, None
+    for _ in range(max(1, reps)):
         marks: list = []
-        prefill(q, k, v, LolaState(), p, marks=marks)
+        st = LolaState()
+        out = prefill(q, k, v, st, p, marks=marks)
         times.append(marks_ms(marks)["merge"])
     return out, st, times
 
@@ -59,10 +62,12 @@ def section_merge_step(cfgx: dict, device: str, clock: Clock) -> list[dict]:
                     row["same_selection_as_persistent"] = bool(torch.equal(st.sp_pos, ref[1].sp_pos))
                     row["max_abs_diff_vs_persistent"] = float((out.float() - ref[0].float()).abs().max())
                 except Exception as e:  # noqa: BLE001 - a merge that fails to compile or capture is a result too
-                    row["error"] = f"{type(e).__name__}: {str(e)[-300:]}"
+                    first = (str(e).strip().splitlines() or [""])[0]
+                    row["error"] = f"{type(e).__name__}: {first[:300]}"
                 rows.append(row)
                 print(f"[merge_step] {row}", flush=True)
             del q, k, v, ref
+            clear_graphs()                  # their copies of this shape's inputs would outlive the section
             if device == "cuda":
                 torch.cuda.empty_cache()
     return rows

@@ -130,7 +130,8 @@ def model_rows(preset: str, cfgx: dict, device: str, clock: Clock, results: dict
                                                             lam, ctx))
                 if mode == "full" and cfgx.get("graph_decode", True):
                     holder.clear()          # the eager run's cache: free before the static one is allocated
-                    results["decode_model"].append(graphed_row(model, ids, setting, cfgx, device, preset, ctx))
+                    results["decode_model"].append(graphed_row(model, ids, setting, backend_label, cfgx, device,
+                                                               preset, ctx))
             holder.clear()
             save()
         if mode == "lola":
@@ -168,12 +169,24 @@ def model_decode(model, kw, holder, mode, setting, cfgx, device, preset, lam, ct
             "decode_ms_per_token": 1000 * (time.perf_counter() - t0) / n, "peak_vram_mib": peak_mib(device)}
 
 
-def graphed_row(model, ids, setting, cfgx, device, preset, ctx) -> dict:
-    """Full attention with a static cache and a CUDA-graph decode step (``graphed_decode``); a failure is a row."""
+def graphed_row(model, ids, setting, backend_label, cfgx, device, preset, ctx) -> dict:
+    """Full attention with a static cache and a CUDA-graph decode step (``graphed_decode``). The static cache passes
+    a mask over its whole length, which the SDPA backend ``pick_sdpa`` chose (probed without a mask) may refuse or
+    not capture: then PyTorch's default choice is tried; the row names the backend that ran and what failed before.
+    A failure of both is a row too."""
     base = {"preset": preset, "mode": "full", "lambda": None, "ctx": ctx}
-    try:
-        with setting:
-            row, _ = static_decode(model, ids, cfgx["model_decode_tokens"], device)
-        return {**base, **row, "peak_vram_mib": peak_mib(device)}
-    except Exception as e:  # noqa: BLE001  (the bench goes on; the row says what failed)
-        return {**base, "impl": "static cache", "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    failed: list[str] = []
+    for label, ctxm in ((backend_label, setting), ("default", _null())):
+        try:
+            peak_reset(device)
+            with ctxm:
+                row, _ = static_decode(model, ids, cfgx["model_decode_tokens"], device)
+        except Exception as e:  # noqa: BLE001  (the bench goes on; the row says what failed)
+            failed.append(f"{label}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}")
+            continue
+        if row.get("capture_error") and label != "default":
+            failed.append(f"{label}: capture: {row['capture_error']}")
+            continue
+        return {**base, **row, "sdpa_backend": label, "peak_vram_mib": peak_mib(device),
+                "failed_first": "; ".join(failed) or None}
+    return {**base, "impl": "static cache", "error": "; ".join(failed)}

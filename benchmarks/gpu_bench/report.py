@@ -108,7 +108,7 @@ def markdown(res: dict) -> str:
     lines += ["", "## Whole-model decode, ms/token", ""]
     lines += table(["preset", "mode", "lambda", "ctx", "implementation", "ms/token", "GB/s read (of peak)",
                     "peak VRAM MiB"],
-                   [[r["preset"], r["mode"], r["lambda"], r["ctx"], r.get("impl", "HF generate loop, eager"),
+                   [[r["preset"], r["mode"], r["lambda"], r["ctx"], r.get("impl", "DynamicCache loop, eager"),
                      f"{r['decode_ms_per_token']:.2f}" if "decode_ms_per_token" in r else r.get("error", "-"),
                      _bandwidth(r), r.get("peak_vram_mib", "-")] for r in res["decode_model"]])
     if any(r.get("capture_error") for r in res["decode_model"]):

@@ -229,8 +229,9 @@ def mix(combine: str, factor, sm_num, sm_den, lin_num, lin_den, eps: float, sm_m
                 (the LoLA authors' formula, unshifted sum, eps where theirs is; computed shifted, so it never
                 overflows: it equals calibrated with the factor negated, up to where eps sits)
     sm_* are max-subtracted exp sums (sm_den >= 1). 'calibrated' and 'lola' depend on the shift only through
-    sm_max, so any shift works (the CPU block path shifts by the log-sum-exp: sm_den = 1); 'calibrated' keeps its eps
-    relative to the softmax sum for that reason (it only guards the division). In 'gated' and 'lolcats' the softmax
+    sm_max, so any shift works (the CPU block path shifts by the log-sum-exp: sm_den = 1) as long as the weight's
+    exponent stays inside its clamp at 80; 'calibrated' keeps its eps relative to the softmax sum for that reason (it
+    only guards the division). In 'gated' and 'lolcats' the softmax
     part has the same weight whether its best key matches the query strongly or barely, while lin_den grows with the
     number of folded pairs: at long context the linear memory drowns exact matches. 'normalized' averages
     each memory on its own and mixes them with a fixed per-head weight. 'calibrated' undoes the shift, so the

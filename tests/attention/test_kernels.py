@@ -515,9 +515,14 @@ def test_static_cache_decode_generates_what_the_dynamic_cache_does():
     assert toks == want
     assert row["impl"] == "static cache, eager" and row["decode_ms_per_token"] > 0 and row["peak_gbs"] is None
     c = model.config
-    params = sum(p.numel() for p in model.parameters()) * 4           # float32; random_model ties no weights
+    params = sum(p.numel() for p in model.parameters()) * 4           # float32; parameters() lists a tied one once
     kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 100 * 4
-    assert bytes_per_token(model, 100) == params + kv
+    tied = model.get_input_embeddings().weight.data_ptr() == model.get_output_embeddings().weight.data_ptr()
+    assert tied and bytes_per_token(model, 100) == params + kv        # the head reads the whole shared matrix
+    untied = random_model("tiny", tie_word_embeddings=False)
+    emb = untied.get_input_embeddings().weight
+    params = sum(p.numel() for p in untied.parameters()) * 4
+    assert bytes_per_token(untied, 100) == params - (emb.shape[0] - 1) * emb.shape[1] * 4 + kv   # lookup: one row
 
 
 def test_kernels_compile_for_sm90(tmp_path):

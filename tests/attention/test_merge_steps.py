@@ -2,7 +2,7 @@
 selections, outputs and final state as the persistent merge kernel, the torch paths and the reference, on awkward
 shapes. Set-up as in test_kernels.py (TRITON_INTERPRET=1 around the imports, a subprocess when Triton was imported
 compiled earlier in this process). The interpreter never captures CUDA graphs: the graph replay is GPU-only
-(benchmarks/gpu_bench checks it against the eager launches)."""
+(benchmarks/gpu_bench, section merge_step, checks the replays against the persistent kernel)."""
 
 import importlib
 import os

@@ -29,6 +29,7 @@ def frame(skip=()) -> pd.DataFrame:
     for i, task in enumerate(TASKS):
         add("full", None, None, task, 90.0 + i)
         add("base", 0, None, task, 5.0 + i)
+        add("evict", 0, "sink", task, 3.0 + i)                  # window + sinks alone: no budget, a reference
         for budget, lam_lola, lam_ev in ((16.0, 35, 227), (40.0, 573, 765)):
             add("lola", lam_lola, "sre", task, budget + 10 * i, budget)
             add("evict", lam_ev, "sink", task, budget / 2 + i, budget)
@@ -55,7 +56,8 @@ def test_one_table_per_budget_with_each_variant_its_lambda_and_accuracy():
     assert head == ["variant", "λ", "cache MiB", *TASKS, "mean of 2"]
     by = {r[0]: r for r in rows}
     assert [r[0] for r in rows] == ["LoLA", "eviction: StreamingLLM", "eviction: SnapKV",
-                                    "full attention (reference, no budget)", "LoLA base (λ=0) (reference, no budget)"]
+                                    "full attention (reference, no budget)", "LoLA base (λ=0) (reference, no budget)",
+                                    "eviction: StreamingLLM (reference, no budget)"]
     assert by["LoLA"][1:] == ["573", "40.0", "40.0", "50.0", "45.0"]
     assert by["eviction: StreamingLLM"][1] == "765" and by["eviction: StreamingLLM"][3:5] == ["20.0", "21.0"]
     assert by["eviction: SnapKV"][3:5] == ["10.0", "11.0"]

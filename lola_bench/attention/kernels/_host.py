@@ -118,7 +118,7 @@ def merge_mode() -> str:
     """Which chunk-boundary merge runs: ``$LOLA_MERGE``, default ``persistent`` (merge.py: one program per batch x
     storage head walks every step) or ``stepwise`` (merge_steps.py: a few wide launches per step, replayed as a CUDA
     graph on a GPU; ``stepwise-eager`` never captures a graph). The default stays persistent until a GPU run has
-    timed the stepwise merge (benchmarks/gpu_bench, section prefill_attention)."""
+    timed the stepwise merge (benchmarks/gpu_bench, section merge_step)."""
     mode = os.environ.get("LOLA_MERGE", "persistent")
     if mode not in MERGE_MODES:
         raise ValueError(f"LOLA_MERGE must be one of {', '.join(MERGE_MODES)}, got {mode!r}")

@@ -229,6 +229,11 @@ _GRAPHS: collections.OrderedDict = collections.OrderedDict()  # key -> (graph, s
 GRAPH_CACHE = 2  # graphs kept (each holds copies of its inputs and outputs; the layers of a prefill share one)
 
 
+def clear_graphs() -> None:
+    """Drop the cached graphs and their buffers (each holds copies of its call's inputs and outputs)."""
+    _GRAPHS.clear()
+
+
 def _sig(x: torch.Tensor) -> tuple:
     return (tuple(x.shape), x.stride(), x.dtype)
 
@@ -248,7 +253,8 @@ def _graphed(a: dict, rows: tuple, c: dict, outputs: tuple) -> bool:
             with torch.cuda.graph(graph):
                 _launches(static, rows, c)
         except Exception as e:  # noqa: BLE001 - any capture problem: run this key eagerly from now on
-            warnings.warn(f"stepwise merge: CUDA graph capture failed, launching eagerly ({type(e).__name__}: {e})",
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            warnings.warn(f"stepwise merge: CUDA graph capture failed, launching eagerly ({type(e).__name__}: {first})",
                           stacklevel=3)
             _GRAPHS[key] = None
             for name in outputs:
