@@ -34,15 +34,11 @@ _FLASH_CPU = getattr(getattr(torch.ops.aten, "_scaled_dot_product_flash_attentio
 def use_fused(q: torch.Tensor, params: LolaParams) -> bool:
     """Whether ``attend_block`` runs the softmax part as one fused flash-attention call (same outputs as the explicit
     logits up to rounding): on CPU, in float32 / float64, for the formulas that depend on the softmax sums only
-    through their shift (``common.mix``: calibrated, lola), with one intra-op thread (the pipeline's threads, or
-    ``--threads 1``): faster there on the embedded model's layer (results/speed/cpu-prefill-layer/fused-*.json); with
-    two threads the measurements so far disagree, so it stays off there unless forced. ``LOLA_CPU_FUSED=0`` turns it
-    off, ``=1`` forces it."""
-    mode = os.environ.get("LOLA_CPU_FUSED", "").strip().lower()
-    if (mode in ("0", "false", "no", "off") or _FLASH_CPU is None or q.device.type != "cpu"
-            or q.dtype not in (torch.float32, torch.float64) or params.cfg.combine not in ("calibrated", "lola")):
-        return False
-    return mode in ("1", "true", "yes", "on") or torch.get_num_threads() == 1
+    through their shift (``common.mix``: calibrated, lola). Faster on the embedded model's layer with one thread and
+    with two (results/speed/cpu-prefill-layer/fused-*.json). ``LOLA_CPU_FUSED=0`` turns it off."""
+    return (os.environ.get("LOLA_CPU_FUSED", "").strip().lower() not in ("0", "false", "no", "off")
+            and _FLASH_CPU is not None and q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64)
+            and params.cfg.combine in ("calibrated", "lola"))
 
 
 def lola_batched(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LolaState,
