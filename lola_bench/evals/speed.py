@@ -1,7 +1,8 @@
 """Prefill (TTFT) and decode timing on random token prompts: full attention vs LoLA variants.
 
-Median over ``repeats`` timed runs after one untimed warm-up run per (variant, context). Token ids are
-random (speed does not depend on content).
+Median over ``repeats`` timed runs after one untimed warm-up run per (variant, context); the variants take turns,
+one repeat each (``run_speed``), so drift of the machine's speed hits them alike. Token ids are random (speed does
+not depend on content).
 
 Decode: ``decode_ms_per_token`` is the mean over the ``decode_tokens`` timed tokens, as they fall. A LoLA token that
 starts a chunk (position a multiple of ``chunk``; the first decoded token after a 4096-token prompt is one) runs the
@@ -70,26 +71,36 @@ def amortized_decode(steps: list[float], ctx: int, chunk: int | None) -> tuple[f
 
 def run_speed(loaded, variants, ctxs: list[int], *, repeats: int = 3, decode_tokens: int = 16, ckpt=None,
               device_label: str = "cpu", progress=None) -> pd.DataFrame:
+    """Per context, the variants run round robin, one repeat of each in turn (each after one untimed warm-up), so a
+    machine whose speed drifts during the run (shared or throttled cores) slows them alike instead of whichever ran
+    last. Each repeat applies its variant afresh (patching is cheap next to a prefill)."""
     rows = []
-    for v in variants:
-        chunk = v.lola.chunk_size if v.lola else None
-        with attention_variant(loaded.model, v, ckpt) as used:
-            for ctx in ctxs:
+    for ctx in ctxs:
+        runs: dict[int, list] = {i: [] for i in range(len(variants))}
+        names: dict[int, list] = {i: [] for i in range(len(variants))}
+        for v in variants:
+            with attention_variant(loaded.model, v, ckpt):
                 time_variant(loaded.model, min(ctx, 256), 2, loaded.device)  # warm-up
-                runs = []
-                for r in range(repeats):
-                    runs.append(time_variant(loaded.model, ctx, decode_tokens, loaded.device, seed=r, chunk=chunk))
-                    if progress:
-                        progress(1, f"{v.mode} ctx={ctx}")
-                rows.append({"model": loaded.spec, **variant_columns(v), "ctx": ctx, "repeats": repeats,
-                             "ttft_s": statistics.median(x["prefill_s"] for x in runs),
-                             "ttft_min_s": min(x["prefill_s"] for x in runs),
-                             "decode_ms_per_token": statistics.median(x["decode_ms_per_token"] for x in runs),
-                             "decode_amortized_ms_per_token": statistics.median(
-                                 x["decode_amortized_ms_per_token"] for x in runs),
-                             "decode_boundary_tokens": runs[0]["decode_boundary_tokens"] if runs else 0,
-                             "peak_mem_mib": max(x["peak_mem_mib"] for x in runs),
-                             **implementation_columns(v, used()), "device": device_label})
+        for r in range(repeats):
+            for i, v in enumerate(variants):
+                chunk = v.lola.chunk_size if v.lola else None
+                with attention_variant(loaded.model, v, ckpt) as used:
+                    runs[i].append(time_variant(loaded.model, ctx, decode_tokens, loaded.device, seed=r, chunk=chunk))
+                    names[i].append(used())
+                if progress:
+                    progress(1, f"{v.mode} ctx={ctx}")
+        for i, v in enumerate(variants):
+            rs = runs[i]
+            used_names = [n for n in dict.fromkeys(names[i]) if n]
+            rows.append({"model": loaded.spec, **variant_columns(v), "ctx": ctx, "repeats": repeats,
+                         "ttft_s": statistics.median(x["prefill_s"] for x in rs),
+                         "ttft_min_s": min(x["prefill_s"] for x in rs),
+                         "decode_ms_per_token": statistics.median(x["decode_ms_per_token"] for x in rs),
+                         "decode_amortized_ms_per_token": statistics.median(
+                             x["decode_amortized_ms_per_token"] for x in rs),
+                         "decode_boundary_tokens": rs[0]["decode_boundary_tokens"] if rs else 0,
+                         "peak_mem_mib": max(x["peak_mem_mib"] for x in rs),
+                         **implementation_columns(v, " + ".join(used_names) or None), "device": device_label})
     df = pd.DataFrame(rows)
     full = df[df.attn == "full"].set_index("ctx")["ttft_s"]
     df["ttft_vs_full"] = [r.ttft_s / full[r.ctx] if r.ctx in full.index else float("nan") for r in df.itertuples()]
