@@ -29,6 +29,9 @@ def _rows(res: dict) -> dict[tuple, float]:
         if "ttft_ms" in r:
             lam = "" if r.get("lambda") is None else f" l={r['lambda']}"
             out[("TTFT (ms)", f"{r['preset']} {r['mode']}{lam}", r["ctx"])] = r["ttft_ms"]
+    for r in res.get("merge_step", []):
+        if "merge_us_per_step" in r:
+            out[("phase A per chunk step (us)", f"{r['preset']} {r['merge']}", r["ctx"])] = r["merge_us_per_step"]
     for r in res.get("decode_model", []):
         if "decode_ms_per_token" in r:
             lam = "" if r.get("lambda") is None else f" l={r['lambda']}"

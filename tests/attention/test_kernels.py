@@ -449,11 +449,13 @@ def test_perf_compare_pairs_rows_of_two_runs(tmp_path):
         return {"device_name": "X", "provenance": {"utc_time": "t", "command": "c"},
                 "ttft": [{"preset": "p", "mode": "lola", "lambda": 0, "ctx": 4096, "ttft_ms": ttft},
                          {"preset": "p", "mode": "full", "lambda": None, "ctx": 4096, "ttft_ms": 9.0}],
-                "decode_attention": [{"ctx": 4096, "lola_kernel_graph_warm_us": dec}]}
+                "decode_attention": [{"ctx": 4096, "lola_kernel_graph_warm_us": dec}],
+                "merge_step": [{"preset": "p", "merge": "stepwise", "ctx": 4096, "merge_us_per_step": dec / 10}]}
 
     md = pc.compare(run(100.0, 400.0), {**run(50.0, 160.0), "ttft": run(50.0, 160.0)["ttft"][:1]}, "a", "b")
     assert "| p lola l=0 | 4096 | 100.0 | 50.0 | 0.500 |" in md
     assert "| lola_kernel_graph_warm | 4096 | 400.0 | 160.0 | 0.400 |" in md
+    assert "| p stepwise | 4096 | 40.0 | 16.0 | 0.400 |" in md                      # phase A per step
     assert "p full" not in md  # only rows present in both runs
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(run(1.0, 1.0)))
