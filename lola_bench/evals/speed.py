@@ -76,8 +76,8 @@ def run_speed(loaded, variants, ctxs: list[int], *, repeats: int = 3, decode_tok
     last. Each repeat applies its variant afresh (patching is cheap next to a prefill)."""
     rows = []
     for ctx in ctxs:
-        runs: dict[int, list] = {i: [] for i in range(len(variants))}
-        names: dict[int, list] = {i: [] for i in range(len(variants))}
+        runs: list[list] = [[] for _ in variants]      # per variant: its timed runs, and what computed each
+        names: list[list] = [[] for _ in variants]
         for v in variants:
             with attention_variant(loaded.model, v, ckpt):
                 time_variant(loaded.model, min(ctx, 256), 2, loaded.device)  # warm-up
