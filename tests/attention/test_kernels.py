@@ -1,15 +1,9 @@
-"""Triton kernels against the torch paths, under the Triton interpreter on CPU (TRITON_INTERPRET=1).
-
-Triton decides between compiling and interpreting when a function is decorated: for its own standard
-library (tl.zeros, tl.sum, ...) when ``triton`` is first imported, for our kernels when their modules are.
-This module sets TRITON_INTERPRET=1 around those imports, then restores the variable so the rest of the
-suite is unaffected (each test sets it again, and NaN-fills every kernel output buffer, via a fixture).
-If ``triton`` was already imported in compiled mode by an earlier module of the same process, the
-in-process tests skip and ``test_kernels_in_fresh_process`` runs this file in a subprocess instead.
-Shapes are tiny: the interpreter runs every program of the grid in Python.
+"""Triton kernels against the torch paths, under the Triton interpreter on CPU (TRITON_INTERPRET=1; set-up in
+interpreted.py: the kernels are imported in interpreter mode, each test NaN-fills every kernel output buffer, and a
+process that imported triton compiled runs this file in a subprocess instead). Shapes are tiny: the interpreter runs
+every program of the grid in Python.
 """
 
-import importlib
 import importlib.util
 import json
 import os
@@ -20,32 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-_saved = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
-try:
-    pytest.importorskip("triton")
-    import triton.language.standard as _tl_standard
-    from triton.runtime.interpreter import InterpretedFunction
+from tests.attention import interpreted
 
-    INTERPRETED = isinstance(_tl_standard.zeros, InterpretedFunction)
-
-    import lola_bench.attention.kernels as K
-    from lola_bench.attention.kernels import _host as khost
-    from lola_bench.attention.kernels import _jit as kjit
-    from lola_bench.attention.kernels import decode as kdecode
-    from lola_bench.attention.kernels import merge as kmerge
-    from lola_bench.attention.kernels import prefill as kprefill
-
-    if INTERPRETED and not isinstance(kmerge._merge_kernel, InterpretedFunction):  # compiled by an earlier import
-        kjit = importlib.reload(kjit)  # first: the kernels bind its helpers when they are (re)imported
-        kmerge = importlib.reload(kmerge)
-        kdecode = importlib.reload(kdecode)
-        kprefill = importlib.reload(kprefill)
-finally:
-    if _saved is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = _saved
+_T = interpreted.load()
+INTERPRETED = _T.interpreted
+K, khost, kjit, kmerge, ksteps, kdecode, kprefill = (_T.K, _T._host, _T._jit, _T.merge, _T.merge_steps,
+                                                    _T.decode, _T.prefill)
 
 from lola_bench.attention.chunked import lola_chunked  # noqa: E402
 from lola_bench.attention.common import (  # noqa: E402
@@ -65,22 +39,12 @@ pytestmark = pytest.mark.triton
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _interpret(monkeypatch, request):
-    if not INTERPRETED and request.node.name != "test_kernels_in_fresh_process":
-        pytest.skip("triton was imported in compiled mode earlier in this process; see test_kernels_in_fresh_process")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("LOLA_TRITON_DEBUG_FILL", "1")
+_interpret = interpreted.interpret_fixture(INTERPRETED, "test_kernels_in_fresh_process")
 
 
 def test_kernels_in_fresh_process():
     """Runs this file in a subprocess when this process cannot interpret Triton (see the module docstring)."""
-    if INTERPRETED:
-        pytest.skip("kernels are interpreted in this process")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], env=env,
-                       capture_output=True, text=True, timeout=900, cwd=REPO)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    interpreted.run_in_fresh_process(INTERPRETED, __file__)
 
 
 def assert_state_close(a: LolaState, b: LolaState, atol=1e-5, rtol=1e-5):

@@ -1,47 +1,18 @@
 """The step-parallel merge ($LOLA_MERGE=stepwise, kernels/merge_steps.py) under the Triton interpreter on CPU: the same
 selections, outputs and final state as the persistent merge kernel, the torch paths and the reference, on awkward
-shapes. Set-up as in test_kernels.py (TRITON_INTERPRET=1 around the imports, a subprocess when Triton was imported
-compiled earlier in this process). The interpreter never captures CUDA graphs: the graph replay is GPU-only
+shapes. Set-up in interpreted.py (TRITON_INTERPRET=1 around the imports, a subprocess when Triton was imported compiled
+earlier in this process). The interpreter never captures CUDA graphs: the graph replay is GPU-only
 (benchmarks/gpu_bench, section merge_step, checks the replays against the persistent kernel)."""
-
-import importlib
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-_saved = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
-try:
-    pytest.importorskip("triton")
-    import triton.language.standard as _tl_standard
-    from triton.runtime.interpreter import InterpretedFunction
+from tests.attention import interpreted
 
-    INTERPRETED = isinstance(_tl_standard.zeros, InterpretedFunction)
-
-    import lola_bench.attention.kernels as K
-    from lola_bench.attention.kernels import _host as khost
-    from lola_bench.attention.kernels import _jit as kjit
-    from lola_bench.attention.kernels import decode as kdecode
-    from lola_bench.attention.kernels import merge as kmerge
-    from lola_bench.attention.kernels import merge_steps as ksteps
-    from lola_bench.attention.kernels import prefill as kprefill
-
-    kernels = (kmerge._merge_kernel, ksteps._score_kernel, kdecode._decode_kernel, kprefill._attn_kernel)
-    if INTERPRETED and not all(isinstance(x, InterpretedFunction) for x in kernels):  # compiled by an earlier import
-        kjit = importlib.reload(kjit)  # first: the kernels bind its helpers when they are (re)imported
-        kmerge = importlib.reload(kmerge)
-        ksteps = importlib.reload(ksteps)
-        kdecode = importlib.reload(kdecode)
-        kprefill = importlib.reload(kprefill)
-finally:
-    if _saved is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = _saved
+_T = interpreted.load()
+INTERPRETED = _T.interpreted
+K, khost, kjit, kmerge, ksteps, kdecode, kprefill = (_T.K, _T._host, _T._jit, _T.merge, _T.merge_steps,
+                                                    _T.decode, _T.prefill)
 
 from lola_bench.attention.chunked import lola_chunked  # noqa: E402
 from lola_bench.attention.common import evict_before, split_topk  # noqa: E402
@@ -52,24 +23,13 @@ from lola_bench.attention.state import LolaState  # noqa: E402
 from lola_bench.attention.testing import clone_state, make_params, qkv, random_state  # noqa: E402
 
 pytestmark = pytest.mark.triton
-REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _interpret(monkeypatch, request):
-    if not INTERPRETED and request.node.name != "test_merge_steps_in_fresh_process":
-        pytest.skip("triton was imported compiled earlier in this process; see test_merge_steps_in_fresh_process")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("LOLA_TRITON_DEBUG_FILL", "1")
+_interpret = interpreted.interpret_fixture(INTERPRETED, "test_merge_steps_in_fresh_process")
 
 
 def test_merge_steps_in_fresh_process():
-    if INTERPRETED:
-        pytest.skip("kernels are interpreted in this process")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], env=env,
-                       capture_output=True, text=True, timeout=900, cwd=REPO)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    interpreted.run_in_fresh_process(INTERPRETED, __file__)
 
 
 @pytest.fixture
