@@ -22,7 +22,7 @@ if str(REPO) not in sys.path:
 
 from lola_bench.attention.config import LolaConfig  # noqa: E402
 from lola_bench.evals.commonsense import DEFAULT_TASKS, length_table, request_lengths  # noqa: E402
-from lola_bench.models.loading import embedded_tokenizer  # noqa: E402
+from lola_bench.models.gguf import embedded_tokenizer  # noqa: E402
 from lola_bench.provenance import provenance  # noqa: E402
 from lola_bench.records import RunDir, frame_to_markdown  # noqa: E402
 

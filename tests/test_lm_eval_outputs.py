@@ -189,7 +189,7 @@ def test_hub_reachable_probes_the_endpoint(monkeypatch):
 
 def test_cli_says_the_hub_id_maps_to_the_embedded_model(tmp_path, monkeypatch):
     from lola_bench.models import aliases
-    from lola_bench.models.loading import embedded_available
+    from lola_bench.models.gguf import embedded_available
 
     if not embedded_available():
         pytest.skip("embedded model not installed")

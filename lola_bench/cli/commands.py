@@ -21,13 +21,8 @@ from .options import INTS, NAMES, DeviceOpt, RunOptions, int_list, run_options, 
 @user_errors
 def info(device: DeviceOpt = "auto"):
     """Versions, device, cache directory, embedded model and data directories."""
-    from ..models.loading import (
-        EMBEDDED_INSTALL_HINT,
-        dequantized_cache_path,
-        embedded_available,
-        embedded_gguf_path,
-        resolve_device,
-    )
+    from ..models.gguf import EMBEDDED_INSTALL_HINT, dequantized_cache_path, embedded_available, embedded_gguf_path
+    from ..models.loading import resolve_device
     from ..paths import cache_dir, data_dir
     from ..provenance import device_label, git_info, package_versions
 

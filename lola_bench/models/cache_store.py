@@ -1,7 +1,7 @@
 """The dequantized model copies in the cache directory (``lola-bench cache list|clear``).
 
 Each GGUF dequantized once is saved as safetensors under ``cache_dir()/models/<gguf stem>-<hash>`` (see
-``loading.dequantized_cache_path``); a crashed save leaves ``<name>.tmp<pid>``. Only entries directly inside that
+``gguf.dequantized_cache_path``); a crashed save leaves ``<name>.tmp<pid>``. Only entries directly inside that
 ``models`` folder are ever listed or removed: a name is never a path.
 """
 

