@@ -516,6 +516,7 @@ def test_static_cache_decode_generates_what_the_dynamic_cache_does():
         want.append(int(tok))
     assert toks == want
     assert row["impl"] == "static cache, eager" and row["decode_ms_per_token"] > 0 and row["peak_gbs"] is None
+    assert row["eager_reason"] == "not a CUDA device" and row["capture_error"] is None
     c = model.config
     params = sum(p.numel() for p in model.parameters()) * 4           # float32; parameters() lists a tied one once
     kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 100 * 4
