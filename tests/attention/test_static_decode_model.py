@@ -101,3 +101,21 @@ def test_configuration_without_static_state_decodes_eagerly_and_says_why(tiny):
         unpatch_model(tiny)
     assert toks == want
     assert row["impl"] == "LolaCache, eager" and "attention mass" in row["eager_reason"]
+
+
+def test_the_whole_model_step_reads_no_tensor_value_on_the_host():
+    """What capture needs of the whole forward (HF's embedding, rotary, masks, MLPs and LoLA's static step): on the
+    meta device, where reading any tensor value on the host raises, one decode step through a StaticLolaCache runs."""
+    from lola_bench.attention.static_decode import StaticLolaState
+    from lola_bench.models.static_cache import StaticLolaCache
+
+    model = random_model("tiny", torch.float32)
+    patch_model(model, LolaConfig(window=8, sparse=6, sinks=1, combine="calibrated", gqa="grouped",
+                                  feature_map="hedgehog"))
+    model.to("meta")
+    cache = StaticLolaCache([StaticLolaState(m.params(), 1, torch.float32, "meta") for m in lola_modules(model)])
+    tok = torch.zeros(1, 1, dtype=torch.long, device="meta")
+    pos = torch.zeros(1, dtype=torch.long, device="meta")
+    logits = model(tok, cache=cache, position_ids=pos.view(1, 1), use_cache=True, logits_to_keep=1).logits
+    assert logits.shape == (1, 1, model.config.vocab_size) and logits.device.type == "meta"
+    assert all(m.calls["decode", "torch (static)"] == 1 for m in lola_modules(model))
