@@ -1,6 +1,6 @@
-"""Whole-model decode of full attention with a static KV cache, one decode step captured in a CUDA graph (issue #16
-item 3, the full-attention side): what the model costs per token once the host is out of the way, next to the
-memory-bandwidth floor, as gpt-fast reports it.
+"""Whole-model decode with a static cache and one decode step captured in a CUDA graph, for full attention and LoLA
+(issue #16 item 3): what the model costs per token once the host is out of the way, next to the memory-bandwidth
+floor, as gpt-fast reports it.
 
 ``static_decode`` prefills the prompt into a ``transformers.StaticCache``, then runs greedy decode steps whose inputs
 (the token, its position) live in fixed device buffers that each step updates in place, so the same step can be
@@ -12,8 +12,12 @@ the K/V cache up to the current position; achieved bandwidth = those bytes / tim
 peak (from its memory clock and bus width where torch reports them, else the vendor figure in ``PEAK_GBS``, and the
 row says which).
 
-LoLA is not in this row yet: its decode state changes shape as the window grows and its kernels take the lengths
-as host arguments, so a captured step could not be replayed (what remains of item 3).
+``lola_static_decode`` does the same for a LoLA-patched model: the prompt prefilled by the normal path, every
+layer's state converted to a static-capacity one (``lola_bench.attention.static_decode``: fixed buffers, position and
+lengths in device tensors), one decode step of torch ops captured and replayed per token, the chunk-boundary merge
+(every ``chunk`` tokens) run eagerly between replays. Its bytes per token count the static LoLA cache (every slot the
+step reads) instead of a K/V cache. The Triton decode kernel still takes its lengths as launch arguments, so the
+replayed LoLA step is the torch one.
 """
 
 from __future__ import annotations
@@ -40,9 +44,8 @@ def peak_bandwidth(device: str) -> tuple[float | None, str]:
     return None, f"unknown for {props.name}"
 
 
-def bytes_per_token(model, ctx: int) -> int:
-    """Parameter bytes (shared tensors once; an untied input embedding counts one row, the one a step looks up) +
-    the K/V cache bytes of ``ctx`` positions."""
+def param_bytes(model) -> int:
+    """Parameter bytes a step reads: shared tensors once; an untied input embedding counts one row (the lookup)."""
     seen, total = set(), 0
     for p in model.parameters():
         if p.data_ptr() not in seen:
@@ -51,15 +54,91 @@ def bytes_per_token(model, ctx: int) -> int:
     emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     if emb.data_ptr() != head.data_ptr():           # untied: the head reads all of its matrix, the lookup one row
         total -= (emb.shape[0] - 1) * emb.shape[1] * emb.element_size()
+    return total
+
+
+def bytes_per_token(model, ctx: int) -> int:
+    """Parameter bytes (``param_bytes``) + the K/V cache bytes of ``ctx`` positions."""
     c = model.config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     elt = next(model.parameters()).element_size()
-    return total + 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * ctx * elt
+    return param_bytes(model) + 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * ctx * elt
 
 
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def _first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
+def timed_steps(step, tok: torch.Tensor, device: str, graph: bool, n_warm: int, n_tokens: int, record: bool,
+                generated: list[int], before=None, after=None) -> dict:
+    """Run ``n_warm`` greedy steps, then time ``n_tokens``: ``step`` (device work: updates ``tok`` and the position
+    buffers in place) captured once as a CUDA graph and replayed when ``graph`` and on CUDA, else eagerly.
+    ``before`` / ``after``: host work around every step, never captured (LoLA's chunk-boundary merge, its host
+    mirrors); ``before`` returns True when it did device work (a merge): counted over the timed tokens.
+    Returns {dt: seconds per token, how: "CUDA graph" or "eager", why: why eagerly, capture_error, merges: the
+    merges while timed}."""
+    before = before or (lambda: False)
+    after = after or (lambda: None)
+    timing, merges = [False], [0]
+
+    def pre():
+        if before() and timing[0]:
+            merges[0] += 1
+
+    def eager():
+        pre()
+        step()
+        after()
+
+    how, why, error, run = "eager", None, None, eager
+    if graph and device == "cuda":
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(n_warm):
+                eager()
+                generated.append(int(tok))
+        torch.cuda.current_stream().wait_stream(side)
+        try:
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                step()                      # recorded, not run: the replays below advance tok and the positions
+            how = "CUDA graph"
+
+            def run():
+                pre()
+                g.replay()
+                after()
+        except Exception as e:              # e.g. a host sync inside the forward: say so, time it eagerly
+            error = _first_line(e)
+            why = f"capture failed: {error}"
+            torch.cuda.synchronize()
+    else:
+        why = "not a CUDA device" if device != "cuda" else "graph capture not asked for"
+        for _ in range(n_warm):
+            eager()
+            generated.append(int(tok))
+    timing[0] = True
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n_tokens):
+        run()
+        if record:
+            generated.append(int(tok))      # a host sync per token: for checks, not for timing
+    _sync(device)
+    return {"dt": (time.perf_counter() - t0) / n_tokens, "how": how, "why": why, "capture_error": error,
+            "merges": merges[0]}
+
+
+def _bandwidth_row(moved: int, dt: float, device: str) -> dict:
+    peak, peak_src = peak_bandwidth(device)
+    return {"decode_ms_per_token": 1000 * dt, "bytes_per_token": moved, "achieved_gbs": moved / dt / 1e9,
+            "peak_gbs": peak, "peak_source": peak_src, "of_peak": None if peak is None else moved / dt / 1e9 / peak}
 
 
 @torch.no_grad()
@@ -86,40 +165,80 @@ def static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, graph: b
         tok.copy_(out.argmax(-1, keepdim=True))
         pos.add_(1)
 
-    how, error = "eager", None
-    if graph and device == "cuda":
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(n_warm):
-                step()
-                generated.append(int(tok))
-        torch.cuda.current_stream().wait_stream(side)
-        try:
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                step()                      # recorded, not run: the replays below advance tok and pos
-            run, how = g.replay, "CUDA graph"
-        except Exception as e:              # e.g. a host sync inside the forward: say so, time it eagerly
-            error, run = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}", step
-            torch.cuda.synchronize()
-    else:
-        for _ in range(n_warm):
-            step()
-            generated.append(int(tok))
-        run = step
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(n_tokens):
-        run()
-        if record:
-            generated.append(int(tok))      # a host sync per token: for checks, not for timing
-    _sync(device)
-    dt = (time.perf_counter() - t0) / n_tokens
+    t = timed_steps(step, tok, device, graph, n_warm, n_tokens, record, generated)
     ctx = L + n_warm + n_tokens // 2                                   # mean cache length while timed
-    moved = bytes_per_token(model, ctx)
-    peak, peak_src = peak_bandwidth(device)
-    row = {"mode": "full", "impl": f"static cache, {how}", "decode_ms_per_token": 1000 * dt, "tokens": n_tokens,
-           "bytes_per_token": moved, "achieved_gbs": moved / dt / 1e9, "peak_gbs": peak, "peak_source": peak_src,
-           "of_peak": None if peak is None else moved / dt / 1e9 / peak, "capture_error": error}
+    row = {"mode": "full", "impl": f"static cache, {t['how']}", "tokens": n_tokens,
+           **_bandwidth_row(bytes_per_token(model, ctx), t["dt"], device), "capture_error": t["capture_error"],
+           "eager_reason": t["why"]}
+    return row, generated
+
+
+def boundary_evict(state, use_kernels: bool):
+    """(the chunk-boundary merge for a static LoLA state's ``prepare``, its name): the Triton merge when the kernels
+    run here and cover the configuration (as the eager Triton decode does), else the torch ``evict_before``."""
+    from lola_bench.attention.common import evict_before
+
+    if use_kernels:
+        from lola_bench.attention import kernels as K
+
+        if not K.unsupported_reason(state.k, state.params):
+            from lola_bench.attention.kernels._host import ensure_contiguous_state
+            from lola_bench.attention.kernels.merge import evict_before_triton
+
+            def evict(st, pr, ws):
+                ensure_contiguous_state(st)
+                evict_before_triton(st, pr, ws)
+
+            return evict, "triton" + K.merge_name()
+    return evict_before, "torch"
+
+
+@torch.no_grad()
+def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, graph: bool = True, n_warm: int = 3,
+                       record: bool = False, use_kernels: bool = False) -> tuple[dict, list[int]]:
+    """Greedy decode of a LoLA-patched ``model``: the prompt prefilled by the normal path into a LolaCache, every
+    layer's state converted to a ``StaticLolaState`` (``models.static_cache``), then the decode step (the static
+    step of every layer, the token and position in device buffers) captured once and replayed per token on CUDA
+    (eager elsewhere), with the chunk-boundary merge run eagerly before the steps that need it. A configuration
+    without a static state decodes eagerly through the LolaCache and the row says why. Bytes per token: the
+    parameters + every slot of the static cache (what the step reads, masked or not). Returns (row, tokens) as
+    ``static_decode``."""
+    from lola_bench.models.patch import new_cache
+    from lola_bench.models.static_cache import static_reason, to_static_cache
+
+    from .common import forward_kw
+
+    kw = forward_kw(model)
+    L = ids.shape[1]
+    cache = new_cache(model)
+    tok = model(ids, **{kw: cache}, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
+    generated = [int(tok)]
+    reason = static_reason(model)
+    if reason:
+        def step():
+            out = model(tok, **{kw: cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
+            tok.copy_(out.argmax(-1, keepdim=True))
+
+        t = timed_steps(step, tok, device, False, n_warm, n_tokens, record, generated)
+        row = {"mode": "lola", "impl": "LolaCache, eager", "eager_reason": f"no static state: {reason}",
+               "tokens": n_tokens, **_bandwidth_row(param_bytes(model) + sum(cache.nbytes_by_tier().values()),
+                                                    t["dt"], device)}
+        return row, generated
+    scache = to_static_cache(model, cache, max_len=L + n_warm + n_tokens + 1)
+    cache = None                                                    # its states were copied
+    evict, merge_name = boundary_evict(scache.states[0], use_kernels)
+    pos = torch.tensor([L], device=ids.device)
+
+    def step():
+        out = model(tok, **{kw: scache}, position_ids=pos.view(1, 1), use_cache=True, logits_to_keep=1).logits[:, -1]
+        tok.copy_(out.argmax(-1, keepdim=True))
+        pos.add_(1)
+
+    t = timed_steps(step, tok, device, graph, n_warm, n_tokens, record, generated,
+                    before=lambda: scache.prepare(evict), after=scache.advance_host)
+    cache_bytes = scache.nbytes()
+    row = {"mode": "lola", "impl": f"static cache, {t['how']}", "eager_reason": t["why"],
+           "capture_error": t["capture_error"],
+           "tokens": n_tokens, "boundary_merges": t["merges"], "merge": merge_name, "cache_bytes": cache_bytes,
+           **_bandwidth_row(param_bytes(model) + cache_bytes, t["dt"], device)}
     return row, generated

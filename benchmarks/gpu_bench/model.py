@@ -1,5 +1,6 @@
 """Section ``model``: time to first token and whole-model decode of random-weight models, full attention (SDPA,
-the backend that ran is recorded) against LoLA through the kernels."""
+the backend that ran is recorded) against LoLA through the kernels; each decode eagerly and with a static cache and
+a CUDA-graph step (``graphed_decode``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from lola_bench.models import patch as lola_patch
 from lola_bench.models.loading import random_model
 
 from .common import bench_config, forward_kw, kernels_on
-from .graphed_decode import static_decode
+from .graphed_decode import lola_static_decode, static_decode
 from .timing import Clock, host_times, peak_mib, peak_reset, sync
 
 
@@ -128,10 +129,11 @@ def model_rows(preset: str, cfgx: dict, device: str, clock: Clock, results: dict
             if ctx in cfgx["model_decode_ctx"]:
                 results["decode_model"].append(model_decode(model, kw, holder, mode, setting, cfgx, device, preset,
                                                             lam, ctx))
-                if mode == "full" and cfgx.get("graph_decode", True):
+                if cfgx.get("graph_decode", True):
                     holder.clear()          # the eager run's cache: free before the static one is allocated
-                    results["decode_model"].append(graphed_row(model, ids, setting, backend_label, cfgx, device,
-                                                               preset, ctx))
+                    results["decode_model"].append(
+                        graphed_row(model, ids, setting, backend_label, cfgx, device, preset, ctx) if mode == "full"
+                        else lola_graphed_row(model, ids, cfgx, device, preset, lam, ctx, clock))
             holder.clear()
             save()
         if mode == "lola":
@@ -190,3 +192,24 @@ def graphed_row(model, ids, setting, backend_label, cfgx, device, preset, ctx) -
         return {**base, **row, "sdpa_backend": label, "peak_vram_mib": peak_mib(device),
                 "failed_first": "; ".join(failed) or None}
     return {**base, "impl": "static cache", "error": "; ".join(failed)}
+
+
+def lola_graphed_row(model, ids, cfgx, device, preset, lam, ctx, clock) -> dict:
+    """LoLA with static-capacity states and a CUDA-graph decode step (``graphed_decode.lola_static_decode``), the
+    chunk-boundary merge eager between replays (the Triton merge where the kernels run, as the eager row). Times a
+    whole number of chunks, so the merges are amortized as in steady decoding; the warm-up covers a boundary, so
+    every kernel is compiled before timing. Skipped (the row says so) when the budget cannot hold its prefill."""
+    base = {"preset": preset, "mode": "lola", "lambda": lam, "window": cfgx["window"], "ctx": ctx}
+    est = 6 * (ctx / 32768) * (4 if "8b" in preset else 1)
+    if device == "cuda" and clock.left() < 20 + est:
+        return {**base, "impl": "static cache", "skipped": "time budget"}
+    chunk = cfgx["window"]                                    # bench_config leaves chunk = window
+    n = -(-max(cfgx["model_decode_tokens"], chunk) // chunk) * chunk
+    try:
+        peak_reset(device)
+        row, _ = lola_static_decode(model, ids, n, device, n_warm=chunk + 1, use_kernels=kernels_on(device))
+    except Exception as e:  # noqa: BLE001  (the bench goes on; the row says what failed)
+        return {**base, "impl": "static cache", "error": f"{type(e).__name__}: "
+                f"{(str(e).strip().splitlines() or [''])[0][:160]}"}
+    return {**base, **row, "peak_vram_mib": peak_mib(device)}
+

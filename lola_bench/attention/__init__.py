@@ -11,6 +11,7 @@ Modules:
   chunked       chunked prefill (any block of new tokens)
   hybrid        dense window + linear attention (lambda = 0) for training, and its chunked form
   decode        one-token decode step (``decode_step``: the host bookkeeping shared with the Triton decode)
+  static_decode the same step over fixed buffers, position and lengths in device tensors (CUDA-graph capturable)
   kernels/      Triton kernels with the torch paths as fallback: merge, prefill, decode, linear_prefix, _jit, _host
   testing       helpers for tests and benchmarks: params, random inputs and states, relative-RMS assert_close
 """

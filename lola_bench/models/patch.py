@@ -25,6 +25,7 @@ from ..attention.hybrid import hybrid_attention
 from ..attention.pipeline import PIPELINE_NAME, pipeline_runs
 from ..attention.scorers import make_scorer
 from ..attention.state import LolaState
+from ..attention.static_decode import StaticLolaState, static_step
 from ..errors import UserError
 from .cache import LolaCache
 
@@ -98,6 +99,9 @@ class LolaAttention(nn.Module):
                                 "sparse cache)")
             out = hybrid_attention(q, k, v, self.params())
             self.calls["train", "torch (dense hybrid)"] += 1
+        elif isinstance(state, StaticLolaState):  # a StaticLolaCache (static_cache.py): the capturable step only
+            self.calls["decode", "torch (static)"] += 1
+            out = static_step(q, k, v, state)
         else:
             params = self.params()
             prefill, decode, name = _paths(q, params, self.kernels)

@@ -395,6 +395,10 @@ def test_gpu_bench_smoke(tmp_path):
     assert data["lola_path"] == "triton" and not data["errors"]
     static = [r for r in data["decode_model"] if r.get("impl", "").startswith("static cache")]
     assert static and all("decode_ms_per_token" in r and not r.get("error") for r in static), static
+    # full attention and LoLA (each lambda) side by side, LoLA's merges amortized over whole chunks
+    assert sorted((r["mode"], r["lambda"]) for r in static) == [("full", None), ("lola", 0), ("lola", 8)], static
+    assert all(r["boundary_merges"] == 1 and r["tokens"] == 8 and r["merge"] == "triton" for r in static
+               if r["mode"] == "lola"), static
     tiles = data["merge_tiles"]  # every tile setting ran and gave the same output (selections do not depend on tiles)
     assert [t["tiles"] for t in tiles] == ["default", "BLOCK_N=16,num_warps=4"]
     assert all("merge_ms" in t and t["max_abs_diff_vs_first"] < 1e-5 for t in tiles), tiles
@@ -456,6 +460,11 @@ def test_gpu_bench_judges_targets():
     res["decode_model"].append({"preset": "q", "mode": "full", "ctx": 4096, "impl": "static cache, CUDA graph",
                                 "decode_ms_per_token": 3.0, "of_peak": 0.2})
     assert [t["ok"] for t in targets(res)][5] is False
+    res["decode_model"][-1]["of_peak"] = 0.7       # LoLA's graphed rows are judged too (against their own floor)
+    res["decode_model"].append({"preset": "q", "mode": "lola", "lambda": 0, "ctx": 4096,
+                                "impl": "static cache, CUDA graph", "decode_ms_per_token": 1.0, "of_peak": 0.3})
+    t5 = targets(res)[5]
+    assert t5["ok"] is False and "q lola l=0@4096: 30% of peak" in t5["measured"]
     res.update(decode_attention=[], ttft=[], correctness=[], merge_step=[], decode_model=[])
     assert [t["ok"] for t in targets(res)] == [None] * 7
 
@@ -480,6 +489,7 @@ def test_static_cache_decode_generates_what_the_dynamic_cache_does():
         want.append(int(tok))
     assert toks == want
     assert row["impl"] == "static cache, eager" and row["decode_ms_per_token"] > 0 and row["peak_gbs"] is None
+    assert row["eager_reason"] == "not a CUDA device" and row["capture_error"] is None
     c = model.config
     params = sum(p.numel() for p in model.parameters()) * 4           # float32; parameters() lists a tied one once
     kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 100 * 4
