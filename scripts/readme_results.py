@@ -8,12 +8,15 @@ what is between them from the sweep directories under results/sweep/:
 
 NAME: ``suite`` (mean accuracy of the offline RULER suite per context and variant), ``equal-memory`` (every variant
 at equal cache bytes, the sweep report's budget tables), ``8k`` (passkey and niah_single_1 at 8K),
-``needle-ablation`` (issue #21's table, from the ``lola-bench report`` tables in results/ruler/niah_single_2-ablations).
+``needle-ablation`` (issue #21's table, from the ``lola-bench report`` tables in results/ruler/niah_single_2-ablations),
+``cpu-speed`` (the quiet round-robin ``lola-bench speed`` run on the embedded model and the one-layer CPU prefill
+breakdown of ``scripts/cpu_prefill_bench.py``, from results/speed/).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -165,8 +168,47 @@ def block_needle_ablation() -> str:
     return frame_to_markdown(pd.DataFrame(out))
 
 
+SPEED = REPO / "results" / "speed"
+SPEED_RUN = "smollm2-135m-cpu-quiet-roundrobin"        # the newest quiet whole-model run
+LAYER_RUNS = (("off", "fused-0.json"), ("on", "fused-1.json"))   # LOLA_CPU_FUSED=0 / 1
+
+
+def block_cpu_speed() -> str:
+    csv = SPEED / SPEED_RUN / "summary.csv"
+    if not csv.is_file():
+        return "(no results yet)"
+    df = pd.read_csv(csv)
+    whole = pd.DataFrame({
+        "ctx": df["ctx"], "variant": [("full attention" if a == "full" else f"LoLA (η = {int(w)}, λ = {int(lam)})")
+                                      for a, w, lam in zip(df["attn"], df["window"].fillna(0), df["lambda"].fillna(0))],
+        "threads": df["threads"], "TTFT s (median)": df["ttft_s"].round(2), "TTFT s (min)": df["ttft_min_s"].round(2),
+        "TTFT / full": df["ttft_vs_full"].round(3), "decode ms/token": df["decode_ms_per_token"].round(1),
+        "implementation": df["implementation"]})
+    out = [f"*Whole model* (`results/speed/{SPEED_RUN}`)", "", frame_to_markdown(whole)]
+    rows = []
+    for fused, name in LAYER_RUNS:
+        f = SPEED / "cpu-prefill-layer" / name
+        if not f.is_file():
+            continue
+        by = {}
+        for r in json.loads(f.read_text())["rows"]:
+            by.setdefault((r["threads"], r["ctx"]), {})[r["variant"]] = r
+        for (threads, ctx), v in sorted(by.items()):
+            parts = v.get("lola parts (best run)", {})
+            rows.append({"fused block attention": fused, "threads": threads, "ctx": ctx,
+                         "SDPA ms": round(v["sdpa"]["min_ms"], 1), "LoLA ms": round(v["lola"]["min_ms"], 1),
+                         "LoLA pipelined ms": round(v["lola pipelined"]["min_ms"], 1) if "lola pipelined" in v else "–",
+                         "selection pass ms": parts.get("selection pass", "–"),
+                         "exact prefix ms": parts.get("exact prefix", "–"),
+                         "attention blocks ms": parts.get("attention blocks", "–")})
+    if rows:
+        out += ["", "*One layer* (`results/speed/cpu-prefill-layer/fused-0.json`, `fused-1.json`: minima; the parts "
+                "are those of the plain path's best run)", "", frame_to_markdown(pd.DataFrame(rows))]
+    return "\n".join(out)
+
+
 BLOCKS = {"suite": block_suite, "equal-memory": block_equal_memory, "8k": block_8k,
-          "needle-ablation": block_needle_ablation}
+          "needle-ablation": block_needle_ablation, "cpu-speed": block_cpu_speed}
 
 
 def render(text: str) -> str:
