@@ -75,9 +75,9 @@ CASES = [
     (torch.float16, 4, 2, 2, 16, 8, dict(gqa="expanded", sparse=5, chunk=4, combine="lola",
                                          feature_map="hedgehog-identity")),               # P % chunk == 0, batch 2
     (torch.float32, 6, 2, 1, 11, 8, dict(gqa="grouped", sparse=0, combine="gated", feature_map="elu")),  # lambda 0
-    (torch.float32, 4, 2, 1, 9, 8, dict(gqa="expanded", sparse=100, sinks=2, combine="lolcats",
-                                        feature_map="relu")),                               # lambda >= T
-    (torch.float16, 4, 2, 1, 17, 8, dict(gqa="grouped", sparse=3, sinks=3, chunk=3, combine="normalized",
+    (torch.float32, 4, 2, 1, 9, 8, dict(gqa="expanded", sparse=100, sinks=2, combine="normalized",
+                                        feature_map="relu")),        # lambda >= T (a readout used would show)
+    (torch.float16, 4, 2, 1, 17, 8, dict(gqa="grouped", sparse=3, sinks=3, chunk=3, combine="lolcats",
                                          feature_map="hedgehog", scorer="recency")),
     (torch.float32, 4, 4, 1, 7, 8, dict(gqa="grouped", sparse=4, combine="calibrated", feature_map="hedgehog-identity",
                                         scorer="key_norm")),
@@ -127,7 +127,8 @@ class _Launches:
         def launch(*args, **kw):
             sig = tuple((a.dtype, tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else a
                         for a in (*args, *kw.values()))
-            self.log.append((self.fn.__name__, grid, sig, [a.data_ptr() for a in args if isinstance(a, torch.Tensor)]))
+            ptrs = [a.data_ptr() for a in args if isinstance(a, torch.Tensor)]
+            self.log.append((self.fn.__name__, grid, sig, ptrs, kw))
             return self.fn[grid](*args, **kw)
         return launch
 
@@ -190,11 +191,12 @@ def test_kernels_follow_the_device_counts_not_the_host(launches, dtype):
         assert len(runs) == 2 * len(changes) and all(x[1:3] == runs[0][1:3] for x in runs), name
 
 
-def test_layer_and_graphed_row_name_the_static_implementation(monkeypatch):
+def test_layer_and_graphed_row_run_and_name_the_static_implementation(launches):
     """LolaAttention on a StaticLolaCache runs the Triton step where the kernels run (kernels=triton here, under the
-    interpreter) and names it ``triton (static)``; ``torch (static)`` with kernels=torch; a configuration the kernels
-    do not cover falls back to the torch step and says why. gpu_bench's graphed row with use_kernels decodes through
-    the Triton step, generates what generate() does, and records it."""
+    interpreter: the static launches happen, one pair per layer) and names it ``triton (static)``; ``torch (static)``
+    with kernels=torch (no launch); a configuration the kernels do not cover falls back to the torch step and says
+    why. gpu_bench's graphed row with use_kernels decodes through the Triton step (its launches, every step),
+    generates what generate() does, and records it."""
     from benchmarks.gpu_bench.graphed_decode import lola_static_decode
     from lola_bench.models.loading import random_model
     from lola_bench.models.patch import lola_modules, new_cache, patch_model, unpatch_model
@@ -212,13 +214,17 @@ def test_layer_and_graphed_row_name_the_static_implementation(monkeypatch):
             for m in lola_modules(model):
                 m.kernels = kernels
             scache.prepare()
+            launches.clear()
             model(ids[:, -1:], cache=scache, position_ids=torch.tensor([[19]]), use_cache=True)
-            calls[kernels, bool(kw)] = set().union(*(m.calls for m in lola_modules(model)))
+            calls[kernels, bool(kw)] = set().union(*(m.calls for m in lola_modules(model))), len(launches)
         finally:
             unpatch_model(model)
-    assert calls["triton", False] == {("prefill", "torch"), ("decode", "triton (static)")}
-    assert calls["torch", False] == {("prefill", "torch"), ("decode", "torch (static)")}
-    assert ("decode", "torch (static; fallback: eviction has no kernel)") in calls["triton", True]
+    layers = model.config.num_hidden_layers
+    assert calls["triton", False] == ({("prefill", "torch"), ("decode", "triton (static)")}, 2 * layers)
+    assert calls["torch", False] == ({("prefill", "torch"), ("decode", "torch (static)")}, 0)
+    assert ("decode", "torch (static; fallback: eviction has no kernel)") in calls["triton", True][0]
+    assert calls["triton", True][1] == 0
+    launches.clear()
 
     patch_model(model, LolaConfig(window=8, sparse=4, sinks=1, combine="calibrated", feature_map="hedgehog"))
     try:
@@ -228,5 +234,6 @@ def test_layer_and_graphed_row_name_the_static_implementation(monkeypatch):
         unpatch_model(model)
     assert len(set(want)) > 3, "test model too degenerate to compare"
     assert toks == want and row["boundary_merges"] >= 1
+    assert len(launches) == 2 * layers * (2 + 9) and all(x[4].get("DEV_LEN", x[4].get("DEV_LIN")) for x in launches)
     assert row["attention"] == "triton (static)", row
     assert row["merge"].startswith("triton") and row["impl"] == "static cache, eager"
