@@ -33,7 +33,7 @@ class _Recorder:
 
 def _signature(fn, args, kw) -> tuple[dict, dict, dict]:
     types = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32",
-             torch.int64: "*i64"}
+             torch.int64: "*i64", torch.uint8: "*u8"}
     vals = dict(zip(fn.arg_names, args))
     opts = {k: v for k, v in kw.items() if k in ("num_warps", "num_stages")}
     vals.update({k: v for k, v in kw.items() if k not in opts})
@@ -50,15 +50,19 @@ def _signature(fn, args, kw) -> tuple[dict, dict, dict]:
 
 
 def _capture_case(dt, d: int, fm: str, gqa: str, lam: int) -> None:
-    """Call every wrapper once (prefill, decode kernel, chunk-boundary merge) with kernels replaced by recorders."""
+    """Call every wrapper once (prefill, decode kernel, its static-state variant, chunk-boundary merge) with kernels
+    replaced by recorders."""
     from lola_bench.attention.kernels import decode as kdec
     from lola_bench.attention.kernels import merge as kmerge
     from lola_bench.attention.kernels import prefill as kpre
+    from lola_bench.attention.static_decode import StaticLolaState
 
     p = make_params(bench_config(window=64, sparse=lam, feature_map=fm, gqa=gqa, combine="lola"), 32, 8, d, "cpu")
     q, k, v = qkv(700, 32, 8, 1, d, dt)
     for step in (lambda: kpre.prefill(q, k, v, LolaState(), p),
                  lambda: kdec.decode_attention(q[:, :, :1], synthetic_state(p, 700, dt, "cpu"), p),
+                 lambda: kdec.static_decode_attention(
+                     q[:, :, :1], StaticLolaState.from_state(synthetic_state(p, 700, dt, "cpu"), p)),
                  lambda: kmerge.evict_before_triton(synthetic_state(p, 700, dt, "cpu"), p, 700 - 64)):
         try:
             step()
@@ -109,7 +113,7 @@ def compile_check(quick: bool) -> list[dict]:
         seen.add(key)
         dtype = next((v[1:] for n, v in sig.items() if n in ("KU", "Q") and v.startswith("*")), None)
         row = {"kernel": fn.__name__, "dtype": dtype, **{k: consts[k] for k in ("D", "GROUP", "PHI", "LEARNED",
-               "READOUT", "HAS_LIN", "PREC", "SELECT", "NPAD", "SCORE_MODE") if k in consts}}
+               "READOUT", "HAS_LIN", "DEV_LEN", "DEV_LIN", "PREC", "SELECT", "NPAD", "SCORE_MODE") if k in consts}}
         t0 = time.perf_counter()
         try:
             src = ASTSource(fn, sig, consts)

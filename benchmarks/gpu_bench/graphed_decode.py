@@ -16,8 +16,9 @@ row says which).
 layer's state converted to a static-capacity one (``lola_bench.attention.static_decode``: fixed buffers, position and
 lengths in device tensors), one decode step of torch ops captured and replayed per token, the chunk-boundary merge
 (every ``chunk`` tokens) run eagerly between replays. Its bytes per token count the static LoLA cache (every slot the
-step reads) instead of a K/V cache. The Triton decode kernel still takes its lengths as launch arguments, so the
-replayed LoLA step is the torch one.
+step reads) instead of a K/V cache. With the kernels (``use_kernels``) each layer's attention in the replayed step is
+the Triton decode over the static state (``kernels.static_step_triton``: a fixed grid, lengths read on the device),
+else torch ops; the row's ``attention`` names what ran (``triton (static)``, ``torch (static)``, or a fallback).
 """
 
 from __future__ import annotations
@@ -199,11 +200,13 @@ def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, gra
     """Greedy decode of a LoLA-patched ``model``: the prompt prefilled by the normal path into a LolaCache, every
     layer's state converted to a ``StaticLolaState`` (``models.static_cache``), then the decode step (the static
     step of every layer, the token and position in device buffers) captured once and replayed per token on CUDA
-    (eager elsewhere), with the chunk-boundary merge run eagerly before the steps that need it. A configuration
-    without a static state decodes eagerly through the LolaCache and the row says why. Bytes per token: the
+    (eager elsewhere), with the chunk-boundary merge run eagerly before the steps that need it. ``use_kernels``: the
+    step's attention and the merge in Triton where the kernels cover the configuration, else torch (the row's
+    ``attention`` and ``merge`` say which ran). A configuration without a static state decodes eagerly through the
+    LolaCache and the row says why. Bytes per token: the
     parameters + every slot of the static cache (what the step reads, masked or not). Returns (row, tokens) as
     ``static_decode``."""
-    from lola_bench.models.patch import new_cache
+    from lola_bench.models.patch import implementation_used, lola_modules, new_cache, reset_calls
     from lola_bench.models.static_cache import static_reason, to_static_cache
 
     from .common import forward_kw
@@ -228,17 +231,26 @@ def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, gra
     cache = None                                                    # its states were copied
     evict, merge_name = boundary_evict(scache.states[0], use_kernels)
     pos = torch.tensor([L], device=ids.device)
+    mods = lola_modules(model)
+    saved = [m.kernels for m in mods]
+    for m in mods:                                  # the step's attention: Triton (static) or torch, as asked
+        m.kernels = "triton" if use_kernels else "torch"
+    reset_calls(model)
 
     def step():
         out = model(tok, **{kw: scache}, position_ids=pos.view(1, 1), use_cache=True, logits_to_keep=1).logits[:, -1]
         tok.copy_(out.argmax(-1, keepdim=True))
         pos.add_(1)
 
-    t = timed_steps(step, tok, device, graph, n_warm, n_tokens, record, generated,
-                    before=lambda: scache.prepare(evict), after=scache.advance_host)
+    try:
+        t = timed_steps(step, tok, device, graph, n_warm, n_tokens, record, generated,
+                        before=lambda: scache.prepare(evict), after=scache.advance_host)
+    finally:
+        for m, k in zip(mods, saved):
+            m.kernels = k
     cache_bytes = scache.nbytes()
     row = {"mode": "lola", "impl": f"static cache, {t['how']}", "eager_reason": t["why"],
-           "capture_error": t["capture_error"],
+           "capture_error": t["capture_error"], "attention": implementation_used(model),
            "tokens": n_tokens, "boundary_merges": t["merges"], "merge": merge_name, "cache_bytes": cache_bytes,
            **_bandwidth_row(param_bytes(model) + cache_bytes, t["dt"], device)}
     return row, generated

@@ -108,7 +108,7 @@ def markdown(res: dict) -> str:
     lines += ["", "## Whole-model decode, ms/token", ""]
     lines += table(["preset", "mode", "lambda", "ctx", "implementation", "ms/token", "GB/s read (of peak)",
                     "peak VRAM MiB"],
-                   [[r["preset"], r["mode"], r["lambda"], r["ctx"], r.get("impl", _EAGER_LOOP.get(r["mode"], "-")),
+                   [[r["preset"], r["mode"], r["lambda"], r["ctx"], _impl(r),
                      f"{r['decode_ms_per_token']:.2f}" if "decode_ms_per_token" in r
                      else r.get("error") or r.get("skipped", "-"),
                      _bandwidth(r), r.get("peak_vram_mib", "-")] for r in res["decode_model"]])
@@ -132,6 +132,13 @@ def _bandwidth(r: dict) -> str:
 
 
 _EAGER_LOOP = {"full": "DynamicCache loop, eager", "lola": "LolaCache loop, eager"}   # rows without an impl
+
+
+def _impl(r: dict) -> str:
+    """The implementation column: the row's impl (the eager loop when it has none), and LoLA's attention in the
+    graphed rows (``triton (static)`` or ``torch (static)``)."""
+    impl = r.get("impl", _EAGER_LOOP.get(r["mode"], "-"))
+    return f"{impl} ({r['attention']})" if r.get("attention") else impl
 
 
 def _label(r: dict) -> str:

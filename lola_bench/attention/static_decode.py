@@ -7,17 +7,20 @@ so that it can be captured in a CUDA graph and replayed (issue #16 item 3).
                                          ``win_start + j`` (valid up to ``pos - 1``)
   sp_pos     (B, Hs, cap_s)             positions of the sparse slots
   H, s                                   the linear state, as in LolaState
-  pos, win_start, sp_n  (1,) int64       device-side position and lengths; ``has_lin`` (1,) bool: anything folded
+  pos, win_start, sp_n  (1,) int64       device-side position and lengths (views of one buffer ``counts``, whose
+                                         address the Triton decode takes); ``has_lin`` (1,) bool: anything folded
 with cap_s = sparse + sinks (the most ``LolaConfig.keep`` ever keeps) and cap_w = window + chunk (the most a window
 holds: from ``window_start`` of the token's chunk up to the token), both capped by ``max_len``. The host keeps
 mirrors (``pos_host``, ``win_start_host``, ``sp_n_host``, ``n_folded``) that it advances itself, one per step, so
 it never reads the device.
 
-``static_step`` (device work only, the part a CUDA graph replays): write the new pair into its window slot, attend
-over every slot with a mask built on the device from the counts, add the linear readout, combine exactly like
-``common.attend`` / ``common.combine`` (the readout is always computed and selected by ``has_lin``, where ``attend``
-branches on ``n_folded``), advance ``pos``. It never branches on tensor values. Slots outside the mask hold finite
-stale pairs (zeros at first); they get weight exp(-inf) = 0.
+``static_step`` (device work only, the part a CUDA graph replays): write the new pair into its window slot
+(``append_pair``), attend (``static_attention``: over every slot with a mask built on the device from the counts, add
+the linear readout, combine exactly like ``common.attend`` / ``common.combine``; the readout is always computed and
+selected by ``has_lin``, where ``attend`` branches on ``n_folded``), advance ``pos``. It never branches on tensor
+values. Slots outside the mask hold finite stale pairs (zeros at first); they get weight exp(-inf) = 0. The Triton
+version (``kernels.static_step_triton``) is this step with the attention in the split-K decode kernels, which read
+the counts from ``counts`` and ``has_lin`` on the device (a fixed grid from the capacities).
 
 ``StaticLolaState.prepare`` (host, eager, before each step): when the token starts a chunk whose window start moved
 (every ``chunk`` tokens), the chunk-boundary merge runs on a ``LolaState`` copy (``common.evict_before``, or any
@@ -78,7 +81,8 @@ class StaticLolaState:
         self.sp_pos = torch.zeros(batch, hs, self.cap_s, **i64)
         self.H = torch.zeros(batch, hq, f, d, dtype=sd, device=device)
         self.s = torch.zeros(batch, hq, f, dtype=sd, device=device)
-        self.pos, self.win_start, self.sp_n = (torch.zeros(1, **i64) for _ in range(3))
+        self.counts = torch.zeros(3, **i64)                                           # one buffer: the kernels
+        self.pos, self.win_start, self.sp_n = self.counts[0:1], self.counts[1:2], self.counts[2:3]  # take its address
         self.has_lin = torch.zeros(1, dtype=torch.bool, device=device)
         self.slots = torch.arange(n, **i64)
         self.pos_host = self.win_start_host = self.sp_n_host = self.n_folded = 0
@@ -159,18 +163,21 @@ class StaticLolaState:
         return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.H, self.s, self.sp_pos))
 
 
-def static_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st: StaticLolaState) -> torch.Tensor:
-    """One decode token, device work only (capturable): q (B, Hq, 1, d), k, v (B, Hkv, 1, d) -> (B, Hq, 1, d).
-    Reads no host mirror and branches only on the configuration."""
+def append_pair(k: torch.Tensor, v: torch.Tensor, st: StaticLolaState) -> None:
+    """Write the new pair (B, Hkv, 1, d) into its window slot ``cap_s + pos - win_start`` (a device-side index)."""
+    slot = st.pos - st.win_start + st.cap_s
+    st.k.index_copy_(2, slot, to_storage(k, st.params).to(st.k.dtype))
+    st.v.index_copy_(2, slot, to_storage(v, st.params).to(st.v.dtype))
+
+
+def static_attention(q: torch.Tensor, st: StaticLolaState) -> torch.Tensor:
+    """The attention of one query (B, Hq, 1, d) over the valid slots (the new pair already written, ``pos`` not yet
+    advanced) plus the linear readout, in torch ops, in the state dtype: masks from the device counts."""
     p = st.params
-    b, hq, lq, d = q.shape
-    if lq != 1:
-        raise ValueError(f"static_step takes one token at a time, got {lq}")
+    b, hq, _, d = q.shape
     g, hs, cs = p.group, p.storage_heads, st.cap_s
     cd = state_dtype(q.dtype)
     slot = st.pos - st.win_start + cs                                              # (1,) the new pair's slot
-    st.k.index_copy_(2, slot, to_storage(k, p).to(st.k.dtype))
-    st.v.index_copy_(2, slot, to_storage(v, p).to(st.v.dtype))
     valid = (st.slots < st.sp_n) | ((st.slots >= cs) & (st.slots <= slot))       # sparse slots | window up to it
     keys, vals = st.k.to(cd), st.v.to(cd)
     qg = q.to(cd).reshape(b, hs, g, d)                                             # as common.attend
@@ -187,15 +194,30 @@ def static_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st: StaticLol
         lin_num = torch.matmul(phi_q, st.H)
         lin_den = torch.einsum("bhlf,bhf->bhl", phi_q, st.s)
         out = torch.where(st.has_lin, combine(p, sm_num, sm_den, lin_num, lin_den, sm_max), out)
+    return out
+
+
+Attention = Callable[[torch.Tensor, StaticLolaState], torch.Tensor]
+
+
+def static_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st: StaticLolaState,
+                attention: Attention = static_attention) -> torch.Tensor:
+    """One decode token, device work only (capturable): q (B, Hq, 1, d), k, v (B, Hkv, 1, d) -> (B, Hq, 1, d).
+    Reads no host mirror and branches only on the configuration. ``attention``: ``static_attention`` (torch) or the
+    Triton kernels' ``kernels.decode.static_decode_attention`` (``kernels.static_step_triton``)."""
+    if q.shape[2] != 1:
+        raise ValueError(f"static_step takes one token at a time, got {q.shape[2]}")
+    append_pair(k, v, st)
+    out = attention(q, st)
     st.pos.add_(1)
     return out.to(q.dtype)
 
 
 def static_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st: StaticLolaState,
-                  evict: Evict = evict_before) -> torch.Tensor:
-    """``decode.lola_decode`` on a static state, eagerly: ``prepare`` (the merge at a chunk boundary), the step,
-    the host advance."""
+                  evict: Evict = evict_before, step=static_step) -> torch.Tensor:
+    """``decode.lola_decode`` on a static state, eagerly: ``prepare`` (the merge at a chunk boundary), the step
+    (``static_step`` or ``kernels.static_step_triton``), the host advance."""
     st.prepare(evict)
-    out = static_step(q, k, v, st)
+    out = step(q, k, v, st)
     st.advance_host()
     return out

@@ -32,23 +32,43 @@ from .cache import LolaCache
 SUPPORTED = ("llama", "mistral", "qwen2")
 
 
-def _paths(q: torch.Tensor, params: LolaParams, kernels: str):
-    """(prefill, decode, implementation name) for this call. ``kernels``: auto (Triton on CUDA when available, else
-    torch), torch, or triton (Triton wherever it can run, e.g. TRITON_INTERPRET=1 on CPU). A configuration the
-    kernels do not cover runs the torch path and is named ``torch (fallback: reason)``; a Triton run with
-    ``$LOLA_MERGE=stepwise`` is named ``triton (stepwise merge)`` (plain ``triton``: the persistent merge kernel)."""
+def _kernel_choice(q: torch.Tensor, params: LolaParams, kernels: str) -> str | None:
+    """None when the Triton kernels run this call, else what the torch path is named: ``torch``, or ``torch
+    (fallback: reason)`` for a configuration the kernels do not cover. ``kernels``: auto (Triton on CUDA when
+    available, else torch), torch, or triton (Triton wherever it can run, e.g. TRITON_INTERPRET=1 on CPU)."""
     if kernels == "torch" or (kernels == "auto" and q.device.type != "cuda"):
-        return lola_chunked, lola_decode, "torch"
-    from ..attention.kernels import kernels_available, lola_chunked_triton, lola_decode_triton, unsupported_reason
+        return "torch"
+    from ..attention.kernels import kernels_available, unsupported_reason
 
     if kernels == "auto" and not kernels_available():
-        return lola_chunked, lola_decode, "torch"
+        return "torch"
     reason = unsupported_reason(q, params)
-    if reason:
-        return lola_chunked, lola_decode, f"torch (fallback: {reason})"
-    from ..attention.kernels import merge_name
+    return f"torch (fallback: {reason})" if reason else None
+
+
+def _paths(q: torch.Tensor, params: LolaParams, kernels: str):
+    """(prefill, decode, implementation name) for this call (``_kernel_choice``); a Triton run with
+    ``$LOLA_MERGE=stepwise`` is named ``triton (stepwise merge)`` (plain ``triton``: the persistent merge kernel)."""
+    name = _kernel_choice(q, params, kernels)
+    if name:
+        return lola_chunked, lola_decode, name
+    from ..attention.kernels import lola_chunked_triton, lola_decode_triton, merge_name
 
     return lola_chunked_triton, lola_decode_triton, "triton" + merge_name()  # which chunk-boundary merge ran
+
+
+def _static_path(q: torch.Tensor, params: LolaParams, kernels: str):
+    """(step, implementation name) for a StaticLolaState: ``triton (static)`` (the decode kernels reading the lengths
+    on the device) where the kernels run (``_kernel_choice``), else ``torch (static)`` / ``torch (static; fallback:
+    reason)``. The chunk-boundary merge is not part of the step (the driver's ``prepare`` runs it)."""
+    name = _kernel_choice(q, params, kernels)
+    if name == "torch":
+        return static_step, "torch (static)"
+    if name:                                                        # torch (fallback: reason)
+        return static_step, "torch (static; " + name[len("torch ("):]
+    from ..attention.kernels import static_step_triton
+
+    return static_step_triton, "triton (static)"
 
 
 class LolaAttention(nn.Module):
@@ -100,8 +120,9 @@ class LolaAttention(nn.Module):
             out = hybrid_attention(q, k, v, self.params())
             self.calls["train", "torch (dense hybrid)"] += 1
         elif isinstance(state, StaticLolaState):  # a StaticLolaCache (static_cache.py): the capturable step only
-            self.calls["decode", "torch (static)"] += 1
-            out = static_step(q, k, v, state)
+            step, name = _static_path(q, state.params, self.kernels)
+            self.calls["decode", name] += 1
+            out = step(q, k, v, state)
         else:
             params = self.params()
             prefill, decode, name = _paths(q, params, self.kernels)

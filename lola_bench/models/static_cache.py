@@ -1,8 +1,9 @@
 """StaticLolaCache: a LolaCache whose layers hold ``StaticLolaState`` (fixed buffers, device-side position and
 lengths), so that a whole-model decode step can be captured in a CUDA graph and replayed.
 
-Built from a prefilled LolaCache with ``to_static_cache`` (exact). A patched model's LolaAttention runs only
-``static_step`` on such a layer (device work); whoever drives the decode calls ``prepare`` before each step (the
+Built from a prefilled LolaCache with ``to_static_cache`` (exact). A patched model's LolaAttention runs only the
+static step on such a layer (device work: ``kernels.static_step_triton`` where the kernels run, else the torch
+``static_step``; ``LolaAttention.calls`` names which); whoever drives the decode calls ``prepare`` before each step (the
 chunk-boundary merge, eager, every ``chunk`` tokens) and ``advance_host`` after it (the host mirrors), and passes the
 token's position itself (``position_ids`` from a device buffer): nothing in the step reads a host-side length.
 """

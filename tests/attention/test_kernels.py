@@ -399,6 +399,7 @@ def test_gpu_bench_smoke(tmp_path):
     assert sorted((r["mode"], r["lambda"]) for r in static) == [("full", None), ("lola", 0), ("lola", 8)], static
     assert all(r["boundary_merges"] == 1 and r["tokens"] == 8 and r["merge"] == "triton" for r in static
                if r["mode"] == "lola"), static
+    assert all(r["attention"] == "triton (static)" for r in static if r["mode"] == "lola"), static  # the Triton step
     tiles = data["merge_tiles"]  # every tile setting ran and gave the same output (selections do not depend on tiles)
     assert [t["tiles"] for t in tiles] == ["default", "BLOCK_N=16,num_warps=4"]
     assert all("merge_ms" in t and t["max_abs_diff_vs_first"] < 1e-5 for t in tiles), tiles

@@ -2,9 +2,11 @@
 
   lola_decode_triton(q, k, v, state, params)   same contract as ``decode.lola_decode``
   lola_chunked_triton(q, k, v, state, params)  same contract as ``chunked.lola_chunked``
+  static_step_triton(q, k, v, static_state)    same contract as ``static_decode.static_step`` (capturable)
 
 Kernels (see each module):
-  decode.py   one-token attention: sparse + window online softmax, linear readout, combine (one launch)
+  decode.py   one-token attention: sparse + window split-K softmax, linear readout, combine (two launches);
+              ``static_decode_attention``: the same launches over a static state, lengths read on the device
   merge.py    chunk-boundary merge for every scorer: SRE (or precomputed) scoring, top-lambda selection, fold
               into (H, s); ``evict_before_triton`` is its one-step wrapper for decode
   merge_steps.py  the same merge spread over many programs, a few launches per chunk step (CUDA graph on a GPU);
@@ -23,8 +25,10 @@ reach (CPU tensors without TRITON_INTERPRET=1). With sparse = 0 the prefill skip
 ``unsupported_reason`` says which case applies.
 
 No wrapper synchronizes with the device (sizes come from host-side bookkeeping), so decode steps and
-prefills queue asynchronously; ``decode.decode_attention`` alone (fixed-size state) can be captured in a
-CUDA graph. Tests run the kernels on CPU under TRITON_INTERPRET=1 (tests/attention/test_kernels.py);
+prefills queue asynchronously. ``static_step_triton`` (a ``StaticLolaState``: fixed buffers, the position and
+lengths in device tensors) launches the same grid at every position, so a whole decode step can be captured in a
+CUDA graph and replayed; ``decode.decode_attention`` takes the lengths as launch arguments (a captured launch holds
+for one position). Tests run the kernels on CPU under TRITON_INTERPRET=1 (tests/attention/test_kernels.py);
 ``scripts/gpu_bench.py --compile-check`` compiles them for sm_90 without a GPU.
 """
 
@@ -40,6 +44,7 @@ from ..chunked import lola_chunked
 from ..common import LolaParams
 from ..decode import decode_step, lola_decode
 from ..state import LolaState
+from ..static_decode import StaticLolaState, static_step
 
 KERNEL_FEATURE_MAPS = ("hedgehog", "hedgehog-identity", "elu", "relu")
 KERNEL_SCORERS = ("sre", "random", "key_norm", "recency", "sink")
@@ -141,6 +146,18 @@ def lola_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state:
     return decode_step(q, k, v, state, params, evict, lambda q1, st, pr, _pos: decode_attention(q1, st, pr))
 
 
+def static_step_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st: StaticLolaState) -> torch.Tensor:
+    """``static_step`` with the attention in the Triton decode kernels (``decode.static_decode_attention``: a fixed
+    grid, lengths and "anything folded" read from the state's device tensors), so the step stays capturable; the
+    new pair is still written by torch's ``index_copy_`` at a device-side slot. Falls back to the torch
+    ``static_step`` where ``unsupported_reason`` says the kernels cannot run."""
+    if unsupported_reason(q, st.params):
+        return static_step(q, k, v, st)
+    from .decode import static_decode_attention
+
+    return static_step(q, k, v, st, static_decode_attention)
+
+
 def merge_name() -> str:
     """The suffix of the implementation name for the chunk-boundary merge in force (``$LOLA_MERGE``): "" for the
     persistent kernel (older rows named ``triton`` ran it too), " (stepwise merge)" or " (stepwise merge, eager)"."""
@@ -150,4 +167,4 @@ def merge_name() -> str:
 
 
 __all__ = ["kernel_env", "kernels_available", "lola_chunked_triton", "lola_decode_triton", "merge_name",
-           "unsupported_reason"]
+           "static_step_triton", "unsupported_reason"]
