@@ -206,6 +206,7 @@ CASES = [
     ("speed-repeats-0", [*SPEED, "--repeats", "0", "--out", "new"], "--repeats"),
     ("speed-decode-negative", [*SPEED, "--decode-tokens", "-1", "--out", "new"], "--decode-tokens"),
     ("speed-ctx-0", [*SPEED, "--ctx", "0", "--out", "new"], "--ctx"),
+    ("speed-decode-mode", [*SPEED, "--decode-mode", "fast", "--out", "new"], "--decode-mode"),
     ("speed-ctx-over-model", [*SPEED, "--ctx", "100000", "--out", "new"], "maximum context"),
     ("speed-out-file", [*SPEED, "--out", "afile"], "is a file"),
     ("speed-model-no-weights", [*SPEED, "--model", "noweights", "--out", "new"], "no model weights"),

@@ -13,9 +13,9 @@ that would overrun --budget-s are recorded as skipped):
                     full attention (SDPA, cuDNN backend when it runs; the backend that ran is recorded) vs
                     LoLA (window 64, lambda 0 and 512) through the Triton kernels; peak VRAM per run
   decode_model      whole-model decode ms/token continuing the TTFT prompt (4K and 32K), eager, and with a
-                    static cache and one decode step replayed as a CUDA graph (``graphed_decode``: full attention
-                    with a StaticCache, LoLA with static-capacity states and eager chunk-boundary merges; bytes
-                    read per token, achieved GB/s against the device's peak)
+                    static cache and one decode step replayed as a CUDA graph (lola_bench.evals.graphed_decode:
+                    full attention with a StaticCache, LoLA with static-capacity states and eager chunk-boundary
+                    merges; bytes read per token, achieved GB/s against the device's peak)
 Writes <out>/<device>.json and <out>/<device>.md with provenance.
 
 ``--smoke`` runs every section with tiny shapes (CPU, float32; Triton through TRITON_INTERPRET=1, or the

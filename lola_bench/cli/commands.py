@@ -315,14 +315,21 @@ def speed(
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per point (median reported, after one "
                                          "warm-up).")] = 3,
     decode_tokens: Annotated[int, typer.Option("--decode-tokens", help="Decode steps timed after each prefill.")] = 16,
+    decode_mode: Annotated[str, typer.Option("--decode-mode", help="How decode is timed: graphed (static cache, one "
+                                             "decode step captured as a CUDA graph and replayed; LoLA's chunk-boundary "
+                                             "merge between replays, timed in whole chunks; eager off CUDA, and the "
+                                             "row's decode_impl says why), eager (one model forward per token, as "
+                                             "generate() runs), auto (graphed on CUDA, eager elsewhere).")] = "auto",
 ):
     """Prefill (TTFT) and decode latency on random prompts: full attention vs LoLA."""
-    from ..evals.speed import run_speed
+    from ..evals.speed import DECODE_MODES, run_speed
     from ..models.loading import load_model
     from ..provenance import device_label
     from ..runs import plan_run, run_config
 
     ctx = int_list("--ctx", ctx)
+    if decode_mode not in DECODE_MODES:
+        raise UserError(f"unknown --decode-mode {decode_mode!r}: choose {', '.join(DECODE_MODES)}")
     if repeats < 1:
         raise UserError(f"--repeats must be >= 1, got {repeats}")
     if decode_tokens < 0:
@@ -339,11 +346,12 @@ def speed(
     print_checkpoint_notice(ckpt, variants)
     with Bar("speed", len(variants) * len(ctx) * repeats) as step:
         df = run_speed(loaded, variants, list(ctx), repeats=repeats, decode_tokens=decode_tokens, ckpt=ckpt,
-                       device_label=device_label(loaded.device), progress=step)
+                       device_label=device_label(loaded.device), progress=step, decode_mode=decode_mode)
     df = add_checkpoint_column(df, ckpt)
     with run:
         run.write_json("config.json", run_config("speed", opts.model, loaded, variants, {
-            "speed": {"ctx": list(ctx), "repeats": repeats, "decode_tokens": decode_tokens}, "lola_checkpoint": ckpt}))
+            "speed": {"ctx": list(ctx), "repeats": repeats, "decode_tokens": decode_tokens,
+                      "decode_mode": decode_mode}, "lola_checkpoint": ckpt}))
         run.write_table("summary", df, title="Prefill and decode latency")
     print_frame(df, f"Latency on {loaded.source} ({device_label(loaded.device)})",
                 ["attn", "ctx", "ttft_s", "ttft_vs_full", "decode_ms_per_token", "decode_amortized_ms_per_token",

@@ -11,6 +11,15 @@ far more than generation does. ``decode_boundary_tokens`` says how many timed to
 ``decode_amortized_ms_per_token`` is the steady-state cost per token, ((chunk - 1) * plain + boundary) / chunk from
 the mean times of the plain and the boundary tokens measured (the plain mean alone when no timed token was a
 boundary; for full attention, the mean).
+
+Decode mode (``decode_mode``; ``auto`` = ``graphed`` on CUDA, ``eager`` elsewhere): ``eager`` times one model forward
+per token through the variant's cache, as ``generate()`` runs it; on a GPU that mostly times the host. ``graphed``
+(``graphed_decode``) decodes after a second, untimed prefill with a static cache (full attention: transformers'
+StaticCache; LoLA: static-capacity states, ``models.static_cache``), one decode step captured as a CUDA graph and
+replayed per token, LoLA's chunk-boundary merge run eagerly between replays and timed with them (LoLA tokens are timed
+in whole chunks, so the mean is the amortized cost); off CUDA, or where capture fails or a configuration has no static
+state, the same step runs eagerly and ``decode_impl`` says why. ``decode_gbs`` / ``decode_of_peak``: the bytes a step
+reads (parameters + cache) per second, and that against the device's peak memory bandwidth (graphed mode, CUDA).
 """
 
 from __future__ import annotations
@@ -21,12 +30,28 @@ import time
 import pandas as pd
 import torch
 
+from ..errors import UserError
 from ..models.patch import is_patched, new_cache
 from ..models.variants import attention_variant
 from ..settings import implementation_columns, variant_columns
 from .timing import PeakMemory, _sync
 
 MIB = 1024 * 1024
+DECODE_MODES = ("auto", "graphed", "eager")
+EAGER_DECODE = "eager (one forward per token)"
+
+
+def graphed_decode_on(mode: str, device: str) -> bool:
+    """Whether ``decode_mode`` times decode with the static cache and the captured step (module docstring)."""
+    if mode not in DECODE_MODES:
+        raise UserError(f"unknown --decode-mode {mode!r}: choose {', '.join(DECODE_MODES)}")
+    return mode == "graphed" or (mode == "auto" and device == "cuda")
+
+
+def prompt_ids(ctx: int, seed: int, device: str) -> torch.Tensor:
+    """The random prompt (1, ctx) of a timed run (the same for every variant)."""
+    g = torch.Generator().manual_seed(seed + ctx)
+    return torch.randint(100, 40000, (1, ctx), generator=g).to(device)
 
 
 @torch.no_grad()
@@ -35,8 +60,7 @@ def time_variant(model, ctx: int, decode_tokens: int, device: str, seed: int = 0
     LoLA update cadence, None for full attention)."""
     from transformers import DynamicCache
 
-    g = torch.Generator().manual_seed(seed + ctx)
-    ids = torch.randint(100, 40000, (1, ctx), generator=g).to(device)
+    ids = prompt_ids(ctx, seed, device)
     cache = new_cache(model) if is_patched(model) else DynamicCache(config=model.config)
     with PeakMemory(device) as mem:
         _sync(device)
@@ -54,7 +78,28 @@ def time_variant(model, ctx: int, decode_tokens: int, device: str, seed: int = 0
     amortized, n_boundary = amortized_decode(steps, ctx, chunk)
     return {"prefill_s": prefill, "decode_ms_per_token": statistics.fmean(steps) * 1000 if steps else float("nan"),
             "decode_amortized_ms_per_token": amortized * 1000, "decode_boundary_tokens": n_boundary,
-            "peak_mem_mib": mem.peak / MIB}
+            "peak_mem_mib": mem.peak / MIB, "decode_impl": EAGER_DECODE if steps else None}
+
+
+def graphed_decode(model, attn, ctx: int, decode_tokens: int, device: str, seed: int = 0) -> dict:
+    """Decode timing of ``graphed_decode``'s static-cache step after an untimed prefill of the same prompt as
+    ``time_variant``'s (LoLA: whole chunks, at least ``decode_tokens``, warmed up across one boundary)."""
+    from .graphed_decode import kernels_on, lola_static_decode, static_decode
+
+    ids = prompt_ids(ctx, seed, device)
+    if attn.mode == "full":
+        row, _ = static_decode(model, ids, decode_tokens, device)
+    else:
+        chunk = attn.lola.chunk_size
+        n = -(-decode_tokens // chunk) * chunk
+        row, _ = lola_static_decode(model, ids, n, device, n_warm=chunk + 1,
+                                    use_kernels=attn.kernels != "torch" and kernels_on(device))
+    impl = row["impl"] + (f" ({row['eager_reason']})" if row.get("eager_reason") else "")
+    return {"decode_ms_per_token": row["decode_ms_per_token"],
+            "decode_amortized_ms_per_token": row["decode_ms_per_token"],
+            "decode_boundary_tokens": row.get("boundary_merges", 0), "decode_impl": impl,
+            "decode_attention": row.get("attention"), "decode_gbs": row["achieved_gbs"],
+            "decode_of_peak": row["of_peak"]}
 
 
 def amortized_decode(steps: list[float], ctx: int, chunk: int | None) -> tuple[float, int]:
@@ -70,10 +115,12 @@ def amortized_decode(steps: list[float], ctx: int, chunk: int | None) -> tuple[f
 
 
 def run_speed(loaded, variants, ctxs: list[int], *, repeats: int = 3, decode_tokens: int = 16, ckpt=None,
-              device_label: str = "cpu", progress=None) -> pd.DataFrame:
+              device_label: str = "cpu", progress=None, decode_mode: str = "auto") -> pd.DataFrame:
     """Per context, the variants run round robin, one repeat of each in turn (each after one untimed warm-up), so a
     machine whose speed drifts during the run (shared or throttled cores) slows them alike instead of whichever ran
-    last. Each repeat applies its variant afresh (patching is cheap next to a prefill)."""
+    last. Each repeat applies its variant afresh (patching is cheap next to a prefill). ``decode_mode``: see the
+    module docstring."""
+    graphed = graphed_decode_on(decode_mode, loaded.device)
     rows = []
     for ctx in ctxs:
         runs: list[list] = [[] for _ in variants]      # per variant: its timed runs, and what computed each
@@ -85,8 +132,16 @@ def run_speed(loaded, variants, ctxs: list[int], *, repeats: int = 3, decode_tok
             for i, v in enumerate(variants):
                 chunk = v.lola.chunk_size if v.lola else None
                 with attention_variant(loaded.model, v, ckpt) as used:
-                    runs[i].append(time_variant(loaded.model, ctx, decode_tokens, loaded.device, seed=r, chunk=chunk))
-                    names[i].append(used())
+                    res = time_variant(loaded.model, ctx, 0 if graphed else decode_tokens, loaded.device, seed=r,
+                                       chunk=chunk)
+                    name = used()
+                    if graphed and decode_tokens:
+                        res.update(graphed_decode(loaded.model, v, ctx, decode_tokens, loaded.device, seed=r))
+                        dec = res.pop("decode_attention")
+                        if name and dec and dec != name:
+                            name = f"decode: {dec}; prefill: {name}"
+                    runs[i].append(res)
+                    names[i].append(name)
                 if progress:
                     progress(1, f"{v.mode} ctx={ctx}")
         for i, v in enumerate(variants):
@@ -100,8 +155,18 @@ def run_speed(loaded, variants, ctxs: list[int], *, repeats: int = 3, decode_tok
                              x["decode_amortized_ms_per_token"] for x in rs),
                          "decode_boundary_tokens": rs[0]["decode_boundary_tokens"] if rs else 0,
                          "peak_mem_mib": max(x["peak_mem_mib"] for x in rs),
+                         "decode_impl": " + ".join(dict.fromkeys(x["decode_impl"] for x in rs
+                                                                 if x.get("decode_impl"))) or None,
+                         **({"decode_gbs": statistics.median(x["decode_gbs"] for x in rs),
+                             "decode_of_peak": _median_or_none([x["decode_of_peak"] for x in rs])}
+                            if graphed and decode_tokens else {}),
                          **implementation_columns(v, " + ".join(used_names) or None), "device": device_label})
     df = pd.DataFrame(rows)
     full = df[df.attn == "full"].set_index("ctx")["ttft_s"]
     df["ttft_vs_full"] = [r.ttft_s / full[r.ctx] if r.ctx in full.index else float("nan") for r in df.itertuples()]
     return df
+
+
+def _median_or_none(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None

@@ -476,7 +476,7 @@ def test_static_cache_decode_generates_what_the_dynamic_cache_does():
     count the bytes a step reads (parameters once, K/V up to the position)."""
     from transformers import DynamicCache
 
-    from benchmarks.gpu_bench.graphed_decode import bytes_per_token, static_decode
+    from lola_bench.evals.graphed_decode import bytes_per_token, static_decode
     from lola_bench.models.loading import random_model
 
     model = random_model("tiny")

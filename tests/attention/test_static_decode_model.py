@@ -1,4 +1,4 @@
-"""Whole-model static LoLA decode (lola_bench/models/static_cache.py, benchmarks/gpu_bench/graphed_decode.py's
+"""Whole-model static LoLA decode (lola_bench/models/static_cache.py, lola_bench/evals/graphed_decode.py's
 ``lola_static_decode``), run eagerly on CPU: the conversion of a prefilled LolaCache is exact, and greedy decoding
 through the static cache (the path gpu_bench captures as a CUDA graph on a GPU) generates what ``generate()`` with
 the LoLA cache generates, across several chunk boundaries."""
@@ -6,9 +6,9 @@ the LoLA cache generates, across several chunk boundaries."""
 import pytest
 import torch
 
-from benchmarks.gpu_bench.graphed_decode import lola_static_decode, param_bytes
 from lola_bench.attention.config import LolaConfig
 from lola_bench.attention.state import state_dtype
+from lola_bench.evals.graphed_decode import lola_static_decode, param_bytes
 from lola_bench.models.loading import random_model
 from lola_bench.models.patch import lola_modules, new_cache, patch_model, unpatch_model
 from lola_bench.models.static_cache import to_static_cache

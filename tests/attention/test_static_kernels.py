@@ -197,7 +197,7 @@ def test_layer_and_graphed_row_run_and_name_the_static_implementation(launches):
     with kernels=torch (no launch); a configuration the kernels do not cover falls back to the torch step and says
     why. gpu_bench's graphed row with use_kernels decodes through the Triton step (its launches, every step),
     generates what generate() does, and records it."""
-    from benchmarks.gpu_bench.graphed_decode import lola_static_decode
+    from lola_bench.evals.graphed_decode import lola_static_decode
     from lola_bench.models.loading import random_model
     from lola_bench.models.patch import lola_modules, new_cache, patch_model, unpatch_model
     from lola_bench.models.static_cache import to_static_cache

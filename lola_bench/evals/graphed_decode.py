@@ -58,6 +58,20 @@ def param_bytes(model) -> int:
     return total
 
 
+def kernels_on(device: str) -> bool:
+    """Whether the Triton kernels run here: on CUDA when available, or under the interpreter."""
+    from ..attention import kernels as K
+
+    return K.kernels_available() and (device == "cuda" or K.interpreting())
+
+
+def forward_kw(model) -> str:
+    """The cache keyword of ``model.forward``: ``cache`` (patched / newer transformers) or ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def bytes_per_token(model, ctx: int) -> int:
     """Parameter bytes (``param_bytes``) + the K/V cache bytes of ``ctx`` positions."""
     c = model.config
@@ -149,8 +163,6 @@ def static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, graph: b
     generated: the first and the warm-up ones, and with ``record`` every timed one too, for checks)."""
     from transformers import StaticCache
 
-    from .common import forward_kw
-
     kw = forward_kw(model)                                           # past_key_values or cache, by version
     L = ids.shape[1]
     cache = StaticCache(config=model.config, max_cache_len=L + n_warm + n_tokens + 1)
@@ -177,14 +189,14 @@ def static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, graph: b
 def boundary_evict(state, use_kernels: bool):
     """(the chunk-boundary merge for a static LoLA state's ``prepare``, its name): the Triton merge when the kernels
     run here and cover the configuration (as the eager Triton decode does), else the torch ``evict_before``."""
-    from lola_bench.attention.common import evict_before
+    from ..attention.common import evict_before
 
     if use_kernels:
-        from lola_bench.attention import kernels as K
+        from ..attention import kernels as K
 
         if not K.unsupported_reason(state.k, state.params):
-            from lola_bench.attention.kernels._host import ensure_contiguous_state
-            from lola_bench.attention.kernels.merge import evict_before_triton
+            from ..attention.kernels._host import ensure_contiguous_state
+            from ..attention.kernels.merge import evict_before_triton
 
             def evict(st, pr, ws):
                 ensure_contiguous_state(st)
@@ -206,10 +218,8 @@ def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, gra
     LolaCache and the row says why. Bytes per token: the
     parameters + every slot of the static cache (what the step reads, masked or not). Returns (row, tokens) as
     ``static_decode``."""
-    from lola_bench.models.patch import implementation_used, lola_modules, new_cache, reset_calls
-    from lola_bench.models.static_cache import static_reason, to_static_cache
-
-    from .common import forward_kw
+    from ..models.patch import implementation_used, lola_modules, new_cache, reset_calls
+    from ..models.static_cache import static_reason, to_static_cache
 
     kw = forward_kw(model)
     L = ids.shape[1]
