@@ -91,3 +91,23 @@ def threshold_select(sc, c_mask, keep):
     eq = c_mask & (key == lo)
     need = keep - tl.sum(gt.to(tl.int32), 0)
     return gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= need))
+
+
+@triton.jit
+def candidates(spi_in, ns, ev_lo, n, NPAD: tl.constexpr):
+    """The n candidates of a chunk boundary as one NPAD-vector (rows, valid mask, table row of each): the ns cached
+    pairs (their rows read from ``spi_in``, in position order), then the pairs leaving the window (rows ev_lo on)."""
+    c_rows = tl.arange(0, NPAD)
+    c_mask = c_rows < n
+    c_cu = tl.where(c_rows < ns, tl.load(spi_in + c_rows, mask=c_rows < ns, other=0), ev_lo + c_rows - ns)
+    return c_rows, c_mask, c_cu
+
+
+@triton.jit
+def store_split(c_kept, c_rows, c_mask, c_cu, kept_out, out_out):
+    """Compact the candidates' rows ``c_cu`` into the kept list (``kept_out``) and the rest (``out_out``), both in
+    candidate order: a cumsum of the kept flags gives each one's place."""
+    c_ki = c_kept.to(tl.int32)
+    c_before = tl.cumsum(c_ki, 0) - c_ki
+    tl.store(kept_out + c_before, c_cu, mask=c_kept)
+    tl.store(out_out + c_rows - c_before, c_cu, mask=c_mask & (c_ki == 0))

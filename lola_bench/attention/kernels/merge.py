@@ -51,7 +51,7 @@ from ._host import (
     rounded_eps,
     select_mode,
 )
-from ._jit import feature_parts, order_key, sre_tile, threshold_select
+from ._jit import candidates, feature_parts, order_key, sre_tile, store_split, threshold_select
 
 
 @triton.jit(do_not_specialize=["n_steps", "spi_t", "LAM", "cand_cap", "L", "sinks"])
@@ -128,19 +128,14 @@ def _merge_kernel(
             # 2+3. selection in registers: all n candidates as one NPAD-vector (_jit.threshold_select: the keep-th
             # largest score by bisection over order-preserving int32 keys, ties to the earliest candidates, which is
             # split_topk's rule). A cumsum of the kept flags gives both compacted lists.
-            c_rows = tl.arange(0, NPAD)
-            c_mask = c_rows < n
-            c_cu = tl.where(c_rows < ns, tl.load(spi_in + c_rows, mask=c_rows < ns, other=0), ev_lo + c_rows - ns)
+            c_rows, c_mask, c_cu = candidates(spi_in, ns, ev_lo, n, NPAD)
             if keep >= n:
                 c_kept = c_mask
             elif keep == 0:
                 c_kept = c_rows < 0
             else:
                 c_kept = threshold_select(tl.load(scr + c_rows, mask=c_mask, other=0.0), c_mask, keep)
-            c_ki = c_kept.to(tl.int32)
-            c_before = tl.cumsum(c_ki, 0) - c_ki
-            tl.store(spi_out + c_before, c_cu, mask=c_kept)
-            tl.store(outl + c_rows - c_before, c_cu, mask=c_mask & (c_ki == 0))
+            store_split(c_kept, c_rows, c_mask, c_cu, spi_out, outl)
         else:
             # 2. kept flags by rank counting over global scratch (candidates too many for registers): rank = number
             # of candidates that beat this one (higher score, or equal and earlier)

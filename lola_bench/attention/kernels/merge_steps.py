@@ -44,7 +44,7 @@ from ._host import (
     merge_mode,
     rounded_eps,
 )
-from ._jit import feature_parts, sre_tile, threshold_select
+from ._jit import candidates, feature_parts, sre_tile, store_split, threshold_select
 
 
 @triton.jit(do_not_specialize=["t", "spi_t", "LAM", "cand_cap"])
@@ -94,9 +94,7 @@ def _select_kernel(
     keep = tl.load(row + 3)
     n = ns + tl.load(row + 2)
     spi_in = SPI + t * spi_t + pid * LAM
-    c_rows = tl.arange(0, NPAD)
-    c_mask = c_rows < n
-    c_cu = tl.where(c_rows < ns, tl.load(spi_in + c_rows, mask=c_rows < ns, other=0), ev_lo + c_rows - ns)
+    c_rows, c_mask, c_cu = candidates(spi_in, ns, ev_lo, n, NPAD)
     if keep >= n:
         c_kept = c_mask
     elif keep == 0:
@@ -113,10 +111,7 @@ def _select_kernel(
             cpos = tl.load(PU + b * pu_b + hs * pu_h + tl.where(c_mask, c_cu, 0), mask=c_mask, other=0)
             sc = tl.where(cpos < sinks, float("inf"), sc)
         c_kept = threshold_select(sc, c_mask, keep)
-    c_ki = c_kept.to(tl.int32)
-    c_before = tl.cumsum(c_ki, 0) - c_ki
-    tl.store(spi_in + spi_t + c_before, c_cu, mask=c_kept)
-    tl.store(OUTL + pid * cand_cap + c_rows - c_before, c_cu, mask=c_mask & (c_ki == 0))
+    store_split(c_kept, c_rows, c_mask, c_cu, spi_in + spi_t, OUTL + pid * cand_cap)
 
 
 @triton.jit(do_not_specialize=["t", "cand_cap", "L"])
