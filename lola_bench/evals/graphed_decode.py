@@ -206,6 +206,20 @@ def boundary_evict(state, use_kernels: bool):
     return evict_before, "torch"
 
 
+def lola_step(model, scache, tok: torch.Tensor, pos: torch.Tensor, kw: str):
+    """The whole-model greedy decode step on a ``StaticLolaCache`` (what a CUDA graph replays): the token ``tok``
+    (1, 1) and its position ``pos`` (1,) are device buffers the step reads and advances; nothing it reads lives on the
+    host (the position reaches the model as ``cache_position`` and ``position_ids``, never from the cache's host
+    counters, which a replay does not advance). Returns the step; the step returns the logits."""
+    def step():
+        out = model(tok, **{kw: scache}, cache_position=pos, position_ids=pos.view(1, 1), use_cache=True,
+                    logits_to_keep=1).logits[:, -1]
+        tok.copy_(out.argmax(-1, keepdim=True))
+        pos.add_(1)
+        return out
+    return step
+
+
 @torch.no_grad()
 def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, graph: bool = True, n_warm: int = 3,
                        record: bool = False, use_kernels: bool = False) -> tuple[dict, list[int]]:
@@ -233,9 +247,13 @@ def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, gra
             tok.copy_(out.argmax(-1, keepdim=True))
 
         t = timed_steps(step, tok, device, False, n_warm, n_tokens, record, generated)
+        cfg = lola_modules(model)[0].cfg       # the timed positions that started a chunk ran its merge in the loop
+        first = L + n_warm
+        merges = 0 if cfg.evict_at == "prompt_end" else sum(
+            1 for p in range(first, first + n_tokens) if p % cfg.chunk_size == 0)
         row = {"mode": "lola", "impl": "LolaCache, eager", "eager_reason": f"no static state: {reason}",
-               "tokens": n_tokens, **_bandwidth_row(param_bytes(model) + sum(cache.nbytes_by_tier().values()),
-                                                    t["dt"], device)}
+               "tokens": n_tokens, "boundary_merges": merges,
+               **_bandwidth_row(param_bytes(model) + sum(cache.nbytes_by_tier().values()), t["dt"], device)}
         return row, generated
     scache = to_static_cache(model, cache, max_len=L + n_warm + n_tokens + 1)
     cache = None                                                    # its states were copied
@@ -247,11 +265,7 @@ def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, gra
         m.kernels = "triton" if use_kernels else "torch"
     reset_calls(model)
 
-    def step():
-        out = model(tok, **{kw: scache}, position_ids=pos.view(1, 1), use_cache=True, logits_to_keep=1).logits[:, -1]
-        tok.copy_(out.argmax(-1, keepdim=True))
-        pos.add_(1)
-
+    step = lola_step(model, scache, tok, pos, kw)
     try:
         t = timed_steps(step, tok, device, graph, n_warm, n_tokens, record, generated,
                         before=lambda: scache.prepare(evict), after=scache.advance_host)

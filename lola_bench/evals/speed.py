@@ -19,7 +19,10 @@ StaticCache; LoLA: static-capacity states, ``models.static_cache``), one decode 
 replayed per token, LoLA's chunk-boundary merge run eagerly between replays and timed with them (LoLA tokens are timed
 in whole chunks, so the mean is the amortized cost); off CUDA, or where capture fails or a configuration has no static
 state, the same step runs eagerly and ``decode_impl`` says why. ``decode_gbs`` / ``decode_of_peak``: the bytes a step
-reads (parameters + cache) per second, and that against the device's peak memory bandwidth (graphed mode, CUDA).
+reads (parameters + cache) per second, and that against the device's peak memory bandwidth (graphed mode, CUDA); the
+cache bytes are full attention's K/V at the mean timed length (its static cache is sized to the run, a few tokens
+longer) and every slot of LoLA's static states (masked or not). In graphed mode ``peak_mem_mib`` is the prefill's
+(the timed run decodes nothing; the static cache and the graph are not measured).
 """
 
 from __future__ import annotations
@@ -92,8 +95,8 @@ def graphed_decode(model, attn, ctx: int, decode_tokens: int, device: str, seed:
     else:
         chunk = attn.lola.chunk_size
         n = -(-decode_tokens // chunk) * chunk
-        row, _ = lola_static_decode(model, ids, n, device, n_warm=chunk + 1,
-                                    use_kernels=attn.kernels != "torch" and kernels_on(device))
+        wants = attn.kernels == "triton" or (attn.kernels == "auto" and device == "cuda")   # as the layers choose
+        row, _ = lola_static_decode(model, ids, n, device, n_warm=chunk + 1, use_kernels=wants and kernels_on(device))
     impl = row["impl"] + (f" ({row['eager_reason']})" if row.get("eager_reason") else "")
     return {"decode_ms_per_token": row["decode_ms_per_token"],
             "decode_amortized_ms_per_token": row["decode_ms_per_token"],

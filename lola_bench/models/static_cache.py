@@ -56,6 +56,11 @@ class StaticLolaCache(LolaCache):
         """Bytes a decode step reads from the cache (every slot of every layer, masked or not)."""
         return sum(s.nbytes() for s in self.states)
 
+    def nbytes_by_tier(self) -> dict[str, int]:
+        """Bytes held per tier, as ``LolaCache.nbytes_by_tier`` counts them: the live pairs of each layer (its
+        equal LolaState), not the slots allocated (``nbytes``)."""
+        return self.to_cache().nbytes_by_tier()
+
     def to_cache(self) -> LolaCache:
         """Back to a LolaCache with equal states (fresh tensors)."""
         out = LolaCache(len(self.layers))

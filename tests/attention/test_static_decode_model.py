@@ -119,3 +119,40 @@ def test_the_whole_model_step_reads_no_tensor_value_on_the_host():
     logits = model(tok, cache=cache, position_ids=pos.view(1, 1), use_cache=True, logits_to_keep=1).logits
     assert logits.shape == (1, 1, model.config.vocab_size) and logits.device.type == "meta"
     assert all(m.calls["decode", "torch (static)"] == 1 for m in lola_modules(model))
+
+
+def test_replayed_step_reads_no_host_counter(tiny):
+    """What a CUDA-graph replay does, on CPU: the step called again and again inside a chunk with the cache's host
+    counters never advanced (a replay runs no Python) must still decode each position as the LolaCache does; a step
+    that took its position from the cache's host counter would repeat the captured one."""
+    from lola_bench.evals.graphed_decode import lola_step
+
+    patch_model(tiny, LolaConfig(window=8, sparse=6, sinks=2, combine="calibrated", feature_map="hedgehog"))
+    try:
+        ids = prompt()[:, :33]                       # 33 tokens: the next chunk boundary (chunk 8) is at 40
+        cache, ref = new_cache(tiny), new_cache(tiny)
+        with torch.no_grad():
+            tiny(ids, cache=cache, use_cache=True)
+            tiny(ids, cache=ref, use_cache=True)
+            scache = to_static_cache(tiny, cache)
+            assert not scache.prepare()
+            tok, pos = ids[:, -1:].clone(), torch.tensor([33])
+            step = lola_step(tiny, scache, tok, pos, "cache")
+            for _ in range(6):                       # positions 33..38, host counters frozen at 33
+                want = tiny(tok.clone(), cache=ref, use_cache=True).logits[:, -1]
+                torch.testing.assert_close(step(), want, atol=1e-4, rtol=1e-4)
+    finally:
+        unpatch_model(tiny)
+
+
+def test_static_cache_counts_tiers_as_the_lola_cache(tiny):
+    patch_model(tiny, LolaConfig(window=8, sparse=6, sinks=2, combine="calibrated", feature_map="hedgehog"))
+    try:
+        cache = new_cache(tiny)
+        with torch.no_grad():
+            tiny(prompt(), cache=cache, use_cache=True)
+        want = cache.nbytes_by_tier()
+        scache = to_static_cache(tiny, cache)
+        assert scache.nbytes_by_tier() == want and want["sparse"] > 0 and want["state"] > 0
+    finally:
+        unpatch_model(tiny)
