@@ -355,5 +355,5 @@ def speed(
         run.write_table("summary", df, title="Prefill and decode latency")
     print_frame(df, f"Latency on {loaded.source} ({device_label(loaded.device)})",
                 ["attn", "ctx", "ttft_s", "ttft_vs_full", "decode_ms_per_token", "decode_amortized_ms_per_token",
-                 "peak_mem_mib", "implementation"])
+                 "peak_mem_mib", "implementation", "decode_impl"])
     console.print(f"results: {run.path}")

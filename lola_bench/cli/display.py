@@ -128,7 +128,7 @@ class Bar:
 
 SHORT_NAMES = {"accuracy": "acc", "decode_ms_per_token": "dec ms/tok", "peak_mem_mib": "peak MiB",
                "cache_mib": "cache MiB", "full_kv_mib": "full KV MiB", "ttft_s": "TTFT s",
-               "decode_amortized_ms_per_token": "dec ms/tok (chunk avg)"}
+               "decode_amortized_ms_per_token": "dec ms/tok (chunk avg)", "decode_impl": "decode timed as"}
 
 
 def print_frame(df, title, columns=None):
