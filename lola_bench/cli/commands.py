@@ -315,7 +315,8 @@ def speed(
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per point (median reported, after one "
                                          "warm-up).")] = 3,
     decode_tokens: Annotated[int, typer.Option("--decode-tokens", help="Decode steps timed after each prefill.")] = 16,
-    decode_mode: Annotated[str, typer.Option("--decode-mode", help="How decode is timed: graphed (static cache, one "
+    decode_mode: Annotated[str, typer.Option("--decode-mode", metavar="<auto|graphed|eager>",
+                                             help="How decode is timed: graphed (static cache, one "
                                              "decode step captured as a CUDA graph and replayed; LoLA's chunk-boundary "
                                              "merge between replays, timed in whole chunks; eager off CUDA, and the "
                                              "row's decode_impl says why), eager (one model forward per token, as "
