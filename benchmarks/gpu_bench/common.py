@@ -8,11 +8,11 @@ from unittest import mock
 
 import torch
 
+from lola_bench.attention import kernels as K
 from lola_bench.attention import testing
 from lola_bench.attention.common import LolaParams
 from lola_bench.attention.config import LolaConfig
 from lola_bench.attention.state import LolaState
-from lola_bench.evals.graphed_decode import forward_kw, kernels_on  # noqa: F401 - the sections import them here
 from lola_bench.models.loading import RANDOM_PRESETS
 
 # The LoLA settings of the committed results/perf runs (the LolaConfig defaults before they became the authors'
@@ -84,6 +84,10 @@ def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
     for x, y in zip(a.reshape(-1, a.shape[-1]).tolist(), b.reshape(-1, b.shape[-1]).tolist()):
         fr.append(len(set(x) & set(y)) / max(len(y), 1))
     return float(sum(fr) / len(fr))
+
+
+def kernels_on(device: str) -> bool:
+    return K.kernels_available() and (device == "cuda" or K.interpreting())
 
 
 def set_env(env: dict):

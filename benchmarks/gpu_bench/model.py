@@ -12,11 +12,11 @@ import torch
 from lola_bench.attention import kernels as K
 from lola_bench.attention.chunked import lola_chunked
 from lola_bench.attention.decode import lola_decode
-from lola_bench.evals.graphed_decode import lola_static_decode, static_decode
+from lola_bench.evals.graphed_decode import forward_kw, lola_static_decode, static_decode
 from lola_bench.models import patch as lola_patch
 from lola_bench.models.loading import random_model
 
-from .common import bench_config, forward_kw, kernels_on
+from .common import bench_config, kernels_on
 from .timing import Clock, host_times, peak_mib, peak_reset, sync
 
 

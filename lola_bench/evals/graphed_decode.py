@@ -58,13 +58,6 @@ def param_bytes(model) -> int:
     return total
 
 
-def kernels_on(device: str) -> bool:
-    """Whether the Triton kernels run here: on CUDA when available, or under the interpreter."""
-    from ..attention import kernels as K
-
-    return K.kernels_available() and (device == "cuda" or K.interpreting())
-
-
 def forward_kw(model) -> str:
     """The cache keyword of ``model.forward``: ``cache`` (patched / newer transformers) or ``past_key_values``."""
     import inspect
@@ -222,17 +215,17 @@ def lola_step(model, scache, tok: torch.Tensor, pos: torch.Tensor, kw: str):
 
 @torch.no_grad()
 def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, graph: bool = True, n_warm: int = 3,
-                       record: bool = False, use_kernels: bool = False) -> tuple[dict, list[int]]:
+                       record: bool = False, use_kernels: bool | None = None) -> tuple[dict, list[int]]:
     """Greedy decode of a LoLA-patched ``model``: the prompt prefilled by the normal path into a LolaCache, every
     layer's state converted to a ``StaticLolaState`` (``models.static_cache``), then the decode step (the static
     step of every layer, the token and position in device buffers) captured once and replayed per token on CUDA
     (eager elsewhere), with the chunk-boundary merge run eagerly before the steps that need it. ``use_kernels``: the
     step's attention and the merge in Triton where the kernels cover the configuration, else torch (the row's
-    ``attention`` and ``merge`` say which ran). A configuration without a static state decodes eagerly through the
-    LolaCache and the row says why. Bytes per token: the
-    parameters + every slot of the static cache (what the step reads, masked or not). Returns (row, tokens) as
-    ``static_decode``."""
-    from ..models.patch import implementation_used, lola_modules, new_cache, reset_calls
+    ``attention`` and ``merge`` say which ran); None: as the layers' own ``kernels`` setting chooses for their
+    prefill and decode (``models.patch.kernel_choice``). A configuration without a static state decodes eagerly
+    through the LolaCache and the row says why. Bytes per token: the parameters + every slot of the static cache (what
+    the step reads, masked or not). Returns (row, tokens) as ``static_decode``."""
+    from ..models.patch import implementation_used, kernel_choice, lola_modules, new_cache, reset_calls
     from ..models.static_cache import static_reason, to_static_cache
 
     kw = forward_kw(model)
@@ -257,9 +250,12 @@ def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, gra
         return row, generated
     scache = to_static_cache(model, cache, max_len=L + n_warm + n_tokens + 1)
     cache = None                                                    # its states were copied
+    mods = lola_modules(model)
+    if use_kernels is None:
+        st0 = scache.states[0]
+        use_kernels = kernel_choice(st0.k, st0.params, mods[0].kernels) is None
     evict, merge_name = boundary_evict(scache.states[0], use_kernels)
     pos = torch.tensor([L], device=ids.device)
-    mods = lola_modules(model)
     saved = [m.kernels for m in mods]
     for m in mods:                                  # the step's attention: Triton (static) or torch, as asked
         m.kernels = "triton" if use_kernels else "torch"

@@ -87,7 +87,7 @@ def time_variant(model, ctx: int, decode_tokens: int, device: str, seed: int = 0
 def graphed_decode(model, attn, ctx: int, decode_tokens: int, device: str, seed: int = 0) -> dict:
     """Decode timing of ``graphed_decode``'s static-cache step after an untimed prefill of the same prompt as
     ``time_variant``'s (LoLA: whole chunks, at least ``decode_tokens``, warmed up across one boundary)."""
-    from .graphed_decode import kernels_on, lola_static_decode, static_decode
+    from .graphed_decode import lola_static_decode, static_decode
 
     ids = prompt_ids(ctx, seed, device)
     if attn.mode == "full":
@@ -95,8 +95,7 @@ def graphed_decode(model, attn, ctx: int, decode_tokens: int, device: str, seed:
     else:
         chunk = attn.lola.chunk_size
         n = -(-decode_tokens // chunk) * chunk
-        wants = attn.kernels == "triton" or (attn.kernels == "auto" and device == "cuda")   # as the layers choose
-        row, _ = lola_static_decode(model, ids, n, device, n_warm=chunk + 1, use_kernels=wants and kernels_on(device))
+        row, _ = lola_static_decode(model, ids, n, device, n_warm=chunk + 1)   # kernels: as the layers choose
     impl = row["impl"] + (f" ({row['eager_reason']})" if row.get("eager_reason") else "")
     return {"decode_ms_per_token": row["decode_ms_per_token"],
             "decode_amortized_ms_per_token": row["decode_ms_per_token"],

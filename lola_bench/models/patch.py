@@ -32,7 +32,7 @@ from .cache import LolaCache
 SUPPORTED = ("llama", "mistral", "qwen2")
 
 
-def _kernel_choice(q: torch.Tensor, params: LolaParams, kernels: str) -> str | None:
+def kernel_choice(q: torch.Tensor, params: LolaParams, kernels: str) -> str | None:
     """None when the Triton kernels run this call, else what the torch path is named: ``torch``, or ``torch
     (fallback: reason)`` for a configuration the kernels do not cover. ``kernels``: auto (Triton on CUDA when
     available, else torch), torch, or triton (Triton wherever it can run, e.g. TRITON_INTERPRET=1 on CPU)."""
@@ -47,9 +47,9 @@ def _kernel_choice(q: torch.Tensor, params: LolaParams, kernels: str) -> str | N
 
 
 def _paths(q: torch.Tensor, params: LolaParams, kernels: str):
-    """(prefill, decode, implementation name) for this call (``_kernel_choice``); a Triton run with
+    """(prefill, decode, implementation name) for this call (``kernel_choice``); a Triton run with
     ``$LOLA_MERGE=stepwise`` is named ``triton (stepwise merge)`` (plain ``triton``: the persistent merge kernel)."""
-    name = _kernel_choice(q, params, kernels)
+    name = kernel_choice(q, params, kernels)
     if name:
         return lola_chunked, lola_decode, name
     from ..attention.kernels import lola_chunked_triton, lola_decode_triton, merge_name
@@ -59,9 +59,9 @@ def _paths(q: torch.Tensor, params: LolaParams, kernels: str):
 
 def _static_path(q: torch.Tensor, params: LolaParams, kernels: str):
     """(step, implementation name) for a StaticLolaState: ``triton (static)`` (the decode kernels reading the lengths
-    on the device) where the kernels run (``_kernel_choice``), else ``torch (static)`` / ``torch (static; fallback:
+    on the device) where the kernels run (``kernel_choice``), else ``torch (static)`` / ``torch (static; fallback:
     reason)``. The chunk-boundary merge is not part of the step (the driver's ``prepare`` runs it)."""
-    name = _kernel_choice(q, params, kernels)
+    name = kernel_choice(q, params, kernels)
     if name == "torch":
         return static_step, "torch (static)"
     if name:                                                        # torch (fallback: reason)

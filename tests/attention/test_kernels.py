@@ -476,13 +476,12 @@ def test_static_cache_decode_generates_what_the_dynamic_cache_does():
     count the bytes a step reads (parameters once, K/V up to the position)."""
     from transformers import DynamicCache
 
-    from lola_bench.evals.graphed_decode import bytes_per_token, static_decode
+    from lola_bench.evals.graphed_decode import bytes_per_token, forward_kw, static_decode
     from lola_bench.models.loading import random_model
 
     model = random_model("tiny")
     ids = torch.randint(100, 40000, (1, 37), generator=torch.Generator().manual_seed(0))
     row, toks = static_decode(model, ids, n_tokens=6, device="cpu", n_warm=2, record=True)
-    from benchmarks.gpu_bench.common import forward_kw
 
     cache, want, tok = DynamicCache(config=model.config), [], ids
     for _ in range(9):
