@@ -15,6 +15,7 @@ from .errors import UserError
 
 ATTN_MODES = ("full", "base", "lola", "evict")
 KERNEL_MODES = ("auto", "torch", "triton")
+DECODE_MODES = ("auto", "graphed", "eager")   # --decode-mode (evals/timing.py graphed_decode_on)
 
 
 @dataclass(frozen=True)

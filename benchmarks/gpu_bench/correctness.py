@@ -22,7 +22,39 @@ def section_correctness(cfgx: dict, device: str) -> list[dict]:
     out = []
     for preset in shapes:
         out += correctness_checks(preset, cfgx, device)
-    return out + selection_checks(cfgx["selection_cases"], device)
+    return out + selection_checks(cfgx["selection_cases"], device) + generation_checks(device)
+
+
+def generation_checks(device: str) -> list[dict]:
+    """``ruler``'s CUDA decode path (``graphed_generate``: static cache, one step captured as a CUDA graph and
+    replayed, LoLA's merges between replays) against the eager ``greedy_generate`` on a small random fp32 model:
+    the same greedy tokens (rel_err = share of positions that differ), and the graph must be what ran (off CUDA, in
+    --smoke, its eager form)."""
+    from lola_bench.attention.config import LolaConfig
+    from lola_bench.evals.graphed_generate import graphed_generate
+    from lola_bench.evals.timing import greedy_generate
+    from lola_bench.models.loading import random_model
+    from lola_bench.models.patch import patch_model, unpatch_model
+
+    model = random_model("tiny", torch.float32, seed=1, initializer_range=0.5).to(device)
+    ids = torch.randint(100, 4000, (1, 150), generator=torch.Generator().manual_seed(0))
+    out = []
+    for name, cfg in (("full", None), ("lola", LolaConfig(window=16, sparse=24, sinks=2, gqa="grouped")),
+                      ("evict", LolaConfig(window=16, sparse=24, fold=False, scorer="key_norm"))):
+        if cfg is not None:
+            patch_model(model, cfg)
+        try:
+            want = greedy_generate(model, ids, 70, set(), device).tokens
+            got = graphed_generate(model, ids, 70, set(), device)
+        finally:
+            if cfg is not None:
+                unpatch_model(model)
+        bad = sum(a != b for a, b in zip(got.tokens, want)) / len(want) if len(got.tokens) == len(want) else 1.0
+        ran = "static cache, CUDA graph" if device == "cuda" else "static cache, eager (not a CUDA device)"
+        out.append({"check": f"graphed_generate_{name}_tokens", "shape": "random:tiny fp32", "rel_err": bad,
+                    "tol": 0.0, "ok": bad == 0.0 and got.decode_impl == ran,
+                    "decode_impl": got.decode_impl, "decode_ms_per_token": 1e3 * (got.decode_s_per_token or 0)})
+    return out
 
 
 def selection_checks(cases: list, device: str) -> list[dict]:

@@ -14,7 +14,7 @@ from .app import app
 from .checks import at_least, check_model
 from .display import Bar, console, err_console, print_frame, user_errors
 from .notices import add_checkpoint_column, print_checkpoint_notice
-from .options import INTS, NAMES, DeviceOpt, RunOptions, int_list, run_options, split_list
+from .options import DECODE_HELP, INTS, NAMES, DecodeMode, DeviceOpt, RunOptions, int_list, run_options, split_list
 
 
 @app.command()
@@ -102,6 +102,8 @@ def ruler(
                                              "accuracy shows whether misses come from the selection (pinned "
                                              "accuracy recovers) or the readout (it does not). Rows say scorer "
                                              "<scorer>+needle-pin; LoLA runs the torch path.")] = False,
+    decode_mode: Annotated[DecodeMode, typer.Option("--decode-mode", help=DECODE_HELP + " Decode timings only: "
+                                                    "TTFT and the prefill are the same either way.")] = "auto",
 ):
     """RULER needle-in-a-haystack accuracy with TTFT, decode latency and memory, per attention variant.
 
@@ -131,7 +133,8 @@ def ruler(
     except ValueError as e:
         raise UserError(str(e)) from None
     rs = RulerSettings(tasks=tasks, ctxs=tuple(ctx), samples=samples, seed=seed, essay_path=essay, qa_path=qa_path,
-                       chat_template=chat_template, diagnostics=diagnostics, pin_needle=pin_needle)
+                       chat_template=chat_template, diagnostics=diagnostics, pin_needle=pin_needle,
+                       decode_mode=decode_mode)
     validate(rs, 0)                       # flags and haystack data (parsed), before anything is written
     for t, reason in skipped.items():
         err_console.print(f"[yellow]--task all: skipping {t} ({reason})[/]", highlight=False)
@@ -315,22 +318,16 @@ def speed(
     repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per point (median reported, after one "
                                          "warm-up).")] = 3,
     decode_tokens: Annotated[int, typer.Option("--decode-tokens", help="Decode steps timed after each prefill.")] = 16,
-    decode_mode: Annotated[str, typer.Option("--decode-mode", metavar="<auto|graphed|eager>",
-                                             help="How decode is timed: graphed (static cache, one "
-                                             "decode step captured as a CUDA graph and replayed; LoLA's chunk-boundary "
-                                             "merge between replays, timed in whole chunks; eager off CUDA, and the "
-                                             "row's decode_impl says why), eager (one model forward per token, as "
-                                             "generate() runs), auto (graphed on CUDA, eager elsewhere).")] = "auto",
+    decode_mode: Annotated[DecodeMode, typer.Option("--decode-mode", help=DECODE_HELP + " LoLA's graphed decode "
+                                                    "is timed in whole chunks, with their merges.")] = "auto",
 ):
     """Prefill (TTFT) and decode latency on random prompts: full attention vs LoLA."""
-    from ..evals.speed import DECODE_MODES, run_speed
+    from ..evals.speed import run_speed
     from ..models.loading import load_model
     from ..provenance import device_label
     from ..runs import plan_run, run_config
 
     ctx = int_list("--ctx", ctx)
-    if decode_mode not in DECODE_MODES:
-        raise UserError(f"unknown --decode-mode {decode_mode!r}: choose {', '.join(DECODE_MODES)}")
     if repeats < 1:
         raise UserError(f"--repeats must be >= 1, got {repeats}")
     if decode_tokens < 0:

@@ -17,7 +17,7 @@ import typer
 
 from ..attention.config import COMBINES, EVICT_AT, FEATURE_MAPS, GQA_MODES, SCORERS
 from ..errors import UserError
-from ..settings import KERNEL_MODES, PRESETS, LolaFlags, ModelSettings
+from ..settings import DECODE_MODES, KERNEL_MODES, PRESETS, LolaFlags, ModelSettings
 
 # One-value enumerated flags are typed as Literal: typer turns them into click.Choice, so --help shows
 # <a|b|c> and a bad value is refused before any work. Lists name their choices in the help text instead.
@@ -29,6 +29,12 @@ EvictAt = Literal[EVICT_AT]
 Preset = Literal[tuple(PRESETS)]
 Kernels = Literal[KERNEL_MODES]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+DecodeMode = Literal[DECODE_MODES]
+DECODE_HELP = ("How decode steps run: graphed (the prefilled cache copied into a static one, one decode step "
+               "captured as a CUDA graph and replayed per token, LoLA's chunk-boundary merge eagerly between "
+               "replays; off CUDA the same step runs eagerly, and the row's decode_impl says so and why), eager (one "
+               "model forward per token through the variant's own cache, as generate() runs), auto (graphed on "
+               "CUDA, eager elsewhere).")
 
 INTS = "INTEGER[,INTEGER...]"     # the --help metavar of an integer list flag (repeat it or comma-separate)
 NAMES = "TEXT[,TEXT...]"

@@ -11,11 +11,13 @@ from ..sweep.grid import SUITES
 from .app import app
 from .display import Bar, console, print_frame, user_errors
 from .options import (
+    DECODE_HELP,
     INTS,
     NAMES,
     ChunkOpt,
     CkptOpt,
     CombineOpt,
+    DecodeMode,
     DeviceOpt,
     DtypeOpt,
     GqaOpt,
@@ -97,6 +99,8 @@ def sweep(
     diagnostics: Annotated[bool, typer.Option("--diagnostics/--no-diagnostics", help="Needle diagnostics columns "
                                               "in ruler cells with LoLA / base / evict variants (see `ruler "
                                               "--help`); not part of a cell's id.")] = True,
+    decode_mode: Annotated[DecodeMode, typer.Option("--decode-mode", help=DECODE_HELP + " Ruler cells; a graphed "
+                                                    "cell's id says so (eager cells keep theirs).")] = "auto",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid, what is done, and an ETA; run "
                                           "nothing.")] = False,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Reuse the cells already finished in --out "
@@ -142,6 +146,7 @@ def sweep(
                      lambdas=ints("--lambda", lam), windows=ints("--window", window), ctxs=ints("--ctx", ctx),
                      tasks=strs(task), scorers=strs(scorer),
                      feature_maps=strs(feature_map) or (None,), full=full, evict=evict, diagnostics=diagnostics,
+                     decode_mode=decode_mode,
                      evict_scorers=strs(evict_scorer), evict_at=strs(evict_at), samples=samples, seed=seed,
                      budgets_mib=strs(budget_mib),
                      combine=combine, sinks=sinks, gqa=gqa, chunk=chunk, preset=preset, kernels=kernels_flag(),

@@ -24,6 +24,7 @@ else torch ops; the row's ``attention`` names what ran (``triton (static)``, ``t
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -33,9 +34,9 @@ PEAK_GBS = {"H200": 4800.0, "H100 SXM": 3350.0, "H100 PCIe": 2000.0, "A100-SXM4-
 
 def peak_bandwidth(device: str) -> tuple[float | None, str]:
     """(GB/s, where the figure comes from) of the device's memory; (None, reason) off CUDA."""
-    if device != "cuda":
+    if not is_cuda(device):
         return None, "not a CUDA device"
-    props = torch.cuda.get_device_properties(0)
+    props = torch.cuda.get_device_properties(torch.device(device))
     clock_khz, bus_bits = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
     if clock_khz and bus_bits:
         return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9, "memory clock x bus width (torch device properties)"
@@ -73,8 +74,13 @@ def bytes_per_token(model, ctx: int) -> int:
     return param_bytes(model) + 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * ctx * elt
 
 
+def is_cuda(device) -> bool:
+    """cuda or cuda:N."""
+    return str(device).startswith("cuda")
+
+
 def _sync(device: str) -> None:
-    if device == "cuda":
+    if is_cuda(device):
         torch.cuda.synchronize()
 
 
@@ -83,16 +89,23 @@ def _first_line(e: Exception) -> str:
 
 
 def timed_steps(step, tok: torch.Tensor, device: str, graph: bool, n_warm: int, n_tokens: int, record: bool,
-                generated: list[int], before=None, after=None) -> dict:
+                generated: list[int], before=None, after=None, eos: set[int] | None = None) -> dict:
     """Run ``n_warm`` greedy steps, then time ``n_tokens``: ``step`` (device work: updates ``tok`` and the position
     buffers in place) captured once as a CUDA graph and replayed when ``graph`` and on CUDA, else eagerly.
     ``before`` / ``after``: host work around every step, never captured (LoLA's chunk-boundary merge, its host
     mirrors); ``before`` returns True when it did device work (a merge): counted over the timed tokens.
-    Returns {dt: seconds per token, how: "CUDA graph" or "eager", why: why eagerly, capture_error, merges: the
-    merges while timed}."""
+    ``eos`` (generation; needs ``record``): stop after the step that yields one of these ids (warm-up included:
+    nothing is captured or timed then), so ``n_tokens`` is the most timed.
+    Returns {dt: seconds per timed token (None when none was timed), steps: tokens timed, how: "CUDA graph" or
+    "eager", why: why eagerly, capture_error, merges: the merges while timed}."""
+    if eos is not None and not record:
+        raise ValueError("timed_steps: stopping at eos reads every token, so it needs record=True")
     before = before or (lambda: False)
     after = after or (lambda: None)
     timing, merges = [False], [0]
+
+    def ended() -> bool:
+        return eos is not None and generated[-1] in eos
 
     def pre():
         if before() and timing[0]:
@@ -104,14 +117,18 @@ def timed_steps(step, tok: torch.Tensor, device: str, graph: bool, n_warm: int, 
         after()
 
     how, why, error, run = "eager", None, None, eager
-    if graph and device == "cuda":
+    if graph and is_cuda(device):
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(n_warm):
+                if ended():
+                    break
                 eager()
                 generated.append(int(tok))
         torch.cuda.current_stream().wait_stream(side)
+        if ended():
+            return _untimed("generation ended during warm-up")
         try:
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
@@ -127,20 +144,32 @@ def timed_steps(step, tok: torch.Tensor, device: str, graph: bool, n_warm: int, 
             why = f"capture failed: {error}"
             torch.cuda.synchronize()
     else:
-        why = "not a CUDA device" if device != "cuda" else "graph capture not asked for"
+        why = "not a CUDA device" if not is_cuda(device) else "graph capture not asked for"
         for _ in range(n_warm):
+            if ended():
+                break
             eager()
             generated.append(int(tok))
+    if ended():
+        return _untimed("generation ended during warm-up")
     timing[0] = True
     _sync(device)
     t0 = time.perf_counter()
+    steps = 0
     for _ in range(n_tokens):
         run()
+        steps += 1
         if record:
-            generated.append(int(tok))      # a host sync per token: for checks, not for timing
+            generated.append(int(tok))      # a host sync per token: for checks and generation, not for timing
+            if ended():
+                break
     _sync(device)
-    return {"dt": (time.perf_counter() - t0) / n_tokens, "how": how, "why": why, "capture_error": error,
-            "merges": merges[0]}
+    return {"dt": (time.perf_counter() - t0) / steps if steps else None, "steps": steps, "how": how, "why": why,
+            "capture_error": error, "merges": merges[0]}
+
+
+def _untimed(why: str) -> dict:
+    return {"dt": None, "steps": 0, "how": "eager", "why": why, "capture_error": None, "merges": 0}
 
 
 def _bandwidth_row(moved: int, dt: float, device: str) -> dict:
@@ -164,13 +193,7 @@ def static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, graph: b
     tok = logits[:, -1].argmax(-1, keepdim=True)                     # (1, 1)
     pos = torch.tensor([L], device=ids.device)
     generated = [int(tok)]
-
-    def step():
-        out = model(tok, **{kw: cache}, cache_position=pos, position_ids=pos.view(1, 1), use_cache=True,
-                    logits_to_keep=1).logits[:, -1]
-        tok.copy_(out.argmax(-1, keepdim=True))
-        pos.add_(1)
-
+    step = decode_step(model, cache, tok, pos, kw)
     t = timed_steps(step, tok, device, graph, n_warm, n_tokens, record, generated)
     ctx = L + n_warm + n_tokens // 2                                   # mean cache length while timed
     row = {"mode": "full", "impl": f"static cache, {t['how']}", "tokens": n_tokens,
@@ -199,18 +222,51 @@ def boundary_evict(state, use_kernels: bool):
     return evict_before, "torch"
 
 
-def lola_step(model, scache, tok: torch.Tensor, pos: torch.Tensor, kw: str):
-    """The whole-model greedy decode step on a ``StaticLolaCache`` (what a CUDA graph replays): the token ``tok``
-    (1, 1) and its position ``pos`` (1,) are device buffers the step reads and advances; nothing it reads lives on the
-    host (the position reaches the model as ``cache_position`` and ``position_ids``, never from the cache's host
-    counters, which a replay does not advance). Returns the step; the step returns the logits."""
+def decode_step(model, cache, tok: torch.Tensor, pos: torch.Tensor, kw: str):
+    """The whole-model greedy decode step on a static cache (transformers' ``StaticCache`` or a
+    ``StaticLolaCache``; what a CUDA graph replays): the token ``tok`` (1, 1) and its position ``pos`` (1,) are device
+    buffers the step reads and advances; nothing it reads lives on the host (the position reaches the model as
+    ``cache_position`` and ``position_ids``, never from the cache's host counters, which a replay does not advance).
+    Returns the step; the step returns the logits."""
     def step():
-        out = model(tok, **{kw: scache}, cache_position=pos, position_ids=pos.view(1, 1), use_cache=True,
+        out = model(tok, **{kw: cache}, cache_position=pos, position_ids=pos.view(1, 1), use_cache=True,
                     logits_to_keep=1).logits[:, -1]
         tok.copy_(out.argmax(-1, keepdim=True))
         pos.add_(1)
         return out
     return step
+
+
+def static_lola(model, cache, max_len: int, use_kernels: bool | None = None):
+    """(the ``StaticLolaCache`` copy of a prefilled LolaCache, its boundary merge, the merge's name, whether the
+    kernels run the step): ``use_kernels`` None follows the layers' own ``kernels`` setting
+    (``models.patch.kernel_choice``)."""
+    from ..models.patch import kernel_choice, lola_modules
+    from ..models.static_cache import to_static_cache
+
+    scache = to_static_cache(model, cache, max_len=max_len)
+    if use_kernels is None:
+        st0 = scache.states[0]
+        use_kernels = kernel_choice(st0.k, st0.params, lola_modules(model)[0].kernels) is None
+    evict, merge_name = boundary_evict(scache.states[0], use_kernels)
+    return scache, evict, merge_name, use_kernels
+
+
+@contextmanager
+def step_kernels(model, use_kernels: bool):
+    """The LoLA layers' attention in the static step: Triton (static) or torch, as asked; restored after."""
+    from ..models.patch import lola_modules, reset_calls
+
+    mods = lola_modules(model)
+    saved = [m.kernels for m in mods]
+    for m in mods:
+        m.kernels = "triton" if use_kernels else "torch"
+    reset_calls(model)
+    try:
+        yield
+    finally:
+        for m, k in zip(mods, saved):
+            m.kernels = k
 
 
 @torch.no_grad()
@@ -225,8 +281,8 @@ def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, gra
     prefill and decode (``models.patch.kernel_choice``). A configuration without a static state decodes eagerly
     through the LolaCache and the row says why. Bytes per token: the parameters + every slot of the static cache (what
     the step reads, masked or not). Returns (row, tokens) as ``static_decode``."""
-    from ..models.patch import implementation_used, kernel_choice, lola_modules, new_cache, reset_calls
-    from ..models.static_cache import static_reason, to_static_cache
+    from ..models.patch import implementation_used, lola_modules, new_cache
+    from ..models.static_cache import static_reason
 
     kw = forward_kw(model)
     L = ids.shape[1]
@@ -248,26 +304,13 @@ def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, gra
                "tokens": n_tokens, "boundary_merges": merges,
                **_bandwidth_row(param_bytes(model) + sum(cache.nbytes_by_tier().values()), t["dt"], device)}
         return row, generated
-    scache = to_static_cache(model, cache, max_len=L + n_warm + n_tokens + 1)
+    scache, evict, merge_name, use_kernels = static_lola(model, cache, L + n_warm + n_tokens + 1, use_kernels)
     cache = None                                                    # its states were copied
-    mods = lola_modules(model)
-    if use_kernels is None:
-        st0 = scache.states[0]
-        use_kernels = kernel_choice(st0.k, st0.params, mods[0].kernels) is None
-    evict, merge_name = boundary_evict(scache.states[0], use_kernels)
     pos = torch.tensor([L], device=ids.device)
-    saved = [m.kernels for m in mods]
-    for m in mods:                                  # the step's attention: Triton (static) or torch, as asked
-        m.kernels = "triton" if use_kernels else "torch"
-    reset_calls(model)
-
-    step = lola_step(model, scache, tok, pos, kw)
-    try:
+    step = decode_step(model, scache, tok, pos, kw)
+    with step_kernels(model, use_kernels):
         t = timed_steps(step, tok, device, graph, n_warm, n_tokens, record, generated,
                         before=lambda: scache.prepare(evict), after=scache.advance_host)
-    finally:
-        for m, k in zip(mods, saved):
-            m.kernels = k
     cache_bytes = scache.nbytes()
     row = {"mode": "lola", "impl": f"static cache, {t['how']}", "eager_reason": t["why"],
            "capture_error": t["capture_error"], "attention": implementation_used(model),

@@ -17,8 +17,9 @@ from ..models.variants import attention_variant
 from ..records import to_jsonable
 from ..settings import AttentionSettings, implementation_columns, variant_columns
 from ..stats import wilson_interval
+from .graphed_generate import graphed_generate
 from .ruler import RULER_TASKS, TASKS, generate_samples, score_sample, task_unavailable_reason
-from .timing import eos_token_ids, greedy_generate
+from .timing import DECODE_MODES, eos_token_ids, graphed_decode_on, greedy_generate
 
 MIB = 1024 * 1024
 
@@ -26,7 +27,8 @@ SUMMARY_COLUMNS = ["model", "attn", "window", "lambda", "sinks", "scorer", "feat
                    "n", "accuracy", "accuracy_ci_low", "accuracy_ci_high",
                    "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib", "full_kv_mib", "window_mib",
                    "sparse_mib", "state_mib", "phi_k_mib", "mean_prompt_tokens", "combine", "gqa", "chunk",
-                   "settings_from", "implementation", "threads", "checkpoint", "device", "chat_template", "needle_kept"]
+                   "settings_from", "implementation", "decode_impl", "threads", "checkpoint", "device", "chat_template",
+                   "needle_kept"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class RulerSettings:
     warmup: bool = True
     diagnostics: bool = True            # needle diagnostics columns for LoLA variants on needle tasks (diagnostics/)
     pin_needle: bool = False            # oracle ablation: needle tokens kept exact in every layer (diagnostics/oracle)
+    decode_mode: str = "auto"           # auto | graphed | eager: how decode steps run (evals/graphed_generate.py)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -80,6 +83,8 @@ def validate(settings: RulerSettings, max_context: int) -> None:
     """Everything that can be checked before any model work (so a bad flag leaves no run directory)."""
     if settings.samples < 1:
         raise UserError(f"--samples must be >= 1, got {settings.samples}")
+    if settings.decode_mode not in DECODE_MODES:
+        raise UserError(f"unknown --decode-mode {settings.decode_mode!r}: choose {', '.join(DECODE_MODES)}")
     for ctx in settings.ctxs:
         if ctx < 256:
             raise UserError(f"--ctx {ctx} is too short for RULER prompts (minimum 256)")
@@ -140,11 +145,13 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
                 bad.append((task, ctx, str(e)))
     _raise_bad_pairs(bad)
     eos = eos_token_ids(model, tok)
+    graphed = graphed_decode_on(settings.decode_mode, loaded.device)
     rows, preds, reused = [], [], []
     for attn in variants:
         def key(task, ctx, _attn=attn):
             return {**(resume_key or {}), "attention": _attn.to_dict(), "task": task, "ctx": ctx,
                     "samples": settings.samples, "seed": settings.seed, "chat_template": chat,
+                    **({"decode": "graphed"} if graphed else {}),     # eager cells keep their keys
                     # only where they add columns (LoLA layers, a needle task): other cells resume either way
                     **({"diagnostics": True} if settings.diagnostics and _attn.lola is not None
                        and TASKS[task].kind in NEEDLE_KINDS else {}),
@@ -170,7 +177,7 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
         if todo:
             with attention_variant(model, attn, ckpt) as used:
                 new = _run_variant(loaded, attn, todo, settings, eos, device_label, progress, used, chat, finished,
-                                   ckpt)
+                                   ckpt, graphed)
         for cell in samples:                     # the cells in plan order, resumed or new
             rec = done.get(cell) or new[cell]
             rows.append(rec["row"])
@@ -197,10 +204,18 @@ def _cell_name(attn: AttentionSettings, task: str, ctx: int) -> str:
 
 
 def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: RulerSettings, eos, device_label: str,
-                 progress, used, chat: bool = False, finished=None, ckpt: str | None = None) -> dict:
+                 progress, used, chat: bool = False, finished=None, ckpt: str | None = None,
+                 graphed: bool = False) -> dict:
     """Every sample of every (task, ctx) under one attention variant: {(task, ctx): {"row", "predictions"}};
-    ``finished(task, ctx, row, predictions)`` is called as each cell finishes."""
+    ``finished(task, ctx, row, predictions)`` is called as each cell finishes. ``graphed``: decode on a static cache,
+    captured and replayed on CUDA (``graphed_generate``), else one forward per token (``greedy_generate``)."""
     import torch
+
+    def generate(ids, n, pin=False):
+        if not graphed:
+            return greedy_generate(model, ids, n, eos, loaded.device)
+        return graphed_generate(model, ids, n, eos, loaded.device,
+                                no_static="--pin-needle pins the eager merge" if pin else None)
 
     model, tok, cfg = loaded.model, loaded.tokenizer, loaded.model.config
     w = world()
@@ -208,7 +223,7 @@ def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: Ruler
     if settings.warmup:  # one short untimed generation: allocator, threads, lazy init
         first = next(iter(samples.values()))[0]
         warm_len = min(len(first.input_ids), 2 * (attn.lola.chunk_size if attn.lola else 64) + 8)
-        greedy_generate(model, torch.tensor([first.input_ids[:warm_len]]), 2, eos, loaded.device)
+        generate(torch.tensor([first.input_ids[:warm_len]]), 2 + 2 * graphed)
     for (task, ctx), items in samples.items():
         local = []
         for s in w.shard(items):                # all of them in a single process
@@ -216,14 +231,16 @@ def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: Ruler
                 progress(0, f"{attn.mode} {task} ctx={ctx} #{s.index + 1}/{len(items)}")
             pin = _pinned(settings, attn, task)
             with NeedleProbe(model, tok, s, TASKS[task].kind, enabled=settings.diagnostics, pin=pin) as probe:
-                r = greedy_generate(model, torch.tensor([s.input_ids]), s.max_new_tokens, eos, loaded.device)
+                r = generate(torch.tensor([s.input_ids]), s.max_new_tokens, pin)
             r.ttft_s -= probe.seconds    # the diagnostics ran inside the prefill (in its layer hooks): not TTFT
             text = tok.decode(r.tokens, skip_special_tokens=True)
             score = score_sample(task, text, s.answers)
             pred = {**variant_columns(attn), "task": task, "ctx": ctx, "index": s.index, "depth": s.depth,
                     "seed": s.seed, "n_prompt_tokens": s.n_prompt_tokens, "n_generated": len(r.tokens),
                     "answer": list(s.answers), "prediction": text, "score": score,
-                    "ttft_s": r.ttft_s, "decode_s_per_token": r.decode_s_per_token, **probe.columns()}
+                    "ttft_s": r.ttft_s, "decode_s_per_token": r.decode_s_per_token,
+                    **({"decode_impl": r.decode_impl, "decode_setup_s": r.decode_setup_s} if graphed else {}),
+                    **probe.columns()}
             if pin:
                 pred["scorer"] = f"{pred['scorer']}{PIN_SUFFIX}"
                 pred["needle_pinned"] = probe.pinned
@@ -265,6 +282,7 @@ def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: Ruler
                      "sparse_mib": tier("sparse"), "state_mib": tier("state"), "phi_k_mib": tier("phi_k"),
                      "mean_prompt_tokens": statistics.mean(s.n_prompt_tokens for s, _, _ in results),
                      **implementation_columns(attn, used()),
+                     "decode_impl": "; ".join(sorted({r.decode_impl for _, r, _ in results if r.decode_impl})) or None,
                      "checkpoint": checkpoint_label(ckpt) if attn.lola else None, "device": device_label,
                      "chat_template": bool(chat), "needle_kept": needle_kept_share(preds)})
         preds = to_jsonable(preds)

@@ -33,23 +33,12 @@ import time
 import pandas as pd
 import torch
 
-from ..errors import UserError
 from ..models.patch import is_patched, new_cache
 from ..models.variants import attention_variant
 from ..settings import implementation_columns, variant_columns
-from .timing import PeakMemory, _sync
+from .timing import EAGER_DECODE, PeakMemory, _sync, graphed_decode_on
 
 MIB = 1024 * 1024
-DECODE_MODES = ("auto", "graphed", "eager")
-EAGER_DECODE = "eager (one forward per token)"
-
-
-def graphed_decode_on(mode: str, device: str) -> bool:
-    """Whether ``decode_mode`` times decode with the static cache and the captured step (module docstring)."""
-    if mode not in DECODE_MODES:
-        raise UserError(f"unknown --decode-mode {mode!r}: choose {', '.join(DECODE_MODES)}")
-    return mode == "graphed" or (mode == "auto" and device == "cuda")
-
 
 def prompt_ids(ctx: int, seed: int, device: str) -> torch.Tensor:
     """The random prompt (1, ctx) of a timed run (the same for every variant)."""

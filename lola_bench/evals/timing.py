@@ -15,8 +15,21 @@ import psutil
 import torch
 
 from .. import meter
+from ..errors import UserError
 from ..models.cache import LolaCache
 from ..models.patch import is_patched, new_cache
+from ..settings import DECODE_MODES
+
+EAGER_DECODE = "eager (one forward per token)"
+
+
+def graphed_decode_on(mode: str, device: str) -> bool:
+    """Whether ``mode`` (``--decode-mode``) decodes with a static cache and one captured step replayed
+    (``graphed_decode``): ``graphed``, or ``auto`` on CUDA; ``eager``: one forward per token through the variant's
+    own cache."""
+    if mode not in DECODE_MODES:
+        raise UserError(f"unknown --decode-mode {mode!r}: choose {', '.join(DECODE_MODES)}")
+    return mode == "graphed" or (mode == "auto" and str(device).startswith("cuda"))
 
 
 @dataclass
@@ -27,6 +40,8 @@ class GenResult:
     decode_s_per_token: float | None
     peak_mem_bytes: int
     cache_bytes: dict[str, int] = field(default_factory=dict)
+    decode_impl: str | None = EAGER_DECODE       # how the decode steps ran (None: no decode step)
+    decode_setup_s: float = 0.0                  # graphed: static cache copy + warm-up + capture (in no timing)
 
 
 class PeakMemory:
@@ -140,7 +155,7 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_ids
     else:
         cb = {"full_kv": dynamic_cache_bytes(cache)}
     return GenResult(tokens=tokens, n_prompt=int(input_ids.shape[1]), ttft_s=ttft, decode_s_per_token=dec,
-                     peak_mem_bytes=int(mem.peak), cache_bytes=cb)
+                     peak_mem_bytes=int(mem.peak), cache_bytes=cb, decode_impl=EAGER_DECODE if steps else None)
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:

@@ -142,10 +142,24 @@ def _sweep_tables(df: pd.DataFrame) -> list[str]:
                              ("peak_mem_mib", "peak memory growth during generation (MiB)")):
             if s[value].notna().any():
                 out.append(f"## {suite}: {title} by λ × η\n")
+                if value == "decode_ms_per_token":
+                    out.append(decode_paths_note(s))
                 for key, g in _groups(s, by):
                     out.append(f"### {_heading(key, n_models) or 'all'}\n")
                     out.append(frame_to_markdown(_pivot(mean_over_tasks(g, VARIANT_KEYS, [value]), value)))
     return out
+
+
+def decode_paths_note(s: pd.DataFrame) -> str:
+    """Which decode path the cells' decode latencies come from (``decode_impl``), so that a table mixing eager and
+    graphed decode says so; cells from before the column existed ran the eager loop."""
+    impl = (s["decode_impl"] if "decode_impl" in s.columns else pd.Series(index=s.index, dtype=object))
+    counts = impl.astype(object).fillna("not recorded (eager, before decode_impl)").value_counts()
+    if len(counts) == 1:
+        return f"Decode path: {counts.index[0]}.\n"
+    listed = "; ".join(f"{k} ({v} cells)" for k, v in counts.items())
+    return f"> **Decode paths differ between cells:** {listed}. See `decode_impl` in sweep.csv.\n"
+
 
 def mean_over_tasks(ok: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:
     return ok.groupby(keys, dropna=False)[values].mean().reset_index()

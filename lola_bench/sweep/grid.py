@@ -111,6 +111,7 @@ class SweepSpec:
     budgets_mib: tuple[float, ...] = ()              # equal-memory: lambda per variant and ctx fitted to each budget
     diagnostics: bool = True                         # ruler: needle diagnostics columns (not hashed: no effect on
                                                      # accuracy)
+    decode_mode: str = "auto"                        # ruler: auto | graphed | eager (evals/graphed_generate.py)
 
     def __post_init__(self):
         if self.suite not in SUITES:
@@ -160,6 +161,10 @@ class SweepSpec:
                 raise UserError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {v!r}")
         check_preset(self.preset)
         check_kernels(self.kernels)
+        from ..evals.timing import DECODE_MODES
+
+        if self.decode_mode not in DECODE_MODES:
+            raise UserError(f"unknown --decode-mode {self.decode_mode!r}: choose {', '.join(DECODE_MODES)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"unknown --device {self.device!r}: choose auto, cpu or cuda")
 
@@ -203,9 +208,12 @@ class CellConfig:
     limit: int | None = None         # commonsense only
     num_fewshot: int | None = None
     data: str | None = None          # commonsense: "local" (offline data dir) or "online"
+    decode: str | None = None        # ruler: "graphed" (static cache, captured step on CUDA); None: eager
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        if d["decode"] is None:
+            d.pop("decode")                 # eager cells keep the ids they had before the decode mode was hashed
         att = self.attention.to_dict()
         att.pop("origin", None)             # where a setting came from does not change the result
         impl = resolved_kernels(att.pop("kernels", "auto"), self.device)
@@ -358,8 +366,10 @@ def cells(spec: SweepSpec) -> list[Cell]:
     if spec.suite == "ruler":
         from ..evals.ruler import TASKS
         from ..evals.ruler.haystack import resolve_qa_path
+        from ..evals.timing import graphed_decode_on
 
         essay = _essay_path(spec)
+        decode = "graphed" if graphed_decode_on(spec.decode_mode, device) else None
         for task in spec.tasks:
             t = TASKS[task]
             data_path = essay if t.needs_essay else (resolve_qa_path(t.qa_dataset, spec.qa_path)[0]
@@ -369,7 +379,7 @@ def cells(spec: SweepSpec) -> list[Cell]:
                 for attn, ckpt, ck_id, budgets in variants(ctx):
                     cfg = CellConfig("ruler", spec.model, device, dtype, attn, ck_id, task, ctx=ctx,
                                      samples=spec.samples, seed=spec.seed, chat_template=spec.chat_template,
-                                     haystack=haystack)
+                                     haystack=haystack, decode=decode)
                     out.append(Cell(len(out), cfg, ckpt, essay_path=essay if t.needs_essay else None,
                                     qa_path=spec.qa_path if t.kind == "qa" else None, budgets_mib=budgets,
                                     diagnostics=spec.diagnostics))

@@ -391,6 +391,8 @@ def test_gpu_bench_smoke(tmp_path):
     assert data["correctness"] and all(c["ok"] for c in data["correctness"]), data["correctness"]
     assert [c["check"] for c in data["correctness"] if c["shape"] == "selection"] == [
         "merge_selection_threshold_n72_warps4", "merge_selection_rank_n72_warps8"]
+    assert [c["check"] for c in data["correctness"] if c["check"].startswith("graphed_generate")] == [
+        "graphed_generate_full_tokens", "graphed_generate_lola_tokens", "graphed_generate_evict_tokens"]
     assert data["ttft"] and data["decode_attention"] and data["prefill_attention"] and data["decode_model"]
     assert data["lola_path"] == "triton" and not data["errors"]
     static = [r for r in data["decode_model"] if r.get("impl", "").startswith("static cache")]

@@ -125,7 +125,7 @@ def test_replayed_step_reads_no_host_counter(tiny):
     """What a CUDA-graph replay does, on CPU: the step called again and again inside a chunk with the cache's host
     counters never advanced (a replay runs no Python) must still decode each position as the LolaCache does; a step
     that took its position from the cache's host counter would repeat the captured one."""
-    from lola_bench.evals.graphed_decode import lola_step
+    from lola_bench.evals.graphed_decode import decode_step
 
     patch_model(tiny, LolaConfig(window=8, sparse=6, sinks=2, combine="calibrated", feature_map="hedgehog"))
     try:
@@ -137,7 +137,7 @@ def test_replayed_step_reads_no_host_counter(tiny):
             scache = to_static_cache(tiny, cache)
             assert not scache.prepare()
             tok, pos = ids[:, -1:].clone(), torch.tensor([33])
-            step = lola_step(tiny, scache, tok, pos, "cache")
+            step = decode_step(tiny, scache, tok, pos, "cache")
             for _ in range(6):                       # positions 33..38, host counters frozen at 33
                 want = tiny(tok.clone(), cache=ref, use_cache=True).logits[:, -1]
                 torch.testing.assert_close(step(), want, atol=1e-4, rtol=1e-4)

@@ -87,6 +87,18 @@ def test_short_prompts_are_flagged():
     assert "shorter than their exact span" in sweep_markdown(df)
 
 
+def test_decode_latency_table_says_which_decode_paths_it_mixes():
+    df = sweep_frame()
+    assert "Decode path: not recorded (eager, before decode_impl)." in sweep_markdown(df)
+    df["decode_impl"] = "eager (one forward per token)"
+    md = sweep_markdown(df)
+    assert "Decode path: eager (one forward per token)." in md and "differ between cells" not in md
+    df.loc[df["attn"] == "lola", "decode_impl"] = "static cache, CUDA graph"
+    md = sweep_markdown(df)
+    assert "**Decode paths differ between cells:** static cache, CUDA graph (32 cells); eager (one forward per " \
+           "token) (12 cells)" in md
+
+
 def test_render_report_from_csv_alone_and_merged(tmp_path):
     df = sweep_frame()
     a, b = tmp_path / "a", tmp_path / "b"

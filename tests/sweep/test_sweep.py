@@ -133,7 +133,7 @@ def test_cell_id_same_config_same_id_any_change_differs():
     assert base.cell_id == CellConfig(**{k: getattr(base, k) for k in base.__dataclass_fields__}).cell_id
     # the id is sha256 of the canonical JSON of to_dict(), which holds every field (the LoLA config in full)
     d = base.to_dict()
-    assert set(d) == {"format", *CellConfig.__dataclass_fields__}
+    assert set(d) == {"format", *CellConfig.__dataclass_fields__} - {"decode"}   # eager decode: left out
     # sinks 0, fold True and evict_at boundary (the defaults) are left out
     assert set(d["attention"]["lola"]) >= set(LolaConfig.__dataclass_fields__) - {"sinks", "fold", "evict_at"}
     assert "fold" not in d["attention"]["lola"]   # cells hashed before eviction existed keep their ids
@@ -143,7 +143,7 @@ def test_cell_id_same_config_same_id_any_change_differs():
     changes = {"suite": "commonsense", "model": "random:smollm2-135m", "device": "cuda", "dtype": "bfloat16",
                "checkpoint": "abc", "task": "niah_single_2", "ctx": 1024, "samples": 3, "seed": 1,
                "chat_template": True, "haystack": "def", "limit": 10, "num_fewshot": 5, "data": "local",
-               "attention": AttentionSettings("full")}
+               "attention": AttentionSettings("full"), "decode": "graphed"}
     lola_changes = {"window": 32, "sparse": 32, "chunk": 8, "feature_map": "elu", "scorer": "random",
                     "combine": "lolcats" if lola.combine == "gated" else "gated",
                     "gqa": "grouped" if lola.gqa == "expanded" else "expanded",
@@ -174,6 +174,29 @@ def test_cell_id_same_config_same_id_any_change_differs():
     ref = {c.cell_id for c in cells(SPEC)}
     for change in ({"seed": 1}, {"samples": 3}, {"model": "random:smollm2-135m"}, {"dtype": "float16"}):
         assert not ref & {c.cell_id for c in cells(replace(SPEC, **change))}, change
+
+
+def test_graphed_decode_cells_have_their_own_ids(monkeypatch):
+    """--decode-mode: auto resolves on the cell's device (eager on CPU, and eager cells keep the ids they had before
+    the decode mode was hashed); graphed cells carry it in their config and never merge with eager ones; the runner
+    hands it to run_ruler."""
+    eager = cells(SPEC)
+    assert [c.cell_id for c in cells(replace(SPEC, decode_mode="eager"))] == [c.cell_id for c in eager]
+    assert all(c.config.decode is None and "decode" not in c.config.to_dict() for c in eager)
+    graphed = cells(replace(SPEC, decode_mode="graphed"))
+    assert all(c.config.decode == "graphed" and c.config.to_dict()["decode"] == "graphed" for c in graphed)
+    assert not {c.cell_id for c in graphed} & {c.cell_id for c in eager}
+    with pytest.raises(UserError, match="unknown --decode-mode 'fast'"):
+        replace(SPEC, decode_mode="fast")
+    import lola_bench.evals.ruler_bench as rb
+    from lola_bench.sweep.run import default_run_cell
+
+    seen = []
+    monkeypatch.setattr(rb, "run_ruler", lambda loaded, variants, rs, **kw: seen.append(rs.decode_mode) or
+                        SimpleNamespace(summary=pd.DataFrame(), predictions=[], chat_template=False))
+    default_run_cell(SimpleNamespace(device="cpu"), graphed[0])
+    default_run_cell(SimpleNamespace(device="cpu"), eager[0])
+    assert seen == ["graphed", "eager"]
 
 
 def test_bad_input_is_rejected_up_front(tmp_path):
