@@ -1,16 +1,11 @@
 """The sweep grid: what to run (SweepSpec), each cell's hashed configuration (CellConfig, Cell), the canonical
-order, sharding and the default sweep directory.
+order and the default sweep directory (sharding: ``shard.py``).
 
 ``cell_id`` is sha256 of the canonical JSON of the cell's configuration (CellConfig.to_dict) cut to
 16 hex digits. It holds everything that decides the result -- model spec, resolved device kind and dtype,
 attention variant, a content fingerprint of the LoLA checkpoint and of the haystack/QA data, task, ctx,
 samples, seed -- and no machine-local path, so shards on different machines agree on the ids. It holds
 no git commit: after changing the engine, start a new sweep directory.
-
-Sharding: ``--shard k/n`` takes the cells whose index in the canonical grid order satisfies
-``index % n == k - 1``. The canonical order does not depend on the order of the flags (every axis is
-sorted), so machines given the same grid flags split it into disjoint shards whose union is the grid.
-Changing the grid changes the split.
 """
 
 from __future__ import annotations
@@ -391,35 +386,6 @@ def cells(spec: SweepSpec) -> list[Cell]:
                                  num_fewshot=spec.num_fewshot, data="local" if data_dir else "online")
                 out.append(Cell(len(out), cfg, ckpt, data_dir=data_dir, batch_size=spec.batch_size))
     return out
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """'k/n' (1 <= k <= n) -> (k, n); None -> None."""
-    if text is None or text == "":
-        return None
-    try:
-        k, n = (int(x) for x in str(text).split("/"))
-    except ValueError:
-        raise UserError(f"--shard must look like k/n (e.g. 2/4), got {text!r}") from None
-    if not 1 <= k <= n:
-        raise UserError(f"--shard {text}: need 1 <= k <= n")
-    return k, n
-
-
-def as_shard(shard: tuple[int, int] | str | None) -> tuple[int, int] | None:
-    """A shard given as 'k/n' or (k, n), checked."""
-    if shard is None or isinstance(shard, str):
-        return parse_shard(shard)
-    return parse_shard(f"{shard[0]}/{shard[1]}")
-
-
-def shard_cells(all_cells: list[Cell], shard: tuple[int, int] | str | None) -> list[Cell]:
-    """The cells of shard k of n: grid index % n == k - 1."""
-    shard = as_shard(shard)
-    if shard is None:
-        return list(all_cells)
-    k, n = shard
-    return [c for c in all_cells if c.index % n == k - 1]
 
 
 def default_sweep_dir(spec: SweepSpec, grid: list[Cell] | None = None) -> Path:

@@ -30,8 +30,9 @@ import pandas as pd
 
 from ..errors import UserError
 from ..records import atomic_write_json, atomic_write_text, frame_to_csv
-from .grid import SweepSpec, as_shard, cells, shard_cells
+from .grid import SweepSpec, cells
 from .run import SweepResult, _pending
+from .shard import as_shard, shard_cells
 from .store import JOB_ENV, SweepDir, read_sweep_csv
 
 LAUNCHERS = ("slurm", "local")

@@ -24,7 +24,8 @@ import pandas as pd
 from ..errors import UserError
 from ..records import atomic_write_json
 from ..settings import variant_columns
-from .grid import Cell, SweepSpec, _resolved_device, as_shard, cells, shard_cells
+from .grid import Cell, SweepSpec, _resolved_device, cells
+from .shard import as_shard, shard_cells
 from .store import SWEEP_COLUMNS, SweepDir, read_sweep_csv, tidy
 
 Progress = Callable[[int, "str | None"], None]   # progress(advance, description), as for run_ruler
