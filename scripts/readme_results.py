@@ -10,7 +10,8 @@ NAME: ``suite`` (mean accuracy of the offline RULER suite per context and varian
 at equal cache bytes, the sweep report's budget tables), ``8k`` (passkey and niah_single_1 at 8K),
 ``needle-ablation`` (issue #21's table, from the ``lola-bench report`` tables in results/ruler/niah_single_2-ablations),
 ``cpu-speed`` (the quiet round-robin ``lola-bench speed`` run on the embedded model and the one-layer CPU prefill
-breakdown of ``scripts/cpu_prefill_bench.py``, from results/speed/).
+breakdown of ``scripts/cpu_prefill_bench.py``, from results/speed/), ``snapkv-miss`` (the samples of the
+equal-memory sweep's SnapKV-after-prefill cell at 2K / 40 MiB, and that cell with the needle pinned).
 """
 
 from __future__ import annotations
@@ -114,6 +115,47 @@ def block_equal_memory() -> str:
               "each).")
 
 
+PINNED_SNAPKV = REPO / "results" / "ruler" / "snapkv-after-prefill-pinned-2k"
+
+
+def block_snapkv_miss() -> str:
+    """The SnapKV-after-prefill cell of the equal-memory sweep at 2K, 40 MiB, niah_single_1 (its samples: answer,
+    prediction, the share of (layer, head) pairs holding the first and the last needle token exactly), next to the
+    same cell with the needle pinned (``--pin-needle``)."""
+    csv = SWEEPS / "equal-memory-embedded" / "sweep.csv"
+    if not csv.is_file():
+        return "(no results yet)"
+    ok = ok_rows(pd.read_csv(csv))
+    cell = ok[(ok["attn"] == "evict") & (ok["scorer"] == "snapkv") & (ok["evict_at"] == "prompt_end")
+              & (ok["ctx"] == 2048) & (ok["task"] == "niah_single_1") & (ok["budget_mib"] == 40)]
+    if len(cell) != 1:
+        return "(not run yet)"
+    r = cell.iloc[0]
+    preds = [json.loads(line) for line in
+             (SWEEPS / "equal-memory-embedded" / "cells" / r["cell_id"] / "predictions.jsonl").read_text().splitlines()]
+    rows = [{"answer": p["answer"][0], "prediction": "`" + p["prediction"].strip()[:12] + "`", "score": int(p["score"]),
+             "first needle token exact": p["needle_exact_share"][0],
+             "last needle token exact": p["needle_exact_share"][-1],
+             "lowest": min(p["needle_exact_share"])} for p in preds]
+    misses = [p for p in preds if p["score"] < 100]
+    first_digit = sum(1 for p in misses if p["prediction"].strip()[:1] == p["answer"][0][:1])
+    prefix = sum(1 for p in misses if (t := p["prediction"].strip()).endswith(".") and len(t) > 1
+                 and p["answer"][0].startswith(t[:-1]))
+    first_top = sum(1 for p in misses if p["needle_exact_share"][0] == max(p["needle_exact_share"]))
+    out = [f"*SnapKV after prefill, ctx 2048, 40 MiB (λ = {int(r['lambda'])}), niah_single_1* "
+           f"(`results/sweep/equal-memory-embedded/cells/{r['cell_id']}`): accuracy {r['accuracy']:.0f}, "
+           f"`needle_kept` {r['needle_kept']:.0f}. Of its {len(misses)} misses, {first_digit} begin with the "
+           f"number's first digit and {prefix} are a leading part of it and a full stop; in {first_top} the "
+           "needle's first token is held exactly in the most (layer, head) pairs.", "",
+           frame_to_markdown(pd.DataFrame(rows), floatfmt=".2f").strip()]
+    pinned = PINNED_SNAPKV / "summary.csv"
+    if pinned.is_file():
+        q = pd.read_csv(pinned).iloc[0]
+        out += ["", f"The same cell with `--pin-needle` (`results/ruler/{PINNED_SNAPKV.name}`, scorer "
+                f"`{q['scorer']}`): accuracy {q['accuracy']:.0f}, `needle_kept` {q['needle_kept']:.0f}."]
+    return "\n".join(out)
+
+
 ABLATIONS = REPO / "results" / "ruler" / "niah_single_2-ablations"
 # (label, RULER run, variant prefix, task, passkey run, perplexity run and variant prefix); None: not applicable
 NEEDLE_ROWS = [
@@ -208,7 +250,7 @@ def block_cpu_speed() -> str:
 
 
 BLOCKS = {"suite": block_suite, "equal-memory": block_equal_memory, "8k": block_8k,
-          "needle-ablation": block_needle_ablation, "cpu-speed": block_cpu_speed}
+          "needle-ablation": block_needle_ablation, "cpu-speed": block_cpu_speed, "snapkv-miss": block_snapkv_miss}
 
 
 def render(text: str) -> str:
