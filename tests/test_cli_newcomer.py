@@ -75,7 +75,12 @@ def test_ruler_dry_run_loads_no_weights(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert "2 variant(s) x 1 task(s) x 2 context(s) = 4 cell(s), 10 sample(s)" in r.output
     assert "estimated run time" in r.output and "estimate" in r.output
+    assert "decode: eager (--decode-mode auto)" in r.output                # auto on CPU
     assert not out.exists()
+    r = run("ruler", *TINY, "--ctx", "256", "--out", str(out), "--dry-run", "--device", "cpu", "--decode-mode",
+            "graphed")
+    assert "decode: static cache, one step captured as a CUDA graph (eagerly off CUDA) (--decode-mode graphed)" \
+        in r.output, r.output
 
 
 def test_ruler_samples_default_is_device_sized_and_shown_in_help():

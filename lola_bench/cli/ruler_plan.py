@@ -49,6 +49,12 @@ def print_plan(variants, rs, device: str, auto_samples: bool) -> None:
         console.print(f"  {line}", highlight=False)
     console.print(f"  tasks: {', '.join(rs.tasks)}", highlight=False)
     console.print(f"  contexts: {', '.join(str(c) for c in rs.ctxs)}", highlight=False)
+    from ..evals.timing import graphed_decode_on
+
+    graphed = graphed_decode_on(rs.decode_mode, device)
+    console.print(f"  decode: {'static cache, one step captured as a CUDA graph' if graphed else 'eager'}"
+                  f"{' (eagerly off CUDA)' if graphed and device != 'cuda' else ''} (--decode-mode {rs.decode_mode})",
+                  highlight=False)
     console.print(f"estimated run time on {device}: {_eta(estimate_seconds(variants, rs, device))} (an estimate: "
                   f"{SECONDS_PER_TOKEN['cpu' if device == 'cpu' else 'cuda'] * 1000:g} ms per token per variant, "
                   "measured for SmolLM2-135M; other models and machines differ)", highlight=False)
