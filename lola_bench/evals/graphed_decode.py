@@ -254,14 +254,14 @@ def static_lola(model, cache, max_len: int, use_kernels: bool | None = None):
 
 @contextmanager
 def step_kernels(model, use_kernels: bool):
-    """The LoLA layers' attention in the static step: Triton (static) or torch, as asked; restored after."""
-    from ..models.patch import lola_modules, reset_calls
+    """The LoLA layers' attention in the static step: Triton (static) or torch, as asked; restored after. The layers'
+    call counts (``implementation_used``) keep what ran before."""
+    from ..models.patch import lola_modules
 
     mods = lola_modules(model)
     saved = [m.kernels for m in mods]
     for m in mods:
         m.kernels = "triton" if use_kernels else "torch"
-    reset_calls(model)
     try:
         yield
     finally:
@@ -281,7 +281,7 @@ def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, gra
     prefill and decode (``models.patch.kernel_choice``). A configuration without a static state decodes eagerly
     through the LolaCache and the row says why. Bytes per token: the parameters + every slot of the static cache (what
     the step reads, masked or not). Returns (row, tokens) as ``static_decode``."""
-    from ..models.patch import implementation_used, lola_modules, new_cache
+    from ..models.patch import implementation_used, lola_modules, new_cache, reset_calls
     from ..models.static_cache import static_reason
 
     kw = forward_kw(model)
@@ -308,6 +308,7 @@ def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, gra
     cache = None                                                    # its states were copied
     pos = torch.tensor([L], device=ids.device)
     step = decode_step(model, scache, tok, pos, kw)
+    reset_calls(model)                              # the row's ``attention``: the decode step's alone
     with step_kernels(model, use_kernels):
         t = timed_steps(step, tok, device, graph, n_warm, n_tokens, record, generated,
                         before=lambda: scache.prepare(evict), after=scache.advance_host)

@@ -129,6 +129,9 @@ def test_ruler_graphed_decode_same_answers_and_says_what_ran(tmp_path):
     assert eager.summary["decode_impl"].tolist() == [EAGER_DECODE] * 2
     assert graphed.summary["decode_impl"].tolist() == ["static cache, eager (not a CUDA device)"] * 2
     assert all(p["decode_setup_s"] > 0 for p in graphed.predictions)
+    # the implementation column still names the prefill's path next to the static decode step
+    assert eager.summary["implementation"].tolist()[1] == "torch"
+    assert graphed.summary["implementation"].tolist()[1] == "decode: torch (static); prefill: torch"
     pinned = run_ruler(loaded, variants[1:], RulerSettings(**rs, decode_mode="graphed", pin_needle=True))
     assert pinned.summary["decode_impl"].tolist() == [
         "LolaCache, eager (no static state: --pin-needle pins the eager merge)"]
