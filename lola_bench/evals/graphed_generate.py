@@ -23,18 +23,21 @@ import torch
 from ..models.cache import LolaCache
 from ..models.patch import is_patched, new_cache
 from .graphed_decode import decode_step, forward_kw, static_lola, step_kernels, timed_steps
-from .timing import GenResult, PeakMemory, _sync, dynamic_cache_bytes
+from .timing import GenResult, PeakMemory, _sync, dynamic_cache_bytes, prefill_logits
 
 N_WARM = 2          # eager steps before the capture (allocator, lazy init, autotuning), part of the generation
 
 
 def static_full_cache(model, cache, max_len: int):
-    """transformers' StaticCache of ``max_len`` positions holding a prefilled DynamicCache's keys and values."""
+    """transformers' StaticCache of ``max_len`` positions holding a prefilled DynamicCache's keys and values. Consumes
+    ``cache``: each layer's tensors are dropped once copied, so the copy adds one layer to the peak memory, not a
+    second K/V cache (which the eager loop never holds)."""
     from transformers import StaticCache
 
     out = StaticCache(config=model.config, max_cache_len=max_len)
     for i, layer in enumerate(cache.layers):
         out.update(layer.keys, layer.values, i)
+        layer.keys = layer.values = None
     return out
 
 
@@ -57,8 +60,7 @@ def graphed_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_id
     with PeakMemory(device) as mem:
         _sync(device)
         t0 = time.perf_counter()
-        logits = model(input_ids, **{kw: cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
-        tok = logits.argmax(-1, keepdim=True)
+        tok = prefill_logits(model, input_ids, cache).argmax(-1, keepdim=True)   # the full logits die here
         _sync(device)
         ttft = time.perf_counter() - t0
         tokens = [int(tok)]

@@ -123,6 +123,14 @@ def dynamic_cache_bytes(cache) -> int:
     return total
 
 
+def prefill_logits(model, input_ids: torch.Tensor, cache) -> torch.Tensor:
+    """The prompt through ``model`` into ``cache``: the last position's logits (B, V). Every position's logits are
+    computed (no ``logits_to_keep``), as eager cells always measured them: TTFT and peak memory include the head over
+    the whole prompt. ``greedy_generate`` and ``graphed_generate`` both prefill here, so their TTFT, peak memory and
+    first token cannot drift apart."""
+    return model(input_ids, cache=cache, use_cache=True).logits[:, -1]
+
+
 @torch.no_grad()
 def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_ids: set[int],
                     device: str = "cpu") -> GenResult:
@@ -135,7 +143,7 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_ids
     with PeakMemory(device) as mem:
         _sync(device)
         t0 = time.perf_counter()
-        logits = model(input_ids, cache=cache, use_cache=True).logits[:, -1]
+        logits = prefill_logits(model, input_ids, cache)
         nxt = int(logits.argmax(-1))
         _sync(device)
         ttft = time.perf_counter() - t0

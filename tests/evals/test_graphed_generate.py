@@ -137,3 +137,46 @@ def test_ruler_graphed_decode_same_answers_and_says_what_ran(tmp_path):
         "LolaCache, eager (no static state: --pin-needle pins the eager merge)"]
     with pytest.raises(Exception, match="unknown --decode-mode"):
         run_ruler(loaded, variants, RulerSettings(**rs, decode_mode="fast"))
+
+
+def test_prefill_is_the_eager_loops(tiny):
+    """TTFT, peak memory and the first token are the prefill's: the graphed path prefills with the very call of the
+    eager loop (every position's logits), so eager and graphed cells measure the same prefill."""
+    import functools
+
+    heads = []
+    forward = tiny.forward
+
+    @functools.wraps(forward)
+    def spy(*a, **kw):
+        out = forward(*a, **kw)
+        heads.append(out.logits.shape[1])
+        return out
+
+    tiny.forward = spy
+    try:
+        both(tiny, new=4)
+    finally:
+        del tiny.forward
+    eager, graphed = heads[:4], heads[4:]
+    assert eager[0] == graphed[0] == PROMPT, heads      # the prefill's logits: every prompt position, both paths
+
+
+def test_static_copy_holds_one_layer_twice_at_most(tiny, monkeypatch):
+    """The DynamicCache -> StaticCache copy drops each prefilled layer once copied: while layer i is copied, the
+    layers before it are gone (else the peak memory would count a second K/V cache the eager loop never holds)."""
+    from transformers import DynamicCache, StaticCache
+
+    from lola_bench.evals.graphed_generate import static_full_cache
+    from lola_bench.evals.timing import dynamic_cache_bytes
+
+    cache = DynamicCache(config=tiny.config)
+    with torch.no_grad():
+        tiny(prompt(), cache=cache, use_cache=True)
+    n, total = len(cache.layers), dynamic_cache_bytes(cache)
+    held, update = [], StaticCache.update
+    monkeypatch.setattr(StaticCache, "update", lambda self, k, v, i, *a, **kw: (
+        held.append(dynamic_cache_bytes(cache)), update(self, k, v, i, *a, **kw))[1])
+    out = static_full_cache(tiny, cache, PROMPT + 4)
+    assert n > 1 and held == [total * (n - i) // n for i in range(n)]
+    assert dynamic_cache_bytes(cache) == 0 and int(out.get_seq_length()) == PROMPT
