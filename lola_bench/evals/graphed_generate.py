@@ -10,8 +10,8 @@ steps, is captured once as a CUDA graph and replayed per token until an end-of-s
 LoLA's chunk-boundary merge runs eagerly between replays. Off CUDA the same static step runs eagerly. The copy, the
 warm-up and the capture are in no timing (``decode_setup_s``); ``decode_s_per_token`` is the mean over the replayed
 steps (None when the generation ended before them). A LoLA configuration without a static state (``evict_at =
-prompt_end``, attention-mass scorers, the needle oracle) decodes eagerly through its LolaCache, and ``decode_impl``
-says so and why.
+prompt_end``, attention-mass scorers, the needle oracle) decodes eagerly through its LolaCache, and full attention
+with sliding-window layers through its DynamicCache; ``decode_impl`` says so and why.
 """
 
 from __future__ import annotations
@@ -41,6 +41,17 @@ def static_full_cache(model, cache, max_len: int):
     return out
 
 
+def static_full_reason(model) -> str | None:
+    """Why full attention has no capturable static cache (None when it has one): transformers' sliding-window static
+    layers keep their length in a host int that a replay does not advance (a replay past the window would write out
+    of bounds)."""
+    cfg = model.config
+    types = getattr(cfg, "layer_types", None) or []
+    if getattr(cfg, "sliding_window", None) is not None or any(t != "full_attention" for t in types):
+        return "sliding-window layers: transformers' static layer keeps its length on the host"
+    return None
+
+
 @torch.no_grad()
 def graphed_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_ids: set[int], device: str = "cuda",
                      graph: bool = True, no_static: str | None = None) -> GenResult:
@@ -56,7 +67,7 @@ def graphed_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_id
     kw = forward_kw(model)
     patched = is_patched(model)
     cache = new_cache(model) if patched else DynamicCache(config=model.config)
-    reason = no_static or (static_reason(model) if patched else None)
+    reason = no_static or (static_reason(model) if patched else static_full_reason(model))
     with PeakMemory(device) as mem:
         _sync(device)
         t0 = time.perf_counter()

@@ -180,3 +180,17 @@ def test_static_copy_holds_one_layer_twice_at_most(tiny, monkeypatch):
     out = static_full_cache(tiny, cache, PROMPT + 4)
     assert n > 1 and held == [total * (n - i) // n for i in range(n)]
     assert dynamic_cache_bytes(cache) == 0 and int(out.get_seq_length()) == PROMPT
+
+
+def test_sliding_window_full_attention_decodes_eagerly_and_says_why():
+    """A sliding-window model (Mistral v0.1, Qwen2 with use_sliding_window): transformers' static sliding layer keeps
+    its length in a host int, which a replayed graph never advances, so full attention keeps its DynamicCache."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, sliding_window=16, initializer_range=0.5)
+    model = MistralForCausalLM(cfg).eval()
+    ref, got = both(model)
+    assert got.tokens == ref.tokens
+    assert got.decode_impl.startswith("DynamicCache, eager (no static state: sliding-window layers")
