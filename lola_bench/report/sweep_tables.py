@@ -150,15 +150,28 @@ def _sweep_tables(df: pd.DataFrame) -> list[str]:
     return out
 
 
+EAGER_DECODE = "eager (one forward per token)"     # evals.timing.EAGER_DECODE (no torch import here)
+WARMUP_END = "generation ended during warm-up"     # a sample of a graphed cell too short to replay (timing.py)
+
+
 def decode_paths_note(s: pd.DataFrame) -> str:
     """Which decode path the cells' decode latencies come from (``decode_impl``), so that a table mixing eager and
-    graphed decode says so; cells from before the column existed ran the eager loop."""
-    impl = (s["decode_impl"] if "decode_impl" in s.columns else pd.Series(index=s.index, dtype=object))
-    counts = impl.astype(object).fillna("not recorded (eager, before decode_impl)").value_counts()
+    graphed decode says so. Only rows with a decode latency count; rows from before the column ran the eager loop
+    (ruler had no other), and a cell some of whose samples ended during the warm-up counts as the path of the rest."""
+    timed = s[s["decode_ms_per_token"].notna()]
+    impl = timed["decode_impl"] if "decode_impl" in timed.columns else pd.Series(index=timed.index, dtype=object)
+    counts = impl.astype(object).map(_decode_path).value_counts()
     if len(counts) == 1:
         return f"Decode path: {counts.index[0]}.\n"
     listed = "; ".join(f"{k} ({v} cells)" for k, v in counts.items())
     return f"> **Decode paths differ between cells:** {listed}. See `decode_impl` in sweep.csv.\n"
+
+
+def _decode_path(impl) -> str:
+    if not isinstance(impl, str) or not impl:
+        return EAGER_DECODE
+    parts = impl.split("; ")
+    return "; ".join([p for p in parts if WARMUP_END not in p] or parts)
 
 
 def mean_over_tasks(ok: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:

@@ -89,14 +89,22 @@ def test_short_prompts_are_flagged():
 
 def test_decode_latency_table_says_which_decode_paths_it_mixes():
     df = sweep_frame()
-    assert "Decode path: not recorded (eager, before decode_impl)." in sweep_markdown(df)
-    df["decode_impl"] = "eager (one forward per token)"
+    assert "Decode path: eager (one forward per token)." in sweep_markdown(df)   # before the column: eager
+    df["decode_impl"] = df["decode_impl"].astype(object)
+    df.loc[df["ctx"] == 512, "decode_impl"] = "eager (one forward per token)"
     md = sweep_markdown(df)
     assert "Decode path: eager (one forward per token)." in md and "differ between cells" not in md
+    df["decode_impl"] = "eager (one forward per token)"
     df.loc[df["attn"] == "lola", "decode_impl"] = "static cache, CUDA graph"
     md = sweep_markdown(df)
     assert "**Decode paths differ between cells:** static cache, CUDA graph (32 cells); eager (one forward per " \
            "token) (12 cells)" in md
+    # a graphed cell some of whose samples ended in the warm-up, and a row without a decode latency: no new path
+    df.loc[df["attn"] == "base", "decode_impl"] = \
+        "static cache, CUDA graph; static cache, eager (generation ended during warm-up)"
+    df.loc[df["attn"] == "full", ["decode_impl", "decode_ms_per_token"]] = [None, float("nan")]
+    md = sweep_markdown(df)
+    assert "Decode path: static cache, CUDA graph." in md, md
 
 
 def test_render_report_from_csv_alone_and_merged(tmp_path):
