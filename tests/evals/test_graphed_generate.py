@@ -194,3 +194,73 @@ def test_sliding_window_full_attention_decodes_eagerly_and_says_why():
     ref, got = both(model)
     assert got.tokens == ref.tokens
     assert got.decode_impl.startswith("DynamicCache, eager (no static state: sliding-window layers")
+
+
+class _HostReads:
+    """Counts the tensor values read on the host (``.item()``, ``int(t)``, ``bool(t)``: a sync, which breaks a CUDA
+    graph capture) while active."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        outer = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func is torch.ops.aten._local_scalar_dense.default:
+                    outer.n += 1
+                return func(*args, **(kwargs or {}))
+
+        self.n, self._mode = 0, Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
+
+
+def _host_values(cache) -> list:
+    """Every plain host value of the cache's layers (and of a LoLA layer's state): what a replay would not update."""
+    out = []
+    for i, layer in enumerate(cache.layers):
+        for obj in (layer, getattr(layer, "state", None)):
+            out += [(i, k, v) for k, v in getattr(obj, "__dict__", {}).items() if isinstance(v, (bool, int, float))]
+    return out
+
+
+@pytest.mark.parametrize("cfg", [None, LolaConfig(window=8, sparse=6, sinks=2),
+                                 LolaConfig(window=6, sparse=4, fold=False, scorer="key_norm")])
+def test_the_captured_step_is_device_work_only(tiny, cfg):
+    """What a CUDA graph needs of the step it captures, checked on CPU: the step reads no tensor value on the host
+    and changes no host-side value of the static cache (a replay runs no Python, so it would leave them stale).
+    The merge (``prepare``) and ``advance_host`` run outside the step."""
+    from transformers import DynamicCache
+
+    from lola_bench.evals.graphed_decode import decode_step, static_lola, step_kernels
+    from lola_bench.evals.graphed_generate import static_full_cache
+    from lola_bench.models.patch import new_cache
+
+    if cfg is not None:
+        patch_model(tiny, cfg)
+    try:
+        with torch.no_grad():
+            cache = new_cache(tiny) if cfg else DynamicCache(config=tiny.config)
+            tok = tiny(prompt(), cache=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+            if cfg:
+                cache, evict, _, use_kernels = static_lola(tiny, cache, PROMPT + 8)
+            else:
+                cache, use_kernels = static_full_cache(tiny, cache, PROMPT + 8), False
+            step = decode_step(tiny, cache, tok, torch.tensor([PROMPT]), "cache")
+            with step_kernels(tiny, use_kernels) if cfg else torch.no_grad():
+                for _ in range(3):
+                    if cfg:
+                        cache.prepare(evict)
+                    before = _host_values(cache)
+                    with _HostReads() as reads:
+                        step()
+                    assert reads.n == 0 and _host_values(cache) == before
+                    if cfg:
+                        cache.advance_host()
+    finally:
+        if cfg is not None:
+            unpatch_model(tiny)
