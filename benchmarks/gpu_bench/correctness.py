@@ -34,16 +34,16 @@ def generation_checks(device: str) -> list[dict]:
     from lola_bench.evals.graphed_generate import graphed_generate
     from lola_bench.evals.timing import greedy_generate
     from lola_bench.models.loading import random_model
-    from lola_bench.models.patch import patch_model, unpatch_model
+    from lola_bench.models.patch import is_patched, patch_model, unpatch_model
 
     model = random_model("tiny", torch.float32, seed=1, initializer_range=0.5).to(device)
     ids = torch.randint(100, 4000, (1, 150), generator=torch.Generator().manual_seed(0))
     out = []
     for name, cfg in (("full", None), ("lola", LolaConfig(window=16, sparse=24, sinks=2, gqa="grouped")),
                       ("evict", LolaConfig(window=16, sparse=24, fold=False, scorer="key_norm"))):
-        if cfg is not None:
-            patch_model(model, cfg)
         try:
+            if cfg is not None:
+                patch_model(model, cfg)
             want = greedy_generate(model, ids, 70, set(), device).tokens
             got = graphed_generate(model, ids, 70, set(), device)
         except Exception as e:  # noqa: BLE001 - a failed check is a row, the other checks still run
@@ -51,13 +51,15 @@ def generation_checks(device: str) -> list[dict]:
                         "tol": 0.0, "ok": False, "error": f"{type(e).__name__}: {str(e)[:300]}"})
             continue
         finally:
-            if cfg is not None:
+            if cfg is not None and is_patched(model):
                 unpatch_model(model)
         bad = sum(a != b for a, b in zip(got.tokens, want)) / len(want) if len(got.tokens) == len(want) else 1.0
+        first_diff = next((i for i, (a, b) in enumerate(zip(got.tokens, want)) if a != b), None)
         ran = "static cache, CUDA graph" if device == "cuda" else "static cache, eager (not a CUDA device)"
         out.append({"check": f"graphed_generate_{name}_tokens", "shape": "random:tiny fp32", "rel_err": bad,
                     "tol": 0.0, "ok": bad == 0.0 and got.decode_impl == ran,
-                    "decode_impl": got.decode_impl, "decode_ms_per_token": 1e3 * (got.decode_s_per_token or 0)})
+                    "decode_impl": got.decode_impl, "decode_ms_per_token": 1e3 * (got.decode_s_per_token or 0),
+                    "first_differing_token": first_diff})
     return out
 
 

@@ -34,7 +34,8 @@ DECODE_HELP = ("How decode steps run: graphed (the prefilled cache copied into a
                "captured as a CUDA graph and replayed per token, LoLA's chunk-boundary merge eagerly between "
                "replays; off CUDA the same step runs eagerly, and the row's decode_impl says so and why), eager (one "
                "model forward per token through the variant's own cache, as generate() runs), auto (graphed on "
-               "CUDA, eager elsewhere).")
+               "CUDA, eager elsewhere). Graphed decode gives the eager tokens in float32; in bfloat16 its rounding "
+               "differs slightly and can flip a near-tied token.")
 
 INTS = "INTEGER[,INTEGER...]"     # the --help metavar of an integer list flag (repeat it or comma-separate)
 NAMES = "TEXT[,TEXT...]"

@@ -118,31 +118,33 @@ def timed_steps(step, tok: torch.Tensor, device: str, graph: bool, n_warm: int, 
 
     how, why, error, run = "eager", None, None, eager
     if graph and is_cuda(device):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(n_warm):
-                if ended():
-                    break
-                eager()
-                generated.append(int(tok))
-        torch.cuda.current_stream().wait_stream(side)
-        if ended():
-            return _untimed("generation ended during warm-up")
-        try:
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                step()                      # recorded, not run: the replays below advance tok and the positions
-            how = "CUDA graph"
+        with torch.cuda.device(torch.device(device)):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(n_warm):
+                    if ended():
+                        break
+                    eager()
+                    generated.append(int(tok))
+            torch.cuda.current_stream().wait_stream(side)
+            if ended():
+                return _untimed("generation ended during warm-up")
+            if n_tokens == 0:
+                why = "nothing left to replay after the warm-up"
+            else:
+                try:
+                    g = capture(step, side)
+                    how = "CUDA graph"
 
-            def run():
-                pre()
-                g.replay()
-                after()
-        except Exception as e:              # e.g. a host sync inside the forward: say so, time it eagerly
-            error = _first_line(e)
-            why = f"capture failed: {error}"
-            torch.cuda.synchronize()
+                    def run():
+                        pre()
+                        g.replay()
+                        after()
+                except Exception as e:      # e.g. a host sync inside the forward: say so, time it eagerly
+                    error = _first_line(e)
+                    why = f"capture failed: {error}"
+                    torch.cuda.synchronize()
     else:
         why = "not a CUDA device" if not is_cuda(device) else "graph capture not asked for"
         for _ in range(n_warm):
@@ -166,6 +168,26 @@ def timed_steps(step, tok: torch.Tensor, device: str, graph: bool, n_warm: int, 
     _sync(device)
     return {"dt": (time.perf_counter() - t0) / steps if steps else None, "steps": steps, "how": how, "why": why,
             "capture_error": error, "merges": merges[0]}
+
+
+def capture(step, stream) -> torch.cuda.CUDAGraph:
+    """``step`` recorded (not run) as a CUDA graph on ``stream``. As ``torch.cuda.graph`` does, without its
+    ``empty_cache()``: a generation captures once per sample, and emptying the allocator's cache each time would make
+    the next sample's prefill allocate afresh (a TTFT the eager loop never pays)."""
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        g.capture_begin()
+        try:
+            step()
+        except BaseException:
+            try:
+                g.capture_end()
+            except Exception:               # noqa: BLE001 - the capture is already broken; report the first error
+                pass
+            raise
+        g.capture_end()
+    return g
 
 
 def _untimed(why: str) -> dict:

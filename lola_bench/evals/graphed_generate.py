@@ -12,6 +12,12 @@ warm-up and the capture are in no timing (``decode_setup_s``); ``decode_s_per_to
 steps (None when the generation ended before them). A LoLA configuration without a static state (``evict_at =
 prompt_end``, attention-mass scorers, the needle oracle) decodes eagerly through its LolaCache, and full attention
 with sliding-window layers through its DynamicCache; ``decode_impl`` says so and why.
+
+What differs from the eager loop, besides the host overhead it removes: ``decode_s_per_token`` leaves out the first
+decode steps (the warm-up), so a sample needs more than ``1 + N_WARM`` tokens to have one, and a cell's median can
+cover fewer samples than the eager cell's; the tokens are the eager loop's in fp32 (tested on CPU and checked on
+the device by ``scripts/gpu_bench.py``), while in bf16 the static cache's masked attention over its whole length and
+LoLA's fixed-grid decode kernel round differently from the eager path and can flip a near-tied greedy token.
 """
 
 from __future__ import annotations

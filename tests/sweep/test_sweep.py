@@ -186,6 +186,9 @@ def test_graphed_decode_cells_have_their_own_ids(monkeypatch):
     graphed = cells(replace(SPEC, decode_mode="graphed"))
     assert all(c.config.decode == "graphed" and c.config.to_dict()["decode"] == "graphed" for c in graphed)
     assert not {c.cell_id for c in graphed} & {c.cell_id for c in eager}
+    on_gpu = cells(replace(SPEC, device="cuda"))                         # auto on CUDA: graphed
+    assert all(c.config.decode == "graphed" for c in on_gpu)
+    assert [c.cell_id for c in cells(replace(SPEC, device="cuda", decode_mode="eager"))] != [c.cell_id for c in on_gpu]
     with pytest.raises(UserError, match="unknown --decode-mode 'fast'"):
         replace(SPEC, decode_mode="fast")
     import lola_bench.evals.ruler_bench as rb
