@@ -1,5 +1,10 @@
 """Prefill (TTFT) and decode timing on random token prompts: full attention vs LoLA variants.
 
+TTFT is the prompt's forward with the output head applied to the last position only (``logits_to_keep=1``, as
+``generate()`` and ``scripts/gpu_bench.py`` run it; rows say ``prefill_logits``) plus the first token's argmax. Runs
+committed before that column existed applied the head to every prompt position (the same cost for every variant,
+so their TTFT ratios to full attention were closer to 1).
+
 Median over ``repeats`` timed runs after one untimed warm-up run per (variant, context); the variants take turns,
 one repeat each (``run_speed``), so drift of the machine's speed hits them alike. Token ids are random (speed does
 not depend on content).
@@ -39,6 +44,7 @@ from ..settings import implementation_columns, variant_columns
 from .timing import EAGER_DECODE, PeakMemory, _sync, graphed_decode_on
 
 MIB = 1024 * 1024
+PREFILL_LOGITS = "last position"    # TTFT's prefill computes the head for the last position only, as generate() does
 
 def prompt_ids(ctx: int, seed: int, device: str) -> torch.Tensor:
     """The random prompt (1, ctx) of a timed run (the same for every variant)."""
@@ -57,14 +63,14 @@ def time_variant(model, ctx: int, decode_tokens: int, device: str, seed: int = 0
     with PeakMemory(device) as mem:
         _sync(device)
         t0 = time.perf_counter()
-        logits = model(ids, cache=cache, use_cache=True).logits[:, -1]
+        logits = model(ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]   # as generate() does
         nxt = logits.argmax(-1, keepdim=True)
         _sync(device)
         prefill = time.perf_counter() - t0
         steps = []
         for _ in range(decode_tokens):
             t1 = time.perf_counter()
-            nxt = model(nxt, cache=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+            nxt = model(nxt, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
             _sync(device)
             steps.append(time.perf_counter() - t1)
     amortized, n_boundary = amortized_decode(steps, ctx, chunk)
@@ -145,7 +151,7 @@ def run_speed(loaded, variants, ctxs: list[int], *, repeats: int = 3, decode_tok
                          "decode_amortized_ms_per_token": statistics.median(
                              x["decode_amortized_ms_per_token"] for x in rs),
                          "decode_boundary_tokens": rs[0]["decode_boundary_tokens"] if rs else 0,
-                         "peak_mem_mib": max(x["peak_mem_mib"] for x in rs),
+                         "peak_mem_mib": max(x["peak_mem_mib"] for x in rs), "prefill_logits": PREFILL_LOGITS,
                          "decode_impl": " + ".join(dict.fromkeys(x["decode_impl"] for x in rs
                                                                  if x.get("decode_impl"))) or None,
                          **({"decode_gbs": statistics.median(x["decode_gbs"] for x in rs),

@@ -36,3 +36,24 @@ def test_variants_take_turns_and_rows_keep_their_own_timings(monkeypatch):
     assert got.loc[("lola", 512), "ttft_s"] == 1.005 and got.loc[("full", 1024), "ttft_s"] == 2.005   # medians
     assert got.loc[("lola", 512), "ttft_vs_full"] == 1.005 / 2.005
     assert got.loc[("lola", 512), "implementation"] == "impl-lola"
+
+
+def test_ttft_applies_the_head_to_the_last_position_only():
+    """As generate() (and gpu_bench) prefill: the output head on the last prompt position, not on every one; rows
+    say so."""
+    import torch
+
+    from lola_bench.models.loading import random_model
+
+    model = random_model("tiny", torch.float32)
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[1]))
+    try:
+        speed.time_variant(model, 40, 2, "cpu")
+    finally:
+        hook.remove()
+    assert seen == [1, 1, 1]                       # the prefill's head input is one position, then two decode steps
+    variants = [AttentionSettings("full")]
+    df = speed.run_speed(SimpleNamespace(model=model, spec="random:tiny", device="cpu"), variants, [40], repeats=1,
+                         decode_tokens=1, decode_mode="eager")
+    assert df["prefill_logits"].tolist() == ["last position"]
