@@ -211,7 +211,10 @@ def block_needle_ablation() -> str:
 
 
 SPEED = REPO / "results" / "speed"
-SPEED_RUN = "smollm2-135m-cpu-quiet-roundrobin"        # the newest quiet whole-model run
+SPEED_RUN = "smollm2-135m-cpu-quiet-last-logits-5x"   # the newest quiet whole-model run (head on the last position)
+# earlier quiet runs of the same measurement, shown as ratios next to it: how much a ratio moves from run to run here
+SPEED_OTHER_RUNS = ("smollm2-135m-cpu-quiet-last-logits", "smollm2-135m-cpu-quiet-roundrobin")
+TTFT_TARGETS = {1024: 1.15, 4096: 1.0}                  # issue #16 item 5: LoLA's TTFT / full attention's, at most
 LAYER_RUNS = (("off", "fused-0.json"), ("on", "fused-1.json"))   # LOLA_CPU_FUSED=0 / 1
 
 
@@ -226,7 +229,8 @@ def block_cpu_speed() -> str:
         "threads": df["threads"], "TTFT s (median)": df["ttft_s"].round(2), "TTFT s (min)": df["ttft_min_s"].round(2),
         "TTFT / full": df["ttft_vs_full"].round(3), "decode ms/token": df["decode_ms_per_token"].round(1),
         "implementation": df["implementation"]})
-    out = [f"*Whole model* (`results/speed/{SPEED_RUN}`)", "", frame_to_markdown(whole)]
+    out = [f"*Whole model* (`results/speed/{SPEED_RUN}`, {int(df['repeats'].iloc[0])} repeats)", "",
+           frame_to_markdown(whole).strip(), "", _ttft_targets(df)]
     rows = []
     for fused, name in LAYER_RUNS:
         f = SPEED / "cpu-prefill-layer" / name
@@ -247,6 +251,29 @@ def block_cpu_speed() -> str:
         out += ["", "*One layer* (`results/speed/cpu-prefill-layer/fused-0.json`, `fused-1.json`: minima; the parts "
                 "are those of the plain path's best run)", "", frame_to_markdown(pd.DataFrame(rows))]
     return "\n".join(out)
+
+
+def _ratios(df: pd.DataFrame) -> dict[int, float]:
+    lola = df[df["attn"] == "lola"]
+    return {int(c): float(r) for c, r in zip(lola["ctx"], lola["ttft_vs_full"])}
+
+
+def _ttft_targets(df: pd.DataFrame) -> str:
+    """Issue #16's CPU TTFT targets against this run's medians, and the same ratios in the earlier quiet runs."""
+    got = _ratios(df)
+    parts = [f"{c}: {got[c]:.3f}x (target <= {t:g}x: {'met' if got[c] <= t else 'not met'})"
+             for c, t in TTFT_TARGETS.items() if c in got]
+    others = []
+    for name in SPEED_OTHER_RUNS:
+        f = SPEED / name / "summary.csv"
+        if f.is_file():
+            o = pd.read_csv(f)
+            head = "every" if "prefill_logits" not in o.columns else "the last"
+            r = _ratios(o)
+            others.append(f"`{name}` ({int(o['repeats'].iloc[0])} repeats, head on {head} prompt position): "
+                          + ", ".join(f"{c}: {r[c]:.3f}x" for c in TTFT_TARGETS if c in r))
+    return ("LoLA's TTFT / full attention's (medians): " + "; ".join(parts) + "."
+            + (" Earlier quiet runs: " + "; ".join(others) + "." if others else ""))
 
 
 BLOCKS = {"suite": block_suite, "equal-memory": block_equal_memory, "8k": block_8k,
