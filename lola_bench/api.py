@@ -100,10 +100,12 @@ def _as_loaded(loaded_or_spec, load_kwargs: dict) -> Loaded:
 
 def run_ruler(loaded_or_spec="smollm2-135m", *, tasks=("niah_single_1",), ctx=(4096,), samples: int = 100,
               attn=("full", "base", "lola"), seed: int = 0, chat_template: bool | None = None,
-              essay_path: str | None = None, qa_path: str | None = None, decode_mode: str = "auto", **load_kwargs):
+              essay_path: str | None = None, qa_path: str | None = None, decode_mode: str = "auto",
+              prefill_logits: str = "last", **load_kwargs):
     """RULER accuracy, TTFT, decode latency and memory per variant: the summary frame of ``lola-bench ruler``.
     ``loaded_or_spec``: a ``Loaded`` (its settings give the variants) or a model spec (``load_kwargs`` go to
-    ``load``). ``decode_mode``: as ``ruler --decode-mode``. The model is left patched as it was loaded."""
+    ``load``). ``decode_mode``, ``prefill_logits``: as ``ruler --decode-mode`` / ``--prefill-logits``. The model is
+    left patched as it was loaded."""
     from .evals.ruler.haystack import default_essay_path
     from .evals.ruler_bench import RulerSettings, expand_tasks
     from .evals.ruler_bench import run_ruler as _run
@@ -118,7 +120,7 @@ def run_ruler(loaded_or_spec="smollm2-135m", *, tasks=("niah_single_1",), ctx=(4
     ctxs = (ctx,) if isinstance(ctx, int) else tuple(ctx)
     rs = RulerSettings(tasks=task_list, ctxs=ctxs, samples=samples, seed=seed,
                        essay_path=default_essay_path(essay_path), qa_path=qa_path, chat_template=chat_template,
-                       decode_mode=decode_mode)
+                       decode_mode=decode_mode, prefill_logits=prefill_logits)
     modes = (attn,) if isinstance(attn, str) else tuple(attn)
     try:
         out = _run(lm.loaded, lm.variants(modes), rs, ckpt=lm.checkpoint, device_label=device_label(lm.loaded.device))

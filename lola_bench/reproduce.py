@@ -80,6 +80,9 @@ def rerun_args(cfg: dict, out: str | Path, samples: int | None = None, limit: in
             raise UserError(f"--limit applies to commonsense runs; this run is `{cfg['command']}`")
         args = _set_option(args, "--limit", limit)
     args = [a for a in args if a != "--overwrite"]
+    if cfg["command"] == "ruler" and "prefill_logits" not in (cfg.get("ruler") or {}) \
+            and "--prefill-logits" not in args:
+        args += ["--prefill-logits", "all"]     # recorded before the flag: its prefill applied the head everywhere
     return _set_option(args, "--out", out)
 
 

@@ -38,12 +38,12 @@ for name in "${ORDER[@]}"; do
   # shellcheck disable=SC2086
   [ -f "$OUT/$name/summary.csv" ] ||
     lola-bench ruler --task "$task" --ctx "${CTXS[$name]:-2048,4096}" --samples 20 --attn lola $flags \
-      --out "$OUT/$name"
+      --prefill-logits all --out "$OUT/$name"
   case $NEEDLE_ONLY in *" $name "*) continue ;; esac
   # shellcheck disable=SC2086
   [ -f "$OUT/$name-passkey/summary.csv" ] ||
     lola-bench ruler --task passkey --ctx 4096 --samples 10 --no-chat-template --attn lola $flags \
-      --out "$OUT/$name-passkey"
+      --prefill-logits all --out "$OUT/$name-passkey"
   # shellcheck disable=SC2086
   [ -f "$OUT/$name-perplexity/summary.csv" ] ||
     lola-bench perplexity --seq-len 4096 --max-tokens 8192 --attn lola $flags --out "$OUT/$name-perplexity"

@@ -154,3 +154,14 @@ def test_ruler_threads_recorded_and_reproduce_gives_identical_accuracy(tmp_path,
     assert list(pd.read_csv(tmp_path / "a" / "summary.csv")["threads"]) == [1, 1]     # --threads, in every row
     new = json.loads((tmp_path / "b" / "config.json").read_text())
     assert new["ruler"] == cfg["ruler"] and new["attention"] == cfg["attention"]
+
+
+def test_reproduce_keeps_the_prefill_head_of_runs_recorded_before_the_flag():
+    """A ruler run recorded before --prefill-logits applied the output head to every prompt position: its rerun says
+    --prefill-logits all; a run that records the setting reruns as recorded."""
+    from lola_bench.reproduce import rerun_args
+
+    old = {"command": "ruler", "ruler": {"samples": 1}, "provenance": {"command": "lola-bench ruler --ctx 256"}}
+    assert rerun_args(old, "out")[-4:] == ["--prefill-logits", "all", "--out", "out"]
+    new = {**old, "ruler": {"samples": 1, "prefill_logits": "last"}}
+    assert "--prefill-logits" not in rerun_args(new, "out")

@@ -14,7 +14,19 @@ from .app import app
 from .checks import at_least, check_model
 from .display import Bar, console, err_console, print_frame, user_errors
 from .notices import add_checkpoint_column, print_checkpoint_notice
-from .options import DECODE_HELP, INTS, NAMES, DecodeMode, DeviceOpt, RunOptions, int_list, run_options, split_list
+from .options import (
+    DECODE_HELP,
+    INTS,
+    NAMES,
+    PREFILL_LOGITS_HELP,
+    DecodeMode,
+    DeviceOpt,
+    PrefillLogits,
+    RunOptions,
+    int_list,
+    run_options,
+    split_list,
+)
 
 
 @app.command()
@@ -104,6 +116,7 @@ def ruler(
                                              "<scorer>+needle-pin; LoLA runs the torch path.")] = False,
     decode_mode: Annotated[DecodeMode, typer.Option("--decode-mode", help=DECODE_HELP + " Decode timings only: "
                                                     "TTFT and the prefill are the same either way.")] = "auto",
+    prefill_logits: Annotated[PrefillLogits, typer.Option("--prefill-logits", help=PREFILL_LOGITS_HELP)] = "last",
 ):
     """RULER needle-in-a-haystack accuracy with TTFT, decode latency and memory, per attention variant.
 
@@ -134,7 +147,7 @@ def ruler(
         raise UserError(str(e)) from None
     rs = RulerSettings(tasks=tasks, ctxs=tuple(ctx), samples=samples, seed=seed, essay_path=essay, qa_path=qa_path,
                        chat_template=chat_template, diagnostics=diagnostics, pin_needle=pin_needle,
-                       decode_mode=decode_mode)
+                       decode_mode=decode_mode, prefill_logits=prefill_logits)
     validate(rs, 0)                       # flags and haystack data (parsed), before anything is written
     for t, reason in skipped.items():
         err_console.print(f"[yellow]--task all: skipping {t} ({reason})[/]", highlight=False)

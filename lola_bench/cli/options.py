@@ -30,6 +30,10 @@ Preset = Literal[tuple(PRESETS)]
 Kernels = Literal[KERNEL_MODES]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 DecodeMode = Literal[DECODE_MODES]
+PrefillLogits = Literal["last", "all"]
+PREFILL_LOGITS_HELP = ("The prefill's output head: on the last prompt position only (last, as generate() does: TTFT "
+                       "and peak memory are the model's), or on every prompt position (all: what lola-bench measured "
+                       "before this flag existed; keeps the cell ids of sweeps begun then, so they resume).")
 DECODE_HELP = ("How decode steps run: graphed (the prefilled cache copied into a static one, one decode step "
                "captured as a CUDA graph and replayed per token, LoLA's chunk-boundary merge eagerly between "
                "replays; off CUDA the same step runs eagerly, and the row's decode_impl says so and why), eager (one "

@@ -14,6 +14,7 @@ from .options import (
     DECODE_HELP,
     INTS,
     NAMES,
+    PREFILL_LOGITS_HELP,
     ChunkOpt,
     CkptOpt,
     CombineOpt,
@@ -22,6 +23,7 @@ from .options import (
     DtypeOpt,
     GqaOpt,
     ModelOpt,
+    PrefillLogits,
     PresetOpt,
     SinksOpt,
     ThreadsOpt,
@@ -101,6 +103,8 @@ def sweep(
                                               "--help`); not part of a cell's id.")] = True,
     decode_mode: Annotated[DecodeMode, typer.Option("--decode-mode", help=DECODE_HELP + " Ruler cells; a graphed "
                                                     "cell's id says so (eager cells keep theirs).")] = "auto",
+    prefill_logits: Annotated[PrefillLogits, typer.Option("--prefill-logits", help=PREFILL_LOGITS_HELP + " Ruler "
+                                                          "cells.")] = "last",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid, what is done, and an ETA; run "
                                           "nothing.")] = False,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Reuse the cells already finished in --out "
@@ -146,7 +150,7 @@ def sweep(
                      lambdas=ints("--lambda", lam), windows=ints("--window", window), ctxs=ints("--ctx", ctx),
                      tasks=strs(task), scorers=strs(scorer),
                      feature_maps=strs(feature_map) or (None,), full=full, evict=evict, diagnostics=diagnostics,
-                     decode_mode=decode_mode,
+                     decode_mode=decode_mode, prefill_logits=prefill_logits,
                      evict_scorers=strs(evict_scorer), evict_at=strs(evict_at), samples=samples, seed=seed,
                      budgets_mib=strs(budget_mib),
                      combine=combine, sinks=sinks, gqa=gqa, chunk=chunk, preset=preset, kernels=kernels_flag(),

@@ -60,7 +60,7 @@ def static_full_reason(model) -> str | None:
 
 @torch.no_grad()
 def graphed_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_ids: set[int], device: str = "cuda",
-                     graph: bool = True, no_static: str | None = None) -> GenResult:
+                     graph: bool = True, no_static: str | None = None, logits: str = "last") -> GenResult:
     """Greedy decoding as ``greedy_generate`` (same tokens), decode steps on a static cache, captured and replayed
     on CUDA when ``graph`` (module docstring). ``no_static``: a reason to decode eagerly through the variant's own
     cache instead (the caller knows, e.g. the needle oracle pins its selection in the eager merge)."""
@@ -77,7 +77,7 @@ def graphed_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_id
     with PeakMemory(device) as mem:
         _sync(device)
         t0 = time.perf_counter()
-        tok = prefill_logits(model, input_ids, cache).argmax(-1, keepdim=True)   # the full logits die here
+        tok = prefill_logits(model, input_ids, cache, logits).argmax(-1, keepdim=True)
         _sync(device)
         ttft = time.perf_counter() - t0
         tokens = [int(tok)]

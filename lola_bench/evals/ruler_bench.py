@@ -19,7 +19,7 @@ from ..settings import AttentionSettings, implementation_columns, variant_column
 from ..stats import wilson_interval
 from .graphed_generate import graphed_generate
 from .ruler import RULER_TASKS, TASKS, generate_samples, score_sample, task_unavailable_reason
-from .timing import DECODE_MODES, eos_token_ids, graphed_decode_on, greedy_generate
+from .timing import DECODE_MODES, PREFILL_LOGITS, eos_token_ids, graphed_decode_on, greedy_generate
 
 MIB = 1024 * 1024
 
@@ -27,8 +27,8 @@ SUMMARY_COLUMNS = ["model", "attn", "window", "lambda", "sinks", "scorer", "feat
                    "n", "accuracy", "accuracy_ci_low", "accuracy_ci_high",
                    "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib", "full_kv_mib", "window_mib",
                    "sparse_mib", "state_mib", "phi_k_mib", "mean_prompt_tokens", "combine", "gqa", "chunk",
-                   "settings_from", "implementation", "decode_impl", "threads", "checkpoint", "device", "chat_template",
-                   "needle_kept"]
+                   "settings_from", "implementation", "decode_impl", "prefill_logits", "threads", "checkpoint",
+                   "device", "chat_template", "needle_kept"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class RulerSettings:
     diagnostics: bool = True            # needle diagnostics columns for LoLA variants on needle tasks (diagnostics/)
     pin_needle: bool = False            # oracle ablation: needle tokens kept exact in every layer (diagnostics/oracle)
     decode_mode: str = "auto"           # auto | graphed | eager: how decode steps run (evals/graphed_generate.py)
+    prefill_logits: str = "last"        # last | all: the prefill's output head on the last prompt position or on all
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -83,6 +84,8 @@ def validate(settings: RulerSettings, max_context: int) -> None:
     """Everything that can be checked before any model work (so a bad flag leaves no run directory)."""
     if settings.samples < 1:
         raise UserError(f"--samples must be >= 1, got {settings.samples}")
+    if settings.prefill_logits not in PREFILL_LOGITS:
+        raise UserError(f"unknown --prefill-logits {settings.prefill_logits!r}: choose {' or '.join(PREFILL_LOGITS)}")
     if settings.decode_mode not in DECODE_MODES:
         raise UserError(f"unknown --decode-mode {settings.decode_mode!r}: choose {', '.join(DECODE_MODES)}")
     for ctx in settings.ctxs:
@@ -152,6 +155,7 @@ def run_ruler(loaded, variants: list[AttentionSettings], settings: RulerSettings
             return {**(resume_key or {}), "attention": _attn.to_dict(), "task": task, "ctx": ctx,
                     "samples": settings.samples, "seed": settings.seed, "chat_template": chat,
                     **({"decode": "graphed"} if graphed else {}),     # eager cells keep their keys
+                    **({"prefill_logits": "last"} if settings.prefill_logits == "last" else {}),   # "all" cells too
                     # only where they add columns (LoLA layers, a needle task): other cells resume either way
                     **({"diagnostics": True} if settings.diagnostics and _attn.lola is not None
                        and TASKS[task].kind in NEEDLE_KINDS else {}),
@@ -213,8 +217,8 @@ def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: Ruler
 
     def generate(ids, n, pin=False):
         if not graphed:
-            return greedy_generate(model, ids, n, eos, loaded.device)
-        return graphed_generate(model, ids, n, eos, loaded.device,
+            return greedy_generate(model, ids, n, eos, loaded.device, settings.prefill_logits)
+        return graphed_generate(model, ids, n, eos, loaded.device, logits=settings.prefill_logits,
                                 no_static="--pin-needle pins the eager merge" if pin else None)
 
     model, tok, cfg = loaded.model, loaded.tokenizer, loaded.model.config
@@ -282,6 +286,7 @@ def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: Ruler
                      "sparse_mib": tier("sparse"), "state_mib": tier("state"), "phi_k_mib": tier("phi_k"),
                      "mean_prompt_tokens": statistics.mean(s.n_prompt_tokens for s, _, _ in results),
                      **implementation_columns(attn, used()),
+                     "prefill_logits": "last position" if settings.prefill_logits == "last" else "every position",
                      "decode_impl": "; ".join(sorted({r.decode_impl for _, r, _ in results if r.decode_impl})) or None,
                      "checkpoint": checkpoint_label(ckpt) if attn.lola else None, "device": device_label,
                      "chat_template": bool(chat), "needle_kept": needle_kept_share(preds)})

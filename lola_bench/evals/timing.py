@@ -123,18 +123,26 @@ def dynamic_cache_bytes(cache) -> int:
     return total
 
 
-def prefill_logits(model, input_ids: torch.Tensor, cache) -> torch.Tensor:
-    """The prompt through ``model`` into ``cache``: the last position's logits (B, V). Every position's logits are
-    computed (no ``logits_to_keep``), as eager cells always measured them: TTFT and peak memory include the head over
-    the whole prompt. ``greedy_generate`` and ``graphed_generate`` both prefill here, so their TTFT, peak memory and
-    first token cannot drift apart."""
-    return model(input_ids, cache=cache, use_cache=True).logits[:, -1]
+PREFILL_LOGITS = ("last", "all")     # --prefill-logits: the head on the last prompt position, or on every one
+
+
+def prefill_logits(model, input_ids: torch.Tensor, cache, keep: str = "last") -> torch.Tensor:
+    """The prompt through ``model`` into ``cache``: the last position's logits (B, V). ``keep="last"`` applies the
+    output head to the last position only, as ``generate()`` does; ``"all"`` to every prompt position, as every
+    lola-bench ruler cell measured before ``--prefill-logits`` existed (TTFT and peak memory then include the head
+    over the whole prompt). ``greedy_generate`` and ``graphed_generate`` both prefill here, so their TTFT, peak memory
+    and first token cannot drift apart."""
+    if keep not in PREFILL_LOGITS:
+        raise ValueError(f"prefill logits {keep!r}: choose {' or '.join(PREFILL_LOGITS)}")
+    extra = {"logits_to_keep": 1} if keep == "last" else {}
+    return model(input_ids, cache=cache, use_cache=True, **extra).logits[:, -1]
 
 
 @torch.no_grad()
 def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_ids: set[int],
-                    device: str = "cpu") -> GenResult:
-    """Greedy decoding with a hand-written loop so that prefill and each decode step are timed separately."""
+                    device: str = "cpu", logits: str = "last") -> GenResult:
+    """Greedy decoding with a hand-written loop so that prefill and each decode step are timed separately.
+    ``logits``: the prefill's output head on the ``last`` prompt position or on ``all`` (``prefill_logits``)."""
     from transformers import DynamicCache
 
     input_ids = input_ids.to(device)
@@ -143,7 +151,7 @@ def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_ids
     with PeakMemory(device) as mem:
         _sync(device)
         t0 = time.perf_counter()
-        logits = prefill_logits(model, input_ids, cache)
+        logits = prefill_logits(model, input_ids, cache, logits)
         nxt = int(logits.argmax(-1))
         _sync(device)
         ttft = time.perf_counter() - t0

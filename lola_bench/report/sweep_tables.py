@@ -144,6 +144,8 @@ def _sweep_tables(df: pd.DataFrame) -> list[str]:
                 out.append(f"## {suite}: {title} by λ × η\n")
                 if value == "decode_ms_per_token":
                     out.append(decode_paths_note(s))
+                elif value in ("ttft_s", "peak_mem_mib"):
+                    out.append(prefill_head_note(s))
                 for key, g in _groups(s, by):
                     out.append(f"### {_heading(key, n_models) or 'all'}\n")
                     out.append(frame_to_markdown(_pivot(mean_over_tasks(g, VARIANT_KEYS, [value]), value)))
@@ -165,6 +167,18 @@ def decode_paths_note(s: pd.DataFrame) -> str:
         return f"Decode path: {counts.index[0]}.\n"
     listed = "; ".join(f"{k} ({v} cells)" for k, v in counts.items())
     return f"> **Decode paths differ between cells:** {listed}. See `decode_impl` in sweep.csv.\n"
+
+
+def prefill_head_note(s: pd.DataFrame) -> str:
+    """Where the prefill applied the output head (``prefill_logits``; rows from before the column: every prompt
+    position), so that TTFT and peak memory tables say what they measure and when they mix the two."""
+    head = s["prefill_logits"] if "prefill_logits" in s.columns else pd.Series(index=s.index, dtype=object)
+    counts = head.astype(object).fillna("every position").value_counts()
+    if len(counts) == 1:
+        return f"Prefill output head on: {counts.index[0]}.\n"
+    listed = "; ".join(f"{k} ({v} cells)" for k, v in counts.items())
+    return (f"> **The prefill's output head differs between cells:** {listed}; the head over every position adds "
+            "the same time and logits memory to every variant. See `prefill_logits` in sweep.csv.\n")
 
 
 def _decode_path(impl) -> str:

@@ -107,6 +107,7 @@ class SweepSpec:
     diagnostics: bool = True                         # ruler: needle diagnostics columns (not hashed: no effect on
                                                      # accuracy)
     decode_mode: str = "auto"                        # ruler: auto | graphed | eager (evals/graphed_generate.py)
+    prefill_logits: str = "last"                     # ruler: the prefill's output head on the last position / all
 
     def __post_init__(self):
         if self.suite not in SUITES:
@@ -160,6 +161,8 @@ class SweepSpec:
 
         if self.decode_mode not in DECODE_MODES:
             raise UserError(f"unknown --decode-mode {self.decode_mode!r}: choose {', '.join(DECODE_MODES)}")
+        if self.prefill_logits not in ("last", "all"):
+            raise UserError(f"unknown --prefill-logits {self.prefill_logits!r}: choose last or all")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"unknown --device {self.device!r}: choose auto, cpu or cuda")
 
@@ -204,11 +207,14 @@ class CellConfig:
     num_fewshot: int | None = None
     data: str | None = None          # commonsense: "local" (offline data dir) or "online"
     decode: str | None = None        # ruler: "graphed" (static cache, captured step on CUDA); None: eager
+    prefill_logits: str | None = None  # ruler: "last" (the head on the last prompt position); None: on every one
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         if d["decode"] is None:
             d.pop("decode")                 # eager cells keep the ids they had before the decode mode was hashed
+        if d["prefill_logits"] is None:
+            d.pop("prefill_logits")         # ... and cells that applied the head to every prompt position theirs
         att = self.attention.to_dict()
         att.pop("origin", None)             # where a setting came from does not change the result
         impl = resolved_kernels(att.pop("kernels", "auto"), self.device)
@@ -374,7 +380,8 @@ def cells(spec: SweepSpec) -> list[Cell]:
                 for attn, ckpt, ck_id, budgets in variants(ctx):
                     cfg = CellConfig("ruler", spec.model, device, dtype, attn, ck_id, task, ctx=ctx,
                                      samples=spec.samples, seed=spec.seed, chat_template=spec.chat_template,
-                                     haystack=haystack, decode=decode)
+                                     haystack=haystack, decode=decode,
+                                     prefill_logits="last" if spec.prefill_logits == "last" else None)
                     out.append(Cell(len(out), cfg, ckpt, essay_path=essay if t.needs_essay else None,
                                     qa_path=spec.qa_path if t.kind == "qa" else None, budgets_mib=budgets,
                                     diagnostics=spec.diagnostics))

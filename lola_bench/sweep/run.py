@@ -60,7 +60,8 @@ def default_run_cell(loaded, cell: Cell, progress: Progress | None = None) -> Ce
 
         rs = RulerSettings(tasks=(c.task,), ctxs=(c.ctx,), samples=c.samples, seed=c.seed,
                            essay_path=cell.essay_path, qa_path=cell.qa_path, chat_template=c.chat_template,
-                           diagnostics=cell.diagnostics, decode_mode=c.decode or "eager")
+                           diagnostics=cell.diagnostics, decode_mode=c.decode or "eager",
+                           prefill_logits=c.prefill_logits or "all")
         out = run_ruler(loaded, [c.attention], rs, ckpt=cell.ckpt_path, device_label=_device_label(loaded),
                         progress=progress)
         return CellOutput(out.summary, out.predictions, {"chat_template_applied": out.chat_template})

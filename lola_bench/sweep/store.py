@@ -57,8 +57,8 @@ SWEEP_COLUMNS = ["cell_id", "suite", "status", "error",
                  "accuracy", "accuracy_ci_low", "accuracy_ci_high",
                  "ttft_s", "decode_ms_per_token", "peak_mem_mib", "cache_mib", "full_kv_mib", "window_mib",
                  "sparse_mib", "state_mib", "phi_k_mib", "mean_prompt_tokens", "combine", "gqa", "chunk",
-                 "settings_from", "implementation", "decode_impl", "threads", "checkpoint", "device", "chat_template",
-                 "needle_kept",
+                 "settings_from", "implementation", "decode_impl", "prefill_logits", "threads", "checkpoint", "device",
+                 "chat_template", "needle_kept",
                  "acc_norm", "accuracy_stderr", "num_fewshot", "wall_s"]
 STATUSES = ("ok", "oom", "error")
 JOB_ENV = "LOLA_BENCH_JOB_ID"     # set by a launcher job (sweep --launcher): recorded in the claims it takes

@@ -127,6 +127,7 @@ def test_ruler_graphed_decode_same_answers_and_says_what_ran(tmp_path):
     assert len(again.reused) == 2 and again.summary["decode_impl"].tolist() == graphed.summary["decode_impl"].tolist()
     assert [p["prediction"] for p in graphed.predictions] == [p["prediction"] for p in eager.predictions]
     assert eager.summary["decode_impl"].tolist() == [EAGER_DECODE] * 2
+    assert eager.summary["prefill_logits"].tolist() == ["last position"] * 2        # the default
     assert graphed.summary["decode_impl"].tolist() == ["static cache, eager (not a CUDA device)"] * 2
     assert all(p["decode_setup_s"] > 0 for p in graphed.predictions)
     # the implementation column still names the prefill's path next to the static decode step
@@ -137,29 +138,6 @@ def test_ruler_graphed_decode_same_answers_and_says_what_ran(tmp_path):
         "LolaCache, eager (no static state: --pin-needle pins the eager merge)"]
     with pytest.raises(Exception, match="unknown --decode-mode"):
         run_ruler(loaded, variants, RulerSettings(**rs, decode_mode="fast"))
-
-
-def test_prefill_is_the_eager_loops(tiny):
-    """TTFT, peak memory and the first token are the prefill's: the graphed path prefills with the very call of the
-    eager loop (every position's logits), so eager and graphed cells measure the same prefill."""
-    import functools
-
-    heads = []
-    forward = tiny.forward
-
-    @functools.wraps(forward)
-    def spy(*a, **kw):
-        out = forward(*a, **kw)
-        heads.append(out.logits.shape[1])
-        return out
-
-    tiny.forward = spy
-    try:
-        both(tiny, new=4)
-    finally:
-        del tiny.forward
-    eager, graphed = heads[:4], heads[4:]
-    assert eager[0] == graphed[0] == PROMPT, heads      # the prefill's logits: every prompt position, both paths
 
 
 def test_static_copy_holds_one_layer_twice_at_most(tiny, monkeypatch):
@@ -264,3 +242,21 @@ def test_the_captured_step_is_device_work_only(tiny, cfg):
     finally:
         if cfg is not None:
             unpatch_model(tiny)
+
+
+@pytest.mark.parametrize("keep,positions", [("last", 1), ("all", PROMPT)])
+def test_prefill_head_positions(tiny, keep, positions):
+    """--prefill-logits: the output head on the last prompt position (as generate() does) or on all of them (what
+    ruler cells measured before the flag), in both generation paths; the first token is the same either way."""
+    seen = []
+    hook = tiny.lm_head.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[1]))
+    try:
+        ids = prompt()
+        a = greedy_generate(tiny, ids, 3, set(), "cpu", keep)
+        first = seen[0]
+        seen.clear()
+        b = graphed_generate(tiny, ids, 3, set(), "cpu", logits=keep)
+    finally:
+        hook.remove()
+    assert first == seen[0] == positions
+    assert a.tokens == b.tokens

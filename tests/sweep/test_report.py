@@ -107,6 +107,17 @@ def test_decode_latency_table_says_which_decode_paths_it_mixes():
     assert "Decode path: static cache, CUDA graph." in md, md
 
 
+def test_ttft_and_memory_tables_say_where_the_prefill_head_ran():
+    df = sweep_frame()
+    assert sweep_markdown(df).count("Prefill output head on: every position.") == 2     # TTFT and peak memory
+    df["prefill_logits"] = "last position"
+    assert sweep_markdown(df).count("Prefill output head on: last position.") == 2
+    df.loc[df["attn"] == "full", "prefill_logits"] = None
+    md = sweep_markdown(df)
+    assert md.count("**The prefill's output head differs between cells:** last position (40 cells); every position "
+                    "(4 cells)") == 2
+
+
 def test_render_report_from_csv_alone_and_merged(tmp_path):
     df = sweep_frame()
     a, b = tmp_path / "a", tmp_path / "b"

@@ -133,7 +133,8 @@ def test_cell_id_same_config_same_id_any_change_differs():
     assert base.cell_id == CellConfig(**{k: getattr(base, k) for k in base.__dataclass_fields__}).cell_id
     # the id is sha256 of the canonical JSON of to_dict(), which holds every field (the LoLA config in full)
     d = base.to_dict()
-    assert set(d) == {"format", *CellConfig.__dataclass_fields__} - {"decode"}   # eager decode: left out
+    # eager decode and the head on every prompt position (what cells measured before those fields): left out
+    assert set(d) == {"format", *CellConfig.__dataclass_fields__} - {"decode", "prefill_logits"}
     # sinks 0, fold True and evict_at boundary (the defaults) are left out
     assert set(d["attention"]["lola"]) >= set(LolaConfig.__dataclass_fields__) - {"sinks", "fold", "evict_at"}
     assert "fold" not in d["attention"]["lola"]   # cells hashed before eviction existed keep their ids
@@ -143,7 +144,7 @@ def test_cell_id_same_config_same_id_any_change_differs():
     changes = {"suite": "commonsense", "model": "random:smollm2-135m", "device": "cuda", "dtype": "bfloat16",
                "checkpoint": "abc", "task": "niah_single_2", "ctx": 1024, "samples": 3, "seed": 1,
                "chat_template": True, "haystack": "def", "limit": 10, "num_fewshot": 5, "data": "local",
-               "attention": AttentionSettings("full"), "decode": "graphed"}
+               "attention": AttentionSettings("full"), "decode": "graphed", "prefill_logits": "last"}
     lola_changes = {"window": 32, "sparse": 32, "chunk": 8, "feature_map": "elu", "scorer": "random",
                     "combine": "lolcats" if lola.combine == "gated" else "gated",
                     "gqa": "grouped" if lola.gqa == "expanded" else "expanded",
@@ -200,6 +201,29 @@ def test_graphed_decode_cells_have_their_own_ids(monkeypatch):
     default_run_cell(SimpleNamespace(device="cpu"), graphed[0])
     default_run_cell(SimpleNamespace(device="cpu"), eager[0])
     assert seen == ["graphed", "eager"]
+
+
+def test_prefill_logits_all_keeps_the_ids_cells_had_before(monkeypatch):
+    """--prefill-logits last (the default: the head on the last prompt position) hashes it into the cell; all (what
+    every cell measured before the flag) does not, so sweeps begun then resume; the runner hands it to run_ruler."""
+    last, every = cells(SPEC), cells(replace(SPEC, prefill_logits="all"))
+    assert all(c.config.prefill_logits == "last" and c.config.to_dict()["prefill_logits"] == "last" for c in last)
+    assert all(c.config.prefill_logits is None and "prefill_logits" not in c.config.to_dict() for c in every)
+    assert not {c.cell_id for c in last} & {c.cell_id for c in every}
+    pinned = CellConfig("ruler", "random:tiny", "cpu", "float32", AttentionSettings("lola", LolaConfig(window=16,
+                        sparse=16)), None, "niah_single_1", ctx=512, samples=2, seed=0)
+    assert pinned.cell_id == "357f42dcb36cbd93"                   # the id computed before either field existed
+    with pytest.raises(UserError, match="unknown --prefill-logits 'some'"):
+        replace(SPEC, prefill_logits="some")
+    import lola_bench.evals.ruler_bench as rb
+    from lola_bench.sweep.run import default_run_cell
+
+    seen = []
+    monkeypatch.setattr(rb, "run_ruler", lambda loaded, variants, rs, **kw: seen.append(rs.prefill_logits) or
+                        SimpleNamespace(summary=pd.DataFrame(), predictions=[], chat_template=False))
+    default_run_cell(SimpleNamespace(device="cpu"), last[0])
+    default_run_cell(SimpleNamespace(device="cpu"), every[0])
+    assert seen == ["last", "all"]
 
 
 def test_bad_input_is_rejected_up_front(tmp_path):
