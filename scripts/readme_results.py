@@ -67,19 +67,24 @@ def _rows(name: str) -> pd.DataFrame | None:
 
 
 def _mean_table(ok: pd.DataFrame, tasks_total: int | None) -> str:
-    """Rows: contexts; columns: variants; a cell is the mean accuracy over the tasks every variant has finished at
-    that context (``tasks`` says how many of all)."""
+    """Rows: contexts; columns: variants; a cell is the mean accuracy over the tasks the variants that have finished
+    every task there share (``tasks`` says how many of all); a variant still running there shows its mean over the
+    tasks it has finished, and how many (not comparable with the others until it has them all)."""
     cols = _column_order(set(ok["variant"]))
     out = []
     for ctx, g in ok.groupby("ctx", sort=True):
-        sets = [set(g.loc[g["variant"] == v, "task"]) for v in cols if (g["variant"] == v).any()]
-        common = sorted(set.intersection(*sets)) if sets else []
+        sets = {v: set(g.loc[g["variant"] == v, "task"]) for v in cols if (g["variant"] == v).any()}
+        whole = [t for t in sets.values() if tasks_total and len(t) >= tasks_total]
+        common = set.intersection(*(whole or list(sets.values()))) if sets else set()
         hours = pd.to_numeric(g.drop_duplicates("cell_id")["wall_s"], errors="coerce").sum() / 3600
         rec = {"ctx": int(ctx), "tasks": f"{len(common)}/{tasks_total or g['task'].nunique()}",
                "cell hours": f"{hours:.1f}"}
         for v in cols:
-            acc = g[(g["variant"] == v) & g["task"].isin(common)].groupby("task")["accuracy"].mean()
-            rec[v] = f"{acc.mean():.1f}" if len(acc) else ""
+            have = sets.get(v, set())
+            use = common if common <= have else have
+            acc = g[(g["variant"] == v) & g["task"].isin(use)].groupby("task")["accuracy"].mean()
+            rec[v] = "" if not len(acc) else f"{acc.mean():.1f}" + (
+                "" if use == common else f" ({len(have)}/{len(common)} tasks so far)")
         out.append(rec)
     return frame_to_markdown(pd.DataFrame(out))
 
@@ -89,9 +94,11 @@ def block_suite() -> str:
     if ok is None:
         return "(no results yet)"
     return (_mean_table(ok, SUITE_TASKS)
-            + "\n`tasks`: how many of the 12 every variant has finished at that context so far (the mean covers "
-              "those); an empty cell: that variant has not run there yet. `cell hours`: the finished cells' `wall_s` "
-              "summed (one torch thread each, two such jobs sharing 2 cores).")
+            + "\n`tasks`: how many of the 12 the variants that have finished every task at that context share (the "
+              "means cover those); a variant still running there shows its mean over the tasks it has finished so "
+              "far, and how many, not comparable with the others yet; an empty cell: that variant has not run there "
+              "yet. `cell hours`: the finished cells' `wall_s` summed (one torch thread each, two such jobs sharing 2 "
+              "cores).")
 
 
 def block_8k() -> str:
