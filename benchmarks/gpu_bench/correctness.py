@@ -44,8 +44,10 @@ def generation_checks(device: str) -> list[dict]:
         try:
             if cfg is not None:
                 patch_model(model, cfg)
-            want = greedy_generate(model, ids, 70, set(), device).tokens
+            eager = greedy_generate(model, ids, 70, set(), device)
             got = graphed_generate(model, ids, 70, set(), device)
+            again = greedy_generate(model, ids, 70, set(), device)     # TTFT after a capture (allocator state)
+            want = eager.tokens
         except Exception as e:  # noqa: BLE001 - a failed check is a row, the other checks still run
             out.append({"check": f"graphed_generate_{name}_tokens", "shape": "random:tiny fp32", "rel_err": 1.0,
                         "tol": 0.0, "ok": False, "error": f"{type(e).__name__}: {str(e)[:300]}"})
@@ -59,7 +61,9 @@ def generation_checks(device: str) -> list[dict]:
         out.append({"check": f"graphed_generate_{name}_tokens", "shape": "random:tiny fp32", "rel_err": bad,
                     "tol": 0.0, "ok": bad == 0.0 and got.decode_impl == ran,
                     "decode_impl": got.decode_impl, "decode_ms_per_token": 1e3 * (got.decode_s_per_token or 0),
-                    "first_differing_token": first_diff})
+                    "first_differing_token": first_diff, "ttft_ms_eager": 1e3 * eager.ttft_s,
+                    "ttft_ms_graphed": 1e3 * got.ttft_s, "ttft_ms_eager_after_capture": 1e3 * again.ttft_s,
+                    "decode_ms_per_token_eager": 1e3 * (eager.decode_s_per_token or 0)})
     return out
 
 
