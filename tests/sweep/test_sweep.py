@@ -177,6 +177,19 @@ def test_cell_id_same_config_same_id_any_change_differs():
         assert not ref & {c.cell_id for c in cells(replace(SPEC, **change))}, change
 
 
+def settings_seen(monkeypatch, run_cells, field: str) -> list:
+    """The RulerSettings ``field`` the sweep's runner hands run_ruler for each cell (run_ruler stubbed)."""
+    import lola_bench.evals.ruler_bench as rb
+    from lola_bench.sweep.run import default_run_cell
+
+    seen = []
+    monkeypatch.setattr(rb, "run_ruler", lambda loaded, variants, rs, **kw: seen.append(getattr(rs, field)) or
+                        SimpleNamespace(summary=pd.DataFrame(), predictions=[], chat_template=False))
+    for cell in run_cells:
+        default_run_cell(SimpleNamespace(device="cpu"), cell)
+    return seen
+
+
 def test_graphed_decode_cells_have_their_own_ids(monkeypatch):
     """--decode-mode: auto resolves on the cell's device (eager on CPU, and eager cells keep the ids they had before
     the decode mode was hashed); graphed cells carry it in their config and never merge with eager ones; the runner
@@ -192,15 +205,7 @@ def test_graphed_decode_cells_have_their_own_ids(monkeypatch):
     assert [c.cell_id for c in cells(replace(SPEC, device="cuda", decode_mode="eager"))] != [c.cell_id for c in on_gpu]
     with pytest.raises(UserError, match="unknown --decode-mode 'fast'"):
         replace(SPEC, decode_mode="fast")
-    import lola_bench.evals.ruler_bench as rb
-    from lola_bench.sweep.run import default_run_cell
-
-    seen = []
-    monkeypatch.setattr(rb, "run_ruler", lambda loaded, variants, rs, **kw: seen.append(rs.decode_mode) or
-                        SimpleNamespace(summary=pd.DataFrame(), predictions=[], chat_template=False))
-    default_run_cell(SimpleNamespace(device="cpu"), graphed[0])
-    default_run_cell(SimpleNamespace(device="cpu"), eager[0])
-    assert seen == ["graphed", "eager"]
+    assert settings_seen(monkeypatch, [graphed[0], eager[0]], "decode_mode") == ["graphed", "eager"]
 
 
 def test_prefill_logits_all_keeps_the_ids_cells_had_before(monkeypatch):
@@ -215,15 +220,7 @@ def test_prefill_logits_all_keeps_the_ids_cells_had_before(monkeypatch):
     assert pinned.cell_id == "357f42dcb36cbd93"                   # the id computed before either field existed
     with pytest.raises(UserError, match="unknown --prefill-logits 'some'"):
         replace(SPEC, prefill_logits="some")
-    import lola_bench.evals.ruler_bench as rb
-    from lola_bench.sweep.run import default_run_cell
-
-    seen = []
-    monkeypatch.setattr(rb, "run_ruler", lambda loaded, variants, rs, **kw: seen.append(rs.prefill_logits) or
-                        SimpleNamespace(summary=pd.DataFrame(), predictions=[], chat_template=False))
-    default_run_cell(SimpleNamespace(device="cpu"), last[0])
-    default_run_cell(SimpleNamespace(device="cpu"), every[0])
-    assert seen == ["last", "all"]
+    assert settings_seen(monkeypatch, [last[0], every[0]], "prefill_logits") == ["last", "all"]
 
 
 def test_bad_input_is_rejected_up_front(tmp_path):
