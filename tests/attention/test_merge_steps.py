@@ -143,17 +143,24 @@ def test_stepwise_selection_matches_split_topk(stepwise_only, monkeypatch, case)
 
 def test_merge_mode_env_and_implementation_name(monkeypatch):
     """$LOLA_MERGE picks the merge, rejects other values, is recorded by kernel_env, and the implementation name of a
-    Triton layer call says which merge ran."""
+    Triton layer call says which merge ran (and a forced rank-count selection)."""
     from lola_bench.models.patch import _paths
 
     p = make_params(LolaConfig(window=8, sparse=8))
     q = torch.zeros(1, 4, 1, 16)
     monkeypatch.delenv("LOLA_MERGE", raising=False)
+    monkeypatch.delenv("LOLA_MERGE_SELECT", raising=False)
     assert khost.merge_mode() == "persistent" and _paths(q, p, "triton")[2] == "triton"
     monkeypatch.setenv("LOLA_MERGE", "stepwise")
     assert _paths(q, p, "triton")[2] == "triton (stepwise merge)" and K.kernel_env()["LOLA_MERGE"] == "stepwise"
     monkeypatch.setenv("LOLA_MERGE", "stepwise-eager")
     assert _paths(q, p, "triton")[2] == "triton (stepwise merge, eager)"
+    monkeypatch.setenv("LOLA_MERGE_SELECT", "rank")            # a forced selection mode is named too
+    assert _paths(q, p, "triton")[2] == "triton (stepwise merge, eager, rank-count selection)"
+    monkeypatch.setenv("LOLA_MERGE", "persistent")
+    assert _paths(q, p, "triton")[2] == "triton (rank-count selection)"
+    monkeypatch.setenv("LOLA_MERGE_SELECT", "threshold")
+    assert _paths(q, p, "triton")[2] == "triton"
     monkeypatch.setenv("LOLA_MERGE", "bogus")
     with pytest.raises(ValueError, match="LOLA_MERGE"):
         khost.merge_mode()

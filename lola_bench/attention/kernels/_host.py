@@ -128,9 +128,11 @@ def merge_mode() -> str:
 def merge_label() -> str:
     """What the implementation name of a Triton layer call gains for the merge that ran: nothing for the persistent
     merge (the only one before ``$LOLA_MERGE`` existed, so older rows named ``triton`` mean the same), else e.g.
-    `` (stepwise merge)``."""
-    labels = {"persistent": "", "stepwise": " (stepwise merge)", "stepwise-eager": " (stepwise merge, eager)"}
-    return labels[merge_mode()]
+    `` (stepwise merge)``; the selection when ``$LOLA_MERGE_SELECT=rank`` forces rank counting (the default
+    selects in registers where the candidates fit, the same pairs either way, at another speed)."""
+    labels = {"persistent": [], "stepwise": ["stepwise merge"], "stepwise-eager": ["stepwise merge, eager"]}
+    parts = labels[merge_mode()] + (["rank-count selection"] if os.environ.get("LOLA_MERGE_SELECT") == "rank" else [])
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def ensure_contiguous_state(state: LolaState) -> None:
