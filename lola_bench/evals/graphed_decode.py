@@ -259,6 +259,15 @@ def decode_step(model, cache, tok: torch.Tensor, pos: torch.Tensor, kw: str):
     return step
 
 
+def own_cache_step(model, cache, tok: torch.Tensor, kw: str):
+    """The greedy decode step through the variant's own (dynamic) cache, eagerly: what runs where no static state
+    exists; it advances ``tok`` in place like ``decode_step``."""
+    def step():
+        out = model(tok, **{kw: cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
+        tok.copy_(out.argmax(-1, keepdim=True))
+    return step
+
+
 def static_lola(model, cache, max_len: int, use_kernels: bool | None = None):
     """(the ``StaticLolaCache`` copy of a prefilled LolaCache, its boundary merge, the merge's name, whether the
     kernels run the step): ``use_kernels`` None follows the layers' own ``kernels`` setting
@@ -313,10 +322,7 @@ def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, gra
     generated = [int(tok)]
     reason = static_reason(model)
     if reason:
-        def step():
-            out = model(tok, **{kw: cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
-            tok.copy_(out.argmax(-1, keepdim=True))
-
+        step = own_cache_step(model, cache, tok, kw)
         t = timed_steps(step, tok, device, False, n_warm, n_tokens, record, generated)
         cfg = lola_modules(model)[0].cfg       # the timed positions that started a chunk ran its merge in the loop
         first = L + n_warm

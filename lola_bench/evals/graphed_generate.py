@@ -28,7 +28,7 @@ import torch
 
 from ..models.cache import LolaCache
 from ..models.patch import is_patched, new_cache
-from .graphed_decode import decode_step, forward_kw, static_lola, step_kernels, timed_steps
+from .graphed_decode import decode_step, forward_kw, own_cache_step, static_lola, step_kernels, timed_steps
 from .timing import GenResult, PeakMemory, _sync, dynamic_cache_bytes, prefill_logits
 
 N_WARM = 2          # eager steps before the capture (allocator, lazy init, autotuning), part of the generation
@@ -91,10 +91,7 @@ def graphed_generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_id
             before, after = None, None
             if reason:
                 kind, use_kernels = type(cache).__name__, None
-
-                def step():
-                    out = model(tok, **{kw: cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
-                    tok.copy_(out.argmax(-1, keepdim=True))
+                step = own_cache_step(model, cache, tok, kw)
             elif patched:
                 cache, evict, _merge, use_kernels = static_lola(model, cache, max_len)
                 pos = torch.tensor([L], device=device)

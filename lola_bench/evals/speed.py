@@ -41,7 +41,7 @@ import torch
 from ..models.patch import is_patched, new_cache
 from ..models.variants import attention_variant
 from ..settings import implementation_columns, variant_columns
-from .timing import EAGER_DECODE, PeakMemory, _sync, graphed_decode_on
+from .timing import EAGER_DECODE, PeakMemory, _sync, graphed_decode_on, prefill_logits
 
 MIB = 1024 * 1024
 PREFILL_LOGITS = "last position"    # TTFT's prefill computes the head for the last position only, as generate() does
@@ -63,7 +63,7 @@ def time_variant(model, ctx: int, decode_tokens: int, device: str, seed: int = 0
     with PeakMemory(device) as mem:
         _sync(device)
         t0 = time.perf_counter()
-        logits = model(ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]   # as generate() does
+        logits = prefill_logits(model, ids, cache, "last")                                 # as generate() does
         nxt = logits.argmax(-1, keepdim=True)
         _sync(device)
         prefill = time.perf_counter() - t0
