@@ -8,7 +8,9 @@ Shape and setting default to the embedded model's (SmolLM2-135M: 9 query heads, 
 maps of the checkpoint's size with random weights, combine calibrated, grouped GQA, 4 sinks) at eta = 64, lambda =
 512. Prints min and median ms per variant, the ratio to SDPA (min / min), and where the plain path's time goes
 (selection pass with its phi(k) and slot set-up, exact prefix, attention blocks; best run). ``--out`` also writes
-the numbers as JSON with provenance. Random inputs: the timing does not depend on the values.
+the numbers as JSON with provenance. Random inputs: the timing does not depend on the values. Last, the selection's
+largest op (one boundary's SRE matmul) on one thread, alone and with the other core busy, next to the core's matmul
+rate: how close the pass's arithmetic already runs to the hardware, and what sharing the chip costs it.
 """
 
 from __future__ import annotations
@@ -60,6 +62,47 @@ def timed_parts(acc: dict):
         setattr(owner, name, wrap)
 
 
+def _rate(fn, n: int) -> float:
+    """Seconds per call of ``fn`` (after a warm-up of a tenth as many calls)."""
+    for _ in range(max(1, n // 10)):
+        fn()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n
+
+
+def sre_matmul_row(hq: int, d: int, f: int, cand: int, calls: int = 300) -> dict:
+    """The selection's one large op, the SRE matmul of one boundary ([H | s]^T (Hq, d+1, F) times phi(k)^T of the
+    candidates (Hq, F, lambda + chunk)), on one thread: alone, and while a second thread keeps another core busy
+    with a 1024 x 1024 matmul; and that matmul's own rate on one thread, the core's fp32 matmul rate here."""
+    import threading
+
+    torch.set_num_threads(1)
+    lin, phi = torch.randn(hq, d + 1, f), torch.randn(hq, cand, f)
+    big = torch.randn(1024, 1024)
+    step = partial(torch.bmm, lin, phi.transpose(1, 2))
+    alone, mm = _rate(step, calls), _rate(partial(torch.mm, big, big), 20)
+    stop = threading.Event()
+
+    def hog():
+        torch.set_num_threads(1)
+        while not stop.is_set():
+            torch.mm(big, big)
+    other = threading.Thread(target=hog)
+    other.start()
+    try:
+        time.sleep(0.2)
+        busy = _rate(step, calls)
+    finally:
+        stop.set()
+        other.join()
+    flops = 2 * hq * (d + 1) * f * cand
+    return {"variant": "sre matmul per boundary", "shape": [hq, d + 1, f, cand], "alone_us": alone * 1e6,
+            "other_core_busy_us": busy * 1e6, "gflops_alone": flops / alone / 1e9,
+            "core_mm_gflops": 2 * 1024 ** 3 / mm / 1e9}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ctx", default="1024,4096", help="prompt lengths, comma-separated")
@@ -106,6 +149,9 @@ def main(argv=None) -> int:
                          **{label: round(s * 1e3, 2) for label, s in best_parts.items()}})
             for row in rows[-len(times) - 1:]:
                 print({key: (round(val, 2) if isinstance(val, float) else val) for key, val in row.items()}, flush=True)
+    feat = p.feature_map_k.feature_dim
+    rows.append(sre_matmul_row(hq, d, feat, args.lam + cfg.chunk_size))
+    print({key: (round(val, 2) if isinstance(val, float) else val) for key, val in rows[-1].items()}, flush=True)
     if args.out:
         from lola_bench.attention.kernels import kernel_env
         from lola_bench.provenance import provenance

@@ -222,7 +222,8 @@ SPEED_RUN = "smollm2-135m-cpu-quiet-last-logits-5x"   # the newest quiet whole-m
 # earlier quiet runs of the same measurement, shown as ratios next to it: how much a ratio moves from run to run here
 SPEED_OTHER_RUNS = ("smollm2-135m-cpu-quiet-last-logits", "smollm2-135m-cpu-quiet-roundrobin")
 TTFT_TARGETS = {1024: 1.15, 4096: 1.0}                  # issue #16 item 5: LoLA's TTFT / full attention's, at most
-LAYER_RUNS = (("off", "fused-0.json"), ("on", "fused-1.json"))   # LOLA_CPU_FUSED=0 / 1
+# LOLA_CPU_FUSED=0 / 1 (the default), and the default again a week later
+LAYER_RUNS = (("off", "fused-0.json"), ("on", "fused-1.json"), ("on", "fused-1-2026-12-01.json"))
 
 
 def block_cpu_speed() -> str:
@@ -238,25 +239,42 @@ def block_cpu_speed() -> str:
         "implementation": df["implementation"]})
     out = [f"*Whole model* (`results/speed/{SPEED_RUN}`, {int(df['repeats'].iloc[0])} repeats)", "",
            frame_to_markdown(whole).strip(), "", _ttft_targets(df)]
-    rows = []
+    rows, sre = [], None
     for fused, name in LAYER_RUNS:
         f = SPEED / "cpu-prefill-layer" / name
         if not f.is_file():
             continue
         by = {}
         for r in json.loads(f.read_text())["rows"]:
-            by.setdefault((r["threads"], r["ctx"]), {})[r["variant"]] = r
-        for (threads, ctx), v in sorted(by.items()):
+            by.setdefault((r.get("threads"), r.get("ctx")), {})[r["variant"]] = r
+        if "sre matmul per boundary" in by.get((None, None), {}):   # the newest run's, when it has one
+            sre = dict(by[None, None]["sre matmul per boundary"], file=name)
+        for (threads, ctx), v in sorted((key, v) for key, v in by.items() if key[0] is not None):
             parts = v.get("lola parts (best run)", {})
-            rows.append({"fused block attention": fused, "threads": threads, "ctx": ctx,
+            one = by.get((1, ctx), {}).get("lola")
+            # LoLA's one-thread work split perfectly over the threads, against SDPA on as many: the best any
+            # schedule of this work could reach (no core waits, no slowdown from sharing the chip)
+            bound = (round(one["min_ms"] / threads / v["sdpa"]["min_ms"], 2)
+                     if one is not None and threads > 1 else "–")
+            rows.append({"run": name, "fused block attention": fused, "threads": threads, "ctx": ctx,
                          "SDPA ms": round(v["sdpa"]["min_ms"], 1), "LoLA ms": round(v["lola"]["min_ms"], 1),
                          "LoLA pipelined ms": round(v["lola pipelined"]["min_ms"], 1) if "lola pipelined" in v else "–",
                          "selection pass ms": parts.get("selection pass", "–"),
                          "exact prefix ms": parts.get("exact prefix", "–"),
-                         "attention blocks ms": parts.get("attention blocks", "–")})
+                         "attention blocks ms": parts.get("attention blocks", "–"),
+                         "bound / SDPA": bound})
     if rows:
-        out += ["", "*One layer* (`results/speed/cpu-prefill-layer/fused-0.json`, `fused-1.json`: minima; the parts "
-                "are those of the plain path's best run)", "", frame_to_markdown(pd.DataFrame(rows))]
+        out += ["", "*One layer* (`results/speed/cpu-prefill-layer/`: minima; the parts are those of the plain "
+                "path's best run; `bound / SDPA`: LoLA's one-thread time divided by the threads, over SDPA's time "
+                "with them, the ratio a perfect split of LoLA's work over the cores would reach)", "",
+                frame_to_markdown(pd.DataFrame(rows)).strip()]
+    if sre is not None:
+        hq, d1, feat, cand = sre["shape"]
+        out += ["", f"The selection's largest op, one boundary's SRE matmul ({hq} query heads x ({d1} x {feat}) x "
+                f"({feat} x {cand} candidates), one thread, `{sre['file']}`): {sre['alone_us']:.0f} µs alone, "
+                f"{sre['gflops_alone']:.0f} GFLOP/s, {100 * sre['gflops_alone'] / sre['core_mm_gflops']:.0f}% of "
+                f"this core's rate on a 1024 x 1024 matmul; {sre['other_core_busy_us']:.0f} µs while the other "
+                "core runs a matmul."]
     return "\n".join(out)
 
 
