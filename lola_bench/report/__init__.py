@@ -7,6 +7,8 @@ Modules (the report reads the sweep store; lola_bench.sweep never imports the re
   ruler_compare, metric_compare   ruler / speed and perplexity runs side by side
   sweep_tables  sweep.md: accuracy / TTFT / memory pivots by λ × η
   sweep_plots   accuracy vs cache (Pareto frontier), TTFT and memory vs λ, accuracy vs ctx
+  budget_tables, budget_plot   equal-memory sweeps (--budget-mib): a table and a bar panel per context x budget
+  family_style  one colour / marker per variant family, shared by every sweep plot
   render        render_sweep_report (sweep.md + plots), render_sweep_result (the same after run_sweep, when it
                 ran cells or sweep.md is missing), render_report (re-render / merge from sweep.csv)
 """

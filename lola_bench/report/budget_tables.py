@@ -9,6 +9,8 @@ they close every table as references, with their own cache size.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pandas as pd
 
 from ..records import frame_to_markdown
@@ -17,7 +19,8 @@ from .labels import FULL_LABEL, family_label
 REFERENCE = " (reference, no budget)"
 
 
-def _family(row, lola_scorers: int) -> str:
+def panel_family(row, lola_scorers: int) -> str:
+    """The row's family label (``labels.family_label``); LoLA also by its scorer when a panel has several."""
     fam = family_label(row["attn"], row.get("scorer"), row["lambda"], row.get("evict_at"))
     if row["attn"] == "lola" and fam == "LoLA" and lola_scorers > 1:
         fam += f", scorer {row['scorer']}"
@@ -30,7 +33,7 @@ SCORER_ORDER = {"sre": 0, "sink": 1, "attention": 2, "snapkv": 3, "key_norm": 4,
 def _table(rows: pd.DataFrame, tasks: list[str], common: list[str], lola_scorers: int,
            reference: bool) -> pd.DataFrame:
     out = []
-    for fam, g in rows.groupby(rows.apply(lambda r: _family(r, lola_scorers), axis=1), sort=False):
+    for fam, g in rows.groupby(rows.apply(lambda r: panel_family(r, lola_scorers), axis=1), sort=False):
         acc = g.groupby("task")["accuracy"].mean()
         lam = sorted({int(x) for x in g["lambda"].dropna()})
         cache = "cache_mib" if fam != FULL_LABEL else "full_kv_mib"
@@ -44,22 +47,27 @@ def _table(rows: pd.DataFrame, tasks: list[str], common: list[str], lola_scorers
     return pd.DataFrame(out)
 
 
-def budget_tables(ok: pd.DataFrame) -> list[str]:
-    """Markdown sections (empty when no row has a budget): per model × context × budget, the variants compared."""
+class BudgetPanel(NamedTuple):
+    """One model × context × budget of an equal-memory sweep."""
+    model: str
+    ctx: int
+    budget_mib: float
+    rows: pd.DataFrame      # the budget's rows, in family order (LoLA, then eviction by scorer, boundary first)
+    refs: pd.DataFrame      # full attention and the λ = 0 variants of this model and context (no budget)
+    tasks: list[str]        # every task of this model and context
+    common: list[str]       # the tasks every family of rows and refs finished (what a mean may average)
+    lola_scorers: int       # LoLA scorers among the budget rows (more than one: families named by scorer)
+
+
+def budget_panels(ok: pd.DataFrame):
+    """The ``BudgetPanel``s of the ruler rows, by model, context and budget; none when no row has a budget."""
     if "budget_mib" not in ok.columns:
-        return []
+        return
     budget = pd.to_numeric(ok["budget_mib"], errors="coerce")
     if not budget.notna().any():
-        return []
+        return
     ok = ok.assign(budget_mib=budget)
-    out = ["## ruler: accuracy (%) at equal cache bytes\n",
-           "Each budget row's λ was chosen so that its attention cache (window + sparse + state) fits the budget; "
-           "`cache MiB` is what it held after generation (eviction after a full prefill also grew by the generated "
-           "tokens). `mean of k` averages the k tasks that every row of its table finished; an empty cell has not run "
-           "yet.\n"]
-    n_models = ok["model"].nunique()
     for (model, ctx), g in ok[ok["suite"] == "ruler"].groupby(["model", "ctx"], sort=True):
-        tasks = sorted(g["task"].unique())
         refs = g[g["budget_mib"].isna()]          # full attention and the λ = 0 variants (LoLA base, window only)
         refs = refs[(refs["attn"] == "full") | (pd.to_numeric(refs["lambda"], errors="coerce") == 0)]
         lola_scorers = g.loc[(g["attn"] == "lola") & g["budget_mib"].notna(), "scorer"].nunique()
@@ -71,12 +79,28 @@ def budget_tables(ok: pd.DataFrame) -> list[str]:
             rows = rows.sort_values(["_rank", "_scorer", "_at"], kind="stable")
             both = pd.concat([rows, refs])
             # a mean compares only the tasks every row of the table finished
-            fams = [_family(r, lola_scorers) for _, r in both.iterrows()]
+            fams = [panel_family(r, lola_scorers) for _, r in both.iterrows()]
             done = [set(t) for _, t in both.groupby(pd.Series(fams, index=both.index))["task"]]
             common = sorted(set.intersection(*done)) if done else []
-            table = pd.concat([_table(rows, tasks, common, lola_scorers, False),
-                               _table(refs, tasks, common, lola_scorers, True)], ignore_index=True)
-            where = f"{model}, " if n_models > 1 else ""
-            out.append(f"### {where}ctx {int(ctx)}, budget {b:g} MiB\n")
-            out.append(frame_to_markdown(table, floatfmt=".1f"))
+            yield BudgetPanel(model, int(ctx), float(b), rows, refs, sorted(g["task"].unique()), common,
+                              lola_scorers)
+
+
+def budget_tables(ok: pd.DataFrame) -> list[str]:
+    """Markdown sections (empty when no row has a budget): per model × context × budget, the variants compared."""
+    panels = list(budget_panels(ok))
+    if not panels:
+        return []
+    out = ["## ruler: accuracy (%) at equal cache bytes\n",
+           "Each budget row's λ was chosen so that its attention cache (window + sparse + state) fits the budget; "
+           "`cache MiB` is what it held after generation (eviction after a full prefill also grew by the generated "
+           "tokens). `mean of k` averages the k tasks that every row of its table finished; an empty cell has not run "
+           "yet.\n"]
+    n_models = ok["model"].nunique()
+    for p in panels:
+        table = pd.concat([_table(p.rows, p.tasks, p.common, p.lola_scorers, False),
+                           _table(p.refs, p.tasks, p.common, p.lola_scorers, True)], ignore_index=True)
+        where = f"{p.model}, " if n_models > 1 else ""
+        out.append(f"### {where}ctx {p.ctx}, budget {p.budget_mib:g} MiB\n")
+        out.append(frame_to_markdown(table, floatfmt=".1f"))
     return out

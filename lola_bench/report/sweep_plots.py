@@ -11,10 +11,10 @@ import pandas as pd
 
 from ..stats import wilson_interval
 from ._mpl import pyplot
-from .sweep_tables import BASE_LABEL, FULL_LABEL, VARIANT_KEYS, common_tasks, family_label, mean_over_tasks, ok_rows
-
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-EVICT_MARKERS = ("x", "+", "1", "2", "3", "4", "|")   # line markers: eviction never looks like a LoLA point
+from .budget_plot import plot_at_budget
+from .budget_tables import SCORER_ORDER
+from .family_style import family_look
+from .sweep_tables import FULL_LABEL, VARIANT_KEYS, common_tasks, family_label, mean_over_tasks, ok_rows
 
 
 def pareto_frontier(x, y) -> list[bool]:
@@ -85,13 +85,6 @@ def _subplots(plt, n: int, width: float = 5.2, height: float = 4.0, ncols_max: i
     return fig, flat[:n]
 
 
-def _eta_colors(etas) -> dict:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10"]
-    return {e: cmap(i % 10) for i, e in enumerate(sorted(etas))}
-
-
 def pareto_points(ok: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """One point per variant and context: accuracy (with its interval) and cache, averaged per context over only the
     tasks every variant there finished (a mean over unlike task sets would rank the variants by which tasks they have
@@ -111,34 +104,31 @@ def _plot_pareto(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
         return None
     ctxs = sorted(d["ctx"].dropna().unique())
     lola = d[d["attn"] != "full"]
-    colors = _eta_colors(lola["window"].dropna().unique())
     styles = sorted(lola.loc[lola["attn"] == "lola", ["scorer", "feature_map"]].drop_duplicates()
                     .itertuples(index=False, name=None))
-    evictions = sorted({family_label("evict", r["scorer"], r["lambda"], r["evict_at"])
-                        for _, r in lola[lola["attn"] == "evict"].iterrows()})
-    multi_fm = lola["feature_map"].nunique() > 1
+    multi_fm, multi_eta = lola["feature_map"].nunique() > 1, lola["window"].nunique() > 1
+    looks: dict = {}                      # family label -> (legend order, look)
     fig, axes = _subplots(plt, len(ctxs))
     for ax, ctx in zip(axes, ctxs):
         g = d[d["ctx"] == ctx]
         pts = g[g["attn"] != "full"].dropna(subset=["cache_mib", "accuracy"])
         pts = pts.sort_values(["cache_mib", "accuracy"])
-        for k, (_, r) in enumerate(pts.iterrows()):
-            base = r["attn"] == "base"
+        front_mask = pareto_frontier(pts["cache_mib"], pts["accuracy"]) if len(pts) else []
+        for k, ((_, r), on_front) in enumerate(zip(pts.iterrows(), front_mask)):
             key = (r["scorer"], r["feature_map"])
-            c = colors.get(r["window"], "gray")
-            if r["attn"] == "evict":
-                fam = family_label("evict", r["scorer"], r["lambda"], r["evict_at"])
-                ax.scatter(r["cache_mib"], r["accuracy"], s=60, marker=EVICT_MARKERS[evictions.index(fam) %
-                           len(EVICT_MARKERS)], zorder=3, color=c, linewidths=1.6)
-            else:
-                marker = MARKERS[styles.index(key) % len(MARKERS)] if key in styles else "o"
-                ax.scatter(r["cache_mib"], r["accuracy"], s=46, marker=marker, zorder=3,
-                           facecolors="none" if base else c, edgecolors=c, linewidths=1.4)
-            _error_bars(ax, [r["cache_mib"]], [r["accuracy"]], [r["ci_low"]], [r["ci_high"]], c)
-            ax.annotate(f"λ={int(r['lambda'])}", (r["cache_mib"], r["accuracy"]), fontsize=7, color="0.25",
-                        xytext=(4, 4 if k % 2 == 0 else -11), textcoords="offset points")  # alternate: less overlap
+            idx = styles.index(key) if key in styles else 0
+            look = family_look(r["attn"], r["scorer"], r["lambda"], r["evict_at"], idx)
+            label = _point_family(r, multi_fm)
+            looks.setdefault(label, (_family_order(r, idx), look))
+            ax.scatter(r["cache_mib"], r["accuracy"], s=60 if r["attn"] == "evict" else 50, zorder=3,
+                       **look.scatter_kw())
+            _error_bars(ax, [r["cache_mib"]], [r["accuracy"]], [r["ci_low"]], [r["ci_high"]], look.color)
+            if on_front or r["attn"] == "lola" or multi_eta:   # label what a reader looks for; the rest: the tables
+                text = (f"η={int(r['window'])}, " if multi_eta else "") + f"λ={int(r['lambda'])}"
+                ax.annotate(text, (r["cache_mib"], r["accuracy"]), fontsize=7, color="0.25",
+                            xytext=(5, 4 if k % 2 == 0 else -11), textcoords="offset points")
         if len(pts):
-            front = pts[pareto_frontier(pts["cache_mib"], pts["accuracy"])].sort_values(["cache_mib", "accuracy"])
+            front = pts[front_mask].sort_values(["cache_mib", "accuracy"])
             ax.step(front["cache_mib"], front["accuracy"], where="post", color="0.35", lw=2.2, alpha=0.45,
                     zorder=2)
             ax.scatter(front["cache_mib"], front["accuracy"], s=170, color="0.35", alpha=0.25, zorder=2,
@@ -164,28 +154,46 @@ def _plot_pareto(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
         ax.set_xlabel("attention cache after generation (MiB)")
         ax.set_ylabel("accuracy (%, mean over tasks)")
         ax.grid(alpha=0.3)
-    handles = _legend_handles(plt, colors, styles, multi_fm, has_base=(lola["attn"] == "base").any(),
-                              has_full=(d["attn"] == "full").any(), frontier=True, evictions=evictions)
+    handles = _family_handles(looks) + _legend_handles({}, (d["attn"] == "full").any(), frontier=True)
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    fig.suptitle(f"Accuracy vs cache memory — {model}\n(bars: 95% Wilson interval over the n samples)")
+    fig.suptitle(f"Accuracy vs cache memory — {model}\n(bars: 95% Wilson interval over the n samples; hollow "
+                 "eviction markers: one compression after a full prefill)")
     fig.tight_layout()
     return _save(fig, out, plt)
 
 
-def _legend_handles(plt, colors: dict, styles: list, multi_fm: bool, has_base: bool, has_full: bool,
-                    frontier: bool = False, lines: bool = False, evictions: list = ()) -> list:
+def _point_family(r, multi_fm: bool) -> str:
+    """A Pareto point's family for the legend: LoLA by scorer (and feature map when several), its base, or the
+    eviction baseline's name."""
+    fam = family_label(r["attn"], r["scorer"], r["lambda"], r["evict_at"])
+    if fam == "LoLA":
+        fam += f", scorer {r['scorer']}" + (f", φ={r['feature_map']}" if multi_fm else "")
+    return fam
+
+
+def _family_order(r, lola_index: int) -> tuple:
+    """Legend order: LoLA (by style), its base, then eviction by baseline (``SCORER_ORDER``), each chunk-boundary
+    variant before its after-prefill one."""
+    if r["attn"] == "evict":
+        scorer = "sink" if r["lambda"] == 0 else r["scorer"]
+        return 2, SCORER_ORDER.get(scorer, len(SCORER_ORDER)), int(r["evict_at"] == "prompt_end"), str(scorer)
+    return (1, 0, 0, "") if r["attn"] == "base" or r["lambda"] == 0 else (0, lola_index, 0, "")
+
+
+def _family_handles(looks: dict) -> list:
     from matplotlib.lines import Line2D
 
-    h = [Line2D([], [], color=c, marker="o" if not lines else None, ls="-" if lines else "", label=f"η={int(e)}")
-         for e, c in colors.items()]
-    if not lines:
-        for i, (scorer, fm) in enumerate(styles):
-            h.append(Line2D([], [], color="0.3", marker=MARKERS[i % len(MARKERS)], ls="",
-                            label=f"LoLA, scorer {scorer}" + (f", φ={fm}" if multi_fm else "")))
-        if has_base:
-            h.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="none", ls="", label=BASE_LABEL))
-        for i, fam in enumerate(evictions):
-            h.append(Line2D([], [], color="0.3", marker=EVICT_MARKERS[i % len(EVICT_MARKERS)], ls="", label=fam))
+    return [Line2D([], [], ls="", marker=look.marker, markersize=7, markeredgecolor=look.color,
+                   markerfacecolor=look.color if look.filled else "none", markeredgewidth=1.5, label=label)
+            for label, (_, look) in sorted(looks.items(), key=lambda kv: kv[1][0])]
+
+
+def _legend_handles(colors: dict, has_full: bool, frontier: bool = False) -> list:
+    """η lines (``colors``: η -> colour; none on the Pareto plot, whose families carry the colours), the frontier
+    and full attention."""
+    from matplotlib.lines import Line2D
+
+    h = [Line2D([], [], color=c, ls="-", label=f"η={int(e)}") for e, c in colors.items()]
     if frontier:
         h.append(Line2D([], [], color="0.35", lw=2.2, alpha=0.45, marker="o", markersize=12, markeredgewidth=0,
                         label="Pareto frontier (all but full)"))
@@ -209,13 +217,20 @@ def _plot_vs_lambda(ok: pd.DataFrame, model: str, values: list[tuple[str, str]],
     if not lams:
         return None
     pos = {lam: i for i, lam in enumerate(lams)}
-    colors = _eta_colors(lola["window"].dropna().unique())
+    etas = sorted(lola["window"].dropna().unique())
     scorers = sorted(lola.loc[lola["attn"] == "lola", "scorer"].dropna().unique())
     fms = sorted(lola["feature_map"].dropna().unique())
     combos = [("lola", s, fm) for s in (scorers or [None]) for fm in fms]   # (kind, scorer, φ | evict_at)
     combos += [("evict", s, at) for s, at in _eviction_families(lola)]
+    # a family's colour and marker as in every sweep plot; the line style: η when several ran, else solid for
+    # LoLA and chunk-boundary eviction and dashed for eviction after a full prefill
+    looks = [family_look(kind, s, 1, fm if kind == "evict" else None, i) for i, (kind, s, fm) in enumerate(combos)]
     dashes = ["-", "--", "-.", ":", (0, (1, 1)), (0, (5, 1, 1, 1, 1, 1))]
     from matplotlib.lines import Line2D
+
+    def style(ci: int, ei: int):
+        kind, _, at = combos[ci]
+        return dashes[ei % len(dashes)] if len(etas) > 1 else "--" if kind == "evict" and at == "prompt_end" else "-"
 
     if len(values) == 1:                       # one value: a row of panels, one per ctx
         fig, flat = _subplots(plt, len(ctxs), width=5.0, height=3.8)
@@ -226,7 +241,7 @@ def _plot_vs_lambda(ok: pd.DataFrame, model: str, values: list[tuple[str, str]],
         panels = [(axes[r][c], ctx, v) for r, ctx in enumerate(ctxs) for c, v in enumerate(values)]
     for ax, ctx, (value, ylabel) in panels:
         g = d[d["ctx"] == ctx]
-        for eta in sorted(colors):
+        for ei, eta in enumerate(etas):
             for ci, (kind, scorer, fm) in enumerate(combos):
                 sel = g[(g["window"] == eta) & (g["feature_map"] == fm) &
                         ((g["attn"] == "base") | ((g["attn"] == "lola") & (g["scorer"] == scorer)))] if kind == "lola" \
@@ -235,8 +250,9 @@ def _plot_vs_lambda(ok: pd.DataFrame, model: str, values: list[tuple[str, str]],
                 sel = sel.sort_values("lambda")
                 sel = sel.dropna(subset=[value])
                 if len(sel):
-                    ax.plot([pos[x] for x in sel["lambda"]], sel[value], marker="o", ms=4, color=colors[eta],
-                            ls=dashes[ci % len(dashes)])
+                    look = looks[ci]
+                    ax.plot([pos[x] for x in sel["lambda"]], sel[value], marker=look.marker, ms=5, color=look.color,
+                            markerfacecolor=look.color if look.filled else "white", ls=style(ci, ei))
         full = g.loc[g["attn"] == "full", value].dropna()
         if len(full):
             ax.axhline(full.mean(), color="black", ls="--", lw=1.2)
@@ -246,11 +262,14 @@ def _plot_vs_lambda(ok: pd.DataFrame, model: str, values: list[tuple[str, str]],
         ax.set_ylim(0, ax.get_ylim()[1] * 1.08)          # from zero, with room above the highest line
         ax.set_title(f"{ylabel.split(' (')[0]}, ctx {int(ctx)} tokens", fontsize=10)
         ax.grid(alpha=0.3)
-    handles = _legend_handles(plt, colors, [], False, False, has_full=(d["attn"] == "full").any(), lines=True)
-    if len(combos) > 1:
-        handles += [Line2D([], [], color="0.3", ls=dashes[i % len(dashes)],
-                           label=_family_line_label(kind, s, fm, len(fms) > 1)) for i, (kind, s, fm) in
-                    enumerate(combos)]
+    handles = [Line2D([], [], color=look.color, marker=look.marker, ls=style(i, 0),
+                      markerfacecolor=look.color if look.filled else "white",
+                      label=_family_line_label(kind, s, fm, len(fms) > 1))
+               for i, ((kind, s, fm), look) in enumerate(zip(combos, looks))]
+    if len(etas) > 1:
+        handles += [Line2D([], [], color="0.3", ls=dashes[i % len(dashes)], label=f"η={int(e)}")
+                    for i, e in enumerate(etas)]
+    handles += _legend_handles({}, (d["attn"] == "full").any())
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.suptitle(f"{title} — {model}")
     fig.tight_layout()
@@ -350,6 +369,7 @@ def sweep_plots(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         sfx = f"_{_safe(model)}" if len(models) > 1 else ""
         for path in (
             _plot_pareto(m, model, out_dir / f"accuracy_vs_cache{sfx}.png", plt),
+            plot_at_budget(m, model, out_dir / f"accuracy_at_budget{sfx}.png", plt),
             _plot_vs_lambda(m, model, [("ttft_s", "TTFT (s)")], "Time to first token vs λ",
                             out_dir / f"ttft_vs_lambda{sfx}.png", plt),
             _plot_vs_lambda(m, model, [("cache_mib", "attention cache (MiB)"),
