@@ -156,8 +156,9 @@ def _plot_pareto(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
         ax.grid(alpha=0.3)
     handles = _family_handles(looks) + _legend_handles({}, (d["attn"] == "full").any(), frontier=True)
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    fig.suptitle(f"Accuracy vs cache memory — {model}\n(bars: 95% Wilson interval over the n samples; hollow "
-                 "eviction markers: one compression after a full prefill)")
+    after = (lola["evict_at"] == "prompt_end").any()
+    fig.suptitle(f"Accuracy vs cache memory — {model}\n(bars: 95% Wilson interval over the n samples"
+                 + ("; hollow eviction markers: one compression after a full prefill)" if after else ")"))
     fig.tight_layout()
     return _save(fig, out, plt)
 
