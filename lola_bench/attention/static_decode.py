@@ -34,6 +34,7 @@ attention mass of every query (attention, snapkv: the step does not accumulate i
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Callable
 
 import torch
@@ -41,6 +42,7 @@ import torch
 from ..errors import UserError
 from .common import LolaParams, combine, evict_before, to_storage
 from .state import LolaState, state_dtype
+from .static_merge import advance_host_merge, static_merge, steady_reason
 
 Evict = Callable[[LolaState, LolaParams, int], None]
 
@@ -86,6 +88,7 @@ class StaticLolaState:
         self.has_lin = torch.zeros(1, dtype=torch.bool, device=device)
         self.slots = torch.arange(n, **i64)
         self.pos_host = self.win_start_host = self.sp_n_host = self.n_folded = 0
+        self.merges: Counter = Counter()         # chunk-boundary merges by how they ran: copy, static, graph
 
     # -- conversion (eager, exact) ------------------------------------------------------------------------------
     @classmethod
@@ -142,17 +145,29 @@ class StaticLolaState:
         ws = cfg.window_start(self.pos_host // cfg.chunk_size)
         return ws if ws > self.win_start_host else None
 
-    def prepare(self, evict: Evict = evict_before) -> bool:
+    def prepare(self, evict: Evict = evict_before, steady: bool = False) -> bool:
         """Before a step: run the chunk-boundary merge when the next token needs it (True if it ran), and check that
-        the step's slot exists. ``evict``: ``common.evict_before`` or a function of its signature."""
+        the step's slot exists. ``evict``: ``common.evict_before`` or a function of its signature, on a
+        ``LolaState`` copy; ``steady``: a boundary of the steady shape (``static_merge.steady_reason``) merges in
+        place instead (``static_merge``). ``merges`` counts which ran."""
         ws = self.boundary()
         if ws is not None:
-            st = self.to_state()
-            evict(st, self.params, ws)
-            self.load(st)
+            if steady and steady_reason(self, ws) is None:
+                static_merge(self)
+                advance_host_merge(self)
+                self.merges["static"] += 1
+            else:
+                st = self.to_state()
+                evict(st, self.params, ws)
+                self.load(st)
+                self.merges["copy"] += 1
+        self.check_capacity()
+        return ws is not None
+
+    def check_capacity(self) -> None:
+        """The next step's window slot exists (else a one-line error: the state was built for a shorter run)."""
         if self.pos_host - self.win_start_host >= self.cap_w:
             raise UserError(f"position {self.pos_host} is past the static state's capacity (max_len {self.max_len})")
-        return ws is not None
 
     def advance_host(self, n: int = 1) -> None:
         """Count ``n`` steps that ran on the device (``static_step`` advances ``pos`` there)."""
@@ -214,10 +229,11 @@ def static_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st: StaticLol
 
 
 def static_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, st: StaticLolaState,
-                  evict: Evict = evict_before, step=static_step) -> torch.Tensor:
-    """``decode.lola_decode`` on a static state, eagerly: ``prepare`` (the merge at a chunk boundary), the step
-    (``static_step`` or ``kernels.static_step_triton``), the host advance."""
-    st.prepare(evict)
+                  evict: Evict = evict_before, step=static_step, steady: bool = False) -> torch.Tensor:
+    """``decode.lola_decode`` on a static state, eagerly: ``prepare`` (the merge at a chunk boundary; ``steady``:
+    in place where it can, ``static_merge``), the step (``static_step`` or ``kernels.static_step_triton``), the host
+    advance."""
+    st.prepare(evict, steady)
     out = step(q, k, v, st)
     st.advance_host()
     return out

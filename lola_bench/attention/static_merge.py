@@ -1,0 +1,86 @@
+"""The chunk-boundary merge of a ``StaticLolaState`` in place, of fixed shapes, reading no value on the host: what a
+CUDA graph can capture and replay next to the decode step (issue #16 items 2-3: the merge amortized per token).
+
+Once a decode is past its first boundaries every merge has the same shape: the sparse cache is full (``cap_s`` =
+sparse + sinks pairs, in position order) and the chunk's ``chunk`` oldest window pairs leave, so the candidates are
+always the slots [0, cap_s + chunk) in position order, ``cap_s`` of them stay and ``chunk`` are folded into (H, s)
+(dropped under eviction). ``static_merge`` runs that boundary on the buffers: score the candidates (the scorer on
+phi(k) computed for them, as ``common.evict_before`` does), choose with ``common.split_topk`` (its sort path on
+accelerators; on CPU its one-topk path reads one flag on the host), fold the rest, write the kept pairs back into the
+sparse slots in position order, shift the window slots down by a chunk and advance the device-side window start.
+Same selection, state and counts as ``evict_before`` on the equivalent ``LolaState`` (tests/attention/
+test_static_merge.py); the host mirrors are advanced by ``advance_host_merge``.
+
+``steady_reason`` says why a boundary is not of that shape (the earlier boundaries, a state capped by ``max_len``,
+scorers that need attention mass); ``StaticLolaState.prepare`` then runs the general merge through a ``LolaState``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .common import fold, split_topk, take_rows
+from .scorers import ScoreContext, expand_heads
+
+
+def steady_reason(st, window_start: int) -> str | None:
+    """Why the boundary to ``window_start`` is not a steady one (None when it is): host mirrors only."""
+    cfg = st.params.cfg
+    full = cfg.sparse + cfg.sinks
+    if st.params.scorer.needs_attention_mass:
+        return f"scorer {cfg.scorer!r} reads attention mass"
+    if st.cap_s != full or st.cap_w != cfg.window + cfg.chunk_size:
+        return "the state's capacity is capped by max_len"
+    if st.sp_n_host != full:
+        return f"the sparse cache holds {st.sp_n_host} of {full} pairs"
+    if window_start - st.win_start_host != cfg.chunk_size or window_start < cfg.sinks:
+        return f"{window_start - st.win_start_host} pairs leave the window, not a chunk of {cfg.chunk_size}"
+    if st.pos_host - st.win_start_host < cfg.chunk_size:
+        return "the window holds less than a chunk"
+    return None
+
+
+def static_merge(st) -> None:
+    """The steady chunk-boundary merge on ``st``'s buffers (``steady_reason`` must be None): device work only, fixed
+    shapes; the window start on the device advances by a chunk. The host mirrors: ``advance_host_merge``."""
+    p = st.params
+    cfg = p.cfg
+    cs, c, cap_w = st.cap_s, cfg.chunk_size, st.cap_w
+    n = cs + c
+    # sparse slots, then the chunk leaving the window (copies: the same memory layout as evict_before's candidates,
+    # so the same arithmetic to the bit)
+    cand_k, cand_v = st.k[:, :, :n].contiguous(), st.v[:, :, :n].contiguous()
+    b, hs = cand_k.shape[:2]
+    win_pos = st.win_start + torch.arange(c, device=st.k.device)     # (c,) positions of the leaving pairs
+    cand_pos = torch.cat([st.sp_pos, win_pos.view(1, 1, c).expand(b, hs, c)], dim=2)
+    phi_k = p.feature_map_k(expand_heads(cand_k, p.group)).to(st.H.dtype) if cfg.fold else None
+    if cs == 0:                            # λ = 0, no sinks: every candidate goes, in position order
+        if cfg.fold:
+            fold(st, p, phi_k, cand_v)
+    else:
+        ctx = ScoreContext(k=cand_k, v=cand_v, pos=cand_pos, phi_k=phi_k, H=st.H if cfg.fold else None,
+                           s=st.s if cfg.fold else None, acc=None, group=p.group, eps=cfg.eps, seed=cfg.seed)
+        scores = p.scorer.score(ctx)
+        if cfg.sinks:                      # steady: the window starts past the sinks, so all of them are pinned
+            scores = scores.masked_fill(cand_pos < cfg.sinks, float("inf"))
+        idx, out_idx = split_topk(scores, cs)
+        if cfg.fold:
+            fold(st, p, take_rows(phi_k, expand_heads(out_idx, p.group)), take_rows(cand_v, out_idx))
+        st.k[:, :, :cs].copy_(take_rows(cand_k, idx))
+        st.v[:, :, :cs].copy_(take_rows(cand_v, idx))
+        st.sp_pos.copy_(cand_pos.gather(2, idx))
+    # the window slots move down by a chunk (slot cs + j holds position win_start + j); the last chunk of slots
+    # keeps stale pairs, masked until the steps overwrite them
+    for buf in (st.k, st.v):
+        buf[:, :, cs:cs + cap_w - c].copy_(buf[:, :, cs + c:cs + cap_w].clone())
+    st.win_start.add_(c)
+    if cfg.fold:
+        st.has_lin.fill_(True)
+
+
+def advance_host_merge(st) -> None:
+    """The host mirrors after a ``static_merge``: the window start moves by a chunk, a chunk of pairs was folded."""
+    c = st.params.cfg.chunk_size
+    st.win_start_host += c
+    if st.params.cfg.fold:
+        st.n_folded += c
