@@ -94,6 +94,7 @@ def decode_row(p: LolaParams, sh: dict, ctx: int, nl: int, dt, device: str) -> d
                     ts.append(time.perf_counter() - t0)
             r[key] = 1e6 * statistics.median(ts)
         r["merge_amortized_us_per_token"] = r["merge_us_per_layer"] * nl / cfg.chunk_size
+    r.update(static_merge_row(p, ctx, nl, dt, device))
     r["torch_attend_eager_us"] = bench_us(lambda: [attend(qs[i], states[i], p, ctx - 1, causal=False)
                                                    for i in range(nl)], device)
     # full attention over a KV cache of ctx tokens
@@ -109,6 +110,54 @@ def decode_row(p: LolaParams, sh: dict, ctx: int, nl: int, dt, device: str) -> d
     if device == "cuda":
         g = bench_graph_us(full_attn)
         r["full_sdpa_graph_us"], r["full_sdpa_graph_warm_us"] = g["cold_us"], g["warm_us"]
+    return r
+
+
+def steady_static_state(p: LolaParams, ctx: int, dt, device: str):
+    """A ``StaticLolaState`` at position ``ctx`` (a multiple of the chunk) whose next boundary is steady: the sparse
+    cache full (sparse + sinks pairs), a chunk about to leave the window; random contents."""
+    from lola_bench.attention.static_decode import StaticLolaState
+
+    cfg = p.cfg
+    st = synthetic_state(p, ctx, dt, device)
+    ws, cap = int(st.win_pos[0]), cfg.sparse + cfg.sinks
+    hs, d = st.sp_k.shape[1], st.sp_k.shape[3]
+    st.sp_k = torch.randn(1, hs, cap, d, device=device).to(dt)
+    st.sp_v = torch.randn(1, hs, cap, d, device=device).to(dt)
+    pos = torch.cat([torch.arange(cfg.sinks, device=device),
+                     cfg.sinks + torch.randperm(ws - cfg.sinks, device=device)[:cfg.sparse].sort().values])
+    st.sp_pos = pos.view(1, 1, cap).expand(1, hs, cap).clone()
+    st.n_folded = ws - cap
+    return StaticLolaState.from_state(st, p)
+
+
+def static_merge_row(p: LolaParams, ctx: int, nl: int, dt, device: str) -> dict:
+    """The steady chunk-boundary merge in place (``attention.static_merge``, what the graphed whole-model decode
+    replays) for ``nl`` layers: eager, and on CUDA replayed as one CUDA graph; us per layer and amortized per token
+    over a chunk. The states drift from call to call (the window start advances, H grows): fixed shapes, so the
+    timing does not depend on it."""
+    from lola_bench.attention.static_merge import static_merge, steady_reason
+
+    cfg = p.cfg
+    if ctx % cfg.chunk_size or ctx - cfg.window - cfg.chunk_size < cfg.sparse + cfg.sinks:
+        return {"merge_static_skipped": "ctx not a chunk multiple, or the cache does not fill"}
+    states = [steady_static_state(p, ctx, dt, device) for _ in range(nl)]
+    reason = steady_reason(states[0], states[0].win_start_host + cfg.chunk_size)
+    if reason:
+        return {"merge_static_skipped": reason}
+
+    def merge_all():
+        for s in states:
+            static_merge(s)
+
+    r = {"merge_static_eager_us_per_layer": bench_us(merge_all, device) / nl}
+    if device == "cuda":
+        try:
+            g = bench_graph_us(merge_all)
+            r["merge_graph_us_per_layer"] = g["cold_us"] / nl
+            r["merge_graph_amortized_us_per_token"] = g["cold_us"] / cfg.chunk_size
+        except Exception as e:      # noqa: BLE001 - recorded in the row
+            r["merge_graph_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
     return r
 
 

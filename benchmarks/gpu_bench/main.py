@@ -71,7 +71,10 @@ def main(argv=None) -> int:
            "notes": [
                "decode graph mode: the fused decode kernel of every layer over a fixed-size state, captured in one "
                "CUDA graph; the per-token append and the chunk-boundary merge (every `window` tokens) are not in the "
-               "graph (merge_amortized_us_per_token gives the merge's share)",
+               "graph (merge_amortized_us_per_token gives the merge's share); merge_static_eager_us_per_layer / "
+               "merge_graph_us_per_layer: the steady merge done in place (attention/static_merge.py), eager and "
+               "replayed as one CUDA graph for every layer, as the graphed whole-model decode runs it; the decode "
+               "target adds merge_graph_amortized_us_per_token where it was measured",
                "lola_step_eager_us: full lola_decode_triton steps (append + merge at the boundary + kernel) averaged "
                "over one chunk of tokens",
                "TTFT: whole-model forward of the prompt with logits for the last position only, median of the timed "

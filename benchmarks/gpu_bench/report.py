@@ -66,17 +66,20 @@ def markdown(res: dict) -> str:
     rows = []
     for r in res["decode_attention"]:
         if "skipped" in r:
-            rows.append([r["ctx"], "skipped: " + r["skipped"]] + [""] * 7)
+            rows.append([r["ctx"], "skipped: " + r["skipped"]] + [""] * 9)
             continue
         g = r.get
         rows.append([r["ctx"], f"{fmt(g('lola_kernel_graph_us'))} / {fmt(g('lola_kernel_graph_warm_us'))}",
                      g("lola_kernel_eager_us"), g("lola_step_eager_us"), g("merge_amortized_us_per_token"),
                      f"{fmt(g('merge_us_per_layer'))} / {fmt(g('merge_rank_select_us_per_layer'))}",
+                     f"{fmt(g('merge_static_eager_us_per_layer'))} / {fmt(g('merge_graph_us_per_layer'))}",
+                     g("merge_graph_amortized_us_per_token"),
                      g("torch_attend_eager_us"),
                      f"{fmt(g('full_sdpa_graph_us'))} / {fmt(g('full_sdpa_graph_warm_us'))}",
                      g("full_sdpa_eager_us")])
     lines += table(["ctx", "LoLA kernel graph (cold / warm)", "LoLA kernel eager", "LoLA full step eager",
-                    "merge amortized", "merge per layer (threshold / rank select)", "torch attend eager",
+                    "merge amortized", "merge per layer (threshold / rank select)",
+                    "in-place merge per layer (eager / graph)", "in-place merge graph amortized", "torch attend eager",
                     "full SDPA graph (cold / warm)", "full SDPA eager"], rows)
     lines += ["", f"## Attention-side prefill, one layer of {cfg['decode_preset']}, ms", ""]
     lines += table(["ctx", "variant", "setup", "merge (phase A)", "attention (phase B)", "finalize", "total", "error"],
@@ -150,9 +153,13 @@ def targets(res: dict) -> list[dict]:
     out = []
     cfg = res["config"]
     dec = [r for r in res["decode_attention"] if "lola_kernel_graph_us" in r]
-    per_tok = {r["ctx"]: r["lola_kernel_graph_us"] + r.get("merge_amortized_us_per_token", 0.0) for r in dec}
+    # the merge the graphed decode runs at steady boundaries: the in-place merge as a CUDA graph, where measured
+    per_tok = {r["ctx"]: r["lola_kernel_graph_us"] + r.get("merge_graph_amortized_us_per_token",
+                                                            r.get("merge_amortized_us_per_token", 0.0)) for r in dec}
+    graph_merge = any("merge_graph_amortized_us_per_token" in r for r in dec)
     out.append({"target": f"decode <= 50 us/token, {cfg['decode_layers']} layers of {cfg['decode_preset']}, graph "
-                          "mode (kernel + amortized merge)",
+                          "mode (kernel + amortized merge, "
+                          + ("the in-place merge replayed as a CUDA graph)" if graph_merge else "the eager merge)"),
                 "measured": ", ".join(f"{c}: {v:.1f}" for c, v in sorted(per_tok.items())) or "-",
                 "ok": (max(per_tok.values()) <= 50.0) if per_tok else None})
     flat = max(per_tok.values()) / min(per_tok.values()) if len(per_tok) > 1 else None

@@ -28,6 +28,8 @@ from contextlib import contextmanager
 
 import torch
 
+from ..models.graph_capture import capture, first_line
+
 PEAK_GBS = {"H200": 4800.0, "H100 SXM": 3350.0, "H100 PCIe": 2000.0, "A100-SXM4-80GB": 2039.0,
             "A100-SXM4-40GB": 1555.0, "L40S": 864.0, "RTX 4090": 1008.0}   # vendor data sheets, GB/s
 
@@ -84,10 +86,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _first_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
-
-
 def timed_steps(step, tok: torch.Tensor, device: str, graph: bool, n_warm: int, n_tokens: int, record: bool,
                 generated: list[int], before=None, after=None, eos: set[int] | None = None) -> dict:
     """Run ``n_warm`` greedy steps, then time ``n_tokens``: ``step`` (device work: updates ``tok`` and the position
@@ -142,7 +140,7 @@ def timed_steps(step, tok: torch.Tensor, device: str, graph: bool, n_warm: int, 
                         g.replay()
                         after()
                 except Exception as e:      # e.g. a host sync inside the forward: say so, time it eagerly
-                    error = _first_line(e)
+                    error = first_line(e)
                     why = f"capture failed: {error}"
                     torch.cuda.synchronize()
     else:
@@ -168,26 +166,6 @@ def timed_steps(step, tok: torch.Tensor, device: str, graph: bool, n_warm: int, 
     _sync(device)
     return {"dt": (time.perf_counter() - t0) / steps if steps else None, "steps": steps, "how": how, "why": why,
             "capture_error": error, "merges": merges[0]}
-
-
-def capture(step, stream) -> torch.cuda.CUDAGraph:
-    """``step`` recorded (not run) as a CUDA graph on ``stream``. As ``torch.cuda.graph`` does, without its
-    ``empty_cache()``: a generation captures once per sample, and emptying the allocator's cache each time would make
-    the next sample's prefill allocate afresh (a TTFT the eager loop never pays)."""
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(stream):
-        g.capture_begin()
-        try:
-            step()
-        except BaseException:
-            try:
-                g.capture_end()
-            except Exception:               # noqa: BLE001 - the capture is already broken; report the first error
-                pass
-            raise
-        g.capture_end()
-    return g
 
 
 def _untimed(why: str) -> dict:
@@ -268,14 +246,15 @@ def own_cache_step(model, cache, tok: torch.Tensor, kw: str):
     return step
 
 
-def static_lola(model, cache, max_len: int, use_kernels: bool | None = None):
+def static_lola(model, cache, max_len: int, use_kernels: bool | None = None, merge: str = "copy"):
     """(the ``StaticLolaCache`` copy of a prefilled LolaCache, its boundary merge, the merge's name, whether the
     kernels run the step): ``use_kernels`` None follows the layers' own ``kernels`` setting
-    (``models.patch.kernel_choice``)."""
+    (``models.patch.kernel_choice``); ``merge``: how the steady merges run (``models.static_cache.StaticLolaCache``;
+    the others always run the returned merge on a copy)."""
     from ..models.patch import kernel_choice, lola_modules
     from ..models.static_cache import to_static_cache
 
-    scache = to_static_cache(model, cache, max_len=max_len)
+    scache = to_static_cache(model, cache, max_len=max_len, merge=merge)
     if use_kernels is None:
         st0 = scache.states[0]
         use_kernels = kernel_choice(st0.k, st0.params, lola_modules(model)[0].kernels) is None
@@ -302,7 +281,8 @@ def step_kernels(model, use_kernels: bool):
 
 @torch.no_grad()
 def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, graph: bool = True, n_warm: int = 3,
-                       record: bool = False, use_kernels: bool | None = None) -> tuple[dict, list[int]]:
+                       record: bool = False, use_kernels: bool | None = None,
+                       merge: str | None = None) -> tuple[dict, list[int]]:
     """Greedy decode of a LoLA-patched ``model``: the prompt prefilled by the normal path into a LolaCache, every
     layer's state converted to a ``StaticLolaState`` (``models.static_cache``), then the decode step (the static
     step of every layer, the token and position in device buffers) captured once and replayed per token on CUDA
@@ -311,7 +291,10 @@ def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, gra
     ``attention`` and ``merge`` say which ran); None: as the layers' own ``kernels`` setting chooses for their
     prefill and decode (``models.patch.kernel_choice``). A configuration without a static state decodes eagerly
     through the LolaCache and the row says why. Bytes per token: the parameters + every slot of the static cache (what
-    the step reads, masked or not). Returns (row, tokens) as ``static_decode``."""
+    the step reads, masked or not). ``merge``: how the steady chunk-boundary merges run ("copy", "in place" or
+    "graph", ``StaticLolaCache``); None: "graph" where the step is captured, else "copy". With "graph" the warm-up
+    runs through the first boundary, so that the merge's capture is not timed. The row counts the merges by how they
+    ran (``merges``). Returns (row, tokens) as ``static_decode``."""
     from ..models.patch import implementation_used, lola_modules, new_cache, reset_calls
     from ..models.static_cache import static_reason
 
@@ -332,7 +315,12 @@ def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, gra
                "tokens": n_tokens, "boundary_merges": merges,
                **_bandwidth_row(param_bytes(model) + sum(cache.nbytes_by_tier().values()), t["dt"], device)}
         return row, generated
-    scache, evict, merge_name, use_kernels = static_lola(model, cache, L + n_warm + n_tokens + 1, use_kernels)
+    if merge is None:
+        merge = "graph" if graph and is_cuda(device) else "copy"
+    if merge == "graph":                            # eager through the first boundary: its merge warms up the capture
+        chunk = lola_modules(model)[0].cfg.chunk_size
+        n_warm = max(n_warm, (chunk - L % chunk) % chunk + 2)
+    scache, evict, merge_name, use_kernels = static_lola(model, cache, L + n_warm + n_tokens + 1, use_kernels, merge)
     cache = None                                                    # its states were copied
     pos = torch.tensor([L], device=ids.device)
     step = decode_step(model, scache, tok, pos, kw)
@@ -344,5 +332,7 @@ def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, gra
     row = {"mode": "lola", "impl": f"static cache, {t['how']}", "eager_reason": t["why"],
            "capture_error": t["capture_error"], "attention": implementation_used(model),
            "tokens": n_tokens, "boundary_merges": t["merges"], "merge": merge_name, "cache_bytes": cache_bytes,
+           "merges": ", ".join(f"{k} {v}" for k, v in sorted(scache.merge_counts().items())) or None,
+           "merge_mode": scache.merge, "merge_capture_error": scache.merge_capture_error,
            **_bandwidth_row(param_bytes(model) + cache_bytes, t["dt"], device)}
     return row, generated

@@ -402,6 +402,9 @@ def test_gpu_bench_smoke(tmp_path):
     assert all(r["boundary_merges"] == 1 and r["tokens"] == 8 and r["merge"] == "triton" for r in static
                if r["mode"] == "lola"), static
     assert all(r["attention"] == "triton (static)" for r in static if r["mode"] == "lola"), static  # the Triton step
+    # off CUDA the merges go through the copy, all of them counted; the in-place steady merge is timed on its own
+    assert all(r["merge_mode"] == "copy" and r["merges"] == "copy 3" for r in static if r["mode"] == "lola"), static
+    assert all(r["merge_static_eager_us_per_layer"] > 0 for r in data["decode_attention"]), data["decode_attention"]
     tiles = data["merge_tiles"]  # every tile setting ran and gave the same output (selections do not depend on tiles)
     assert [t["tiles"] for t in tiles] == ["default", "BLOCK_N=16,num_warps=4"]
     assert all("merge_ms" in t and t["max_abs_diff_vs_first"] < 1e-5 for t in tiles), tiles

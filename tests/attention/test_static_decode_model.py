@@ -91,6 +91,28 @@ def test_static_decode_generates_what_generate_does(tiny, kw):
     assert row["bytes_per_token"] == params + row["cache_bytes"]
 
 
+@pytest.mark.parametrize("merge", ["in place", "graph"])
+def test_steady_merges_in_place_generate_the_same_tokens(tiny, merge):
+    """The steady chunk-boundary merges run in place (``attention.static_merge``) instead of through a LolaState
+    copy: the same tokens as generate(); the row counts which merges ran. "graph" on CPU: nothing to capture, the
+    row says so and the merges run in place; its warm-up runs through the first boundary (the capture's)."""
+    cfg = LolaConfig(window=8, sparse=6, sinks=2, combine="calibrated", gqa="grouped", feature_map="hedgehog")
+    patch_model(tiny, cfg)
+    try:
+        ids = prompt()
+        row, toks = lola_static_decode(tiny, ids, N_TOKENS, "cpu", n_warm=N_WARM, record=True, merge=merge)
+        warm = max(N_WARM, (cfg.chunk_size - PROMPT % cfg.chunk_size) % cfg.chunk_size + 2) if merge == "graph" \
+            else N_WARM
+        want = tiny.generate(ids, max_new_tokens=1 + warm + N_TOKENS, do_sample=False)[0, PROMPT:].tolist()
+    finally:
+        unpatch_model(tiny)
+    assert toks == want
+    counts = dict(part.split(" ") for part in row["merges"].split(", "))
+    assert int(counts["static"]) >= 4 and "graph" not in counts, row["merges"]     # the prompt already filled λ
+    assert row["merge_mode"] == "in place"                       # on CPU "graph" falls back to it
+    assert (row["merge_capture_error"] == "not a CUDA device") == (merge == "graph")
+
+
 def test_configuration_without_static_state_decodes_eagerly_and_says_why(tiny):
     patch_model(tiny, LolaConfig(window=6, sparse=4, fold=False, scorer="attention"))
     try:
