@@ -92,6 +92,9 @@ def graphed_decode(model, attn, ctx: int, decode_tokens: int, device: str, seed:
         n = -(-decode_tokens // chunk) * chunk
         row, _ = lola_static_decode(model, ids, n, device, n_warm=chunk + 1)   # kernels: as the layers choose
     impl = row["impl"] + (f" ({row['eager_reason']})" if row.get("eager_reason") else "")
+    if row.get("merges"):                   # LoLA: how its chunk-boundary merges ran (copy, in place, CUDA graph)
+        impl += f"; merges: {row['merges']}" + (f" (merge capture: {row['merge_capture_error']})"
+                                                if row.get("merge_capture_error") else "")
     return {"decode_ms_per_token": row["decode_ms_per_token"],
             "decode_amortized_ms_per_token": row["decode_ms_per_token"],
             "decode_boundary_tokens": row.get("boundary_merges", 0), "decode_impl": impl,
