@@ -106,7 +106,9 @@ def block_8k() -> str:
     if ok is None:
         return "(not run yet: `scripts/ruler_suite.sh` runs it after the 4K suite)"
     table = ok.pivot_table(index="task", columns="variant", values="accuracy", aggfunc="mean")
-    return frame_to_markdown(table.rename_axis(None, axis=1).reset_index(), floatfmt=".1f")
+    hours = pd.to_numeric(ok.drop_duplicates("cell_id")["wall_s"], errors="coerce").sum() / 3600
+    return (frame_to_markdown(table.rename_axis(None, axis=1).reset_index(), floatfmt=".1f").strip()
+            + f"\n\n{ok['cell_id'].nunique()} cells, {hours:.1f} cell hours (`wall_s` summed, one torch thread each).")
 
 
 def block_equal_memory() -> str:
