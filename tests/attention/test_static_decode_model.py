@@ -113,6 +113,43 @@ def test_steady_merges_in_place_generate_the_same_tokens(tiny, merge):
     assert (row["merge_capture_error"] == "not a CUDA device") == (merge == "graph")
 
 
+class _Recorded:
+    """A stand-in for the merge's CUDA graph on CPU: capture records the work without running it, replay runs it."""
+
+    def __init__(self, work):
+        self.work = work
+
+    def replay(self):
+        self.work()
+
+
+def test_replayed_merge_graph_generates_the_same_tokens(tiny, monkeypatch):
+    """The "graph" branch of ``StaticLolaCache.prepare`` after a capture (replay, then the host mirrors, the counts
+    and the capacity check), with a recorded stand-in for the CUDA graph: the same tokens as generate(), the first
+    steady merge in place, every later one replayed."""
+    from lola_bench.attention.static_merge import static_merge
+    from lola_bench.models.static_cache import StaticLolaCache
+
+    def capture(self):
+        states = self.states
+        self.merge_graph = _Recorded(lambda: [static_merge(s) for s in states])
+
+    monkeypatch.setattr(StaticLolaCache, "_capture_merge", capture)
+    cfg = LolaConfig(window=8, sparse=6, sinks=2, combine="calibrated", gqa="grouped", feature_map="hedgehog")
+    patch_model(tiny, cfg)
+    try:
+        ids = prompt()
+        row, toks = lola_static_decode(tiny, ids, N_TOKENS, "cpu", n_warm=N_WARM, record=True, merge="graph")
+        warm = max(N_WARM, (cfg.chunk_size - PROMPT % cfg.chunk_size) % cfg.chunk_size + 2)
+        want = tiny.generate(ids, max_new_tokens=1 + warm + N_TOKENS, do_sample=False)[0, PROMPT:].tolist()
+    finally:
+        unpatch_model(tiny)
+    assert toks == want
+    counts = dict(part.split(" ") for part in row["merges"].split(", "))
+    assert counts == {"static": "1", "graph": str(row["boundary_merges"])} and row["boundary_merges"] >= 3, counts
+    assert row["merge_mode"] == "graph" and row["merge_capture_error"] is None
+
+
 def test_configuration_without_static_state_decodes_eagerly_and_says_why(tiny):
     patch_model(tiny, LolaConfig(window=6, sparse=4, fold=False, scorer="attention"))
     try:
