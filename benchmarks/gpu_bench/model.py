@@ -196,9 +196,10 @@ def graphed_row(model, ids, setting, backend_label, cfgx, device, preset, ctx) -
 
 def lola_graphed_row(model, ids, cfgx, device, preset, lam, ctx, clock) -> dict:
     """LoLA with static-capacity states and a CUDA-graph decode step (``graphed_decode.lola_static_decode``), the
-    chunk-boundary merge eager between replays (the Triton merge where the kernels run, as the eager row). Times a
-    whole number of chunks, so the merges are amortized as in steady decoding; the warm-up covers a boundary, so
-    every kernel is compiled before timing. Skipped (the row says so) when the budget cannot hold its prefill."""
+    chunk-boundary merge between replays (the steady ones in place, replayed as a CUDA graph; the others eager, the
+    Triton merge where the kernels run, as the eager row). Times a whole number of chunks, so the merges are
+    amortized as in steady decoding; the warm-up covers a boundary, so every kernel is compiled before timing.
+    Skipped (the row says so) when the budget cannot hold its prefill."""
     base = {"preset": preset, "mode": "lola", "lambda": lam, "window": cfgx["window"], "ctx": ctx}
     est = 6 * (ctx / 32768) * (4 if "8b" in preset else 1)
     if device == "cuda" and clock.left() < 20 + est:

@@ -13,9 +13,13 @@ test_static_merge.py); the host mirrors are advanced by ``advance_host_merge``.
 
 ``steady_reason`` says why a boundary is not of that shape (the earlier boundaries, a state capped by ``max_len``,
 scorers that need attention mass); ``StaticLolaState.prepare`` then runs the general merge through a ``LolaState``.
+``steps_to_steady`` foresees, on the host, how many steps come before the first steady boundary (a graphed decode
+warms up through it, so that the merge's capture is not timed).
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import torch
 
@@ -37,6 +41,25 @@ def steady_reason(st, window_start: int) -> str | None:
         return f"{window_start - st.win_start_host} pairs leave the window, not a chunk of {cfg.chunk_size}"
     if st.pos_host - st.win_start_host < cfg.chunk_size:
         return "the window holds less than a chunk"
+    return None
+
+
+def steps_to_steady(params, pos: int, win_start: int, sp_n: int, limit: int) -> int | None:
+    """Decode steps before the first steady boundary (``steady_reason``) of a state at position ``pos`` whose window
+    starts at ``win_start`` and whose sparse cache holds ``sp_n`` pairs, looking ``limit`` steps ahead (None if none
+    comes): host arithmetic, the earlier boundaries moving the counts as ``evict_before`` does. Uncapped slots: a
+    state capped by ``max_len`` has no steady boundary at all."""
+    cfg = params.cfg
+    c = cfg.chunk_size
+    mirror = SimpleNamespace(params=params, cap_s=cfg.sparse + cfg.sinks, cap_w=cfg.window + c)
+    for p in range(-(-pos // c) * c, pos + limit, c):
+        ws = cfg.window_start(p // c)
+        if ws <= win_start:
+            continue
+        mirror.sp_n_host, mirror.win_start_host, mirror.pos_host = sp_n, win_start, p
+        if steady_reason(mirror, ws) is None:
+            return p - pos
+        sp_n, win_start = cfg.keep(ws, sp_n + ws - win_start), ws      # ws < p: every pair before it leaves
     return None
 
 

@@ -15,8 +15,9 @@ row says which).
 ``lola_static_decode`` does the same for a LoLA-patched model: the prompt prefilled by the normal path, every
 layer's state converted to a static-capacity one (``lola_bench.attention.static_decode``: fixed buffers, position and
 lengths in device tensors), one decode step of torch ops captured and replayed per token, the chunk-boundary merge
-(every ``chunk`` tokens) run eagerly between replays. Its bytes per token count the static LoLA cache (every slot the
-step reads) instead of a K/V cache. With the kernels (``use_kernels``) each layer's attention in the replayed step is
+(every ``chunk`` tokens) run between replays: eagerly through a copy, or at steady boundaries in place, replayed as a
+second CUDA graph (``merge``). Its bytes per token count the static LoLA cache (every slot the step reads) instead
+of a K/V cache. With the kernels (``use_kernels``) each layer's attention in the replayed step is
 the Triton decode over the static state (``kernels.static_step_triton``: a fixed grid, lengths read on the device),
 else torch ops; the row's ``attention`` names what ran (``triton (static)``, ``torch (static)``, or a fallback).
 """
@@ -293,8 +294,9 @@ def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, gra
     through the LolaCache and the row says why. Bytes per token: the parameters + every slot of the static cache (what
     the step reads, masked or not). ``merge``: how the steady chunk-boundary merges run ("copy", "in place" or
     "graph", ``StaticLolaCache``); None: "graph" where the step is captured, else "copy". With "graph" the warm-up
-    runs through the first boundary, so that the merge's capture is not timed. The row counts the merges by how they
-    ran (``merges``). Returns (row, tokens) as ``static_decode``."""
+    runs through the first steady boundary (``static_merge.steps_to_steady``), so that the merge's capture is not
+    timed. The row counts the merges by how they ran (``merges``). Returns (row, tokens) as ``static_decode``."""
+    from ..attention.static_merge import steps_to_steady
     from ..models.patch import implementation_used, lola_modules, new_cache, reset_calls
     from ..models.static_cache import static_reason
 
@@ -317,9 +319,11 @@ def lola_static_decode(model, ids: torch.Tensor, n_tokens: int, device: str, gra
         return row, generated
     if merge is None:
         merge = "graph" if graph and is_cuda(device) else "copy"
-    if merge == "graph":                            # eager through the first boundary: its merge warms up the capture
-        chunk = lola_modules(model)[0].cfg.chunk_size
-        n_warm = max(n_warm, (chunk - L % chunk) % chunk + 2)
+    if merge == "graph":     # eager through the first steady boundary: its in-place merge warms up the capture
+        m = lola_modules(model)[0]
+        s0 = cache.state(m.layer_idx)
+        first = steps_to_steady(m.params(), s0.pos, s0.pos - s0.win_k.shape[2], s0.sp_k.shape[2], n_warm + n_tokens)
+        n_warm = n_warm if first is None else max(n_warm, first + 2)
     scache, evict, merge_name, use_kernels = static_lola(model, cache, L + n_warm + n_tokens + 1, use_kernels, merge)
     cache = None                                                    # its states were copied
     pos = torch.tensor([L], device=ids.device)

@@ -113,6 +113,50 @@ def test_steady_merges_in_place_generate_the_same_tokens(tiny, merge):
     assert (row["merge_capture_error"] == "not a CUDA device") == (merge == "graph")
 
 
+class _Recorded:
+    """A stand-in for the merge's CUDA graph on CPU: capture records the work without running it, replay runs it."""
+
+    def __init__(self, work):
+        self.work = work
+
+    def replay(self):
+        self.work()
+
+
+@pytest.mark.parametrize("n_prompt", [PROMPT, 10])
+def test_replayed_merge_graph_generates_the_same_tokens(tiny, monkeypatch, n_prompt):
+    """The "graph" branch of ``StaticLolaCache.prepare`` after a capture (replay, then the host mirrors, the counts
+    and the capacity check), with a recorded stand-in for the CUDA graph: the same tokens as generate(), the first
+    steady merge in place and captured during the warm-up, every timed one replayed. A prompt of 10 tokens leaves
+    the sparse cache short of full: its first boundary goes through the copy, the first steady one comes later."""
+    from lola_bench.attention.static_merge import static_merge
+    from lola_bench.models.static_cache import StaticLolaCache
+
+    captured_at = []
+
+    def capture(self):
+        states = self.states
+        captured_at.append(states[0].pos_host)
+        self.merge_graph = _Recorded(lambda: [static_merge(s) for s in states])
+
+    monkeypatch.setattr(StaticLolaCache, "_capture_merge", capture)
+    cfg = LolaConfig(window=8, sparse=6, sinks=2, combine="calibrated", gqa="grouped", feature_map="hedgehog")
+    patch_model(tiny, cfg)
+    try:
+        ids = prompt()[:, :n_prompt]
+        row, toks = lola_static_decode(tiny, ids, N_TOKENS, "cpu", n_warm=N_WARM, record=True, merge="graph")
+        want = tiny.generate(ids, max_new_tokens=len(toks), do_sample=False)[0, n_prompt:].tolist()
+    finally:
+        unpatch_model(tiny)
+    assert toks == want
+    counts = {k: int(v) for k, v in (part.split(" ") for part in row["merges"].split(", "))}
+    # every timed boundary replayed the graph: the in-place merge and its capture ran in the warm-up
+    assert counts["static"] == 1 and counts["graph"] == row["boundary_merges"] >= 3, counts
+    assert counts.get("copy", 0) == (n_prompt == 10), counts
+    assert len(captured_at) == 1 and captured_at[0] < n_prompt + len(toks) - 1 - N_TOKENS, captured_at
+    assert row["merge_mode"] == "graph" and row["merge_capture_error"] is None
+
+
 def test_configuration_without_static_state_decodes_eagerly_and_says_why(tiny):
     patch_model(tiny, LolaConfig(window=6, sparse=4, fold=False, scorer="attention"))
     try:

@@ -10,7 +10,7 @@ from lola_bench.attention import testing
 from lola_bench.attention.config import LolaConfig
 from lola_bench.attention.decode import lola_decode
 from lola_bench.attention.static_decode import StaticLolaState, static_decode
-from lola_bench.attention.static_merge import static_merge, steady_reason
+from lola_bench.attention.static_merge import static_merge, steady_reason, steps_to_steady
 from tests.attention.test_static_decode import CASES, TOL, assert_same_state, setup, tok
 
 N_DECODE = 40
@@ -21,10 +21,15 @@ def test_steady_merges_in_place_equal_evict_before(dtype, hq, hkv, b, P, kw):
     cfg = LolaConfig(**{"window": 6, "feature_map": "hedgehog", **kw})
     p, (q, k, v), st = setup(cfg, dtype, P, hq, hkv, b)
     sst = StaticLolaState.from_state(testing.clone_state(st), p)
+    first = steps_to_steady(p, st.pos, st.pos - st.win_k.shape[2], st.sp_k.shape[2], N_DECODE)   # host arithmetic
+    first_static = None
     for t in range(P, P + N_DECODE):
         want = lola_decode(tok(q, t), tok(k, t), tok(v, t), st, p)
         got = static_decode(tok(q, t), tok(k, t), tok(v, t), sst, steady=True)
         torch.testing.assert_close(got, want, **TOL[dtype], msg=f"step {t}")
+        if sst.merges["static"] and first_static is None:
+            first_static = t - P
+    assert first == first_static            # steps_to_steady foresees the first steady boundary
     assert_same_state(sst.to_state(), st)
     assert int(sst.win_start) == sst.win_start_host and bool(sst.has_lin) == (st.n_folded > 0)
     if cfg.sparse < 50:          # the cache fills within the run: from then on every boundary is steady
