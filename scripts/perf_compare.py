@@ -18,7 +18,8 @@ from pathlib import Path
 def _rows(res: dict) -> dict[tuple, float]:
     out = {}
     for r in res.get("decode_attention", []):
-        for key in ("lola_kernel_graph_warm_us", "merge_amortized_us_per_token", "full_sdpa_graph_warm_us"):
+        for key in ("lola_kernel_graph_warm_us", "merge_amortized_us_per_token", "merge_graph_amortized_us_per_token",
+                    "full_sdpa_graph_warm_us"):
             if key in r:
                 out[("decode, 16 layers (us/token)", key.replace("_us_per_token", "").replace("_us", ""),
                      r["ctx"])] = r[key]

@@ -91,7 +91,8 @@ class StaticLolaCache(LolaCache):
             with torch.cuda.device(states[0].k.device):
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
-                self.merge_graph = capture(lambda: [static_merge(s) for s in states], side)
+                with torch.no_grad():        # never record autograd work (a learnable feature map's) in the graph
+                    self.merge_graph = capture(lambda: [static_merge(s) for s in states], side)
                 torch.cuda.current_stream().wait_stream(side)
         except Exception as e:      # noqa: BLE001 - recorded; the merges go on in place
             self.merge, self.merge_capture_error = "in place", first_line(e)

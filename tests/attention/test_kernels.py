@@ -461,6 +461,10 @@ def test_gpu_bench_judges_targets():
     # per step (the persistent row is not judged); the graphed decode reads at 60% of peak (>= 50%: within 2x of
     # the floor; the eager row is not judged); one check failed
     assert ok == [True, True, False, False, True, True, False]
+    # where the in-place merge replayed as a CUDA graph was measured, the decode target adds it instead
+    res["decode_attention"][0].update(merge_amortized_us_per_token=25.0, merge_graph_amortized_us_per_token=5.0)
+    t0 = targets(res)[0]
+    assert t0["ok"] is True and "4096: 35.0 (graph merge)" in t0["measured"] and "(eager merge)" in t0["measured"]
     res["merge_step"].append({"preset": "q", "ctx": 4096, "merge": "stepwise", "merge_us_per_step": 11.0})
     assert [t["ok"] for t in targets(res)][4] is False
     res["decode_model"].append({"preset": "q", "mode": "full", "ctx": 4096, "impl": "static cache, CUDA graph",
