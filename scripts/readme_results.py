@@ -120,7 +120,7 @@ def block_equal_memory() -> str:
     hours = pd.to_numeric(df.drop_duplicates("cell_id")["wall_s"], errors="coerce").sum() / 3600
     return ("\n".join(s.replace("### ", "*", 1).replace(" MiB\n", " MiB*\n", 1) if s.startswith("### ") else s
                        for s in sections).strip()
-            + f"\n\n{df['cell_id'].nunique()} cells so far, {hours:.1f} cell hours (`wall_s` summed, one torch thread "
+            + f"\n\n{df['cell_id'].nunique()} cells, {hours:.1f} cell hours (`wall_s` summed, one torch thread "
               "each).")
 
 
