@@ -126,6 +126,8 @@ def test_ruler_evict_runs_as_streamingllm_and_refuses_sre(tmp_path):
     df = pd.read_csv(out / "summary.csv")
     assert len(df) == 1 and df.attn[0] == "evict" and df.scorer[0] == "sink" and df["lambda"][0] == 0
     assert df.sinks[0] == 4 and pd.isna(df.feature_map[0]) and df.cache_mib[0] > 0
+    assert pd.isna(df.checkpoint[0]) and df.variant[0] == "eviction: StreamingLLM (η=64, λ=0)"   # named as such
+    assert "KV eviction keeps every pair" in (out / "summary.md").read_text()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["attention"][0]["lola"]["fold"] is False and not cfg.get("lola_checkpoint")
     bad = tmp_path / "bad"

@@ -145,14 +145,15 @@ def test_ruler_rows_carry_wilson_intervals_integers_and_the_checkpoint(tmp_path)
         low, high = wilson_interval(row.accuracy / 100 * row.n, row.n)
         assert row.accuracy_ci_low == pytest.approx(100 * low) and row.accuracy_ci_high == pytest.approx(100 * high)
         assert row.accuracy_ci_low <= row.accuracy <= row.accuracy_ci_high
-    lines = (out / "summary.csv").read_text().splitlines()
-    header = lines[0].split(",")
-    full = dict(zip(header, lines[1].split(",")))
-    lola = dict(zip(header, lines[2].split(",")))
+    import csv
+
+    header, *rows = list(csv.reader((out / "summary.csv").read_text().splitlines()))   # the raw text of each cell
+    full, lola = (dict(zip(header, r)) for r in rows[:2])
     assert (lola["window"], lola["lambda"], lola["sinks"], lola["chunk"], lola["n"], lola["ctx"]) == (
         "16", "16", "0", "16", "2", "256"), "integers written as integers"
     assert full["window"] == "" and full["checkpoint"] == "", "empty stays empty"
     assert lola["checkpoint"] == "training-free"
+    assert (full["variant"], lola["variant"]) == ("full attention", "LoLA (η=16, λ=16)")   # the family, named
     assert "None" not in (out / "summary.md").read_text() and "nan" not in (out / "summary.md").read_text()
 
 

@@ -61,6 +61,16 @@ def info(device: DeviceOpt = "auto"):
     console.print(t)
 
 
+def named_summary(summary):
+    """The summary with a first column ``variant`` naming each row's family (full attention, LoLA, LoLA base,
+    eviction: StreamingLLM / H2O / ...) with its settings."""
+    from ..report.labels import summary_variant_names
+
+    if summary.empty or "attn" not in summary.columns:
+        return summary
+    return summary.assign(variant=summary_variant_names(summary))[["variant", *summary.columns]]
+
+
 def _exactness_note(variants) -> str:
     from ..report import exactness_note
 
@@ -182,7 +192,7 @@ def ruler(
             run.write_json("config.json", run_config("ruler", opts.model, loaded, variants, {
                 "ruler": {**rs.to_dict(), "chat_template_applied": result.chat_template}, "lola_checkpoint": ckpt}))
             run.append_jsonl("predictions.jsonl", result.predictions)
-            run.write_table("summary", result.summary, title="RULER", notes=_exactness_note(variants))
+            run.write_table("summary", named_summary(result.summary), title="RULER", notes=_exactness_note(variants))
             write_rank_timing(run, result.predictions)
             outcomes = needle_outcomes(result.predictions)
             if not outcomes.empty:

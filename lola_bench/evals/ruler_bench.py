@@ -288,7 +288,8 @@ def _run_variant(loaded, attn: AttentionSettings, samples: dict, settings: Ruler
                      **implementation_columns(attn, used()),
                      "prefill_logits": "last position" if settings.prefill_logits == "last" else "every position",
                      "decode_impl": "; ".join(sorted({r.decode_impl for _, r, _ in results if r.decode_impl})) or None,
-                     "checkpoint": checkpoint_label(ckpt) if attn.lola else None, "device": device_label,
+                     "checkpoint": checkpoint_label(ckpt) if attn.lola and attn.lola.fold else None,   # eviction: none
+                     "device": device_label,
                      "chat_template": bool(chat), "needle_kept": needle_kept_share(preds)})
         preds = to_jsonable(preds)
         cells[task, ctx] = {"row": row, "predictions": preds}

@@ -54,3 +54,23 @@ def run_variant_label(row, details: list[str]) -> str:
         details = [eviction_name(row["scorer"], row["lambda"], row.get("evict_at")), *details]
     parts = [f"η={int(row['window'])}", f"λ={int(row['lambda'])}", *details]
     return f"{row['attn']} ({', '.join(parts)})"
+
+
+SUMMARY_DETAILS = ("scorer", "feature_map", "sinks", "gqa", "combine", "evict_at")
+
+
+def summary_variant_names(df) -> list[str]:
+    """A name per row of a run's summary (one variant × task × context each) that tells the families apart: the
+    family (``family_label``) with η and λ, plus any of ``SUMMARY_DETAILS`` that differ between the run's rows of
+    that family (e.g. two LoLA scorers), so that no two variants of one run share a name."""
+    names = []
+    fam = [family_label(r["attn"], r.get("scorer"), r.get("lambda"), r.get("evict_at")) for _, r in df.iterrows()]
+    for (_, r), f in zip(df.iterrows(), fam):
+        if r["attn"] == "full":
+            names.append(f)
+            continue
+        same = df[[g == f for g in fam]]
+        varying = [c for c in SUMMARY_DETAILS if c in df.columns and same[c].astype(str).nunique() > 1]
+        parts = [f"η={int(r['window'])}", f"λ={int(r['lambda'])}", *(f"{c}={r[c]}" for c in varying)]
+        names.append(f"{f} ({', '.join(parts)})")
+    return names

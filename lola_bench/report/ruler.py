@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ._mpl import pyplot
+from .labels import summary_variant_names
 
 
 def depth_heatmaps(predictions: list[dict], out_dir: str | Path) -> list[Path]:
@@ -87,11 +88,7 @@ def accuracy_plot(summary: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     if not {"accuracy_ci_low", "accuracy_ci_high"} <= set(df.columns):
         lo_hi = [wilson_interval(a / 100 * n, int(n)) for a, n in zip(df["accuracy"], df["n"])]
         df["accuracy_ci_low"], df["accuracy_ci_high"] = [100 * x[0] for x in lo_hi], [100 * x[1] for x in lo_hi]
-    label = df["attn"].astype(str)
-    if "window" in df.columns:
-        label = label + df.apply(lambda r: f" (η={int(r['window'])}, λ={int(r['lambda'])})"
-                                 if r["attn"] != "full" and r["window"] == r["window"] else "", axis=1)
-    df["variant"] = label
+    df["variant"] = summary_variant_names(df) if "window" in df.columns else df["attn"].astype(str)
     plt = pyplot()
     tasks, ctxs = list(dict.fromkeys(df["task"])), sorted(df["ctx"].unique())
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
@@ -122,10 +119,19 @@ def accuracy_plot(summary: pd.DataFrame, out_dir: str | Path) -> list[Path]:
 def exactness_note(configs) -> str:
     """Say how long a sequence must be before a LoLA setting differs from full attention (``LolaConfig.exact_len``):
     numbers from shorter prompts (most commonsense items) say nothing about the sparse cache or the linear state."""
-    spans = sorted({(c.window, c.sparse, c.exact_len) for c in configs if c is not None})
-    if not spans:
-        return ""
-    listed = "; ".join(f"η={w}, λ={s}: {n} tokens" for w, s, n in spans)
-    return ("LoLA is exactly full softmax attention until a sequence (prompt + generated) outgrows the window and the "
-            f"sparse cache, i.e. nothing is folded into the linear state up to ({listed}). Prompts shorter than "
-            "that never reach LoLA's linear memory: for them LoLA equals full attention by construction.")
+    configs = [c for c in configs if c is not None]
+    out = []
+    spans = sorted({(c.window, c.sparse, c.exact_len) for c in configs if c.fold})
+    if spans:
+        listed = "; ".join(f"η={w}, λ={s}: {n} tokens" for w, s, n in spans)
+        out.append("LoLA is exactly full softmax attention until a sequence (prompt + generated) outgrows the window "
+                   f"and the sparse cache, i.e. nothing is folded into the linear state up to ({listed}). Prompts "
+                   "shorter than that never reach LoLA's linear memory: for them LoLA equals full attention by "
+                   "construction.")
+    spans = sorted({(c.window, c.sparse, c.exact_len) for c in configs if not c.fold})
+    if spans:
+        listed = "; ".join(f"η={w}, λ={s}: {n} tokens" for w, s, n in spans)
+        out.append("KV eviction keeps every pair, and so is full attention, until a sequence outgrows the window and "
+                   f"the sparse cache ({listed}); after that the pairs it does not keep are dropped (no linear "
+                   "state).")
+    return " ".join(out)

@@ -191,3 +191,34 @@ def test_sweep_md_and_plots_keep_the_two_modes_apart(monkeypatch, tmp_path):
         assert {"eviction: SnapKV", "eviction: SnapKV-style", "eviction: H2O", "eviction: H2O-style"} <= \
             set(seen[png]), png
     assert {0.05} in ttft_lines and all(len(ys) == 1 for ys in ttft_lines), ttft_lines   # one mode per line
+
+
+def test_a_runs_summary_names_every_family_and_keeps_variants_apart():
+    """ruler's summary.csv / accuracy.png name each row by family with η and λ, and add the settings that differ
+    within a family, so two LoLA scorers (or H2O-style and SnapKV-style) never share a name."""
+    from lola_bench.report.labels import summary_variant_names
+
+    df = pd.DataFrame([
+        {"attn": "full", "window": None, "lambda": None, "scorer": None, "evict_at": None, "feature_map": None},
+        {"attn": "lola", "window": 64, "lambda": 512, "scorer": "sre", "evict_at": None, "feature_map": "hedgehog"},
+        {"attn": "lola", "window": 64, "lambda": 512, "scorer": "key_norm", "evict_at": None,
+         "feature_map": "hedgehog"},
+        {"attn": "base", "window": 64, "lambda": 0, "scorer": "sre", "evict_at": None, "feature_map": "hedgehog"},
+        {"attn": "evict", "window": 64, "lambda": 0, "scorer": "sink", "evict_at": "boundary", "feature_map": None},
+        {"attn": "evict", "window": 64, "lambda": 256, "scorer": "snapkv", "evict_at": "prompt_end",
+         "feature_map": None}])
+    names = summary_variant_names(df)
+    assert names == ["full attention", "LoLA (η=64, λ=512, scorer=sre)", "LoLA (η=64, λ=512, scorer=key_norm)",
+                     "LoLA base (λ=0) (η=64, λ=0)", "eviction: StreamingLLM (η=64, λ=0)",
+                     "eviction: SnapKV (η=64, λ=256)"]
+
+
+def test_the_exactness_note_speaks_of_eviction_as_eviction():
+    from lola_bench.attention.config import LolaConfig
+    from lola_bench.report import exactness_note
+
+    lola, evict = LolaConfig(window=64, sparse=512), LolaConfig(window=64, sparse=0, sinks=4, fold=False, scorer="sink")
+    assert "linear state" in exactness_note([lola]) and "eviction" not in exactness_note([lola])
+    note = exactness_note([evict])
+    assert note.startswith("KV eviction") and "folded" not in note and f"{evict.exact_len} tokens" in note
+    assert exactness_note([None]) == "" and exactness_note([lola, evict]).count("tokens") == 2
