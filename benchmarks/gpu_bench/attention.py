@@ -137,6 +137,7 @@ def static_merge_row(p: LolaParams, ctx: int, nl: int, dt, device: str) -> dict:
     over a chunk. The states drift from call to call (the window start advances, H grows): fixed shapes, so the
     timing does not depend on it."""
     from lola_bench.attention.static_merge import static_merge, steady_reason
+    from lola_bench.models.graph_capture import first_line
 
     cfg = p.cfg
     if ctx % cfg.chunk_size or ctx - cfg.window - cfg.chunk_size < cfg.sparse + cfg.sinks:
@@ -157,7 +158,7 @@ def static_merge_row(p: LolaParams, ctx: int, nl: int, dt, device: str) -> dict:
             r["merge_graph_us_per_layer"] = g["cold_us"] / nl
             r["merge_graph_amortized_us_per_token"] = g["cold_us"] / cfg.chunk_size
         except Exception as e:      # noqa: BLE001 - recorded in the row
-            r["merge_graph_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            r["merge_graph_error"] = first_line(e)
     return r
 
 

@@ -180,30 +180,37 @@ def evict_before(state: LolaState, params: LolaParams, window_start: int) -> Non
 
 
 def _select(state: LolaState, params: LolaParams, cand: Candidates, window_start: int) -> None:
-    cand_k, cand_v, cand_pos, cand_acc, n, keep = cand.k, cand.v, cand.pos, cand.acc, cand.n, cand.keep
+    # every position below window_start has left the window: the sinks among them are pinned
+    idx = choose_and_fold(state, params, cand.k, cand.v, cand.pos, cand.acc, cand.keep,
+                          min(params.cfg.sinks, window_start))
+    if params.cfg.fold:
+        state.n_folded += cand.n - cand.keep
+    keep_selected(state, cand, idx)
+
+
+def choose_and_fold(state, params: LolaParams, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                    acc: torch.Tensor | None, keep: int, sinks: int) -> torch.Tensor:
+    """The selection of a chunk boundary: score the candidates (B, Hs, n, ...) in position order against the linear
+    state (``state.H``, ``state.s``: a ``LolaState`` or a static state), pin those below ``sinks``, keep the
+    ``keep`` best (``split_topk``) and fold the rest into (H, s) in place (nothing under eviction; ``keep = 0``:
+    every candidate, in order, unscored). Returns the kept candidates' indices (B, Hs, keep), ascending. Shared by
+    ``evict_before`` and the in-place merge (``static_merge``)."""
     fold_on = params.cfg.fold
-    sinks = min(params.cfg.sinks, window_start)  # every position below window_start has left the window
-    phi_k = None
-    if fold_on:
-        phi_k = params.feature_map_k(expand_heads(cand_k, params.group)).to(state.H.dtype)  # score/fold in fp32
+    phi_k = params.feature_map_k(expand_heads(k, params.group)).to(state.H.dtype) if fold_on else None   # fp32
     if keep == 0:
         if fold_on:
-            fold(state, params, phi_k, cand_v)
-            state.n_folded += n
-        state.sp_k, state.sp_v, state.sp_pos = cand_k[:, :, :0], cand_v[:, :, :0], cand_pos[:, :, :0]
-        state.sp_acc = None if cand_acc is None else cand_acc[:, :, :0]
-        return
-    ctx = ScoreContext(k=cand_k, v=cand_v, pos=cand_pos, phi_k=phi_k, H=state.H if fold_on else None,
-                       s=state.s if fold_on else None, acc=cand_acc, group=params.group, eps=params.cfg.eps,
+            fold(state, params, phi_k, v)
+        return torch.zeros(*pos.shape[:2], 0, dtype=torch.long, device=pos.device)
+    ctx = ScoreContext(k=k, v=v, pos=pos, phi_k=phi_k, H=state.H if fold_on else None,
+                       s=state.s if fold_on else None, acc=acc, group=params.group, eps=params.cfg.eps,
                        seed=params.cfg.seed)
     scores = params.scorer.score(ctx)
     if sinks:
-        scores = scores.masked_fill(cand_pos < sinks, float("inf"))
+        scores = scores.masked_fill(pos < sinks, float("inf"))
     idx, out_idx = split_topk(scores, keep)
     if fold_on:
-        fold(state, params, take_rows(phi_k, expand_heads(out_idx, params.group)), take_rows(cand_v, out_idx))
-        state.n_folded += n - keep
-    keep_selected(state, cand, idx)
+        fold(state, params, take_rows(phi_k, expand_heads(out_idx, params.group)), take_rows(v, out_idx))
+    return idx
 
 
 def append_window(state: LolaState, params: LolaParams, k: torch.Tensor, v: torch.Tensor) -> None:

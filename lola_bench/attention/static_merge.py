@@ -5,8 +5,8 @@ Once a decode is past its first boundaries every merge has the same shape: the s
 sparse + sinks pairs, in position order) and the chunk's ``chunk`` oldest window pairs leave, so the candidates are
 always the slots [0, cap_s + chunk) in position order, ``cap_s`` of them stay and ``chunk`` are folded into (H, s)
 (dropped under eviction). ``static_merge`` runs that boundary on the buffers: score the candidates (the scorer on
-phi(k) computed for them, as ``common.evict_before`` does), choose with ``common.split_topk`` (its sort path on
-accelerators; on CPU its one-topk path reads one flag on the host), fold the rest, write the kept pairs back into the
+phi(k) computed for them), choose and fold with ``common.choose_and_fold``, as ``evict_before`` does (``split_topk``'s
+sort path on accelerators; on CPU its one-topk path reads one flag on the host), write the kept pairs back into the
 sparse slots in position order, shift the window slots down by a chunk and advance the device-side window start.
 Same selection, state and counts as ``evict_before`` on the equivalent ``LolaState`` (tests/attention/
 test_static_merge.py); the host mirrors are advanced by ``advance_host_merge``.
@@ -23,8 +23,7 @@ from types import SimpleNamespace
 
 import torch
 
-from .common import fold, split_topk, take_rows
-from .scorers import ScoreContext, expand_heads
+from .common import choose_and_fold, take_rows
 
 
 def steady_reason(st, window_start: int) -> str | None:
@@ -37,10 +36,8 @@ def steady_reason(st, window_start: int) -> str | None:
         return "the state's capacity is capped by max_len"
     if st.sp_n_host != full:
         return f"the sparse cache holds {st.sp_n_host} of {full} pairs"
-    if window_start - st.win_start_host != cfg.chunk_size or window_start < cfg.sinks:
+    if window_start - st.win_start_host != cfg.chunk_size:   # (a full cache means window_start >= sinks already)
         return f"{window_start - st.win_start_host} pairs leave the window, not a chunk of {cfg.chunk_size}"
-    if st.pos_host - st.win_start_host < cfg.chunk_size:
-        return "the window holds less than a chunk"
     return None
 
 
@@ -76,19 +73,9 @@ def static_merge(st) -> None:
     b, hs = cand_k.shape[:2]
     win_pos = st.win_start + torch.arange(c, device=st.k.device)     # (c,) positions of the leaving pairs
     cand_pos = torch.cat([st.sp_pos, win_pos.view(1, 1, c).expand(b, hs, c)], dim=2)
-    phi_k = p.feature_map_k(expand_heads(cand_k, p.group)).to(st.H.dtype) if cfg.fold else None
-    if cs == 0:                            # λ = 0, no sinks: every candidate goes, in position order
-        if cfg.fold:
-            fold(st, p, phi_k, cand_v)
-    else:
-        ctx = ScoreContext(k=cand_k, v=cand_v, pos=cand_pos, phi_k=phi_k, H=st.H if cfg.fold else None,
-                           s=st.s if cfg.fold else None, acc=None, group=p.group, eps=cfg.eps, seed=cfg.seed)
-        scores = p.scorer.score(ctx)
-        if cfg.sinks:                      # steady: the window starts past the sinks, so all of them are pinned
-            scores = scores.masked_fill(cand_pos < cfg.sinks, float("inf"))
-        idx, out_idx = split_topk(scores, cs)
-        if cfg.fold:
-            fold(st, p, take_rows(phi_k, expand_heads(out_idx, p.group)), take_rows(cand_v, out_idx))
+    # steady: the window starts past the sinks, so all of them are pinned
+    idx = choose_and_fold(st, p, cand_k, cand_v, cand_pos, None, cs, cfg.sinks)
+    if cs:
         st.k[:, :, :cs].copy_(take_rows(cand_k, idx))
         st.v[:, :, :cs].copy_(take_rows(cand_v, idx))
         st.sp_pos.copy_(cand_pos.gather(2, idx))
