@@ -52,18 +52,17 @@ def plot_at_budget(ok: pd.DataFrame, model: str, out: Path, plt) -> Path | None:
         return None
     ctxs = sorted({p.ctx for p in panels})
     budgets = sorted({p.budget_mib for p in panels})
-    per = {(p.ctx, p.budget_mib): panel_bars(p) for p in panels}
-    n_bars = max(len(b) for b, _ in per.values())
+    per = {(p.ctx, p.budget_mib): (p, *panel_bars(p)) for p in panels}
+    n_bars = max(len(bars) for _, bars, _ in per.values())
     fig, axes = plt.subplots(len(ctxs), len(budgets), figsize=(6.4 * len(budgets), 0.34 * n_bars * len(ctxs) + 1.6),
                              squeeze=False)
     for i, ctx in enumerate(ctxs):
         for j, budget in enumerate(budgets):
-            ax = axes[i][j]
             if (ctx, budget) not in per:
-                ax.set_visible(False)
+                axes[i][j].set_visible(False)
                 continue
-            p = next(q for q in panels if q.ctx == ctx and q.budget_mib == budget)
-            _panel(ax, *per[ctx, budget], ctx, budget, len(p.common))
+            p, bars, full = per[ctx, budget]
+            _panel(axes[i][j], bars, full, ctx, budget, len(p.common))
     fig.suptitle(f"Accuracy at equal cache bytes — {model}\n(bars: 95% Wilson interval over the n samples; "
                  "hatched: one compression after a full prefill)")
     fig.tight_layout()
